@@ -1,0 +1,1 @@
+include!("../scripts/rpath_build.rs");

@@ -1,0 +1,1 @@
+//! The user cache and verified fetching.

@@ -1,0 +1,78 @@
+//! The `libre` command line: shared options, output conventions and one module per subcommand.
+//!
+//! Conventions (ripgrep / hyperfine style): results on stdout, notes and progress bars on stderr
+//! (bars only when stderr is a terminal and not `--quiet`), `--json` prints JSON Lines with the last
+//! line `{"type":"result","data":{...}}`, exit codes 0 ok / 1 a check failed / 2 error.
+
+pub mod data;
+pub mod import;
+pub mod metrics;
+pub mod report;
+
+use serde_json::{json, Value};
+use std::io::IsTerminal;
+
+/// Global output settings shared by every subcommand.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Output {
+    /// A note for humans on stderr (suppressed by --quiet).
+    pub fn note(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+
+    /// A JSON Lines event on stdout (only with --json).
+    pub fn event(&self, kind: &str, data: Value) {
+        if self.json {
+            println!("{}", json!({ "type": kind, "data": data }));
+        }
+    }
+
+    /// The final result: the JSON result line with --json, otherwise the human rendering.
+    pub fn result(&self, data: Value, human: impl FnOnce() -> String) {
+        if self.json {
+            println!("{}", json!({ "type": "result", "data": data }));
+        } else {
+            let text = human();
+            if !text.is_empty() {
+                print!("{text}");
+                if !text.ends_with('\n') {
+                    println!();
+                }
+            }
+        }
+    }
+
+    /// A progress bar on stderr, hidden unless stderr is a terminal and not --quiet.
+    pub fn progress(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+        if self.quiet || !std::io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let pb = indicatif::ProgressBar::new(len);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(what.to_string());
+        pb
+    }
+}
+
+/// An error meaning "the computation ran but a requested check failed": exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailed(pub String);
+
+/// The error for a subcommand whose issue has not landed yet: exit code 2, no fake output.
+pub fn not_landed(cmd: &str, issue: &str) -> anyhow::Error {
+    anyhow::anyhow!("`libre {cmd}` is not implemented yet (it lands with the issue \"{issue}\")")
+}

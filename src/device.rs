@@ -1,0 +1,139 @@
+//! Device selection: `--device auto|cpu|cuda[:N]`.
+//!
+//! The binary links only libtorch_cpu and libc10 (the lean libtorch), so CUDA is not registered by
+//! itself. When CUDA is asked for we `dlopen("libtorch_cuda.so", RTLD_NOW | RTLD_GLOBAL)`, which
+//! registers the CUDA backend (verified on the lent H100/H200 machines, shared/GPU.md). Without
+//! that step tch silently falls back to the CPU; we detect it and fail with a clear message.
+
+use crate::{Error, Result};
+use std::str::FromStr;
+use tch::Device;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+                _ => Err(Error::invalid(format!(
+                    "unknown device '{s}': use --device auto, cpu, cuda or cuda:N"
+                ))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => write!(f, "auto"),
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Try to register libtorch's CUDA backend. Returns the dlopen error text on failure.
+fn load_cuda_backend() -> std::result::Result<(), String> {
+    use std::sync::OnceLock;
+    static LOADED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let name = std::ffi::CString::new("libtorch_cuda.so").unwrap();
+            // SAFETY: dlopen with a valid C string; the handle is intentionally leaked so the
+            // backend stays registered for the life of the process.
+            let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if handle.is_null() {
+                // SAFETY: dlerror returns a thread-local C string or null.
+                let err = unsafe { libc::dlerror() };
+                let msg = if err.is_null() {
+                    "unknown dlopen error".to_string()
+                } else {
+                    unsafe { std::ffi::CStr::from_ptr(err) }
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                Err(msg)
+            } else {
+                Ok(())
+            }
+        })
+        .clone()
+}
+
+/// Resolve a spec to a tch device. `Auto` picks CUDA when the backend loads and a GPU is visible,
+/// otherwise the CPU; the caller should print the choice.
+pub fn resolve(spec: DeviceSpec) -> Result<Device> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Auto => {
+            if load_cuda_backend().is_ok() && tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                Ok(Device::Cpu)
+            }
+        }
+        DeviceSpec::Cuda(n) => {
+            if let Err(e) = load_cuda_backend() {
+                return Err(Error::Device(format!(
+                    "--device cuda:{n} asked for, but libtorch's CUDA backend could not be loaded \
+                     ({e}); on the GPU machine set LD_LIBRARY_PATH to PyTorch's torch/lib (README, GPU use)"
+                )));
+            }
+            let count = tch::Cuda::device_count();
+            if count <= 0 {
+                return Err(Error::Device(format!(
+                    "--device cuda:{n} asked for, but no CUDA device is visible (use --device cpu)"
+                )));
+            }
+            if n as i64 >= count {
+                return Err(Error::Device(format!(
+                    "--device cuda:{n} asked for, but only {count} CUDA device(s) exist"
+                )));
+            }
+            Ok(Device::Cuda(n))
+        }
+    }
+}
+
+/// Human name of a device, as printed in configs and reports.
+pub fn name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(n) => format!("cuda:{n}"),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        let e = "gpu".parse::<DeviceSpec>().unwrap_err().to_string();
+        assert!(e.contains("unknown device 'gpu'"), "{e}");
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn cpu_resolves() {
+        assert_eq!(resolve(DeviceSpec::Cpu).unwrap(), Device::Cpu);
+    }
+}

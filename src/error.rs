@@ -1,0 +1,49 @@
+//! The library's error type: every variant carries what failed (file, name, shape, flag).
+
+use std::path::PathBuf;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{path}: {msg}")]
+    BadFile { path: PathBuf, msg: String },
+    #[error("fetching {package}: {msg}")]
+    Fetch { package: String, msg: String },
+    #[error("{0}")]
+    Shape(String),
+    #[error("device: {0}")]
+    Device(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error("safetensors: {0}")]
+    SafeTensors(#[from] safetensors::SafeTensorError),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+    pub fn bad_file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::BadFile {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+}

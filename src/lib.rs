@@ -1,0 +1,30 @@
+//! libre: practical Bayesian deep learning on pretrained image classifiers (BayesAdapter) and
+//! adversarial detection with its predictive uncertainty (LiBRe), on tch / libtorch.
+//!
+//! Layout (one module per concern; the `libre` binary in `src/main.rs` + `src/cli/` is a thin layer
+//! over this API):
+//! - [`cache`]: the user cache, sha256-verified downloads through the registries' own clients,
+//!   atomic installs.
+//! - [`device`]: `--device auto|cpu|cuda[:N]`, registering libtorch's CUDA backend on demand.
+//! - [`data`]: data set specs (`mnist:test`, `folder:DIR`, `FILE.safetensors`, ...) and loaders.
+//! - [`import`]: PyTorch checkpoints (zip and legacy pickle formats) without Python.
+//! - [`zoo`]: pretrained weights fetched from package registries.
+//! - [`bayes`]: posterior families and Bayesian layers, conversion, priors, parallel MC.
+//! - [`models`]: LeNet5, DigitCNN, MLP, ResNet, WRN with PyTorch parameter names.
+//!
+//! Images enter every API as `[N, C, H, W]` float pixels in `[0, 1]`; normalisation lives inside
+//! the models.
+
+pub mod bayes;
+pub mod cache;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod import;
+pub mod models;
+pub mod zoo;
+
+pub use error::{Error, Result};
+
+/// libre's version with the git revision it was built from, e.g. `0.1.0 (3f2a9c1e0b7d)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LIBRE_GIT_REV"), ")");

@@ -1,0 +1,89 @@
+//! The `libre` binary: a thin CLI over the library (see `src/cli/`).
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "libre",
+    version = libre::VERSION,
+    about = "Bayesian fine-tuning of pretrained classifiers and LiBRe adversarial detection",
+    propagate_version = true
+)]
+struct Cli {
+    /// JSON Lines on stdout; the last line is {"type":"result","data":{...}}.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No notes or progress bars on stderr (errors still print).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List, fetch and inspect the real data sets and weights libre can use.
+    Data(cli::data::Args),
+    /// Import a PyTorch checkpoint (.pt/.pth zip or legacy, .safetensors, .npz) to safetensors.
+    Import(cli::import::Args),
+    /// Pre-train a deterministic model (MAP with weight decay).
+    Train(Passthrough),
+    /// Convert chosen layers of a model into a Bayesian posterior.
+    Convert(Passthrough),
+    /// Bayesian fine-tuning (BayesAdapter recipe).
+    Finetune(Passthrough),
+    /// Evaluate a model or Bayes ensemble on a data set.
+    Eval(Passthrough),
+    /// Craft adversarial examples.
+    Attack(Passthrough),
+    /// Detection metrics (AUROC, AUPR, TPR@FPR) from a CSV of scores.
+    Metrics(cli::metrics::Args),
+    /// Re-render a report directory from its CSV tables.
+    Report(cli::report::Args),
+}
+
+/// Arguments of a subcommand that has not landed: accepted and ignored, so it can say so.
+#[derive(clap::Args, Debug)]
+struct Passthrough {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = cli::Output {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Data(a) => cli::data::run(a, out),
+        Command::Import(a) => cli::import::run(a, out),
+        Command::Metrics(a) => cli::metrics::run(a, out),
+        Command::Report(a) => cli::report::run(a, out),
+        Command::Train(_) => Err(cli::not_landed(
+            "train",
+            "Training and evaluation pipelines",
+        )),
+        Command::Finetune(_) => Err(cli::not_landed(
+            "finetune",
+            "Training and evaluation pipelines",
+        )),
+        Command::Convert(_) => Err(cli::not_landed("convert", "The Bayesian core")),
+        Command::Eval(_) => Err(cli::not_landed("eval", "The Bayesian core")),
+        Command::Attack(_) => Err(cli::not_landed("attack", "Attack generators")),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("libre: {e:#}");
+        let code = if e.downcast_ref::<cli::CheckFailed>().is_some() {
+            1
+        } else {
+            2
+        };
+        std::process::exit(code);
+    }
+}
