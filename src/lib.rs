@@ -22,6 +22,7 @@ pub mod device;
 pub mod error;
 pub mod import;
 pub mod models;
+pub mod run;
 pub mod zoo;
 
 pub use error::{Error, Result};

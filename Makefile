@@ -1,0 +1,30 @@
+# libre: the two Quick-start commands and helpers. cargo alone cannot fetch libtorch here, so every
+# target first provisions the lean libtorch 2.11.0 from PyPI into the user cache (once).
+#
+#   make quickstart   fetch MNIST + the zoo LeNet5 and run the main job on the embedded default
+#   make test         the whole test suite (what .ci/run runs)
+
+CARGO ?= cargo
+LIBRE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/libre
+export LIBRE_CACHE
+
+.PHONY: quickstart test build libtorch bench clean-cache
+
+libtorch:
+	@scripts/fetch-libtorch.sh >/dev/null
+	@ln -sfn "$$(scripts/fetch-libtorch.sh --print-dir)" .libtorch
+
+build: libtorch
+	$(CARGO) build --release --locked
+
+quickstart: build
+	target/release/libre quickstart
+
+test: libtorch
+	$(CARGO) test --workspace --release --locked
+
+bench: build
+	$(CARGO) bench --workspace --locked
+
+clean-cache:
+	rm -rf "$(LIBRE_CACHE)"

@@ -1,0 +1,124 @@
+//! Image folders: `DIR/<class>/<image>`, classes in sorted name order. Images are decoded per batch
+//! in parallel (rayon), so a folder of 100k JPEGs never sits in memory at once. All images must share
+//! the size and channel count of the first one (grey -> 1 channel, anything else -> RGB).
+
+use super::{display, Dataset, Storage};
+use crate::{Error, Result};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+const EXTS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
+
+pub(super) fn open(dir: &Path) -> Result<Dataset> {
+    let read = |p: &Path| -> Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(|e| Error::io(format!("read image folder {}", display(p)), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let classes: Vec<PathBuf> = read(dir)?.into_iter().filter(|p| p.is_dir()).collect();
+    if classes.is_empty() {
+        return Err(Error::bad_file(dir, "has no class sub-folders (folder:DIR expects DIR/<class>/<image>)"));
+    }
+    let mut files = Vec::new();
+    let mut labels = Vec::new();
+    for (k, c) in classes.iter().enumerate() {
+        for f in read(c)? {
+            let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            if f.is_file() && EXTS.contains(&ext.as_str()) {
+                files.push(f);
+                labels.push(k as i64);
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::bad_file(dir, "contains no images (.png, .jpg, .jpeg, .bmp)"));
+    }
+    let first = image::open(&files[0])
+        .map_err(|e| Error::bad_file(&files[0], format!("cannot decode image: {e}")))?;
+    let c = if first.color().channel_count() <= 2 { 1 } else { 3 };
+    let shape = [c, first.height() as usize, first.width() as usize];
+    Ok(Dataset {
+        name: format!("folder:{}", display(dir)),
+        len: files.len(),
+        storage: Storage::Folder(files),
+        shape,
+        labels: Some(labels),
+        num_classes: Some(classes.len()),
+        class_names: Some(
+            classes.iter().map(|c| c.file_name().unwrap().to_string_lossy().into_owned()).collect(),
+        ),
+    })
+}
+
+/// Decode `files` into float32 `[B, C, H, W]` in `[0, 1]`.
+pub(super) fn decode_batch(files: &[PathBuf], shape: [usize; 3]) -> Result<Tensor> {
+    let [c, h, w] = shape;
+    let decoded: Vec<Result<Vec<u8>>> = files
+        .par_iter()
+        .map(|f| {
+            let img = image::open(f).map_err(|e| Error::bad_file(f, format!("cannot decode image: {e}")))?;
+            if img.height() as usize != h || img.width() as usize != w {
+                return Err(Error::bad_file(
+                    f,
+                    format!("is {}x{}, expected {w}x{h} like the folder's first image", img.width(), img.height()),
+                ));
+            }
+            let ch = if img.color().channel_count() <= 2 { 1 } else { 3 };
+            if ch != c {
+                return Err(Error::bad_file(f, format!("has {ch} channel(s), expected {c}")));
+            }
+            // HWC -> CHW
+            let raw = if c == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
+            let mut chw = vec![0u8; c * h * w];
+            for i in 0..h * w {
+                for k in 0..c {
+                    chw[k * h * w + i] = raw[i * c + k];
+                }
+            }
+            Ok(chw)
+        })
+        .collect();
+    let mut all = Vec::with_capacity(files.len() * c * h * w);
+    for d in decoded {
+        all.extend(d?);
+    }
+    Ok(Tensor::from_slice(&all).view([files.len() as i64, c as i64, h as i64, w as i64]).to_kind(tch::Kind::Float) / 255.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_classes_and_names_bad_files() {
+        let d = tempfile::tempdir().unwrap();
+        for (cls, v) in [("cat", 10u8), ("dog", 250u8)] {
+            std::fs::create_dir(d.path().join(cls)).unwrap();
+            let img = image::RgbImage::from_fn(5, 4, |x, y| image::Rgb([v, x as u8, y as u8]));
+            img.save(d.path().join(cls).join("a.png")).unwrap();
+        }
+        let ds = open(d.path()).unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.shape(), [3, 4, 5]);
+        assert_eq!(ds.labels().unwrap(), &[0, 1]);
+        assert_eq!(ds.class_names().unwrap(), &["cat".to_string(), "dog".to_string()]);
+        let (x, _) = ds.batch(0, 2).unwrap();
+        let v = f64::try_from(x.get(1).get(0).get(0).get(0)).unwrap();
+        assert!((v - 250.0 / 255.0).abs() < 1e-6);
+        let g = f64::try_from(x.get(0).get(1).get(2).get(3)).unwrap(); // G = x = 3
+        assert!((g - 3.0 / 255.0).abs() < 1e-6);
+        // a truncated image is named in the error
+        std::fs::write(d.path().join("dog").join("b.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+        let ds = open(d.path()).unwrap();
+        let e = ds.batch(0, 3).unwrap_err().to_string();
+        assert!(e.contains("b.png") && e.contains("decode"), "{e}");
+        // a wrong size is named too
+        image::RgbImage::new(3, 3).save(d.path().join("dog").join("b.png")).unwrap();
+        let e = open(d.path()).unwrap().batch(0, 3).unwrap_err().to_string();
+        assert!(e.contains("b.png") && e.contains("expected 5x4"), "{e}");
+    }
+}
