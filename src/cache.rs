@@ -33,9 +33,18 @@ pub fn root() -> PathBuf {
 #[derive(Debug, Clone, Copy)]
 pub enum Package {
     /// A PyPI wheel or sdist fetched with `pip download --no-deps`.
-    Pip { name: &'static str, version: &'static str, sdist: bool, sha256: &'static str },
+    Pip {
+        name: &'static str,
+        version: &'static str,
+        sdist: bool,
+        sha256: &'static str,
+    },
     /// A Debian package fetched with `apt-get download`.
-    Apt { name: &'static str, version: &'static str, sha256: &'static str },
+    Apt {
+        name: &'static str,
+        version: &'static str,
+        sha256: &'static str,
+    },
 }
 
 impl Package {
@@ -53,7 +62,12 @@ impl Package {
     /// The command a user can run by hand to fetch it (printed in errors).
     pub fn command(&self) -> String {
         match self {
-            Package::Pip { name, version, sdist, .. } => format!(
+            Package::Pip {
+                name,
+                version,
+                sdist,
+                ..
+            } => format!(
                 "pip download --no-deps {}{name}=={version}",
                 if *sdist { "--no-binary=:all: " } else { "" }
             ),
@@ -70,11 +84,14 @@ impl Package {
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let mut f =
+        fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
         if n == 0 {
             break;
         }
@@ -125,7 +142,10 @@ pub fn temp_dir() -> Result<tempfile::TempDir> {
 
 /// Write `bytes` to `path` atomically (temp file in the same directory, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".libre-tmp-")
@@ -134,7 +154,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-    tmp.persist(path).map_err(|e| Error::io(format!("rename into {}", path.display()), e.error))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io(format!("rename into {}", path.display()), e.error))?;
     Ok(())
 }
 
@@ -166,7 +187,10 @@ pub fn fetch_package(pkg: &Package, on_fetch: &mut dyn FnMut(&str)) -> Result<Pa
         [] => {
             return Err(Error::Fetch {
                 package: pkg.spec(),
-                msg: format!("the client produced no file; try by hand: {}", pkg.command()),
+                msg: format!(
+                    "the client produced no file; try by hand: {}",
+                    pkg.command()
+                ),
             })
         }
         _ => {
@@ -192,7 +216,8 @@ pub fn fetch_package(pkg: &Package, on_fetch: &mut dyn FnMut(&str)) -> Result<Pa
     fs::write(dl.join(".verified"), name.to_string_lossy().as_bytes())
         .map_err(|e| Error::io("write marker", e))?;
     if let Some(parent) = dir.parent() {
-        fs::create_dir_all(parent).map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
+        fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
     }
     let _ = fs::remove_dir_all(&dir); // an unfinished dir can only exist without its marker
     fs::rename(&dl, &dir).map_err(|e| Error::io(format!("rename into {}", dir.display()), e))?;
@@ -214,7 +239,11 @@ fn client_error(pkg: &Package, what: &str, detail: &str) -> Error {
         package: pkg.spec(),
         msg: format!(
             "{what}{}; are you offline? the command that fetches it: {}",
-            if detail.is_empty() { String::new() } else { format!(" ({})", detail.trim()) },
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", detail.trim())
+            },
             pkg.command()
         ),
     }
@@ -222,7 +251,12 @@ fn client_error(pkg: &Package, what: &str, detail: &str) -> Error {
 
 fn run_client(pkg: &Package, dest: &Path) -> Result<()> {
     match pkg {
-        Package::Pip { name, version, sdist, .. } => {
+        Package::Pip {
+            name,
+            version,
+            sdist,
+            ..
+        } => {
             // LIBRE_PIP lets tests (and unusual set-ups) substitute the client.
             let pip = std::env::var("LIBRE_PIP").unwrap_or_else(|_| "python3 -m pip".into());
             let mut parts = pip.split_whitespace();
@@ -235,12 +269,16 @@ fn run_client(pkg: &Package, dest: &Path) -> Result<()> {
                 cmd.arg("--only-binary=:all:");
             }
             cmd.arg(format!("{name}=={version}")).arg("-d").arg(dest);
-            let out = cmd
-                .output()
-                .map_err(|e| client_error(pkg, &format!("could not run `{pip}`"), &e.to_string()))?;
+            let out = cmd.output().map_err(|e| {
+                client_error(pkg, &format!("could not run `{pip}`"), &e.to_string())
+            })?;
             if !out.status.success() {
                 let err = String::from_utf8_lossy(&out.stderr);
-                let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                let last = err
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
                 return Err(client_error(pkg, "pip download failed", last));
             }
             Ok(())
@@ -253,8 +291,9 @@ fn run_client(pkg: &Package, dest: &Path) -> Result<()> {
                     .current_dir(dest)
                     .output()
             };
-            let out = attempt()
-                .map_err(|e| client_error(pkg, &format!("could not run `{apt}`"), &e.to_string()))?;
+            let out = attempt().map_err(|e| {
+                client_error(pkg, &format!("could not run `{apt}`"), &e.to_string())
+            })?;
             if out.status.success() {
                 return Ok(());
             }
@@ -262,7 +301,8 @@ fn run_client(pkg: &Package, dest: &Path) -> Result<()> {
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } == 0 {
                 let _ = Command::new(&apt).args(["update", "-qq"]).output();
-                let out = attempt().map_err(|e| client_error(pkg, "apt-get failed", &e.to_string()))?;
+                let out =
+                    attempt().map_err(|e| client_error(pkg, "apt-get failed", &e.to_string()))?;
                 if out.status.success() {
                     return Ok(());
                 }
@@ -270,7 +310,11 @@ fn run_client(pkg: &Package, dest: &Path) -> Result<()> {
                 return Err(client_error(pkg, "apt-get download failed", &err));
             }
             let err = String::from_utf8_lossy(&out.stderr).to_string();
-            Err(client_error(pkg, "apt-get download failed (run `apt-get update` as root first?)", &err))
+            Err(client_error(
+                pkg,
+                "apt-get download failed (run `apt-get update` as root first?)",
+                &err,
+            ))
         }
     }
 }
@@ -286,7 +330,10 @@ pub fn ensure_artifact(
     }
     let lock_name = format!(
         "{}.lock",
-        artifact.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        artifact
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
     );
     let _lock = Lock::acquire(&root().join("locks").join(lock_name))?;
     if artifact.is_file() {
@@ -306,15 +353,16 @@ pub fn ensure_artifact(
 
 /// Extract one member of a zip archive (wheel) into memory.
 pub fn read_zip_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
-    let f = fs::File::open(archive)
-        .map_err(|e| Error::io(format!("open {}", archive.display()), e))?;
+    let f =
+        fs::File::open(archive).map_err(|e| Error::io(format!("open {}", archive.display()), e))?;
     let mut z = zip::ZipArchive::new(f)
         .map_err(|e| Error::bad_file(archive, format!("not a zip archive: {e}")))?;
     let mut m = z
         .by_name(member)
         .map_err(|_| Error::bad_file(archive, format!("has no member {member}")))?;
     let mut buf = Vec::with_capacity(m.size() as usize);
-    m.read_to_end(&mut buf).map_err(|e| Error::io(format!("unzip {member}"), e))?;
+    m.read_to_end(&mut buf)
+        .map_err(|e| Error::io(format!("unzip {member}"), e))?;
     Ok(buf)
 }
 
@@ -329,16 +377,22 @@ pub fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
 
 /// Extract one member of a .tar.gz (sdist) into memory.
 pub fn read_targz_member(archive: &Path, member: &str) -> Result<Vec<u8>> {
-    let f = fs::File::open(archive)
-        .map_err(|e| Error::io(format!("open {}", archive.display()), e))?;
+    let f =
+        fs::File::open(archive).map_err(|e| Error::io(format!("open {}", archive.display()), e))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
-    let entries = tar.entries().map_err(|e| Error::io(format!("read {}", archive.display()), e))?;
+    let entries = tar
+        .entries()
+        .map_err(|e| Error::io(format!("read {}", archive.display()), e))?;
     for e in entries {
         let mut e = e.map_err(|e| Error::io(format!("read {}", archive.display()), e))?;
-        let path = e.path().map_err(|e| Error::io("tar path", e))?.to_path_buf();
+        let path = e
+            .path()
+            .map_err(|e| Error::io("tar path", e))?
+            .to_path_buf();
         if path == Path::new(member) {
             let mut buf = Vec::new();
-            e.read_to_end(&mut buf).map_err(|e| Error::io(format!("untar {member}"), e))?;
+            e.read_to_end(&mut buf)
+                .map_err(|e| Error::io(format!("untar {member}"), e))?;
             return Ok(buf);
         }
     }
@@ -357,7 +411,10 @@ pub fn read_deb_member(deb: &Path, member: &str) -> Result<Vec<u8>> {
     if !out.status.success() {
         return Err(Error::bad_file(
             deb,
-            format!("dpkg-deb -x failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            format!(
+                "dpkg-deb -x failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         ));
     }
     let p = tmp.path().join(member.trim_start_matches('/'));

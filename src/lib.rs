@@ -17,12 +17,15 @@
 
 pub mod bayes;
 pub mod cache;
+pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod import;
 pub mod models;
 pub mod run;
+pub mod train;
 pub mod zoo;
 
 pub use error::{Error, Result};

@@ -29,19 +29,21 @@ enum Command {
     /// Import a PyTorch checkpoint (.pt/.pth zip or legacy, .safetensors, .npz) to safetensors.
     Import(cli::import::Args),
     /// Pre-train a deterministic model (MAP with weight decay).
-    Train(Passthrough),
+    Train(cli::train::TrainArgs),
     /// Convert chosen layers of a model into a Bayesian posterior.
     Convert(Passthrough),
     /// Bayesian fine-tuning (BayesAdapter recipe).
-    Finetune(Passthrough),
+    Finetune(cli::train::FinetuneArgs),
     /// Evaluate a model or Bayes ensemble on a data set.
-    Eval(Passthrough),
+    Eval(cli::eval::Args),
     /// Craft adversarial examples.
     Attack(Passthrough),
     /// Detection metrics (AUROC, AUPR, TPR@FPR) from a CSV of scores.
     Metrics(cli::metrics::Args),
     /// Re-render a report directory from its CSV tables.
     Report(cli::report::Args),
+    /// The README's main job: MNIST + zoo LeNet5, DNN vs 1-epoch Bayesian fine-tuned BNN.
+    Quickstart(cli::quickstart::Args),
 }
 
 /// Arguments of a subcommand that has not landed: accepted and ignored, so it can say so.
@@ -61,16 +63,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(a) => cli::import::run(a, out),
         Command::Metrics(a) => cli::metrics::run(a, out),
         Command::Report(a) => cli::report::run(a, out),
-        Command::Train(_) => Err(cli::not_landed(
-            "train",
-            "Training and evaluation pipelines",
-        )),
-        Command::Finetune(_) => Err(cli::not_landed(
-            "finetune",
-            "Training and evaluation pipelines",
-        )),
+        Command::Train(a) => cli::train::run_train(a, out),
+        Command::Finetune(a) => cli::train::run_finetune(a, out),
+        Command::Quickstart(a) => cli::quickstart::run(a, out),
         Command::Convert(_) => Err(cli::not_landed("convert", "The Bayesian core")),
-        Command::Eval(_) => Err(cli::not_landed("eval", "The Bayesian core")),
+        Command::Eval(a) => cli::eval::run(a, out),
         Command::Attack(_) => Err(cli::not_landed("attack", "Attack generators")),
     }
 }

@@ -45,7 +45,9 @@ impl RunDir {
     pub fn create(path: &Path) -> Result<Self> {
         std::fs::create_dir_all(path)
             .map_err(|e| Error::io(format!("create run directory {}", path.display()), e))?;
-        Ok(RunDir { path: path.to_path_buf() })
+        Ok(RunDir {
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -83,7 +85,12 @@ impl RunDir {
         let p = self.file(name);
         let text = std::fs::read_to_string(&p)
             .map_err(|e| Error::io(format!("read {}", p.display()), e))?;
-        Ok(text.lines().skip(1).filter(|l| !l.is_empty()).map(|l| l.split(',').map(String::from).collect()).collect())
+        Ok(text
+            .lines()
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect())
     }
 }
 
@@ -99,7 +106,15 @@ mod tests {
         r.write_json("config.json", &p).unwrap();
         let back: Provenance = r.read_json("config.json").unwrap();
         assert_eq!(back, p);
-        r.write_csv("m.csv", &["epoch", "loss"], &[vec!["1".into(), "0.5".into()]]).unwrap();
-        assert_eq!(r.read_csv_rows("m.csv").unwrap(), vec![vec!["1".to_string(), "0.5".into()]]);
+        r.write_csv(
+            "m.csv",
+            &["epoch", "loss"],
+            &[vec!["1".into(), "0.5".into()]],
+        )
+        .unwrap();
+        assert_eq!(
+            r.read_csv_rows("m.csv").unwrap(),
+            vec![vec!["1".to_string(), "0.5".into()]]
+        );
     }
 }

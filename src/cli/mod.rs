@@ -5,9 +5,12 @@
 //! line `{"type":"result","data":{...}}`, exit codes 0 ok / 1 a check failed / 2 error.
 
 pub mod data;
+pub mod eval;
 pub mod import;
 pub mod metrics;
+pub mod quickstart;
 pub mod report;
+pub mod train;
 
 use serde_json::{json, Value};
 use std::io::IsTerminal;
@@ -75,4 +78,19 @@ pub struct CheckFailed(pub String);
 /// The error for a subcommand whose issue has not landed yet: exit code 2, no fake output.
 pub fn not_landed(cmd: &str, issue: &str) -> anyhow::Error {
     anyhow::anyhow!("`libre {cmd}` is not implemented yet (it lands with the issue \"{issue}\")")
+}
+
+/// Resolve `--device`, printing the choice when it was `auto`.
+pub fn resolve_device(spec: &str, out: &Output) -> anyhow::Result<tch::Device> {
+    let parsed: libre::device::DeviceSpec = spec.parse()?;
+    let d = libre::device::resolve(parsed)?;
+    if parsed == libre::device::DeviceSpec::Auto {
+        out.note(format!("device: auto -> {}", libre::device::name(d)));
+    }
+    Ok(d)
+}
+
+/// A fetch note printer for library calls that may download.
+pub fn fetch_note(out: &Output) -> impl FnMut(&str) + '_ {
+    move |m: &str| out.note(m)
 }

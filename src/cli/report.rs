@@ -1,15 +1,80 @@
-//! `libre report`: re-render a report directory (issue "Metrics, tables, plots").
+//! `libre report RUN_DIR`: (re-)render a report directory from the CSV tables of a run
+//! (SPEC section 6; the `libre-reports` crate does the work, see its `tables` module for the
+//! CSV schema). The report is written to a temporary directory and renamed into place.
 use super::Output;
+use libre_reports::bootstrap::BootstrapConfig;
+use libre_reports::report::{render_run, ReportOptions};
+use libre_reports::tables::Subset;
+use serde_json::json;
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    /// Run directory with scores.csv, classification.csv, reliability.csv and/or mc_curve.csv.
+    #[arg(value_name = "RUN_DIR")]
+    run_dir: PathBuf,
+    /// Where to write the report [default: RUN_DIR/report].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Which rows count for detection: `all`, or `successful` (successful attacks on correctly
+    /// classified clean inputs; needs the columns clean_correct and adv_success).
+    #[arg(long, value_name = "SUBSET", default_value = "all",
+          value_parser = ["all", "successful"])]
+    subset: String,
+    /// Bootstrap 95% intervals of the detection metrics from N resamples.
+    #[arg(long, value_name = "N")]
+    bootstrap: Option<usize>,
+    /// Seed of the bootstrap.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Also write PNG versions of the figures.
+    #[arg(long)]
+    png: bool,
+    /// Title of the report.
+    #[arg(long, default_value = "LiBRe report")]
+    title: String,
 }
 
-pub fn run(_args: Args, _out: Output) -> anyhow::Result<()> {
-    Err(super::not_landed(
-        "report",
-        "Metrics, tables, plots and reports",
-    ))
+pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
+    let subset: Subset = args.subset.parse()?;
+    let opts = ReportOptions {
+        title: args.title,
+        subset,
+        bootstrap: args.bootstrap.map(|n| BootstrapConfig {
+            n_resamples: n,
+            seed: args.seed,
+            level: 0.95,
+        }),
+        png: args.png,
+        generator: format!("libre {}", libre::VERSION),
+    };
+    let dest = args.out.unwrap_or_else(|| args.run_dir.join("report"));
+    out.note(format!(
+        "rendering {} -> {} (samples: {})",
+        args.run_dir.display(),
+        dest.display(),
+        subset.describe()
+    ));
+    let summary = render_run(&args.run_dir, &dest, &opts)?;
+    let data = json!({
+        "out_dir": summary.out_dir,
+        "index": summary.out_dir.join("index.html"),
+        "subset": subset,
+        "detection_groups": summary.n_detection_groups,
+        "tables": summary.tables,
+        "figures": summary.figures,
+        "rows_dropped_by_subset": summary.rows_dropped_by_subset,
+    });
+    out.result(data, || {
+        format!(
+            "report written to {}\n  {} detection groups (samples: {})\n  tables: {}\n  \
+             figures: {}\n",
+            summary.out_dir.join("index.html").display(),
+            summary.n_detection_groups,
+            subset.describe(),
+            summary.tables.join(", "),
+            summary.figures.join(", ")
+        )
+    });
+    Ok(())
 }

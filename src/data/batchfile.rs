@@ -17,7 +17,10 @@ pub(super) fn open(path: &Path) -> Result<Dataset> {
     let st = SafeTensors::deserialize(&map)
         .map_err(|e| Error::bad_file(path, format!("not a valid safetensors file: {e}")))?;
     let images = st.tensor("images").map_err(|_| {
-        Error::bad_file(path, "has no tensor named 'images' (a batch file needs images [N,C,H,W])")
+        Error::bad_file(
+            path,
+            "has no tensor named 'images' (a batch file needs images [N,C,H,W])",
+        )
     })?;
     let shape = images.shape().to_vec();
     if shape.len() != 4 {
@@ -39,7 +42,10 @@ pub(super) fn open(path: &Path) -> Result<Dataset> {
     if !matches!(shape[1], 1 | 3) {
         return Err(Error::bad_file(
             path,
-            format!("'images' must have 1 or 3 channels, got {} (shape {shape:?})", shape[1]),
+            format!(
+                "'images' must have 1 or 3 channels, got {} (shape {shape:?})",
+                shape[1]
+            ),
         ));
     }
     // Offset of the images' bytes inside the file: the slice borrows from the map.
@@ -52,7 +58,10 @@ pub(super) fn open(path: &Path) -> Result<Dataset> {
                 let per = shape[1] * shape[2] * shape[3];
                 return Err(Error::bad_file(
                     path,
-                    format!("image {} has pixel value {v}: float images must lie in [0, 1]", i / per),
+                    format!(
+                        "image {} has pixel value {v}: float images must lie in [0, 1]",
+                        i / per
+                    ),
                 ));
             }
         }
@@ -76,13 +85,18 @@ pub(super) fn open(path: &Path) -> Result<Dataset> {
                 .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
                 .collect();
             if let Some((i, x)) = v.iter().enumerate().find(|(_, &x)| x < 0) {
-                return Err(Error::bad_file(path, format!("label {x} at index {i} is negative")));
+                return Err(Error::bad_file(
+                    path,
+                    format!("label {x} at index {i} is negative"),
+                ));
             }
             Some(v)
         }
         Err(_) => None,
     };
-    let meta = SafeTensors::read_metadata(&map).ok().and_then(|(_, m)| m.metadata().clone());
+    let meta = SafeTensors::read_metadata(&map)
+        .ok()
+        .and_then(|(_, m)| m.metadata().clone());
     let num_classes = meta
         .as_ref()
         .and_then(|m| m.get("num_classes"))
@@ -112,12 +126,18 @@ pub fn write_batch_file(
 ) -> Result<()> {
     let size = images.size();
     if size.len() != 4 {
-        return Err(Error::Shape(format!("images must be [N,C,H,W], got {size:?}")));
+        return Err(Error::Shape(format!(
+            "images must be [N,C,H,W], got {size:?}"
+        )));
     }
     let (dtype, images) = match images.kind() {
         Kind::Uint8 => (Dtype::U8, images.contiguous()),
         Kind::Float => (Dtype::F32, images.contiguous()),
-        k => return Err(Error::Shape(format!("images must be uint8 or float32, got {k:?}"))),
+        k => {
+            return Err(Error::Shape(format!(
+                "images must be uint8 or float32, got {k:?}"
+            )))
+        }
     };
     let img_bytes = tensor_bytes(&images);
     let shape: Vec<usize> = size.iter().map(|&d| d as usize).collect();
@@ -163,7 +183,8 @@ mod tests {
     fn round_trip_u8_and_f32() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("b.safetensors");
-        let imgs = Tensor::arange(2 * 3 * 4 * 4, (Kind::Uint8, tch::Device::Cpu)).view([2, 3, 4, 4]);
+        let imgs =
+            Tensor::arange(2 * 3 * 4 * 4, (Kind::Uint8, tch::Device::Cpu)).view([2, 3, 4, 4]);
         let labels = Tensor::from_slice(&[3i64, 7]);
         write_batch_file(&p, &imgs, Some(&labels), HashMap::new()).unwrap();
         let ds = open(&p).unwrap();
@@ -189,10 +210,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("b.safetensors");
         std::fs::write(&p, b"garbage").unwrap();
-        assert!(open(&p).unwrap_err().to_string().contains("not a valid safetensors"));
+        assert!(open(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid safetensors"));
         let f = Tensor::rand([3, 2, 2, 2], (Kind::Float, tch::Device::Cpu));
         write_batch_file(&p, &f, None, HashMap::new()).unwrap();
-        assert!(open(&p).unwrap_err().to_string().contains("1 or 3 channels"));
+        assert!(open(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("1 or 3 channels"));
         let f = Tensor::rand([3, 1, 2, 2], (Kind::Float, tch::Device::Cpu)) + 1.5;
         write_batch_file(&p, &f, None, HashMap::new()).unwrap();
         let e = open(&p).unwrap_err().to_string();

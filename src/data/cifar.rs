@@ -7,8 +7,18 @@ use crate::{Error, Result};
 use std::path::Path;
 
 const RECORD: usize = 1 + 3 * 32 * 32;
-pub(super) const CLASSES: [&str; 10] =
-    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub(super) const CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 pub(super) fn open(dir: &Path, train: bool) -> Result<Dataset> {
     let files: Vec<String> = if train {
@@ -21,7 +31,13 @@ pub(super) fn open(dir: &Path, train: bool) -> Result<Dataset> {
     for f in &files {
         let p = dir.join(f);
         let bytes = std::fs::read(&p).map_err(|e| {
-            Error::io(format!("read CIFAR-10 file {} (cifar10:DIR expects the binary version's files in DIR)", display(&p)), e)
+            Error::io(
+                format!(
+                    "read CIFAR-10 file {} (cifar10:DIR expects the binary version's files in DIR)",
+                    display(&p)
+                ),
+                e,
+            )
         })?;
         if bytes.is_empty() || bytes.len() % RECORD != 0 {
             return Err(Error::bad_file(
@@ -44,7 +60,11 @@ pub(super) fn open(dir: &Path, train: bool) -> Result<Dataset> {
         }
     }
     Ok(Dataset {
-        name: format!("cifar10:{}:{}", display(dir), if train { "train" } else { "test" }),
+        name: format!(
+            "cifar10:{}:{}",
+            display(dir),
+            if train { "train" } else { "test" }
+        ),
         len: labels.len(),
         storage: Storage::Bytes(pixels),
         shape: [3, 32, 32],
@@ -78,7 +98,10 @@ mod tests {
         assert!((v - 202.0 / 255.0).abs() < 1e-6);
         std::fs::write(d.path().join("test_batch.bin"), &bytes[..RECORD + 10]).unwrap();
         let e = open(d.path(), false).unwrap_err().to_string();
-        assert!(e.contains("test_batch.bin") && e.contains("truncated"), "{e}");
+        assert!(
+            e.contains("test_batch.bin") && e.contains("truncated"),
+            "{e}"
+        );
         let e = open(d.path(), true).unwrap_err().to_string();
         assert!(e.contains("data_batch_1.bin"), "{e}");
     }

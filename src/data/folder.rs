@@ -21,13 +21,20 @@ pub(super) fn open(dir: &Path) -> Result<Dataset> {
     };
     let classes: Vec<PathBuf> = read(dir)?.into_iter().filter(|p| p.is_dir()).collect();
     if classes.is_empty() {
-        return Err(Error::bad_file(dir, "has no class sub-folders (folder:DIR expects DIR/<class>/<image>)"));
+        return Err(Error::bad_file(
+            dir,
+            "has no class sub-folders (folder:DIR expects DIR/<class>/<image>)",
+        ));
     }
     let mut files = Vec::new();
     let mut labels = Vec::new();
     for (k, c) in classes.iter().enumerate() {
         for f in read(c)? {
-            let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            let ext = f
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
             if f.is_file() && EXTS.contains(&ext.as_str()) {
                 files.push(f);
                 labels.push(k as i64);
@@ -35,11 +42,18 @@ pub(super) fn open(dir: &Path) -> Result<Dataset> {
         }
     }
     if files.is_empty() {
-        return Err(Error::bad_file(dir, "contains no images (.png, .jpg, .jpeg, .bmp)"));
+        return Err(Error::bad_file(
+            dir,
+            "contains no images (.png, .jpg, .jpeg, .bmp)",
+        ));
     }
     let first = image::open(&files[0])
         .map_err(|e| Error::bad_file(&files[0], format!("cannot decode image: {e}")))?;
-    let c = if first.color().channel_count() <= 2 { 1 } else { 3 };
+    let c = if first.color().channel_count() <= 2 {
+        1
+    } else {
+        3
+    };
     let shape = [c, first.height() as usize, first.width() as usize];
     Ok(Dataset {
         name: format!("folder:{}", display(dir)),
@@ -49,7 +63,10 @@ pub(super) fn open(dir: &Path) -> Result<Dataset> {
         labels: Some(labels),
         num_classes: Some(classes.len()),
         class_names: Some(
-            classes.iter().map(|c| c.file_name().unwrap().to_string_lossy().into_owned()).collect(),
+            classes
+                .iter()
+                .map(|c| c.file_name().unwrap().to_string_lossy().into_owned())
+                .collect(),
         ),
     })
 }
@@ -60,19 +77,35 @@ pub(super) fn decode_batch(files: &[PathBuf], shape: [usize; 3]) -> Result<Tenso
     let decoded: Vec<Result<Vec<u8>>> = files
         .par_iter()
         .map(|f| {
-            let img = image::open(f).map_err(|e| Error::bad_file(f, format!("cannot decode image: {e}")))?;
+            let img = image::open(f)
+                .map_err(|e| Error::bad_file(f, format!("cannot decode image: {e}")))?;
             if img.height() as usize != h || img.width() as usize != w {
                 return Err(Error::bad_file(
                     f,
-                    format!("is {}x{}, expected {w}x{h} like the folder's first image", img.width(), img.height()),
+                    format!(
+                        "is {}x{}, expected {w}x{h} like the folder's first image",
+                        img.width(),
+                        img.height()
+                    ),
                 ));
             }
-            let ch = if img.color().channel_count() <= 2 { 1 } else { 3 };
+            let ch = if img.color().channel_count() <= 2 {
+                1
+            } else {
+                3
+            };
             if ch != c {
-                return Err(Error::bad_file(f, format!("has {ch} channel(s), expected {c}")));
+                return Err(Error::bad_file(
+                    f,
+                    format!("has {ch} channel(s), expected {c}"),
+                ));
             }
             // HWC -> CHW
-            let raw = if c == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
+            let raw = if c == 1 {
+                img.to_luma8().into_raw()
+            } else {
+                img.to_rgb8().into_raw()
+            };
             let mut chw = vec![0u8; c * h * w];
             for i in 0..h * w {
                 for k in 0..c {
@@ -86,7 +119,10 @@ pub(super) fn decode_batch(files: &[PathBuf], shape: [usize; 3]) -> Result<Tenso
     for d in decoded {
         all.extend(d?);
     }
-    Ok(Tensor::from_slice(&all).view([files.len() as i64, c as i64, h as i64, w as i64]).to_kind(tch::Kind::Float) / 255.0)
+    Ok(Tensor::from_slice(&all)
+        .view([files.len() as i64, c as i64, h as i64, w as i64])
+        .to_kind(tch::Kind::Float)
+        / 255.0)
 }
 
 #[cfg(test)]
@@ -105,19 +141,28 @@ mod tests {
         assert_eq!(ds.len(), 2);
         assert_eq!(ds.shape(), [3, 4, 5]);
         assert_eq!(ds.labels().unwrap(), &[0, 1]);
-        assert_eq!(ds.class_names().unwrap(), &["cat".to_string(), "dog".to_string()]);
+        assert_eq!(
+            ds.class_names().unwrap(),
+            &["cat".to_string(), "dog".to_string()]
+        );
         let (x, _) = ds.batch(0, 2).unwrap();
         let v = f64::try_from(x.get(1).get(0).get(0).get(0)).unwrap();
         assert!((v - 250.0 / 255.0).abs() < 1e-6);
         let g = f64::try_from(x.get(0).get(1).get(2).get(3)).unwrap(); // G = x = 3
         assert!((g - 3.0 / 255.0).abs() < 1e-6);
         // a truncated image is named in the error
-        std::fs::write(d.path().join("dog").join("b.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+        std::fs::write(
+            d.path().join("dog").join("b.png"),
+            b"\x89PNG\r\n\x1a\nbroken",
+        )
+        .unwrap();
         let ds = open(d.path()).unwrap();
         let e = ds.batch(0, 3).unwrap_err().to_string();
         assert!(e.contains("b.png") && e.contains("decode"), "{e}");
         // a wrong size is named too
-        image::RgbImage::new(3, 3).save(d.path().join("dog").join("b.png")).unwrap();
+        image::RgbImage::new(3, 3)
+            .save(d.path().join("dog").join("b.png"))
+            .unwrap();
         let e = open(d.path()).unwrap().batch(0, 3).unwrap_err().to_string();
         assert!(e.contains("b.png") && e.contains("expected 5x4"), "{e}");
     }

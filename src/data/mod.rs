@@ -49,13 +49,18 @@ impl std::str::FromStr for DataSpec {
             return Ok(DataSpec::Folder(PathBuf::from(rest)));
         }
         if let Some(rest) = s.strip_prefix("cifar10:") {
-            let (dir, split) = rest.rsplit_once(':').ok_or_else(|| bad("missing :train or :test"))?;
+            let (dir, split) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| bad("missing :train or :test"))?;
             let train = match split {
                 "train" => true,
                 "test" => false,
                 _ => return Err(bad("split must be train or test")),
             };
-            return Ok(DataSpec::Cifar10 { dir: PathBuf::from(dir), train });
+            return Ok(DataSpec::Cifar10 {
+                dir: PathBuf::from(dir),
+                train,
+            });
         }
         if s.ends_with(".safetensors") {
             return Ok(DataSpec::BatchFile(PathBuf::from(s)));
@@ -68,17 +73,29 @@ impl std::str::FromStr for DataSpec {
         match (&split, src.splits.is_empty()) {
             (None, true) => {}
             (Some(sp), false) if src.splits.contains(&sp.as_str()) => {}
-            (None, false) => return Err(bad(&format!("{name} needs a split: {}", src.splits.join("|")))),
+            (None, false) => {
+                return Err(bad(&format!(
+                    "{name} needs a split: {}",
+                    src.splits.join("|")
+                )))
+            }
             (Some(sp), _) => return Err(bad(&format!("{name} has no split '{sp}'"))),
         }
-        Ok(DataSpec::Registry { name: name.to_string(), split })
+        Ok(DataSpec::Registry {
+            name: name.to_string(),
+            split,
+        })
     }
 }
 
 /// Where the pixels live.
 enum Storage {
     /// A memory-mapped batch file: raw tensor bytes at `offset`, uint8 or float32.
-    Mapped { map: memmap2::Mmap, offset: usize, kind: Kind },
+    Mapped {
+        map: memmap2::Mmap,
+        offset: usize,
+        kind: Kind,
+    },
     /// Decoded pixels in memory (CIFAR binary), uint8.
     Bytes(Vec<u8>),
     /// Image files decoded per batch.
@@ -187,7 +204,9 @@ impl Dataset {
                 }
             }
             Storage::Bytes(v) => {
-                Tensor::from_slice(&v[start * per..end * per]).view(dims).to_kind(Kind::Float)
+                Tensor::from_slice(&v[start * per..end * per])
+                    .view(dims)
+                    .to_kind(Kind::Float)
                     / 255.0
             }
             Storage::Folder(files) => folder::decode_batch(&files[start..end], self.shape)?,
@@ -200,15 +219,24 @@ impl Dataset {
     }
 
     /// Iterate over consecutive batches of `batch_size` (the last one may be smaller).
-    pub fn batches(&self, batch_size: usize) -> impl Iterator<Item = Result<(Tensor, Tensor)>> + '_ {
+    pub fn batches(
+        &self,
+        batch_size: usize,
+    ) -> impl Iterator<Item = Result<(Tensor, Tensor)>> + '_ {
         let bs = batch_size.max(1);
-        (0..self.len).step_by(bs).map(move |s| self.batch(s, (s + bs).min(self.len)))
+        (0..self.len)
+            .step_by(bs)
+            .map(move |s| self.batch(s, (s + bs).min(self.len)))
     }
 
     /// Check that every label lies in `0..k` (for a model with k classes); names the first bad index.
     pub fn check_labels(&self, k: usize) -> Result<()> {
         if let Some(l) = &self.labels {
-            if let Some((i, v)) = l.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= k) {
+            if let Some((i, v)) = l
+                .iter()
+                .enumerate()
+                .find(|(_, &v)| v < 0 || v as usize >= k)
+            {
                 return Err(Error::invalid(format!(
                     "{}: label {v} at index {i} is out of range for a {k}-class model",
                     self.name
@@ -220,7 +248,11 @@ impl Dataset {
 }
 
 fn max_label_classes(labels: &[i64]) -> Option<usize> {
-    labels.iter().copied().max().map(|m| (m.max(0) + 1) as usize)
+    labels
+        .iter()
+        .copied()
+        .max()
+        .map(|m| (m.max(0) + 1) as usize)
 }
 
 /// Path helper for error messages.
@@ -236,22 +268,41 @@ mod tests {
     fn parses_specs() {
         assert_eq!(
             "mnist:test".parse::<DataSpec>().unwrap(),
-            DataSpec::Registry { name: "mnist".into(), split: Some("test".into()) }
+            DataSpec::Registry {
+                name: "mnist".into(),
+                split: Some("test".into())
+            }
         );
         assert_eq!(
             "mnist5k".parse::<DataSpec>().unwrap(),
-            DataSpec::Registry { name: "mnist5k".into(), split: None }
+            DataSpec::Registry {
+                name: "mnist5k".into(),
+                split: None
+            }
         );
         assert_eq!(
             "cifar10:/a/b:c:train".parse::<DataSpec>().unwrap(),
-            DataSpec::Cifar10 { dir: "/a/b:c".into(), train: true }
+            DataSpec::Cifar10 {
+                dir: "/a/b:c".into(),
+                train: true
+            }
         );
-        assert_eq!("folder:x".parse::<DataSpec>().unwrap(), DataSpec::Folder("x".into()));
+        assert_eq!(
+            "folder:x".parse::<DataSpec>().unwrap(),
+            DataSpec::Folder("x".into())
+        );
         assert_eq!(
             "a/b.safetensors".parse::<DataSpec>().unwrap(),
             DataSpec::BatchFile("a/b.safetensors".into())
         );
-        for bad in ["mnist", "mnist:valid", "mnist5k:test", "imagenet", "cifar10:/x", "folder:"] {
+        for bad in [
+            "mnist",
+            "mnist:valid",
+            "mnist5k:test",
+            "imagenet",
+            "cifar10:/x",
+            "folder:",
+        ] {
             let e = bad.parse::<DataSpec>().unwrap_err().to_string();
             assert!(e.contains(bad) || e.contains("bad --data"), "{bad}: {e}");
         }

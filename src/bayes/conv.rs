@@ -1,0 +1,229 @@
+//! Bayesian 2-d convolution (SPEC section 2: Conv2d with any stride, padding, dilation, groups).
+//!
+//! Point numerics are `conv2d` as in tch's `nn::Conv2D` / PyTorch's `nn.Conv2d`.
+//!
+//! # Shapes
+//! - input `[B, C, H, W]` or `[B, S, C, H, W]`; output `[B, out, H', W']` or `[B, S, out, H', W']`.
+//! - First Bayesian layer of a parallel MC forward: the S weights `[S, out, C/g, k, k]` are stacked
+//!   into one conv with `S*out` output channels on the un-copied input.
+//! - Input with a sample axis: folded to `[B, S*C, H, W]`, one grouped conv (groups = S*g).
+//! - Per-example weights `[B, out, ...]` (training): input folded to `[1, B*C, H, W]`, groups B*g.
+
+use super::linear::add_opt;
+use super::mode::{rademacher, unify, Act, Ctx, McSampling, Multi};
+use super::posterior::BayesParam;
+use super::{BayesLayer, LayerKind};
+use crate::{Error, Result};
+use tch::{nn, Tensor};
+
+/// Options of a [`Conv2d`] layer.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvConfig {
+    pub stride: i64,
+    pub padding: i64,
+    pub dilation: i64,
+    pub groups: i64,
+    pub bias: bool,
+}
+
+impl Default for ConvConfig {
+    fn default() -> Self {
+        ConvConfig {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+            bias: true,
+        }
+    }
+}
+
+/// A 2-d convolution whose weight and bias may carry a posterior.
+#[derive(Debug)]
+pub struct Conv2d {
+    path: String,
+    pub in_channels: i64,
+    pub out_channels: i64,
+    pub kernel: i64,
+    pub cfg: ConvConfig,
+    pub weight: BayesParam,
+    pub bias: Option<BayesParam>,
+}
+
+/// Builds a point conv under `p` with PyTorch's default init (bound 1/sqrt(fan_in)).
+pub fn conv2d(p: &nn::Path, c_in: i64, c_out: i64, k: i64, cfg: ConvConfig) -> Conv2d {
+    let path = p.components().collect::<Vec<_>>().join(".");
+    let fan_in = (c_in / cfg.groups) * k * k;
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let init = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    let w = p.var("weight", &[c_out, c_in / cfg.groups, k, k], init);
+    let b = cfg.bias.then(|| p.var("bias", &[c_out], init));
+    Conv2d {
+        weight: BayesParam::point(format!("{path}.weight"), w),
+        bias: b.map(|b| BayesParam::point(format!("{path}.bias"), b)),
+        path,
+        in_channels: c_in,
+        out_channels: c_out,
+        kernel: k,
+        cfg,
+    }
+}
+
+impl Conv2d {
+    fn conv(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, groups: i64) -> Tensor {
+        let c = &self.cfg;
+        x.conv2d(
+            w,
+            b,
+            [c.stride, c.stride],
+            [c.padding, c.padding],
+            [c.dilation, c.dilation],
+            groups,
+        )
+    }
+
+    fn is_point(&self) -> bool {
+        self.weight.is_point() && self.bias.as_ref().map_or(true, |b| b.is_point())
+    }
+
+    /// The forward under the context's mode.
+    pub fn forward(&self, x: &Act, ctx: &Ctx) -> Result<Act> {
+        let size = x.t.size();
+        let cdim = if x.samples.is_some() { 2 } else { 1 };
+        if size.len() != cdim + 3 || size[cdim] != self.in_channels {
+            return Err(Error::Shape(format!(
+                "{}: expected [B, {}, H, W]{} input, got {:?}",
+                self.path,
+                self.in_channels,
+                if x.samples.is_some() {
+                    " with a sample axis"
+                } else {
+                    ""
+                },
+                size
+            )));
+        }
+        if !self.is_point() {
+            ctx.note_bayes();
+            if let (Some(scheme), None) = (ctx.mean_field_scheme(), x.samples) {
+                if let Some(y) = self.gaussian_trick(&x.t, scheme, ctx)? {
+                    return Ok(Act::new(y));
+                }
+            }
+        }
+        let w = ctx.draw(&self.weight)?;
+        let b = self.bias.as_ref().map(|b| ctx.draw(b)).transpose()?;
+        let g = self.cfg.groups;
+        let (out, cg, k) = (self.out_channels, self.in_channels / g, self.kernel);
+        Ok(match unify(w, b) {
+            Multi::One(w, b) => x.map_flat(|t| self.conv(t, &w, b.as_ref(), g)),
+            Multi::Shared(w, b) => {
+                let s = w.size()[0];
+                match x.samples {
+                    None => {
+                        // One wide conv: output channels ordered (group, sample, out/g) so that
+                        // each of the g groups sees its own input slice.
+                        let wg = w
+                            .reshape([s, g, out / g, cg, k, k])
+                            .transpose(0, 1)
+                            .reshape([g * s * (out / g), cg, k, k]);
+                        let bg =
+                            b.map(|b| b.reshape([s, g, out / g]).transpose(0, 1).reshape([-1]));
+                        let y = self.conv(&x.t, &wg, bg.as_ref(), g); // [B, g*S*out/g, H', W']
+                        let ys = y.size();
+                        let y = y
+                            .reshape([ys[0], g, s, out / g, ys[2], ys[3]])
+                            .transpose(1, 2)
+                            .reshape([ys[0], s, out, ys[2], ys[3]]);
+                        Act::with(y, Some(s))
+                    }
+                    Some(_) => {
+                        let y = self.grouped(&x.t, &w, b.as_ref(), s);
+                        Act::with(y, Some(s))
+                    }
+                }
+            }
+            Multi::PerExample(w, b) => {
+                if x.samples.is_some() {
+                    return Err(Error::Shape(format!(
+                        "{}: per-example weights with a sample axis",
+                        self.path
+                    )));
+                }
+                // The batch becomes the "sample" axis of a single example.
+                let y = self.grouped(&x.t.unsqueeze(0), &w, b.as_ref(), size[0]);
+                Act::new(y.squeeze_dim(0))
+            }
+        })
+    }
+
+    /// `[N, S, C, H, W]` with weights `[S, out, C/g, k, k]` -> `[N, S, out, H', W']` by one conv
+    /// with groups S*g.
+    fn grouped(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: i64) -> Tensor {
+        let xs = x.size();
+        let g = self.cfg.groups;
+        let out = self.out_channels;
+        let xf = x.reshape([xs[0], s * self.in_channels, xs[3], xs[4]]);
+        let wf = w.reshape([s * out, self.in_channels / g, self.kernel, self.kernel]);
+        let bf = b.map(|b| b.reshape([s * out]));
+        let y = self.conv(&xf, &wf, bf.as_ref(), s * g);
+        let ys = y.size();
+        y.reshape([xs[0], s, out, ys[2], ys[3]])
+    }
+
+    /// Local reparameterisation / flipout for a mean-field weight; `None` for other schemes.
+    fn gaussian_trick(&self, x: &Tensor, scheme: McSampling, ctx: &Ctx) -> Result<Option<Tensor>> {
+        let Some((mu, sigma)) = self.weight.gaussian() else {
+            return Ok(None);
+        };
+        let g = self.cfg.groups;
+        match scheme {
+            McSampling::LocalReparam => {
+                let bias = self.bias.as_ref().map(|b| (b.mean(), b.gaussian()));
+                let mean = self.conv(x, &mu, bias.as_ref().map(|b| &b.0), g);
+                let var_b = bias.and_then(|b| b.1.map(|(_, s)| &s * &s));
+                let var = self.conv(&(x * x), &(&sigma * &sigma), var_b.as_ref(), g);
+                let eps = Tensor::randn_like(&mean);
+                Ok(Some(mean + (var + 1e-16).sqrt() * eps))
+            }
+            McSampling::Flipout => {
+                let bsz = x.size()[0];
+                let delta = &sigma * Tensor::randn_like(&mu);
+                // Signs per example and channel.
+                let s_in = rademacher(&[bsz, self.in_channels, 1, 1], x);
+                let s_out = rademacher(&[bsz, self.out_channels, 1, 1], x);
+                let y =
+                    self.conv(x, &mu, None, g) + self.conv(&(x * s_in), &delta, None, g) * s_out;
+                let b = match &self.bias {
+                    // [B, out] or [out] -> broadcast over H, W
+                    Some(b) => Some(ctx.draw(b)?.into_tensor().unsqueeze(-1).unsqueeze(-1)),
+                    None => None,
+                };
+                Ok(Some(add_opt(y, b)))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl BayesLayer for Conv2d {
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn kind(&self) -> LayerKind {
+        LayerKind::Conv2d
+    }
+    fn params(&self) -> Vec<&BayesParam> {
+        std::iter::once(&self.weight)
+            .chain(self.bias.as_ref())
+            .collect()
+    }
+    fn params_mut(&mut self) -> Vec<&mut BayesParam> {
+        std::iter::once(&mut self.weight)
+            .chain(self.bias.as_mut())
+            .collect()
+    }
+}

@@ -1,0 +1,421 @@
+//! Forward modes and the per-forward context (SPEC section 2, "Modes").
+//!
+//! A [`ForwardMode`] says how weights are drawn; a [`Ctx`] is built from it for one forward and
+//! handed to every layer. Activations are [`Act`]s: a tensor plus an optional MC sample axis.
+//!
+//! # Shapes
+//! - `Act { samples: None }`: `[B, ...]` (the deterministic trunk, or a training forward where each
+//!   example has its own weight sample).
+//! - `Act { samples: Some(S) }`: `[B, S, ...]`, the S samples shared across the batch.
+
+use super::posterior::{BayesParam, Family};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use tch::{Kind, Tensor};
+
+/// How a Bayesian forward draws its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardMode {
+    /// Means (ensembles: member average); BatchNorm uses running statistics. Logits `[B, 1, K]`.
+    Deterministic,
+    /// Means with BatchNorm in training mode (batch statistics, running stats updated): DNN
+    /// training. Logits `[B, 1, K]`.
+    DeterministicTrain,
+    /// Stochastic training forward, BatchNorm in training mode. Logits `[B, 1, K]`.
+    Train(TrainSampling),
+    /// One forward evaluating S samples shared across the batch (BatchNorm: running stats).
+    /// Logits `[B, S, K]`.
+    ParallelMc { samples: usize },
+    /// S full forwards with the same draws `ParallelMc` makes from the same seed (a test oracle
+    /// and a low-memory fallback). Logits `[B, S, K]`.
+    SequentialMc { samples: usize },
+}
+
+impl ForwardMode {
+    /// The number of samples along the output's sample axis.
+    pub fn samples(&self) -> usize {
+        match self {
+            ForwardMode::ParallelMc { samples } | ForwardMode::SequentialMc { samples } => *samples,
+            _ => 1,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ForwardMode::ParallelMc { samples: 0 } | ForwardMode::SequentialMc { samples: 0 } => {
+                Err(Error::invalid(
+                    "MC samples S = 0: S must be >= 1 (--mc-samples)",
+                ))
+            }
+            ForwardMode::Train(TrainSampling {
+                routing: Routing::Given(ids),
+                ..
+            }) if ids.iter().any(|&i| i < 0) => Err(Error::invalid(format!(
+                "routing ids must be >= 0, got {ids:?}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Training-time sampling: mean-field draw scheme plus ensemble / low-rank routing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSampling {
+    pub sampling: McSampling,
+    pub routing: Routing,
+}
+
+impl Default for TrainSampling {
+    fn default() -> Self {
+        TrainSampling {
+            sampling: McSampling::PerExample,
+            routing: Routing::Random,
+        }
+    }
+}
+
+/// How mean-field layers draw in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum McSampling {
+    /// One weight sample per example (grouped conv / batched matmul).
+    PerExample,
+    /// One weight sample for the whole batch.
+    PerBatch,
+    /// Output mean from mu, output variance from x^2 and sigma^2 (Linear, Conv2d; other layers
+    /// fall back to per-example samples).
+    LocalReparam,
+    /// One weight perturbation decorrelated per example by random sign flips (per example and
+    /// channel for convs). Linear, Conv2d; other layers fall back to per-example samples.
+    Flipout,
+}
+
+/// Which ensemble member / low-rank component each example goes through in training.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    /// Uniformly random per example (drawn once per forward, shared by all layers).
+    Random,
+    /// Every example through this member.
+    Fixed(usize),
+    /// One id per example (length B).
+    Given(Vec<i64>),
+}
+
+/// The drawn tensor of one parameter for one layer call.
+pub(crate) enum Drawn {
+    /// One tensor for the whole batch (standard op).
+    One(Tensor),
+    /// `[S, ...]` shared across the batch.
+    Shared(Tensor),
+    /// `[B, ...]`, one per example.
+    PerExample(Tensor),
+}
+
+impl Drawn {
+    pub(crate) fn into_tensor(self) -> Tensor {
+        match self {
+            Drawn::One(t) | Drawn::Shared(t) | Drawn::PerExample(t) => t,
+        }
+    }
+}
+
+pub(crate) enum Plan {
+    Mean,
+    Shared { samples: i64 },
+    PerExample { batch: i64, ts: TrainSampling },
+}
+
+/// Per-forward state shared by all layers of one model call.
+pub struct Ctx {
+    pub(crate) plan: Plan,
+    train: bool,
+    /// Sequential MC: the pass index; draws are cached across passes by parameter name.
+    seq: Cell<Option<usize>>,
+    seq_samples: i64,
+    cache: RefCell<HashMap<String, Tensor>>,
+    ids: RefCell<Option<Tensor>>,
+    pending: Cell<bool>,
+    features: RefCell<Option<Act>>,
+    head_input: RefCell<Option<Act>>,
+}
+
+impl Ctx {
+    /// A context for one forward over a batch of `batch` examples.
+    pub fn new(mode: &ForwardMode, batch: i64) -> Result<Ctx> {
+        mode.validate()?;
+        let (plan, train, seq_samples) = match mode {
+            ForwardMode::Deterministic => (Plan::Mean, false, 0),
+            ForwardMode::DeterministicTrain => (Plan::Mean, true, 0),
+            ForwardMode::Train(ts) => {
+                if let Routing::Given(ids) = &ts.routing {
+                    if ids.len() as i64 != batch {
+                        return Err(Error::Shape(format!(
+                            "routing ids: {} given for a batch of {batch}",
+                            ids.len()
+                        )));
+                    }
+                }
+                let ts = ts.clone();
+                (Plan::PerExample { batch, ts }, true, 0)
+            }
+            ForwardMode::ParallelMc { samples } => (
+                Plan::Shared {
+                    samples: *samples as i64,
+                },
+                false,
+                0,
+            ),
+            // Sequential passes run as `Mean` plans whose layers pick slice `seq` of their draws.
+            ForwardMode::SequentialMc { samples } => (Plan::Mean, false, *samples as i64),
+        };
+        Ok(Ctx {
+            plan,
+            train,
+            seq: Cell::new(None),
+            seq_samples,
+            cache: RefCell::new(HashMap::new()),
+            ids: RefCell::new(None),
+            pending: Cell::new(false),
+            features: RefCell::new(None),
+            head_input: RefCell::new(None),
+        })
+    }
+
+    /// BatchNorm in training mode?
+    pub fn train(&self) -> bool {
+        self.train
+    }
+
+    /// Starts sequential pass `s` (resets the captured features, keeps the cached draws).
+    pub(crate) fn begin_pass(&self, s: usize) {
+        self.seq.set(Some(s));
+        self.pending.set(false);
+        self.features.replace(None);
+        self.head_input.replace(None);
+    }
+
+    pub(crate) fn mean_field_scheme(&self) -> Option<McSampling> {
+        match &self.plan {
+            Plan::PerExample { ts, .. } => Some(ts.sampling),
+            _ => None,
+        }
+    }
+
+    /// Records that a Bayesian layer ran, so the next [`Ctx::mark`] captures its features.
+    pub(crate) fn note_bayes(&self) {
+        self.pending.set(true);
+    }
+
+    /// A block boundary: captures the activation when a Bayesian layer ran since the last mark.
+    pub fn mark(&self, a: &Act) {
+        if self.pending.get() {
+            self.features.replace(Some(a.shallow_clone()));
+            self.pending.set(false);
+        }
+    }
+
+    /// The classifier head's input, the fallback feature for models without Bayesian layers.
+    pub fn mark_head(&self, a: &Act) {
+        self.mark(a);
+        self.head_input.replace(Some(a.shallow_clone()));
+    }
+
+    /// The captured features (or the head input) as recorded.
+    pub(crate) fn take_features(&self) -> Option<Act> {
+        let f = self.features.borrow_mut().take();
+        f.or_else(|| self.head_input.borrow_mut().take())
+    }
+
+    fn route_ids(&self, components: i64, name: &str) -> Result<Option<Tensor>> {
+        let Plan::PerExample { batch, ts } = &self.plan else {
+            return Ok(None);
+        };
+        let mut cached = self.ids.borrow_mut();
+        if cached.is_none() {
+            let ids = match &ts.routing {
+                Routing::Random => {
+                    Tensor::randint(components, [*batch], (Kind::Int64, tch::Device::Cpu))
+                }
+                Routing::Fixed(k) => {
+                    Tensor::full([*batch], *k as i64, (Kind::Int64, tch::Device::Cpu))
+                }
+                Routing::Given(v) => Tensor::from_slice(v),
+            };
+            *cached = Some(ids);
+        }
+        let ids = cached.as_ref().unwrap();
+        let max = ids.max().int64_value(&[]);
+        if max >= components {
+            return Err(Error::invalid(format!(
+                "{name}: routing id {max} out of range for {components} members"
+            )));
+        }
+        Ok(Some(ids.shallow_clone()))
+    }
+
+    /// Draws the tensor a layer uses for parameter `p` in this forward.
+    pub(crate) fn draw(&self, p: &BayesParam) -> Result<Drawn> {
+        if p.is_point() {
+            return Ok(Drawn::One(p.mean()));
+        }
+        if let Some(s) = self.seq.get() {
+            let mut cache = self.cache.borrow_mut();
+            if !cache.contains_key(p.name()) {
+                cache.insert(p.name().to_string(), p.draw(self.seq_samples)?);
+            }
+            return Ok(Drawn::One(cache[p.name()].get(s as i64)));
+        }
+        match &self.plan {
+            Plan::Mean => Ok(Drawn::One(p.mean())),
+            Plan::Shared { samples } => Ok(Drawn::Shared(p.draw(*samples)?)),
+            Plan::PerExample { batch, ts } => match p.family() {
+                Family::Ensemble | Family::LowRank => {
+                    let comps = p.components().unwrap_or(1);
+                    let ids = self.route_ids(comps, p.name())?.expect("per-example plan");
+                    let dev_ids = ids.to_device(p.mean().device());
+                    if let Routing::Fixed(_) = ts.routing {
+                        // Every example uses the same member: one standard op suffices.
+                        let one = p.draw_routed(&dev_ids.narrow(0, 0, 1))?;
+                        return Ok(Drawn::One(one.get(0)));
+                    }
+                    Ok(Drawn::PerExample(p.draw_routed(&dev_ids)?))
+                }
+                _ => match ts.sampling {
+                    McSampling::PerBatch => Ok(Drawn::One(p.draw(1)?.get(0))),
+                    _ => Ok(Drawn::PerExample(p.draw(*batch)?)),
+                },
+            },
+        }
+    }
+}
+
+/// An activation with an optional MC sample axis at dim 1.
+///
+/// # Shapes
+/// `samples: None` -> `[B, ...]`; `samples: Some(S)` -> `[B, S, ...]`.
+#[derive(Debug)]
+pub struct Act {
+    pub t: Tensor,
+    pub samples: Option<i64>,
+}
+
+impl Act {
+    pub fn new(t: Tensor) -> Act {
+        Act { t, samples: None }
+    }
+
+    pub fn with(t: Tensor, samples: Option<i64>) -> Act {
+        Act { t, samples }
+    }
+
+    /// Applies a sample-agnostic op, folding the sample axis into the batch: `[B, S, ...]` ->
+    /// `[B*S, ...]` -> op -> `[B, S, ...]`.
+    pub fn map_flat(&self, f: impl FnOnce(&Tensor) -> Tensor) -> Act {
+        match self.samples {
+            None => Act::new(f(&self.t)),
+            Some(s) => {
+                let size = self.t.size();
+                let mut flat = vec![size[0] * s];
+                flat.extend_from_slice(&size[2..]);
+                let y = f(&self.t.reshape(&flat));
+                let ys = y.size();
+                let mut back = vec![size[0], s];
+                back.extend_from_slice(&ys[1..]);
+                Act::with(y.reshape(&back), Some(s))
+            }
+        }
+    }
+
+    pub fn shallow_clone(&self) -> Act {
+        Act::with(self.t.shallow_clone(), self.samples)
+    }
+
+    pub fn relu(&self) -> Act {
+        Act::with(self.t.relu(), self.samples)
+    }
+
+    pub fn max_pool2d(&self, k: i64, stride: i64, pad: i64) -> Act {
+        self.map_flat(|t| t.max_pool2d([k, k], [stride, stride], [pad, pad], [1, 1], false))
+    }
+
+    /// Global average pooling over H, W: `[B, (S,) C, H, W]` -> `[B, (S,) C]`.
+    pub fn global_avg_pool(&self) -> Act {
+        let d = self.t.dim() as i64;
+        Act::with(
+            self.t.mean_dim(&[d - 2, d - 1][..], false, self.t.kind()),
+            self.samples,
+        )
+    }
+
+    /// Flattens the per-example feature dims (C, H, W order, as PyTorch's `flatten(1)`).
+    pub fn flatten(&self) -> Act {
+        let start = if self.samples.is_some() { 2 } else { 1 };
+        Act::with(self.t.flatten(start, -1), self.samples)
+    }
+
+    /// Residual addition; a tensor without the sample axis broadcasts over it.
+    pub fn add(&self, other: &Act) -> Act {
+        let t = match (self.samples, other.samples) {
+            (Some(_), None) => &self.t + other.t.unsqueeze(1),
+            (None, Some(_)) => self.t.unsqueeze(1) + &other.t,
+            _ => &self.t + &other.t,
+        };
+        Act::with(t, self.samples.or(other.samples))
+    }
+
+    /// The tensor with an explicit sample axis `[B, S, ...]` (a broadcast view when absent).
+    pub fn into_samples(self, s: i64) -> Tensor {
+        match self.samples {
+            Some(_) => self.t,
+            None => {
+                let mut size = self.t.size();
+                size.insert(1, s);
+                self.t.unsqueeze(1).expand(&size, false)
+            }
+        }
+    }
+}
+
+/// Weight and bias drawn for one layer call, brought to a common form.
+pub(crate) enum Multi {
+    One(Tensor, Option<Tensor>),
+    /// `[S, ...]` each.
+    Shared(Tensor, Option<Tensor>),
+    /// `[B, ...]` each.
+    PerExample(Tensor, Option<Tensor>),
+}
+
+fn expand_to(t: Tensor, n: i64) -> Tensor {
+    let mut size = vec![n];
+    size.extend(t.size());
+    t.unsqueeze(0).expand(&size, false)
+}
+
+/// Brings a weight and an optional bias to one form (a point bias broadcasts over S or B).
+pub(crate) fn unify(w: Drawn, b: Option<Drawn>) -> Multi {
+    let n_of = |d: &Drawn| match d {
+        Drawn::Shared(t) | Drawn::PerExample(t) => Some(t.size()[0]),
+        Drawn::One(_) => None,
+    };
+    let n = n_of(&w).or(b.as_ref().and_then(n_of));
+    let shared = matches!(w, Drawn::Shared(_)) || matches!(b, Some(Drawn::Shared(_)));
+    let lift = |d: Drawn| match (d, n) {
+        (Drawn::One(t), Some(n)) => expand_to(t, n),
+        (Drawn::One(t), None) | (Drawn::Shared(t), _) | (Drawn::PerExample(t), _) => t,
+    };
+    let (w, b) = (lift(w), b.map(lift));
+    match n {
+        None => Multi::One(w, b),
+        Some(_) if shared => Multi::Shared(w, b),
+        Some(_) => Multi::PerExample(w, b),
+    }
+}
+
+/// Random signs (+1/-1) of the given shape, for flipout.
+pub(crate) fn rademacher(shape: &[i64], like: &Tensor) -> Tensor {
+    Tensor::randint(2, shape, (Kind::Float, like.device())).to_kind(like.kind()) * 2.0 - 1.0
+}

@@ -1,0 +1,336 @@
+//! libre checkpoints (issue "Checkpoints and import"; SPEC section 2 for what a posterior holds):
+//! safetensors files whose metadata key `"libre"` holds a JSON [`CheckpointMeta`]: the
+//! architecture and its options, the posterior (family, options, converted layers, S) and the
+//! libre version. `load` rebuilds the model and its conversion from the metadata alone, so
+//! `--weights FILE` needs no other flag.
+//!
+//! Tensor names are the VarStore names (`layer4.2.conv1.weight`, `..._psi`, `..._members`), so
+//! a point model's file is a torchvision-style state_dict. Writes are atomic (a temporary file in
+//! the same directory, then a rename); nothing is written when a weight is not finite.
+
+use crate::bayes::LayerSelection;
+use crate::models::{self, BayesModel, ModelConfig, PosteriorMeta};
+use crate::{Error, Result};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// The checkpoint format this build writes and reads.
+pub const FORMAT: u32 = 1;
+/// The safetensors metadata key holding the JSON [`CheckpointMeta`].
+pub const META_KEY: &str = "libre";
+
+/// What a checkpoint says about its model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format: u32,
+    pub model: ModelConfig,
+    pub posterior: Option<PosteriorMeta>,
+    pub libre_version: String,
+}
+
+impl CheckpointMeta {
+    pub fn of(model: &dyn BayesModel) -> Self {
+        CheckpointMeta {
+            format: FORMAT,
+            model: model.config().clone(),
+            posterior: model.posterior().cloned(),
+            libre_version: crate::VERSION.to_string(),
+        }
+    }
+}
+
+fn dtype_of(kind: Kind) -> Result<Dtype> {
+    Ok(match kind {
+        Kind::Bool => Dtype::BOOL,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Int8 => Dtype::I8,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int => Dtype::I32,
+        Kind::Int64 => Dtype::I64,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Half => Dtype::F16,
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        k => {
+            return Err(Error::Checkpoint(format!(
+                "cannot store tensors of kind {k:?}"
+            )))
+        }
+    })
+}
+
+fn kind_of(d: Dtype) -> Result<Kind> {
+    Ok(match d {
+        Dtype::BOOL => Kind::Bool,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::I8 => Kind::Int8,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I32 => Kind::Int,
+        Dtype::I64 => Kind::Int64,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F16 => Kind::Half,
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        d => {
+            return Err(Error::Checkpoint(format!(
+                "unsupported safetensors dtype {d:?}"
+            )))
+        }
+    })
+}
+
+/// A CPU copy of a tensor as raw little-endian bytes.
+struct Raw {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl Raw {
+    fn of(t: &Tensor) -> Result<Raw> {
+        let t = t.detach().to_device(Device::Cpu).contiguous();
+        let numel = t.numel();
+        let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut data, numel)?;
+        Ok(Raw {
+            dtype: dtype_of(t.kind())?,
+            shape: t.size().iter().map(|&d| d as usize).collect(),
+            data,
+        })
+    }
+}
+
+impl View for &Raw {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Names of floating-point tensors holding NaN or infinity.
+fn non_finite(tensors: &[(String, Tensor)]) -> Vec<String> {
+    tensors
+        .iter()
+        .filter(|(_, t)| t.is_floating_point() && t.isfinite().all().int64_value(&[]) == 0)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+fn sorted_vars(model: &dyn BayesModel) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Writes `model` to `path` atomically (temporary file in the same directory, then rename).
+pub fn save(path: impl AsRef<Path>, model: &dyn BayesModel) -> Result<()> {
+    let path = path.as_ref();
+    let vars = sorted_vars(model);
+    let bad = non_finite(&vars);
+    if !bad.is_empty() {
+        return Err(Error::Checkpoint(format!(
+            "refusing to write {}: non-finite values in {}",
+            path.display(),
+            bad.join(", ")
+        )));
+    }
+    let raws: Vec<(String, Raw)> = vars
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), Raw::of(t)?)))
+        .collect::<Result<_>>()?;
+    let meta = serde_json::to_string(&CheckpointMeta::of(model))
+        .map_err(|e| Error::Checkpoint(format!("encoding metadata: {e}")))?;
+    let info = Some(HashMap::from([(META_KEY.to_string(), meta)]));
+    let bytes = safetensors::tensor::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), &info)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
+    tmp.write_all(&bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
+    Ok(())
+}
+
+/// Reads the tensors (ordered by name) and the metadata of a libre checkpoint.
+pub fn read(path: impl AsRef<Path>) -> Result<(CheckpointMeta, Vec<(String, Tensor)>)> {
+    let path = path.as_ref();
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let bad = |m: String| Error::bad_file(path, m);
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| {
+            bad(format!(
+                "no '{META_KEY}' metadata: not a libre checkpoint (import PyTorch weights with \
+                 `libre import`)"
+            ))
+        })?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(json).map_err(|e| bad(format!("bad '{META_KEY}' metadata: {e}")))?;
+    if meta.format != FORMAT {
+        return Err(bad(format!(
+            "checkpoint format {} is not supported by this libre (format {FORMAT})",
+            meta.format
+        )));
+    }
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut tensors: Vec<(String, Tensor)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
+            let t = Tensor::f_from_data_size(v.data(), &shape, kind_of(v.dtype())?)?;
+            Ok((n, t))
+        })
+        .collect::<Result<_>>()?;
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((meta, tensors))
+}
+
+/// Reads only the metadata.
+pub fn read_meta(path: impl AsRef<Path>) -> Result<CheckpointMeta> {
+    Ok(read(path)?.0)
+}
+
+/// Copies named tensors into the model's variables; every name must match one variable with the
+/// same shape. Errors list missing, unexpected and wrongly shaped names, each by name.
+/// Floating tensors are cast to the variable's kind (e.g. float64 state_dicts).
+pub fn copy_into(model: &dyn BayesModel, tensors: &[(String, Tensor)], source: &str) -> Result<()> {
+    let bad = non_finite(tensors);
+    if !bad.is_empty() {
+        return Err(Error::Checkpoint(format!(
+            "{source}: non-finite values (NaN/inf) in {}",
+            bad.join(", ")
+        )));
+    }
+    let vars: BTreeMap<String, Tensor> = model.var_store().variables().into_iter().collect();
+    let given: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let missing: Vec<&str> = vars
+        .keys()
+        .map(String::as_str)
+        .filter(|n| !given.contains_key(n))
+        .collect();
+    let unexpected: Vec<&str> = given
+        .keys()
+        .copied()
+        .filter(|n| !vars.contains_key(*n))
+        .collect();
+    let shapes: Vec<String> = given
+        .iter()
+        .filter_map(|(n, t)| {
+            let v = vars.get(*n)?;
+            (v.size() != t.size())
+                .then(|| format!("{n} (file {:?}, model {:?})", t.size(), v.size()))
+        })
+        .collect();
+    if !missing.is_empty() || !unexpected.is_empty() || !shapes.is_empty() {
+        let mut parts = Vec::new();
+        if !missing.is_empty() {
+            parts.push(format!("missing: {}", missing.join(", ")));
+        }
+        if !unexpected.is_empty() {
+            parts.push(format!("unexpected: {}", unexpected.join(", ")));
+        }
+        if !shapes.is_empty() {
+            parts.push(format!("wrong shape: {}", shapes.join(", ")));
+        }
+        let posterior = model.posterior().map_or("point".to_string(), |p| {
+            format!("{} on {}", p.config.family, p.layers.join(","))
+        });
+        return Err(Error::Checkpoint(format!(
+            "{source} does not match a {} model ({posterior}): {}",
+            model.config().arch,
+            parts.join("; ")
+        )));
+    }
+    let _guard = tch::no_grad_guard();
+    for (n, t) in tensors {
+        let mut v = vars[n].shallow_clone();
+        v.f_copy_(&t.to_kind(v.kind()))?;
+    }
+    Ok(())
+}
+
+/// Loads a checkpoint, rebuilding the model (and its conversion) from the metadata.
+pub fn load(
+    path: impl AsRef<Path>,
+    device: Device,
+) -> Result<(Box<dyn BayesModel>, CheckpointMeta)> {
+    let path = path.as_ref();
+    let (meta, tensors) = read(path)?;
+    let mut model = models::build(&meta.model, device)
+        .map_err(|e| Error::bad_file(path, format!("metadata describes no valid model: {e}")))?;
+    if let Some(p) = &meta.posterior {
+        model
+            .convert(&LayerSelection::Paths(p.layers.clone()), &p.config)
+            .map_err(|e| Error::bad_file(path, format!("replaying the conversion: {e}")))?;
+    }
+    copy_into(model.as_ref(), &tensors, &path.display().to_string())?;
+    Ok((model, meta))
+}
+
+/// Loads a checkpoint into an existing model of the same architecture and posterior.
+pub fn load_into(path: impl AsRef<Path>, model: &dyn BayesModel) -> Result<CheckpointMeta> {
+    let path = path.as_ref();
+    let (meta, tensors) = read(path)?;
+    if meta.model.arch != model.config().arch {
+        return Err(Error::Checkpoint(format!(
+            "{} holds a {} model, not {}: pass the matching --model or omit it",
+            path.display(),
+            meta.model.arch,
+            model.config().arch
+        )));
+    }
+    if meta.model != *model.config() {
+        return Err(Error::Checkpoint(format!(
+            "{}: model options differ (file {:?}, model {:?})",
+            path.display(),
+            meta.model,
+            model.config()
+        )));
+    }
+    copy_into(model, &tensors, &path.display().to_string())?;
+    Ok(meta)
+}
+
+/// Builds a point model of `cfg` from an imported PyTorch state_dict (`conv1.weight`, ...).
+///
+/// `num_batches_tracked` entries may be absent (older PyTorch); every other variable must be
+/// present with its shape.
+pub fn from_state_dict(
+    cfg: ModelConfig,
+    tensors: Vec<(String, Tensor)>,
+) -> Result<Box<dyn BayesModel>> {
+    let model = models::build(&cfg, Device::Cpu)?;
+    let names: Vec<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
+    let mut tensors = tensors;
+    for (n, v) in model.var_store().variables() {
+        if n.ends_with("num_batches_tracked") && !names.contains(&n) {
+            tensors.push((n, v.copy()));
+        }
+    }
+    copy_into(model.as_ref(), &tensors, "state_dict")?;
+    Ok(model)
+}

@@ -1,0 +1,92 @@
+//! `libre eval`: accuracy, top-5, NLL, Brier and ECE of a DNN or its Bayes ensemble.
+
+use super::Output;
+use libre::bayes::ForwardMode;
+use libre::eval::{self, EvalOptions};
+use serde_json::json;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A libre checkpoint or zoo:NAME.
+    #[arg(long)]
+    pub weights: String,
+    /// Data set spec (mnist:test, folder:DIR, FILE.safetensors, ...).
+    #[arg(long)]
+    pub data: String,
+    /// Use only the first N examples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Number of MC samples of the Bayes ensemble (default: the checkpoint's S; a DNN: 1).
+    #[arg(long, conflicts_with = "deterministic")]
+    pub mc_samples: Option<usize>,
+    /// Evaluate the posterior mean (the DNN) instead of the ensemble.
+    #[arg(long)]
+    pub deterministic: bool,
+    /// Also report accuracy and NLL versus the number of MC samples (1, 2, 5, 10, 20, ..., S).
+    #[arg(long)]
+    pub curve: bool,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
+    let device = super::resolve_device(&args.device, &out)?;
+    let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
+    let (model, _meta) = libre::checkpoint::load(&path, device)?;
+    let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
+    let bayesian = model.posterior().is_some();
+    let mode = if args.deterministic || (!bayesian && args.mc_samples.is_none()) {
+        ForwardMode::Deterministic
+    } else {
+        let s = args
+            .mc_samples
+            .or_else(|| model.posterior().map(|p| p.config.samples))
+            .unwrap_or(1);
+        ForwardMode::ParallelMc { samples: s }
+    };
+    let curve = if args.curve {
+        eval::default_curve(mode.samples())
+    } else {
+        vec![]
+    };
+    let opts = EvalOptions {
+        mode: mode.clone(),
+        batch_size: args.batch_size,
+        curve,
+        seed: args.seed,
+    };
+    let pb = out.progress(ds.len() as u64, "eval");
+    let res = eval::evaluate(model.as_ref(), &ds, &opts, &mut |n| {
+        pb.set_position(n as u64)
+    })?;
+    pb.finish_and_clear();
+    let m = &res.metrics;
+    let mode_name = match &mode {
+        ForwardMode::ParallelMc { samples } => format!("Bayes ensemble, S = {samples}"),
+        _ => "deterministic".to_string(),
+    };
+    let data = json!({
+        "weights": args.weights, "data": args.data, "n": m.n, "mode": mode_name,
+        "top1": m.top1, "top5": m.top5, "nll": m.nll, "brier": m.brier, "ece": m.ece,
+        "curve": res.curve, "seconds": res.seconds, "device": libre::device::name(device),
+    });
+    out.result(data, || {
+        let mut s = format!(
+            "{} on {} ({} images, {mode_name})\n  top-1 {:.2}%  top-5 {:.2}%  NLL {:.4}  Brier {:.4}  ECE {:.4}  ({:.1} s)\n",
+            args.weights, args.data, m.n, 100.0 * m.top1, 100.0 * m.top5, m.nll, m.brier, m.ece, res.seconds
+        );
+        if !res.curve.is_empty() {
+            s += "  S      top-1     NLL\n";
+            for c in &res.curve {
+                s += &format!("  {:<6} {:>6.2}%  {:.4}\n", c.samples, 100.0 * c.top1, c.nll);
+            }
+        }
+        s
+    });
+    Ok(())
+}

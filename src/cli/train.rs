@@ -1,0 +1,412 @@
+//! `libre train` (deterministic pre-training) and `libre finetune` (BayesAdapter fine-tuning).
+
+use super::Output;
+use libre::bayes::optim::{GroupConfig, Schedule};
+use libre::bayes::prior::PriorConfig;
+use libre::bayes::{Family, LayerSelection, McSampling, ParamGroup, PosteriorConfig};
+use libre::models::{BayesModel, ModelConfig};
+use libre::run::{Provenance, RunDir};
+use libre::train::{self, Augment, EpochLog, TrainConfig, TrainObserver, UncertaintyReg};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Options both commands share.
+#[derive(clap::Args, Debug)]
+pub struct Common {
+    /// Training data spec (mnist:train, fashion-mnist:train, cifar10:DIR:train, ...).
+    #[arg(long)]
+    pub data: String,
+    /// Use only the first N training examples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Evaluate on this data set after every epoch (e.g. mnist:test).
+    #[arg(long)]
+    pub eval_data: Option<String>,
+    /// Use only the first N evaluation examples.
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Data augmentation: auto (crop+flip for colour images, none for digits), none, crop-flip.
+    #[arg(long, default_value = "auto")]
+    pub augment: String,
+    /// Run directory (config.json, metrics.csv, checkpoints, summary.json).
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its last complete epoch.
+    #[arg(long, conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Architecture: lenet5, digitcnn, mlp, resnet18, resnet34, resnet50, wrn28-10.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// ResNet: CIFAR stem (3x3 conv, no max-pool), for small images.
+    #[arg(long)]
+    pub cifar_stem: bool,
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f64,
+    /// Weight decay λ (the MAP prior).
+    #[arg(long, default_value_t = 5e-4)]
+    pub decay: f64,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FinetuneArgs {
+    /// The pretrained model: a libre checkpoint or zoo:NAME.
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// mean-field, ensemble or low-rank.
+    #[arg(long, default_value = "mean-field")]
+    pub posterior: String,
+    /// Layers to make Bayesian: all, last-block, a path, a comma list or a glob.
+    #[arg(long, default_value = "all")]
+    pub layers: String,
+    /// MC samples for evaluation (and ensemble members / low-rank components).
+    #[arg(long, default_value_t = 20)]
+    pub mc_samples: usize,
+    /// Learning rate of the means (BayesAdapter: 8e-4, momentum 0.9, Nesterov).
+    #[arg(long, default_value_t = 8e-4)]
+    pub lr_mean: f64,
+    /// Learning rate of psi / members / low-rank factors (BayesAdapter: 0.1 for psi).
+    #[arg(long)]
+    pub lr_posterior: Option<f64>,
+    /// Prior weight decay λ (N(0, 1/(λN)), N = training-set size).
+    #[arg(long, default_value_t = 1e-4)]
+    pub decay: f64,
+    /// Centre the prior of the means at the pretrained weights (MOPED).
+    #[arg(long)]
+    pub moped: bool,
+    /// Training-time sampling: per-example, per-batch, local-reparam, flipout.
+    #[arg(long, default_value = "per-example")]
+    pub sampling: String,
+    /// Enable the uncertainty regulariser with this noise eps (e.g. 0.1).
+    #[arg(long)]
+    pub unc_reg_eps: Option<f64>,
+    #[arg(long, default_value_t = 0.75)]
+    pub unc_reg_gamma: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub unc_reg_coef: f64,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+struct Bars<'a> {
+    out: &'a Output,
+    pb: indicatif::ProgressBar,
+    epochs: usize,
+}
+
+impl TrainObserver for Bars<'_> {
+    fn batch(&mut self, epoch: usize, done: usize, total: usize, loss: f64, acc: f64) {
+        if self.pb.length() != Some(total as u64) {
+            self.pb.set_length(total as u64);
+        }
+        self.pb.set_prefix(format!("epoch {epoch}/{}", self.epochs));
+        self.pb.set_position(done as u64);
+        self.pb
+            .set_message(format!("loss {loss:.4} acc {:.2}%", 100.0 * acc));
+    }
+    fn epoch(&mut self, l: &EpochLog) {
+        self.pb.set_position(0);
+        let ev = match (l.eval_top1, l.eval_nll, l.eval_ece) {
+            (Some(a), Some(n), Some(e)) => {
+                format!("  eval top-1 {:.2}% NLL {n:.4} ECE {e:.4}", 100.0 * a)
+            }
+            _ => String::new(),
+        };
+        self.pb.suspend(|| {
+            self.out.note(format!(
+                "epoch {}: loss {:.4} train acc {:.2}%{ev}  ({:.1} s, {:.0} img/s)",
+                l.epoch,
+                l.loss,
+                100.0 * l.train_acc,
+                l.seconds,
+                l.images_per_s
+            ))
+        });
+        self.out.event("epoch", serde_json::to_value(l).unwrap());
+    }
+}
+
+fn parse_augment(s: &str, shape: [usize; 3]) -> anyhow::Result<Augment> {
+    Ok(match s {
+        "auto" => Augment::auto(shape),
+        "none" => Augment::None,
+        "crop-flip" => Augment::CropFlip,
+        _ => anyhow::bail!("--augment must be auto, none or crop-flip, got '{s}'"),
+    })
+}
+
+fn parse_sampling(s: &str) -> anyhow::Result<McSampling> {
+    Ok(match s {
+        "per-example" => McSampling::PerExample,
+        "per-batch" => McSampling::PerBatch,
+        "local-reparam" => McSampling::LocalReparam,
+        "flipout" => McSampling::Flipout,
+        _ => anyhow::bail!(
+            "--sampling must be per-example, per-batch, local-reparam or flipout, got '{s}'"
+        ),
+    })
+}
+
+/// Shared driver: open data, (re)load the model, train, write config / summary.
+fn drive(
+    out: Output,
+    common: &Common,
+    make: &mut dyn FnMut(
+        &libre::data::Dataset,
+        tch::Device,
+    )
+        -> anyhow::Result<(Box<dyn BayesModel>, TrainConfig, serde_json::Value)>,
+) -> anyhow::Result<()> {
+    let device = super::resolve_device(&common.device, &out)?;
+    let resume = common.resume.is_some();
+    let dir = common.resume.clone().or(common.out.clone()).unwrap();
+    let run = RunDir::create(&dir)?;
+    let (mut model, cfg, extra) = if resume {
+        let cfg: TrainConfig = run
+            .read_json::<serde_json::Value>("config.json")
+            .and_then(|v| {
+                serde_json::from_value(v["train"].clone())
+                    .map_err(|e| libre::Error::bad_file(run.file("config.json"), e.to_string()))
+            })?;
+        let ckpt = train::last_checkpoint(&run).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--resume {}: no complete epoch to resume from",
+                dir.display()
+            )
+        })?;
+        let (m, _) = libre::checkpoint::load(&ckpt, device)?;
+        out.note(format!(
+            "resuming {} after epoch {}",
+            dir.display(),
+            train::last_epoch(&run).unwrap_or(0)
+        ));
+        (m, cfg, json!({}))
+    } else {
+        let ds = libre::data::open(&common.data, common.limit, &mut super::fetch_note(&out))?;
+        make(&ds, device)?
+    };
+    let train_ds = libre::data::open(&cfg.data, cfg.limit, &mut super::fetch_note(&out))?;
+    let eval_ds = match &cfg.eval_data {
+        Some(s) => Some(libre::data::open(
+            s,
+            common.eval_limit,
+            &mut super::fetch_note(&out),
+        )?),
+        None => None,
+    };
+    if !resume {
+        let config = json!({
+            "train": cfg, "model": model.config(), "posterior": model.posterior(),
+            "provenance": Provenance::new(device), "extra": extra,
+        });
+        run.write_json("config.json", &config)?;
+    }
+    let mut bars = Bars {
+        out: &out,
+        pb: out.progress(train_ds.len() as u64, "train"),
+        epochs: cfg.epochs,
+    };
+    let t0 = std::time::Instant::now();
+    let logs = train::fit(
+        model.as_mut(),
+        &train_ds,
+        eval_ds.as_ref(),
+        &cfg,
+        &run,
+        resume,
+        &mut bars,
+    )?;
+    bars.pb.finish_and_clear();
+    let last = logs.last().cloned();
+    let summary = json!({
+        "run_dir": dir, "epochs": logs.len(), "seconds_this_invocation": t0.elapsed().as_secs_f64(),
+        "final": last, "checkpoint": run.file("model.safetensors"),
+    });
+    run.write_json("summary.json", &summary)?;
+    out.result(summary.clone(), || {
+        let mut s = format!("run directory: {}\n", dir.display());
+        if let Some(l) = &last {
+            s += &format!(
+                "final epoch {}: loss {:.4}, train acc {:.2}%",
+                l.epoch,
+                l.loss,
+                100.0 * l.train_acc
+            );
+            if let (Some(a), Some(n), Some(e)) = (l.eval_top1, l.eval_nll, l.eval_ece) {
+                s += &format!(", eval top-1 {:.2}% NLL {n:.4} ECE {e:.4}", 100.0 * a);
+            }
+            s.push('\n');
+        }
+        s += &format!("checkpoint: {}\n", run.file("model.safetensors").display());
+        s
+    });
+    Ok(())
+}
+
+pub fn run_train(args: TrainArgs, out: Output) -> anyhow::Result<()> {
+    let c = &args.common;
+    let epochs = c.epochs.unwrap_or(10);
+    drive(out, c, &mut |ds, device| {
+        let arch = args
+            .model
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--model is required"))?;
+        let [ch, h, _] = ds.shape();
+        let k = ds
+            .num_classes()
+            .ok_or_else(|| anyhow::anyhow!("{} has no labels", ds.name))? as i64;
+        let mc = match arch.as_str() {
+            "lenet5" => ModelConfig {
+                num_classes: k,
+                in_channels: ch as i64,
+                image_size: h as i64,
+                ..ModelConfig::lenet5()
+            },
+            "digitcnn" => ModelConfig {
+                num_classes: k,
+                in_channels: ch as i64,
+                image_size: h as i64,
+                ..ModelConfig::digitcnn()
+            },
+            "mlp" => ModelConfig::mlp(ch as i64, h as i64, vec![512, 256], k),
+            a if a.starts_with("resnet") => {
+                let depth: usize = a[6..]
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("unknown --model {a}"))?;
+                let mut m = ModelConfig::resnet(depth, k, h as i64, args.cifar_stem);
+                m.in_channels = ch as i64;
+                m
+            }
+            a => ModelConfig {
+                arch: a.to_string(),
+                num_classes: k,
+                in_channels: ch as i64,
+                image_size: h as i64,
+                ..ModelConfig::default()
+            },
+        };
+        let model = libre::models::build(&mc, device)?;
+        let steps = epochs * ds.len().div_ceil(c.batch_size);
+        let cfg = TrainConfig {
+            kind: "train".into(),
+            data: c.data.clone(),
+            limit: c.limit,
+            eval_data: c.eval_data.clone(),
+            epochs,
+            batch_size: c.batch_size,
+            seed: c.seed,
+            augment: parse_augment(&c.augment, ds.shape())?,
+            groups: train::pretrain_groups(args.lr, args.decay, steps),
+            prior: None,
+            sampling: None,
+            uncertainty_reg: None,
+            eval_samples: 1,
+        };
+        tch::manual_seed(c.seed);
+        Ok((model, cfg, json!({})))
+    })
+}
+
+pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
+    let c = &args.common;
+    let epochs = c.epochs.unwrap_or(1);
+    drive(out, c, &mut |ds, device| {
+        let w = args
+            .weights
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--weights is required"))?;
+        let path = libre::zoo::resolve(&w, &mut super::fetch_note(&out))?;
+        let (mut model, _) = libre::checkpoint::load(&path, device)?;
+        let family: Family = args.posterior.parse()?;
+        if family == Family::Point {
+            anyhow::bail!("--posterior must be mean-field, ensemble or low-rank");
+        }
+        let sel: LayerSelection = args.layers.parse()?;
+        tch::manual_seed(c.seed);
+        let pc = PosteriorConfig::new(family, args.mc_samples);
+        let converted = model.convert(&sel, &pc)?;
+        let steps_per_epoch = ds.len().div_ceil(c.batch_size);
+        let post_group = match family {
+            Family::MeanField => ParamGroup::Psi,
+            Family::Ensemble => ParamGroup::Members,
+            _ => ParamGroup::LowRank,
+        };
+        let lr_post = args.lr_posterior.unwrap_or(match family {
+            Family::MeanField => 0.1,
+            _ => 1e-3,
+        });
+        let mean = GroupConfig {
+            lr: args.lr_mean,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: true,
+            weight_decay: 0.0, // the prior regulariser decays the means (no double decay)
+            schedule: Schedule::Constant,
+        };
+        let post = GroupConfig {
+            lr: lr_post,
+            momentum: if family == Family::MeanField {
+                0.0
+            } else {
+                0.9
+            },
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            // psi: step decay (x0.1 every 1/3 of the run, at least one epoch); members/factors:
+            // per-step cosine to a tenth (LiBRe).
+            schedule: match family {
+                Family::MeanField => Schedule::Step {
+                    every: steps_per_epoch * (epochs / 3).max(1),
+                    gamma: 0.1,
+                },
+                _ => Schedule::Cosine {
+                    total: epochs * steps_per_epoch,
+                    min_lr: lr_post / 10.0,
+                },
+            },
+        };
+        let cfg = TrainConfig {
+            kind: "finetune".into(),
+            data: c.data.clone(),
+            limit: c.limit,
+            eval_data: c.eval_data.clone(),
+            epochs,
+            batch_size: c.batch_size,
+            seed: c.seed,
+            augment: parse_augment(&c.augment, ds.shape())?,
+            groups: vec![(ParamGroup::Mean, mean), (post_group, post)],
+            prior: Some(PriorConfig {
+                decay: args.decay,
+                num_data: ds.len(),
+                moped: args.moped,
+            }),
+            sampling: Some(parse_sampling(&args.sampling)?),
+            uncertainty_reg: args.unc_reg_eps.map(|eps| UncertaintyReg {
+                eps,
+                gamma: args.unc_reg_gamma,
+                coef: args.unc_reg_coef,
+            }),
+            eval_samples: args.mc_samples,
+        };
+        Ok((
+            model,
+            cfg,
+            json!({ "weights": w, "converted_layers": converted }),
+        ))
+    })
+}
