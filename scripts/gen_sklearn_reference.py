@@ -32,6 +32,9 @@ def detection_reference(y, s):
         "tpr_at_fpr": {b: float(tpr[fpr <= float(b)].max()) for b in FPR_BOUNDS},
         "tnr_at_tpr95": float(1.0 - fpr[np.argmax(tpr >= 0.95)]),
         "detection_accuracy": float(np.max(0.5 * (tpr + 1.0 - fpr))),
+        # Threshold calibrated on the clean scores for FPR <= 5%: the last ROC point within it.
+        "detection_accuracy_at_fpr05": float(
+            0.5 * (tpr[fpr <= 0.05][-1] + 1.0 - fpr[fpr <= 0.05][-1])),
         "n_pos": int(y.sum()),
         "n_neg": int((1 - y).sum()),
     }

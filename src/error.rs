@@ -6,7 +6,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{context}: {source}")]
+    // The cause is the source (printed by the CLI's error chain), not repeated in the message.
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

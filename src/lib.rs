@@ -26,6 +26,7 @@ pub mod import;
 pub mod models;
 pub mod run;
 pub mod train;
+pub mod victim;
 pub mod zoo;
 
 pub use error::{Error, Result};

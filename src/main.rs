@@ -37,7 +37,7 @@ enum Command {
     /// Evaluate a model or Bayes ensemble on a data set.
     Eval(cli::eval::Args),
     /// Craft adversarial examples.
-    Attack(Passthrough),
+    Attack(cli::attack::Args),
     /// Detection metrics (AUROC, AUPR, TPR@FPR) from a CSV of scores.
     Metrics(cli::metrics::Args),
     /// Re-render a report directory from its CSV tables.
@@ -68,7 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quickstart(a) => cli::quickstart::run(a, out),
         Command::Convert(_) => Err(cli::not_landed("convert", "The Bayesian core")),
         Command::Eval(a) => cli::eval::run(a, out),
-        Command::Attack(_) => Err(cli::not_landed("attack", "Attack generators")),
+        Command::Attack(a) => cli::attack::run(a, out),
     }
 }
 

@@ -9,6 +9,14 @@ use libre::bayes::{
 use libre::models::{self, BayesModel, ModelConfig};
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's generator is global: every test holds this lock so that a seeded comparison is not
+/// disturbed by draws of tests running in other threads.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     (a - b).abs().max().double_value(&[])
@@ -64,6 +72,7 @@ fn configs() -> Vec<(ModelConfig, Vec<&'static str>)> {
 
 #[test]
 fn converted_models_evaluate_deterministically_as_the_dnn() {
+    let _rng = rng_lock();
     for (cfg, sels) in configs() {
         let x = input(&cfg, 3, 1);
         for s in sels {
@@ -88,6 +97,7 @@ fn converted_models_evaluate_deterministically_as_the_dnn() {
 
 #[test]
 fn convert_then_back_is_exact() {
+    let _rng = rng_lock();
     for (cfg, sels) in configs() {
         let x = input(&cfg, 2, 2);
         for fam in [Family::MeanField, Family::Ensemble, Family::LowRank] {
@@ -126,6 +136,7 @@ fn convert_then_back_is_exact() {
 
 #[test]
 fn parallel_mc_equals_sequential_mc() {
+    let _rng = rng_lock();
     let cases = [
         (ModelConfig::lenet5(), "all"),
         (ModelConfig::lenet5(), "conv2,linear2"),
@@ -173,6 +184,7 @@ fn parallel_mc_equals_sequential_mc() {
 
 #[test]
 fn features_come_from_the_last_bayesian_block() {
+    let _rng = rng_lock();
     let cfg = small_resnet();
     let mut m = models::build(&cfg, Device::Cpu).unwrap();
     let x = input(&cfg, 2, 5);
@@ -209,6 +221,7 @@ fn features_come_from_the_last_bayesian_block() {
 
 #[test]
 fn per_example_sampling_gives_each_example_its_own_weights() {
+    let _rng = rng_lock();
     let cfg = ModelConfig::lenet5();
     let x1 = input(&cfg, 1, 8);
     let x = x1.repeat([4, 1, 1, 1]); // four copies of one image
@@ -283,6 +296,7 @@ fn per_example_sampling_gives_each_example_its_own_weights() {
 /// and variance `x^2 sigma^2 + sigma_b^2`: every training scheme must reproduce it.
 #[test]
 fn training_schemes_match_the_exact_output_distribution() {
+    let _rng = rng_lock();
     let cfg = ModelConfig::mlp(1, 4, vec![], 3); // one layer fc1: 16 -> 3
     let mut m = models::build(&cfg, Device::Cpu).unwrap();
     m.convert(&sel("all"), &PosteriorConfig::new(Family::MeanField, 1))
@@ -302,24 +316,23 @@ fn training_schemes_match_the_exact_output_distribution() {
         .squeeze();
     let s2 = (2.0f64 * -1.0).exp();
     let var = ((&xf * &xf).sum(Kind::Float) * s2 + s2).double_value(&[]);
-    let x = x1.repeat([20000, 1, 1, 1]);
+    // 50 forwards of 400 copies: flipout shares one perturbation per forward, so its marginal
+    // distribution is exact only over forwards.
+    let x = x1.repeat([400, 1, 1, 1]);
     for s in [
         McSampling::PerExample,
         McSampling::LocalReparam,
         McSampling::Flipout,
     ] {
         tch::manual_seed(12);
-        let y = tch::no_grad(|| {
-            m.forward_mc(
-                &x,
-                &ForwardMode::Train(TrainSampling {
-                    sampling: s,
-                    routing: Routing::Random,
-                }),
-            )
-        })
-        .unwrap()
-        .squeeze_dim(1);
+        let mode = ForwardMode::Train(TrainSampling {
+            sampling: s,
+            routing: Routing::Random,
+        });
+        let ys: Vec<Tensor> = (0..50)
+            .map(|_| tch::no_grad(|| m.forward_mc(&x, &mode)).unwrap().squeeze_dim(1))
+            .collect();
+        let y = Tensor::cat(&ys, 0);
         let emp_mean = y.mean_dim(0, false, Kind::Float);
         let emp_var = y.var_dim(0, true, false);
         let tol_mean = 4.0 * (var / 20000.0).sqrt();
@@ -333,6 +346,7 @@ fn training_schemes_match_the_exact_output_distribution() {
 
 #[test]
 fn lenet5_matches_advertorch_layout() {
+    let _rng = rng_lock();
     let m = models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
     let mut names: Vec<(String, Vec<i64>)> = m
         .var_store()
@@ -391,6 +405,7 @@ fn lenet5_matches_advertorch_layout() {
 
 #[test]
 fn resnet_names_follow_torchvision() {
+    let _rng = rng_lock();
     let m18 = models::build(&ModelConfig::resnet(18, 1000, 224, false), Device::Cpu).unwrap();
     let v = m18.var_store().variables();
     assert_eq!(
@@ -421,6 +436,7 @@ fn resnet_names_follow_torchvision() {
 
 #[test]
 fn bad_inputs_name_the_problem() {
+    let _rng = rng_lock();
     let mut m = models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
     let x = input(m.config(), 2, 14);
     let e = m

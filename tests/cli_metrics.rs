@@ -159,6 +159,29 @@ fn metrics_bad_input_exits_2_with_the_row() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("clean_correct"));
+    // With the columns: the misclassified clean row and the failed attack are dropped.
+    let p = write(
+        dir.path(),
+        "sub.csv",
+        "label,score,clean_correct,adv_success\n0,0.1,1,\n0,0.9,0,\n1,0.5,1,1\n1,0.05,1,0\n",
+    );
+    let out = libre()
+        .args(["--json", "metrics", "--subset", "successful", "--scores"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = result_line(&out.stdout);
+    assert_eq!(
+        (d["n_pos"].as_u64(), d["n_neg"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(d["auroc"].as_f64(), Some(1.0));
+    assert_eq!(d["subset"], "successful");
 }
 
 #[test]

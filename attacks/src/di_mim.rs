@@ -52,7 +52,7 @@ impl DiMimConfig {
 }
 
 /// The DI-MIM attack.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DiMim {
     config: DiMimConfig,
 }
@@ -66,14 +66,6 @@ impl DiMim {
 
     pub fn config(&self) -> &DiMimConfig {
         &self.config
-    }
-}
-
-impl Default for DiMim {
-    fn default() -> Self {
-        DiMim {
-            config: DiMimConfig::default(),
-        }
     }
 }
 

@@ -37,7 +37,7 @@ impl MimConfig {
 }
 
 /// The MIM attack.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Mim {
     config: MimConfig,
 }
@@ -51,14 +51,6 @@ impl Mim {
 
     pub fn config(&self) -> &MimConfig {
         &self.config
-    }
-}
-
-impl Default for Mim {
-    fn default() -> Self {
-        Mim {
-            config: MimConfig::default(),
-        }
     }
 }
 

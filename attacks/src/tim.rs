@@ -39,7 +39,7 @@ impl TimConfig {
         self.base.validate("tim")?;
         check::non_negative("tim", "decay", self.decay)?;
         check::at_least("tim", "kernel_size", self.kernel_size, 1)?;
-        if self.kernel_size % 2 == 0 {
+        if self.kernel_size & 1 == 0 {
             return Err(AttackError::config(
                 "tim",
                 "kernel_size",
@@ -52,7 +52,7 @@ impl TimConfig {
 }
 
 /// The TIM attack.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Tim {
     config: TimConfig,
 }
@@ -66,14 +66,6 @@ impl Tim {
 
     pub fn config(&self) -> &TimConfig {
         &self.config
-    }
-}
-
-impl Default for Tim {
-    fn default() -> Self {
-        Tim {
-            config: TimConfig::default(),
-        }
     }
 }
 

@@ -13,8 +13,8 @@ use tch::{Kind, Tensor};
 ///
 /// # Shapes
 /// - input `x`: `[B, C, H, W]`, float, in [0, 1]
-/// - [`Victim::logits`]: `[B, K]`, or `[B, S, K]` with an MC sample axis of S draws
-/// - [`Victim::score`]: `[B]`
+/// - `Victim::logits`: `[B, K]`, or `[B, S, K]` with an MC sample axis of S draws
+/// - `Victim::score`: `[B]`
 pub trait Victim {
     /// Logits of a batch; must be differentiable with respect to `x`.
     fn logits(&self, x: &Tensor) -> Tensor;

@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (attack, strength) in [("fgsm", 1.2), ("pgd", 0.9), ("cw", 0.7)] {
             for eps in [4.0 / 255.0, 8.0 / 255.0, 16.0 / 255.0] {
                 for _ in 0..1000 {
-                    let shift = gain * strength * (eps * 255.0 / 16.0).sqrt();
+                    let shift: f64 = gain * strength * (eps * 255.0 / 16.0f64).sqrt();
                     rows.push(ScoreRow {
                         model: model.into(),
                         attack: attack.into(),

@@ -76,9 +76,10 @@ pub struct DetectionCi {
     pub tpr_at_fpr: TprAtFprCi,
     pub tnr_at_tpr95: Interval,
     pub detection_accuracy: Interval,
+    pub detection_accuracy_at_fpr05: Interval,
 }
 
-/// Intervals of [`TprAtFpr`], keyed like it in JSON.
+/// Intervals of [`crate::detection::TprAtFpr`], keyed like it in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct TprAtFprCi {
     #[serde(rename = "0.01")]
@@ -134,7 +135,7 @@ pub fn detection_replicates(
                         counts[at[rng.below(at.len())] as usize] += 1;
                     }
                 }
-                pre.sweep_weighted(counts)
+                pre.sweep_weighted(counts, pre.pos_at.len() as u64, pre.neg_at.len() as u64)
             },
         )
         .collect())
@@ -165,6 +166,7 @@ pub fn bootstrap_detection(
         },
         tnr_at_tpr95: ci(&|m| m.tnr_at_tpr95)?,
         detection_accuracy: ci(&|m| m.detection_accuracy)?,
+        detection_accuracy_at_fpr05: ci(&|m| m.detection_accuracy_at_fpr05)?,
     })
 }
 

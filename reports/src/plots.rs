@@ -395,16 +395,28 @@ pub fn draw_mc_curve<DB: DrawingBackend>(
             .x_desc("number of MC samples S")
             .y_desc(name)
             .x_labels(8)
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_labels(6)
             .draw()
             .map_err(plot_err(FIG))?;
         for (i, s) in series.iter().enumerate() {
             let color = model_color(&s.model, i);
-            let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0 as f64, pick(p))).collect();
+            let mut pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0 as f64, pick(p))).collect();
+            let mut label = s.model.to_uppercase();
+            let line = if let [(x, y)] = pts[..] {
+                // A single evaluation (the deterministic DNN): a reference level across S.
+                label = format!("{label} (S = {x})");
+                vec![(0.5, y), (s_max as f64 + 0.5, y)]
+            } else {
+                pts.clone()
+            };
+            if line.len() == 2 && pts.len() == 1 {
+                pts.clear();
+            }
             chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(line, color.stroke_width(2)))
                 .map_err(plot_err(FIG))?
-                .label(s.model.to_uppercase())
+                .label(label)
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });

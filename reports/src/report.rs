@@ -447,6 +447,7 @@ pub fn detection_rows(run: &RunData, subset: Subset) -> Vec<DetectionRow> {
                 tpr_at_fpr_0_10: m.tpr_at_fpr.fpr_0_10,
                 tnr_at_tpr95: m.tnr_at_tpr95,
                 detection_accuracy: m.detection_accuracy,
+                detection_accuracy_at_fpr05: m.detection_accuracy_at_fpr05,
                 auroc_lo: g.ci.as_ref().map(|c| c.auroc.lo),
                 auroc_hi: g.ci.as_ref().map(|c| c.auroc.hi),
             }
@@ -483,6 +484,7 @@ fn detection_table(run: &RunData) -> TextTable {
             "TPR@FPR10%",
             "TNR@TPR95%",
             "det. acc.",
+            "det. acc. @FPR5%",
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -514,6 +516,7 @@ fn detection_table(run: &RunData) -> TextTable {
                 format!("{:.4}", t[2]),
                 format!("{:.4}", m.tnr_at_tpr95),
                 format!("{:.4}", m.detection_accuracy),
+                format!("{:.4}", m.detection_accuracy_at_fpr05),
             ]);
             r
         })
@@ -570,7 +573,7 @@ pub fn html_escape(s: &str) -> String {
 }
 
 fn html_table(t: &TextTable, caption: &str) -> String {
-    let mut s = String::from("<table>\n");
+    let mut s = String::from("<div class=\"tw\"><table>\n");
     let _ = writeln!(s, "<caption>{}</caption>", html_escape(caption));
     s.push_str("<thead><tr>");
     for h in &t.header {
@@ -584,7 +587,7 @@ fn html_table(t: &TextTable, caption: &str) -> String {
         }
         s.push_str("</tr>\n");
     }
-    s.push_str("</tbody></table>\n");
+    s.push_str("</tbody></table></div>\n");
     s
 }
 
@@ -616,9 +619,9 @@ fn md_table(t: &TextTable) -> String {
 
 const CSS: &str = "body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:2em auto;\
 max-width:1300px;color:#222;padding:0 1em}h1{font-size:1.6em}h2{margin-top:1.6em;\
-border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}\
-caption{text-align:left;font-style:italic;padding-bottom:.4em}th,td{border:1px solid #bbb;\
-padding:.3em .6em;text-align:right}th{background:#f0f0f0}td:nth-child(-n+3){text-align:left}\
+border-bottom:1px solid #ccc}.tw{overflow-x:auto}table{border-collapse:collapse;margin:1em 0;\
+font-size:0.82em}caption{text-align:left;font-style:italic;padding-bottom:.4em}th,td{border:1px \
+solid #bbb;padding:.25em .45em;text-align:right}td{white-space:nowrap}th{background:#f0f0f0}td:nth-child(-n+3){text-align:left}\
 figure{margin:1em 0}figcaption{font-style:italic;color:#555}.meta{color:#666;font-size:.85em}\
 svg{max-width:100%;height:auto}";
 

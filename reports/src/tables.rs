@@ -29,7 +29,8 @@
 //!
 //! ## `detection.csv`: detection metrics per group (written by the report, [`DetectionRow`])
 //! `subset,model,attack,eps,n_pos,n_neg,auroc,aupr_in,aupr_out,tpr_at_fpr_0.01,tpr_at_fpr_0.05,`
-//! `tpr_at_fpr_0.10,tnr_at_tpr95,detection_accuracy,auroc_lo,auroc_hi` (the last two empty
+//! `tpr_at_fpr_0.10,tnr_at_tpr95,detection_accuracy,detection_accuracy_at_fpr05,auroc_lo,auroc_hi`
+//! (the last two empty
 //! without a bootstrap).
 use crate::classification::ClassificationMetrics;
 use crate::error::{ReportError, Result};
@@ -394,6 +395,7 @@ pub struct DetectionRow {
     pub tpr_at_fpr_0_10: f64,
     pub tnr_at_tpr95: f64,
     pub detection_accuracy: f64,
+    pub detection_accuracy_at_fpr05: f64,
     pub auroc_lo: Option<f64>,
     pub auroc_hi: Option<f64>,
 }

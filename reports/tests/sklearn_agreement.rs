@@ -56,6 +56,12 @@ fn detection_metrics_match_sklearn() {
             m.detection_accuracy,
             &case["detection_accuracy"],
         );
+        assert_close(
+            "detection_accuracy_at_fpr05",
+            file,
+            m.detection_accuracy_at_fpr05,
+            &case["detection_accuracy_at_fpr05"],
+        );
         assert_eq!(m.n_pos as u64, case["n_pos"].as_u64().unwrap(), "{file}");
         assert_eq!(m.n_neg as u64, case["n_neg"].as_u64().unwrap(), "{file}");
         if let Some(roc) = case.get("roc") {

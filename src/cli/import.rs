@@ -3,7 +3,7 @@
 //! (DATA.md "Reading PyTorch checkpoints without Python"; the library's [`libre::import`] does
 //! the work). The output is written atomically: on any error nothing is written.
 use super::Output;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use libre::import::{load_state_dict_with, ImportOptions, StateDict};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};

@@ -4,6 +4,7 @@
 //! (bars only when stderr is a terminal and not `--quiet`), `--json` prints JSON Lines with the last
 //! line `{"type":"result","data":{...}}`, exit codes 0 ok / 1 a check failed / 2 error.
 
+pub mod attack;
 pub mod data;
 pub mod eval;
 pub mod import;

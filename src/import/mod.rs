@@ -401,7 +401,7 @@ pub fn detect_format(path: &Path, bytes: &[u8]) -> Result<Format> {
         if is_torch {
             return Ok(Format::TorchZip);
         }
-        if zip.len() > 0 && zip.file_names().all(|n| n.ends_with(".npy")) {
+        if !zip.is_empty() && zip.file_names().all(|n| n.ends_with(".npy")) {
             return Ok(Format::Npz);
         }
         return Err(Error::bad_file(

@@ -781,7 +781,7 @@ fn le_signed(b: &[u8]) -> Option<i128> {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if items.len() & 1 == 1 {
         return Err(format!(
             "odd number of items ({}) for key/value pairs",
             items.len()
@@ -1027,7 +1027,7 @@ mod tests {
     fn codecs_encode_gives_bytes() {
         // pickle.dumps(b'\xff\x00', protocol=2) in Python 3
         let p = b"\x80\x02c_codecs\nencode\nq\x00X\x03\x00\x00\x00\xc3\xbf\x00q\x01X\x06\x00\x00\x00latin1q\x02\x86q\x03Rq\x04.";
-        assert!(matches!(loads(p.to_vec()).unwrap(), Value::Bytes(b) if &*b == [0xff, 0]));
+        assert!(matches!(loads(p.to_vec()).unwrap(), Value::Bytes(b) if *b == [0xff, 0]));
     }
 
     #[test]

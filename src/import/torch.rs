@@ -238,11 +238,11 @@ fn describe_keys(d: &[(Value, Value)]) -> String {
     format!("{}{more}", shown.join(", "))
 }
 
+/// Named tensors still to be read, and the key path they were found under.
+type Selected = (Vec<(String, TensorRef)>, Option<String>);
+
 /// Finds the state_dict inside the unpickled object; returns the tensors and the key path used.
-fn select_state_dict(
-    root: &Value,
-    sel: &Select,
-) -> Result<(Vec<(String, TensorRef)>, Option<String>), String> {
+fn select_state_dict(root: &Value, sel: &Select) -> Result<Selected, String> {
     let mut cur = root.clone();
     let mut path: Vec<String> = Vec::new();
     if let Some(key) = &sel.key {
@@ -479,7 +479,7 @@ pub fn load_legacy(data: Vec<u8>, sel: &Select) -> Result<Loaded, String> {
             break;
         };
         let head = buf.get(pos..pos + 8).ok_or_else(|| {
-            format!("truncated file: storage {key:?} (at byte {pos}) has no size header")
+            format!("truncated storage {key:?}: its size header at byte {pos} is cut off")
         })?;
         let mut n8 = [0u8; 8];
         n8.copy_from_slice(head);

@@ -1,5 +1,5 @@
 //! A multi-layer perceptron on flattened pixels: `fc1 .. fcN` hidden layers with ReLU, then the
-//! head `fc{N+1}` (`ModelConfig::hidden` gives the widths; default 256, 256).
+//! head `fc{N+1}` (`ModelConfig::hidden` gives the widths; empty: a linear classifier).
 
 use super::{ModelConfig, Net};
 use crate::bayes::{linear, Act, BayesLayer, Ctx, Linear, LinearConfig};
@@ -14,13 +14,8 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
-        let hidden = if cfg.hidden.is_empty() {
-            vec![256, 256]
-        } else {
-            cfg.hidden.clone()
-        };
         let mut dims = vec![cfg.in_channels * cfg.image_size * cfg.image_size];
-        dims.extend(hidden);
+        dims.extend(&cfg.hidden);
         dims.push(cfg.num_classes);
         let layers = dims
             .windows(2)

@@ -414,3 +414,12 @@ pub fn build(cfg: &ModelConfig, device: Device) -> Result<Box<dyn BayesModel>> {
         other => unreachable!("validated arch {other}"),
     })
 }
+
+impl std::fmt::Debug for dyn BayesModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BayesModel")
+            .field("config", self.config())
+            .field("posterior", &self.posterior())
+            .finish()
+    }
+}
