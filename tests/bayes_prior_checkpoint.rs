@@ -50,14 +50,25 @@ fn prior_grads(m: &dyn BayesModel, cfg: PriorConfig) -> HashMap<String, Tensor> 
 }
 
 /// Autograd of the closed-form objective on detached copies.
-fn autograd(vars: &[(String, Tensor)], f: impl Fn(&HashMap<String, Tensor>) -> Tensor) -> HashMap<String, Tensor> {
+fn autograd(
+    vars: &[(String, Tensor)],
+    f: impl Fn(&HashMap<String, Tensor>) -> Tensor,
+) -> HashMap<String, Tensor> {
     let leaves: HashMap<String, Tensor> = vars
         .iter()
         .filter(|(_, t)| t.requires_grad())
-        .map(|(n, t)| (n.clone(), t.detach().to_kind(Kind::Double).set_requires_grad(true)))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.detach().to_kind(Kind::Double).set_requires_grad(true),
+            )
+        })
         .collect();
     f(&leaves).backward();
-    leaves.into_iter().map(|(n, t)| (n, t.grad().to_kind(Kind::Float))).collect()
+    leaves
+        .into_iter()
+        .map(|(n, t)| (n, t.grad().to_kind(Kind::Float)))
+        .collect()
 }
 
 fn assert_close(got: &HashMap<String, Tensor>, want: &HashMap<String, Tensor>, what: &str) {
@@ -66,7 +77,10 @@ fn assert_close(got: &HashMap<String, Tensor>, want: &HashMap<String, Tensor>, w
         let g = &got[n];
         let d = (g - w).abs().max().double_value(&[]);
         let scale = w.abs().max().double_value(&[]).max(1e-6);
-        assert!(d <= 1e-4 * scale + 1e-9, "{what}: {n} off by {d} (scale {scale})");
+        assert!(
+            d <= 1e-4 * scale + 1e-9,
+            "{what}: {n} off by {d} (scale {scale})"
+        );
     }
 }
 
@@ -77,12 +91,22 @@ const N: usize = 1000;
 fn mean_field_prior_gradient_is_the_kl_gradient() {
     let _rng = rng_lock();
     let mut m = models::build(&ModelConfig::mlp(1, 4, vec![8], 3), Device::Cpu).unwrap();
-    m.convert(&sel("fc1"), &PosteriorConfig::new(Family::MeanField, 2)).unwrap();
+    m.convert(&sel("fc1"), &PosteriorConfig::new(Family::MeanField, 2))
+        .unwrap();
     let vars = sorted(m.as_ref());
     for moped in [false, true] {
-        let centres: HashMap<String, Tensor> =
-            vars.iter().map(|(n, t)| (n.clone(), t.detach().to_kind(Kind::Double))).collect();
-        let got = prior_grads(m.as_ref(), PriorConfig { decay: LAMBDA, num_data: N, moped });
+        let centres: HashMap<String, Tensor> = vars
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach().to_kind(Kind::Double)))
+            .collect();
+        let got = prior_grads(
+            m.as_ref(),
+            PriorConfig {
+                decay: LAMBDA,
+                num_data: N,
+                moped,
+            },
+        );
         // KL(N(mu, e^{2psi}) || N(c, 1/(λN))) / N for mean-field tensors, λ/2 ||w||² for points.
         let want = autograd(&vars, |v| {
             let mut total = Tensor::zeros([], (Kind::Double, Device::Cpu));
@@ -91,12 +115,16 @@ fn mean_field_prior_gradient_is_the_kl_gradient() {
                 if n.ends_with("_psi") {
                     let mu_name = n.trim_end_matches("_psi");
                     let mu = &v[mu_name];
-                    let d = if moped { mu - &centres[mu_name] } else { mu.shallow_clone() };
+                    let d = if moped {
+                        mu - &centres[mu_name]
+                    } else {
+                        mu.shallow_clone()
+                    };
                     let kl = (-t - 0.5 * ln.ln() + ((t * 2.0).exp() + &d * &d) * (ln / 2.0) - 0.5)
                         .sum(Kind::Double);
-                    total = total + kl / N as f64;
+                    total += kl / N as f64;
                 } else if !v.contains_key(&format!("{n}_psi")) {
-                    total = total + (t * t).sum(Kind::Double) * (LAMBDA / 2.0);
+                    total += (t * t).sum(Kind::Double) * (LAMBDA / 2.0);
                 }
             }
             total
@@ -116,22 +144,29 @@ fn ensemble_and_low_rank_prior_gradients_match_autograd() {
         };
         m.convert(&sel("conv2,linear2"), &cfg).unwrap();
         let vars = sorted(m.as_ref());
-        let got = prior_grads(m.as_ref(), PriorConfig { decay: LAMBDA, num_data: N, moped: false });
+        let got = prior_grads(
+            m.as_ref(),
+            PriorConfig {
+                decay: LAMBDA,
+                num_data: N,
+                moped: false,
+            },
+        );
         let want = autograd(&vars, |v| {
             let mut total = Tensor::zeros([], (Kind::Double, Device::Cpu));
             for (n, t) in v {
                 if n.ends_with("_members") {
                     // λ/(2S) Σ_s ||w_s||²
-                    total = total + (t * t).sum(Kind::Double) * (LAMBDA / (2.0 * 3.0));
+                    total += (t * t).sum(Kind::Double) * (LAMBDA / (2.0 * 3.0));
                 } else if let (Some(a), Some(b)) =
                     (v.get(&format!("{n}_lr_a")), v.get(&format!("{n}_lr_b")))
                 {
                     // λ/(2S) Σ_s ||mu ⊙ (A_s B_s)||²
                     let out = t.size()[0];
                     let w = t.reshape([1, out, -1]) * a.bmm(b);
-                    total = total + (&w * &w).sum(Kind::Double) * (LAMBDA / (2.0 * 3.0));
+                    total += (&w * &w).sum(Kind::Double) * (LAMBDA / (2.0 * 3.0));
                 } else if !n.ends_with("_lr_a") && !n.ends_with("_lr_b") {
-                    total = total + (t * t).sum(Kind::Double) * (LAMBDA / 2.0);
+                    total += (t * t).sum(Kind::Double) * (LAMBDA / 2.0);
                 }
             }
             total
@@ -142,7 +177,8 @@ fn ensemble_and_low_rank_prior_gradients_match_autograd() {
 
 fn converted_lenet(fam: Family) -> Box<dyn BayesModel> {
     let mut m = models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
-    m.convert(&sel("conv2,linear1"), &PosteriorConfig::new(fam, 3)).unwrap();
+    m.convert(&sel("conv2,linear1"), &PosteriorConfig::new(fam, 3))
+        .unwrap();
     // Train-like drift so that nothing equals its initial value.
     tch::no_grad(|| {
         for (_, mut t) in m.var_store().variables() {
@@ -158,13 +194,19 @@ fn converted_lenet(fam: Family) -> Box<dyn BayesModel> {
 fn checkpoint_round_trip_is_bit_exact() {
     let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    for fam in [Family::Point, Family::MeanField, Family::Ensemble, Family::LowRank] {
+    for fam in [
+        Family::Point,
+        Family::MeanField,
+        Family::Ensemble,
+        Family::LowRank,
+    ] {
         let m = if fam == Family::Point {
             let mut m = models::build(&ModelConfig::resnet(18, 10, 16, true), Device::Cpu).unwrap();
             let x = Tensor::rand([4, 3, 16, 16], (Kind::Float, Device::Cpu));
             // Move BatchNorm running stats and num_batches_tracked away from their init.
-            m.forward_mc(&x, &ForwardMode::DeterministicTrain).unwrap();
-            m.convert(&sel("layer4.1"), &PosteriorConfig::new(Family::Ensemble, 2)).unwrap();
+            let _ = m.forward_mc(&x, &ForwardMode::DeterministicTrain).unwrap();
+            m.convert(&sel("layer4.1"), &PosteriorConfig::new(Family::Ensemble, 2))
+                .unwrap();
             m
         } else {
             converted_lenet(fam)
@@ -183,11 +225,18 @@ fn checkpoint_round_trip_is_bit_exact() {
             assert!(t1.equal(t2), "{fam}: {n1} differs after the round trip");
         }
         let c = m.config();
-        let x = Tensor::rand([2, c.in_channels, c.image_size, c.image_size], (Kind::Float, Device::Cpu));
+        let x = Tensor::rand(
+            [2, c.in_channels, c.image_size, c.image_size],
+            (Kind::Float, Device::Cpu),
+        );
         tch::manual_seed(5);
-        let y1 = m.forward_mc(&x, &ForwardMode::ParallelMc { samples: 2 }).unwrap();
+        let y1 = m
+            .forward_mc(&x, &ForwardMode::ParallelMc { samples: 2 })
+            .unwrap();
         tch::manual_seed(5);
-        let y2 = back.forward_mc(&x, &ForwardMode::ParallelMc { samples: 2 }).unwrap();
+        let y2 = back
+            .forward_mc(&x, &ForwardMode::ParallelMc { samples: 2 })
+            .unwrap();
         assert!(y1.equal(&y2), "{fam}: logits differ after the round trip");
         // No temporary files left behind.
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
@@ -205,17 +254,24 @@ fn checkpoint_rejects_nan_other_arch_and_mismatched_names() {
 
     // Another architecture.
     let other = models::build(&ModelConfig::digitcnn(), Device::Cpu).unwrap();
-    let e = checkpoint::load_into(&good, other.as_ref()).unwrap_err().to_string();
+    let e = checkpoint::load_into(&good, other.as_ref())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("holds a lenet5 model, not digitcnn"), "{e}");
 
     // NaN weights: nothing written on save; rejected on load.
     let nan_path = dir.path().join("nan.safetensors");
     tch::no_grad(|| {
-        let mut w = m.var_store().variables()["linear2.weight"].shallow_clone();
+        let w = m.var_store().variables()["linear2.weight"].shallow_clone();
         let _ = w.get(0).get(0).fill_(f64::NAN);
     });
-    let e = checkpoint::save(&nan_path, m.as_ref()).unwrap_err().to_string();
-    assert!(e.contains("non-finite") && e.contains("linear2.weight"), "{e}");
+    let e = checkpoint::save(&nan_path, m.as_ref())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("non-finite") && e.contains("linear2.weight"),
+        "{e}"
+    );
     assert!(!nan_path.exists());
     let (meta, mut tensors) = checkpoint::read(&good).unwrap();
     for (n, t) in tensors.iter_mut() {
@@ -223,31 +279,45 @@ fn checkpoint_rejects_nan_other_arch_and_mismatched_names() {
             let _ = t.get(3).fill_(f64::NAN);
         }
     }
-    let e = checkpoint::from_state_dict(meta.model.clone(), tensors).unwrap_err().to_string();
+    let e = checkpoint::from_state_dict(meta.model.clone(), tensors)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("non-finite") && e.contains("conv1.bias"), "{e}");
 
     // A state_dict with a missing, an unexpected and a wrongly shaped name: each named.
     let fresh = models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
     let mut sd: Vec<(String, Tensor)> = sorted(fresh.as_ref());
     sd.retain(|(n, _)| n != "conv2.bias");
-    sd.push(("conv3.weight".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu))));
+    sd.push((
+        "conv3.weight".into(),
+        Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+    ));
     for (n, t) in sd.iter_mut() {
         if n == "linear2.weight" {
             *t = Tensor::zeros([5, 200], (Kind::Float, Device::Cpu));
         }
     }
-    let e = checkpoint::from_state_dict(ModelConfig::lenet5(), sd).unwrap_err().to_string();
+    let e = checkpoint::from_state_dict(ModelConfig::lenet5(), sd)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing: conv2.bias"), "{e}");
     assert!(e.contains("unexpected: conv3.weight"), "{e}");
-    assert!(e.contains("wrong shape: linear2.weight (file [5, 200], model [10, 200])"), "{e}");
+    assert!(
+        e.contains("wrong shape: linear2.weight (file [5, 200], model [10, 200])"),
+        "{e}"
+    );
 
     // A clean state_dict (advertorch names, float64) imports and evaluates like its source.
-    let sd: Vec<(String, Tensor)> =
-        sorted(fresh.as_ref()).into_iter().map(|(n, t)| (n, t.to_kind(Kind::Double))).collect();
+    let sd: Vec<(String, Tensor)> = sorted(fresh.as_ref())
+        .into_iter()
+        .map(|(n, t)| (n, t.to_kind(Kind::Double)))
+        .collect();
     let imported = checkpoint::from_state_dict(ModelConfig::lenet5(), sd).unwrap();
     let x = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
     let d = (fresh.forward_mc(&x, &ForwardMode::Deterministic).unwrap()
-        - imported.forward_mc(&x, &ForwardMode::Deterministic).unwrap())
+        - imported
+            .forward_mc(&x, &ForwardMode::Deterministic)
+            .unwrap())
     .abs()
     .max()
     .double_value(&[]);
@@ -256,6 +326,12 @@ fn checkpoint_rejects_nan_other_arch_and_mismatched_names() {
     // Not a libre checkpoint.
     let plain = dir.path().join("plain.safetensors");
     std::fs::write(&plain, b"garbage").unwrap();
-    let e = checkpoint::load(&plain, Device::Cpu).err().unwrap().to_string();
-    assert!(e.contains("plain.safetensors") && e.contains("not a safetensors file"), "{e}");
+    let e = checkpoint::load(&plain, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("plain.safetensors") && e.contains("not a safetensors file"),
+        "{e}"
+    );
 }

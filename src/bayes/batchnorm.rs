@@ -130,7 +130,7 @@ impl BatchNorm {
         let view = |t: Tensor, lead: &[i64]| {
             let mut shape = lead.to_vec();
             shape.push(self.channels);
-            shape.extend(std::iter::repeat(1).take(trail));
+            shape.extend(std::iter::repeat_n(1, trail));
             t.reshape(&shape)
         };
         Ok(match unify(w, Some(b)) {

@@ -86,7 +86,7 @@ impl Conv2d {
     }
 
     fn is_point(&self) -> bool {
-        self.weight.is_point() && self.bias.as_ref().map_or(true, |b| b.is_point())
+        self.weight.is_point() && self.bias.as_ref().is_none_or(|b| b.is_point())
     }
 
     /// The forward under the context's mode.

@@ -123,7 +123,7 @@ impl Linear {
     }
 
     fn is_point(&self) -> bool {
-        self.weight.is_point() && self.bias.as_ref().map_or(true, |b| b.is_point())
+        self.weight.is_point() && self.bias.as_ref().is_none_or(|b| b.is_point())
     }
 
     /// Local reparameterisation / flipout for a mean-field weight; `None` for other schemes.

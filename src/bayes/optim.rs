@@ -81,7 +81,7 @@ impl GroupConfig {
         if self.nesterov && (self.momentum == 0.0 || self.dampening != 0.0) {
             return bad("Nesterov needs momentum > 0 and dampening 0".into());
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return bad(format!("weight decay {} must be >= 0", self.weight_decay));
         }
         Ok(())

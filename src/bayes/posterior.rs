@@ -90,13 +90,14 @@ impl PosteriorConfig {
                 self.samples
             )));
         }
-        if !(self.psi_init.0 <= self.psi_init.1) {
+        if self.psi_init.0.is_nan() || self.psi_init.1.is_nan() || self.psi_init.0 > self.psi_init.1
+        {
             return Err(Error::invalid(format!(
                 "psi init range ({}, {}) must have lo <= hi",
                 self.psi_init.0, self.psi_init.1
             )));
         }
-        if self.rank < 1 || !(self.low_rank_sp > 0.0) {
+        if self.rank < 1 || self.low_rank_sp.is_nan() || self.low_rank_sp <= 0.0 {
             return Err(Error::invalid(format!(
                 "low-rank rank {} must be >= 1 and sp {} > 0",
                 self.rank, self.low_rank_sp
@@ -356,7 +357,7 @@ impl BayesParam {
             }
             Family::Ensemble => {
                 let mut reps = vec![s];
-                reps.extend(std::iter::repeat(1).take(t.dim()));
+                reps.extend(std::iter::repeat_n(1, t.dim()));
                 let members = t.detach().unsqueeze(0).repeat(&reps);
                 vs_remove(vs, &name);
                 let members = vs_add(vs, &format!("{name}{SUFFIX_MEMBERS}"), members, true);

@@ -50,7 +50,7 @@ impl PRelu {
         let view = |t: Tensor, lead: &[i64]| {
             let mut shape = lead.to_vec();
             shape.push(self.num_parameters);
-            shape.extend(std::iter::repeat(1).take(trail));
+            shape.extend(std::iter::repeat_n(1, trail));
             t.reshape(&shape)
         };
         // relu(x) + a * min(x, 0) equals prelu exactly: one of the two terms is an exact zero.

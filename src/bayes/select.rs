@@ -97,7 +97,8 @@ impl LayerSelection {
         Ok(available
             .iter()
             .zip(chosen)
-            .filter_map(|(a, c)| c.then(|| a.clone()))
+            .filter(|(_, c)| *c)
+            .map(|(a, _)| a.clone())
             .collect())
     }
 }

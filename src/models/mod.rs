@@ -129,7 +129,9 @@ impl ModelConfig {
         }
         if let Some((m, s)) = &self.normalization {
             let c = self.in_channels as usize;
-            if (m.len() != c && m.len() != 1) || m.len() != s.len() || s.iter().any(|&v| !(v > 0.0))
+            if (m.len() != c && m.len() != 1)
+                || m.len() != s.len()
+                || s.iter().any(|&v| v.is_nan() || v <= 0.0)
             {
                 return Err(Error::invalid(format!(
                     "{}: normalisation needs 1 or {c} means and as many positive stds, got {m:?} / {s:?}",
