@@ -31,7 +31,7 @@ enum Command {
     /// Pre-train a deterministic model (MAP with weight decay).
     Train(cli::train::TrainArgs),
     /// Convert chosen layers of a model into a Bayesian posterior.
-    Convert(Passthrough),
+    Convert(cli::convert::Args),
     /// Bayesian fine-tuning (BayesAdapter recipe).
     Finetune(cli::train::FinetuneArgs),
     /// Evaluate a model or Bayes ensemble on a data set.
@@ -44,13 +44,6 @@ enum Command {
     Report(cli::report::Args),
     /// The README's main job: MNIST + zoo LeNet5, DNN vs 1-epoch Bayesian fine-tuned BNN.
     Quickstart(cli::quickstart::Args),
-}
-
-/// Arguments of a subcommand that has not landed: accepted and ignored, so it can say so.
-#[derive(clap::Args, Debug)]
-struct Passthrough {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -66,7 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => cli::train::run_train(a, out),
         Command::Finetune(a) => cli::train::run_finetune(a, out),
         Command::Quickstart(a) => cli::quickstart::run(a, out),
-        Command::Convert(_) => Err(cli::not_landed("convert", "The Bayesian core")),
+        Command::Convert(a) => cli::convert::run(a, out),
         Command::Eval(a) => cli::eval::run(a, out),
         Command::Attack(a) => cli::attack::run(a, out),
     }

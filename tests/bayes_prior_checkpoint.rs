@@ -12,6 +12,9 @@ use tch::{Device, Kind, Tensor};
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    // One intra-op thread: these tests run small tensors, where libtorch's thread pool costs
+    // more than it gains on a busy 2-core machine (measured 760 ms vs 45 ms per ResNet forward).
+    tch::set_num_threads(1);
     RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 

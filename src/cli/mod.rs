@@ -5,6 +5,7 @@
 //! line `{"type":"result","data":{...}}`, exit codes 0 ok / 1 a check failed / 2 error.
 
 pub mod attack;
+pub mod convert;
 pub mod data;
 pub mod eval;
 pub mod import;
@@ -75,11 +76,6 @@ impl Output {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct CheckFailed(pub String);
-
-/// The error for a subcommand whose issue has not landed yet: exit code 2, no fake output.
-pub fn not_landed(cmd: &str, issue: &str) -> anyhow::Error {
-    anyhow::anyhow!("`libre {cmd}` is not implemented yet (it lands with the issue \"{issue}\")")
-}
 
 /// Resolve `--device`, printing the choice when it was `auto`.
 pub fn resolve_device(spec: &str, out: &Output) -> anyhow::Result<tch::Device> {

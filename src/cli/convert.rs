@@ -1,0 +1,97 @@
+//! `libre convert`: turn chosen layers of a pretrained model into a variational posterior whose
+//! mean is the pretrained weight (SPEC section 2), and save it as a checkpoint.
+
+use super::Output;
+use libre::bayes::{Family, LayerSelection, PosteriorConfig};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A libre checkpoint, a PyTorch state_dict imported with `libre import`, or zoo:NAME.
+    #[arg(long)]
+    pub weights: String,
+    /// Architecture, for a plain state_dict without libre metadata (lenet5, digitcnn, ...).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// mean-field, ensemble or low-rank; `point` converts back to a deterministic model.
+    #[arg(long)]
+    pub posterior: String,
+    /// all, last-block, a layer path (layer4.2), a comma-separated list or a glob (layer4.*).
+    #[arg(long, default_value = "all")]
+    pub layers: String,
+    /// Ensemble members / low-rank components / default MC samples (S >= 1).
+    #[arg(long, default_value_t = 20)]
+    pub mc_samples: usize,
+    /// Rank of the low-rank posterior.
+    #[arg(long)]
+    pub rank: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Output checkpoint (.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// List the convertible layer paths and exit.
+    #[arg(long)]
+    pub list_layers: bool,
+}
+
+pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
+    let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
+    let device = tch::Device::Cpu;
+    let mut model = match libre::checkpoint::load(&path, device) {
+        Ok((m, _)) => m,
+        Err(e) => {
+            // A plain state_dict (no libre metadata) needs --model.
+            let Some(arch) = &args.model else { return Err(e.into()) };
+            let cfg = match arch.as_str() {
+                "lenet5" => libre::models::ModelConfig::lenet5(),
+                "digitcnn" => libre::models::ModelConfig::digitcnn(),
+                other => anyhow::bail!(
+                    "--model {other}: only lenet5 and digitcnn presets can be built from a plain \
+                     state_dict; convert other architectures from a libre checkpoint"
+                ),
+            };
+            let sd = libre::import::load_state_dict(&path)?;
+            libre::checkpoint::from_state_dict(cfg, sd.into_inner())?
+        }
+    };
+    if args.list_layers {
+        let fams = model.layer_families();
+        let data = json!({ "layers": fams.iter().map(|(p, f)| json!({"path": p, "family": f})).collect::<Vec<_>>(),
+                           "last_block": model.last_block() });
+        out.result(data, || fams.iter().map(|(p, f)| format!("{p}\t{f:?}\n")).collect());
+        return Ok(());
+    }
+    if !args.out.to_string_lossy().ends_with(".safetensors") {
+        anyhow::bail!("--out must name a .safetensors file, got {}", args.out.display());
+    }
+    let family: Family = args.posterior.parse()?;
+    let converted = if family == Family::Point {
+        model.to_deterministic()?;
+        vec![]
+    } else {
+        let sel: LayerSelection = args.layers.parse()?;
+        let mut pc = PosteriorConfig::new(family, args.mc_samples);
+        if let Some(r) = args.rank {
+            pc.rank = r;
+        }
+        pc.validate()?;
+        tch::manual_seed(args.seed);
+        model.convert(&sel, &pc)?
+    };
+    libre::checkpoint::save(&args.out, model.as_ref())?;
+    let data = json!({ "out": args.out, "posterior": args.posterior, "converted": converted,
+                       "samples": args.mc_samples });
+    out.result(data, || {
+        format!(
+            "{} -> {} ({}: {} layer(s): {})\n",
+            args.weights,
+            args.out.display(),
+            args.posterior,
+            converted.len(),
+            converted.join(", ")
+        )
+    });
+    Ok(())
+}
