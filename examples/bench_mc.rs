@@ -1,0 +1,89 @@
+//! Parallel-MC inference cost as a ratio to one DNN forward (issue 3 benchmark; shared/GPU.md has
+//! the reference's ratios): ResNet-50, S = 20, (a) last block as an ensemble, (b) last block
+//! mean-field, (c) the whole net mean-field, sequential.
+//!
+//! `[BENCH_THREADS=n] cargo run --release --example bench_mc -- [batch] [size] [reps]`
+//! (defaults 16, 32, 5).
+
+use libre::bayes::{Family, ForwardMode, PosteriorConfig};
+use libre::models::{self, BayesModel, ModelConfig};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+fn time(m: &dyn BayesModel, x: &Tensor, mode: &ForwardMode, reps: usize) -> f64 {
+    let _ = tch::no_grad(|| m.forward_mc(x, mode)).unwrap(); // warm-up
+    let t = Instant::now();
+    for _ in 0..reps {
+        let _ = tch::no_grad(|| m.forward_mc(x, mode)).unwrap();
+    }
+    t.elapsed().as_secs_f64() * 1e3 / reps as f64
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let (batch, size, reps) = (
+        *args.first().unwrap_or(&16),
+        *args.get(1).unwrap_or(&32),
+        *args.get(2).unwrap_or(&5),
+    );
+    // BENCH_THREADS=n pins libtorch's intra-op threads (a busy 2-core machine oversubscribes).
+    if let Ok(n) = std::env::var("BENCH_THREADS") {
+        tch::set_num_threads(n.parse().expect("BENCH_THREADS must be a number"));
+    }
+    let device = Device::cuda_if_available();
+    let cfg = ModelConfig::resnet(50, 1000, size as i64, false);
+    let x = Tensor::rand(
+        [batch as i64, 3, size as i64, size as i64],
+        (Kind::Float, device),
+    );
+    let s = 20;
+    let build = || models::build(&cfg, device).unwrap();
+    let dnn = build();
+    let base = time(dnn.as_ref(), &x, &ForwardMode::Deterministic, reps);
+    println!(
+        "device {device:?}, ResNet-50, batch {batch}, {size} px, S = {s}, threads {}",
+        tch::get_num_threads()
+    );
+    println!("DNN forward: {base:.1} ms");
+    let cases = [
+        (
+            "(a) last block ensemble, parallel",
+            Family::Ensemble,
+            "last-block",
+            false,
+        ),
+        (
+            "(b) last block mean-field, parallel",
+            Family::MeanField,
+            "last-block",
+            false,
+        ),
+        (
+            "(c) whole net mean-field, sequential",
+            Family::MeanField,
+            "all",
+            true,
+        ),
+        (
+            "(c') whole net mean-field, parallel",
+            Family::MeanField,
+            "all",
+            false,
+        ),
+    ];
+    for (name, fam, sel, seq) in cases {
+        let mut m = build();
+        m.convert(&sel.parse().unwrap(), &PosteriorConfig::new(fam, s))
+            .unwrap();
+        let mode = if seq {
+            ForwardMode::SequentialMc { samples: s }
+        } else {
+            ForwardMode::ParallelMc { samples: s }
+        };
+        let ms = time(m.as_ref(), &x, &mode, if seq { 1 } else { reps });
+        println!("{name}: {ms:.1} ms ({:.2}x)", ms / base);
+    }
+}
