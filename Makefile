@@ -20,8 +20,10 @@ build: libtorch
 quickstart: build
 	target/release/libre quickstart
 
+# cargo runs test threads in parallel and each libre process would start one libtorch thread per
+# core: one intra-op thread each keeps the 2-core CI machine from oversubscribing (10x slower).
 test: libtorch
-	$(CARGO) test --workspace --release --locked
+	OMP_NUM_THREADS=1 $(CARGO) test --workspace --release --locked
 
 bench: build
 	$(CARGO) bench --workspace --locked

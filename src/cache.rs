@@ -153,10 +153,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
+        .and_then(|_| make_public(tmp.path()))
         .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
     tmp.persist(path)
         .map_err(|e| Error::io(format!("rename into {}", path.display()), e.error))?;
     Ok(())
+}
+
+/// Temp files are created 0600; outputs should get ordinary permissions (0644 files, 0755 dirs).
+pub fn make_public(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if path.is_dir() { 0o755 } else { 0o644 };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
 /// Make sure the package file is in the cache (downloading and verifying it if needed) and return
@@ -346,6 +354,7 @@ pub fn ensure_artifact(
         .tempfile_in(dir)
         .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
     produce(tmp.path())?;
+    make_public(tmp.path()).map_err(|e| Error::io(format!("chmod {}", tmp.path().display()), e))?;
     tmp.persist(artifact)
         .map_err(|e| Error::io(format!("rename into {}", artifact.display()), e.error))?;
     Ok(artifact.to_path_buf())

@@ -15,7 +15,6 @@ use safetensors::tensor::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -155,18 +154,7 @@ pub fn save(path: impl AsRef<Path>, model: &dyn BayesModel) -> Result<()> {
         .map_err(|e| Error::Checkpoint(format!("encoding metadata: {e}")))?;
     let info = Some(HashMap::from([(META_KEY.to_string(), meta)]));
     let bytes = safetensors::tensor::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), &info)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
-    tmp.write_all(&bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
-    Ok(())
+    crate::cache::write_atomic(path, &bytes)
 }
 
 /// Reads the tensors (ordered by name) and the metadata of a libre checkpoint.

@@ -271,6 +271,7 @@ fn save_epoch(run: &RunDir, epoch: usize, model: &dyn BayesModel, opt: &Sgd) -> 
     let dir = epochs.join(format!("epoch-{epoch}"));
     let _ = std::fs::remove_dir_all(&dir);
     let kept = tmp.keep();
+    crate::cache::make_public(&kept).map_err(|e| Error::io("chmod epoch dir", e))?;
     std::fs::rename(&kept, &dir)
         .map_err(|e| Error::io(format!("rename into {}", dir.display()), e))?;
     // Swap the `last` symlink atomically.

@@ -323,26 +323,8 @@ impl StateDict {
                 },
             ));
         }
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(".libre-tmp-")
-            .suffix(".safetensors")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
         let bytes = safetensors::serialize(views, &metadata)?;
-        {
-            use std::io::Write;
-            let mut f = tmp.as_file();
-            f.write_all(&bytes)
-                .and_then(|_| f.sync_all())
-                .map_err(|e| Error::io(format!("writing {}", tmp.path().display()), e))?;
-        }
-        tmp.persist(path)
-            .map_err(|e| Error::io(format!("renaming into {}", path.display()), e.error))?;
-        Ok(())
+        crate::cache::write_atomic(path, &bytes)
     }
 }
 
