@@ -7,7 +7,7 @@ set -euo pipefail
 R="${1:-runs/fashion}"; E="${2:-3}"
 BIN="${LIBRE_BIN:-target/release/libre}"
 mkdir -p "$R"
-t() { /usr/bin/time -f "%e" -o "$R/.t" "$@"; echo "$(cat "$R/.t")"; }
+t() { /usr/bin/time -f "%e" -o "$R/.t" "$@" >/dev/null; cat "$R/.t"; }
 s1=$(t "$BIN" --quiet train --model lenet5 --data fashion-mnist:train --epochs "$E" --lr 0.05 --decay 5e-4 \
   --batch-size 128 --seed 1 --device cpu --out "$R/dnn")
 s2=$(t "$BIN" --quiet finetune --weights "$R/dnn/model.safetensors" --posterior mean-field --layers all \

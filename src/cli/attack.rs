@@ -120,10 +120,21 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         .map(|m| ModelVictim { model: m.as_ref(), mode: mode_for(m.as_ref(), args.mc_samples) });
     let crafter = sv.as_ref().unwrap_or(&tv);
 
+    let mut meta = HashMap::new();
+    meta.insert("attack".to_string(), args.attack.clone());
+    meta.insert("attack_config".to_string(), attack.config_json().to_string());
+    meta.insert("weights".to_string(), args.weights.clone());
+    if let Some(s) = &args.surrogate {
+        meta.insert("surrogate".to_string(), s.clone());
+    }
+    meta.insert("data".to_string(), args.data.clone());
+    meta.insert("seed".to_string(), args.seed.to_string());
+    meta.insert("num_classes".to_string(), k.to_string());
+    meta.insert("libre_version".to_string(), libre::VERSION.to_string());
+    // Streamed to disk batch by batch: memory stays bounded by one batch whatever the data size.
+    let mut writer = libre::data::BatchFileWriter::create(&args.out, ds.len(), ds.shape(), meta)?;
     let pb = out.progress(ds.len() as u64, &args.attack);
     let mut acc = ReportAccumulator::default();
-    let mut advs = Vec::new();
-    let mut labels = Vec::new();
     let t0 = std::time::Instant::now();
     for (bi, batch) in ds.batches(args.batch_size).enumerate() {
         let (x, y) = batch?;
@@ -146,27 +157,13 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         tch::manual_seed(seed as i64);
         let x_adv = attack.perturb(crafter, &x, goal.as_ref().unwrap_or(&y), seed)?;
         acc.add(&tv, &x, &x_adv, &y, goal.as_ref())?;
-        advs.push(x_adv.to_device(tch::Device::Cpu));
-        labels.push(y.to_device(tch::Device::Cpu));
+        writer.push(&x_adv.to_device(tch::Device::Cpu).to_kind(Kind::Float))?;
         pb.inc(x.size()[0] as u64);
     }
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let report = acc.finish();
-    let images = Tensor::cat(&advs, 0).to_kind(Kind::Float);
-    let labels = Tensor::cat(&labels, 0);
-    let mut meta = HashMap::new();
-    meta.insert("attack".to_string(), args.attack.clone());
-    meta.insert("attack_config".to_string(), attack.config_json().to_string());
-    meta.insert("weights".to_string(), args.weights.clone());
-    if let Some(s) = &args.surrogate {
-        meta.insert("surrogate".to_string(), s.clone());
-    }
-    meta.insert("data".to_string(), args.data.clone());
-    meta.insert("seed".to_string(), args.seed.to_string());
-    meta.insert("num_classes".to_string(), k.to_string());
-    meta.insert("libre_version".to_string(), libre::VERSION.to_string());
-    libre::data::write_batch_file(&args.out, &images, Some(&labels), meta)?;
+    writer.finish(ds.labels().expect("checked above"))?;
     let per_image_ms = 1000.0 * secs / report.n.max(1) as f64;
     let data = json!({
         "attack": args.attack, "config": attack.config_json(), "out": args.out,

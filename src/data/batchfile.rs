@@ -226,3 +226,131 @@ mod tests {
         assert!(e.contains("image 0") && e.contains("[0, 1]"), "{e}");
     }
 }
+
+/// Writes a batch file incrementally, so a command can stream a data set of any size through it
+/// with memory bounded by one batch. The safetensors header is written first (N and the image
+/// shape are known up front), then image batches, then the labels; the file is built in a temp
+/// file beside the destination and renamed into place by [`BatchFileWriter::finish`], so an
+/// interrupted run leaves nothing behind.
+pub struct BatchFileWriter {
+    tmp: tempfile::NamedTempFile,
+    out: std::io::BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
+    n: usize,
+    chw: [usize; 3],
+    written: usize,
+}
+
+impl BatchFileWriter {
+    /// `n` images of shape `chw` (float32) followed by `n` int64 labels.
+    pub fn create(
+        path: &Path,
+        n: usize,
+        chw: [usize; 3],
+        metadata: HashMap<String, String>,
+    ) -> Result<Self> {
+        use std::io::Write;
+        let img_bytes = n * chw.iter().product::<usize>() * 4;
+        let header = serde_json::json!({
+            "__metadata__": metadata,
+            "images": { "dtype": "F32", "shape": [n, chw[0], chw[1], chw[2]],
+                        "data_offsets": [0, img_bytes] },
+            "labels": { "dtype": "I64", "shape": [n], "data_offsets": [img_bytes, img_bytes + 8 * n] },
+        });
+        let mut h = serde_json::to_vec(&header).map_err(|e| Error::invalid(e.to_string()))?;
+        h.resize(h.len().div_ceil(8) * 8, b' '); // 8-byte alignment, as the safetensors crate does
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".libre-tmp-")
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
+        let file = tmp.reopen().map_err(|e| Error::io("reopen temp file", e))?;
+        let mut out = std::io::BufWriter::new(file);
+        out.write_all(&(h.len() as u64).to_le_bytes())
+            .and_then(|_| out.write_all(&h))
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        Ok(BatchFileWriter { tmp, out, path: path.to_path_buf(), n, chw, written: 0 })
+    }
+
+    /// Append float32 images `[B, C, H, W]`.
+    pub fn push(&mut self, images: &tch::Tensor) -> Result<()> {
+        use std::io::Write;
+        let s = images.size();
+        let [c, h, w] = self.chw.map(|v| v as i64);
+        if s.len() != 4 || s[1..] != [c, h, w] || images.kind() != Kind::Float {
+            return Err(Error::Shape(format!(
+                "batch file {}: expected float32 [B, {c}, {h}, {w}], got {:?} {s:?}",
+                self.path.display(),
+                images.kind()
+            )));
+        }
+        if self.written + s[0] as usize > self.n {
+            return Err(Error::Shape(format!(
+                "batch file {}: more than the {} images announced",
+                self.path.display(),
+                self.n
+            )));
+        }
+        self.out
+            .write_all(&tensor_bytes(images))
+            .map_err(|e| Error::io(format!("write {}", self.path.display()), e))?;
+        self.written += s[0] as usize;
+        Ok(())
+    }
+
+    /// Append the labels and move the finished file into place.
+    pub fn finish(mut self, labels: &[i64]) -> Result<()> {
+        use std::io::Write;
+        if self.written != self.n || labels.len() != self.n {
+            return Err(Error::Shape(format!(
+                "batch file {}: {} images and {} labels written, {} announced",
+                self.path.display(),
+                self.written,
+                labels.len(),
+                self.n
+            )));
+        }
+        let bytes: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+        self.out
+            .write_all(&bytes)
+            .and_then(|_| self.out.flush())
+            .and_then(|_| self.out.get_ref().sync_all())
+            .and_then(|_| crate::cache::make_public(self.tmp.path()))
+            .map_err(|e| Error::io(format!("write {}", self.path.display()), e))?;
+        drop(self.out);
+        self.tmp
+            .persist(&self.path)
+            .map_err(|e| Error::io(format!("rename into {}", self.path.display()), e.error))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+
+    #[test]
+    fn streamed_file_reads_back_and_unfinished_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.safetensors");
+        let x = tch::Tensor::rand([5, 1, 3, 2], (Kind::Float, tch::Device::Cpu));
+        let mut meta = HashMap::new();
+        meta.insert("attack".to_string(), "pgd".to_string());
+        let mut w = BatchFileWriter::create(&p, 5, [1, 3, 2], meta).unwrap();
+        w.push(&x.narrow(0, 0, 2)).unwrap();
+        w.push(&x.narrow(0, 2, 3)).unwrap();
+        w.finish(&[0, 1, 2, 3, 4]).unwrap();
+        let ds = open(&p).unwrap();
+        let (xb, yb) = ds.batch(0, 5).unwrap();
+        assert!(xb.equal(&x));
+        assert_eq!(Vec::<i64>::try_from(yb).unwrap(), vec![0, 1, 2, 3, 4]);
+        // an abandoned writer (e.g. an error mid-attack) leaves no file
+        let q = d.path().join("t.safetensors");
+        let mut w = BatchFileWriter::create(&q, 5, [1, 3, 2], HashMap::new()).unwrap();
+        w.push(&x.narrow(0, 0, 2)).unwrap();
+        assert!(w.push(&x.narrow(0, 0, 4)).is_err());
+        drop(w);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}

@@ -18,7 +18,7 @@ mod cifar;
 mod folder;
 pub mod sources;
 
-pub use batchfile::write_batch_file;
+pub use batchfile::{write_batch_file, BatchFileWriter};
 
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
