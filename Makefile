@@ -23,7 +23,7 @@ quickstart: build
 # cargo runs test threads in parallel and each libre process would start one libtorch thread per
 # core: one intra-op thread each keeps the 2-core CI machine from oversubscribing (10x slower).
 test: libtorch
-	OMP_NUM_THREADS=1 $(CARGO) test --workspace --release --locked
+	OMP_NUM_THREADS=1 $(CARGO) test --workspace --release --locked --no-fail-fast
 
 bench: build
 	$(CARGO) bench --workspace --locked

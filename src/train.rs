@@ -193,7 +193,7 @@ fn epoch_seed(seed: i64, epoch: usize) -> i64 {
 
 /// Gather a shuffled batch from the data set.
 fn gather(ds: &Dataset, idx: &[usize]) -> Result<(Tensor, Tensor)> {
-    // Consecutive runs are read in one call (cheap for memory-mapped files).
+    // One image at a time: cheap for memory-mapped files; image folders decode per image here.
     let mut xs = Vec::new();
     let mut ys = Vec::new();
     for &i in idx {
@@ -303,9 +303,9 @@ pub fn fit(
 ) -> Result<Vec<EpochLog>> {
     cfg.validate()?;
     let k = model.config().num_classes as usize;
-    let labels = train
-        .labels()
-        .ok_or_else(|| Error::invalid(format!("{} has no labels", train.name)))?;
+    if train.labels().is_none() {
+        return Err(Error::invalid(format!("{} has no labels: training needs them", train.name)));
+    }
     train.check_labels(k)?;
     let n = train.len();
     let device = model.var_store().device();
@@ -349,7 +349,6 @@ pub fn fit(
         }),
         _ => ForwardMode::DeterministicTrain,
     };
-    let _ = labels;
     for epoch in start_epoch..=cfg.epochs {
         let t0 = std::time::Instant::now();
         tch::manual_seed(epoch_seed(cfg.seed, epoch));

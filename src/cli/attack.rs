@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long)]
     pub attack: String,
     /// Perturbation budget (per coordinate; l2 attacks use radius eps*sqrt(D)).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub eps: Option<f64>,
     #[arg(long)]
     pub step_size: Option<f64>,
