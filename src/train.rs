@@ -304,7 +304,10 @@ pub fn fit(
     cfg.validate()?;
     let k = model.config().num_classes as usize;
     if train.labels().is_none() {
-        return Err(Error::invalid(format!("{} has no labels: training needs them", train.name)));
+        return Err(Error::invalid(format!(
+            "{} has no labels: training needs them",
+            train.name
+        )));
     }
     train.check_labels(k)?;
     let n = train.len();

@@ -20,7 +20,10 @@ impl Victim for ModelVictim<'_> {
     fn logits(&self, x: &Tensor) -> Tensor {
         // Inputs were validated against the model before the attack started; a failure here is a
         // broken invariant, not user error.
-        let l = self.model.forward_mc(x, &self.mode).expect("model forward failed"); // [B, S, K]
+        let l = self
+            .model
+            .forward_mc(x, &self.mode)
+            .expect("model forward failed"); // [B, S, K]
         match self.mode {
             ForwardMode::ParallelMc { .. } | ForwardMode::SequentialMc { .. } => l,
             _ => l.squeeze_dim(1), // [B, K]

@@ -6,7 +6,16 @@ use assert_cmd::Command;
 fn attack(weights: &str, out: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let o = Command::cargo_bin("libre")
         .unwrap()
-        .args(["--json", "attack", "--weights", weights, "--data", "mnist:test", "--limit", "100"])
+        .args([
+            "--json",
+            "attack",
+            "--weights",
+            weights,
+            "--data",
+            "mnist:test",
+            "--limit",
+            "100",
+        ])
         .args(["--device", "cpu", "--out"])
         .arg(out)
         .args(extra)
@@ -21,12 +30,25 @@ fn attack(weights: &str, out: &std::path::Path, extra: &[&str]) -> serde_json::V
 #[test]
 fn pgd40_breaks_the_normal_lenet5_but_not_the_adversarially_trained_one() {
     let d = tempfile::tempdir().unwrap();
-    let pgd = ["--attack", "pgd", "--eps", "0.3", "--step-size", "0.01", "--steps", "40"];
+    let pgd = [
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.3",
+        "--step-size",
+        "0.01",
+        "--steps",
+        "40",
+    ];
     let a = attack("zoo:lenet5-mnist", &d.path().join("a.safetensors"), &pgd);
     assert!(a["clean_accuracy"].as_f64().unwrap() > 0.95, "{a}");
     assert!(a["robust_accuracy"].as_f64().unwrap() < 0.05, "{a}");
     assert!(a["max_linf"].as_f64().unwrap() <= 0.3 + 1e-6, "{a}");
-    let b = attack("zoo:lenet5-mnist-adv", &d.path().join("b.safetensors"), &pgd);
+    let b = attack(
+        "zoo:lenet5-mnist-adv",
+        &d.path().join("b.safetensors"),
+        &pgd,
+    );
     assert!(b["robust_accuracy"].as_f64().unwrap() > 0.8, "{b}");
 
     // The output is a batch file other commands read: evaluate the adversarial batch.
@@ -40,7 +62,9 @@ fn pgd40_breaks_the_normal_lenet5_but_not_the_adversarially_trained_one() {
     let s = String::from_utf8_lossy(&o.stdout);
     let v: serde_json::Value = serde_json::from_str(s.lines().last().unwrap()).unwrap();
     assert_eq!(v["data"]["n"], 100);
-    assert!((v["data"]["top1"].as_f64().unwrap() - a["robust_accuracy"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(
+        (v["data"]["top1"].as_f64().unwrap() - a["robust_accuracy"].as_f64().unwrap()).abs() < 1e-9
+    );
 }
 
 #[test]
@@ -54,7 +78,13 @@ fn bad_attack_settings_are_refused_before_any_work() {
     ] {
         let o = Command::cargo_bin("libre")
             .unwrap()
-            .args(["attack", "--weights", "zoo:lenet5-mnist", "--data", "mnist:test"])
+            .args([
+                "attack",
+                "--weights",
+                "zoo:lenet5-mnist",
+                "--data",
+                "mnist:test",
+            ])
             .args(&args)
             .arg("--out")
             .arg(&out)

@@ -68,7 +68,11 @@ fn unknown_data_name_is_an_error() {
 
 fn result_of(args: &[&str]) -> serde_json::Value {
     let out = libre().arg("--json").args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str::<serde_json::Value>(s.lines().last().unwrap()).unwrap()["data"].clone()
 }
@@ -76,26 +80,77 @@ fn result_of(args: &[&str]) -> serde_json::Value {
 #[test]
 fn convert_then_deterministic_eval_is_the_dnn() {
     let d = tempfile::tempdir().unwrap();
-    let dnn = result_of(&["eval", "--weights", "zoo:lenet5-mnist", "--data", "mnist:test", "--limit", "300"]);
+    let dnn = result_of(&[
+        "eval",
+        "--weights",
+        "zoo:lenet5-mnist",
+        "--data",
+        "mnist:test",
+        "--limit",
+        "300",
+    ]);
     for post in ["mean-field", "ensemble", "low-rank"] {
         let f = d.path().join(format!("{post}.safetensors"));
         let f = f.to_str().unwrap();
-        let c = result_of(&["convert", "--weights", "zoo:lenet5-mnist", "--posterior", post, "--layers", "all", "--mc-samples", "3", "--out", f]);
+        let c = result_of(&[
+            "convert",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--posterior",
+            post,
+            "--layers",
+            "all",
+            "--mc-samples",
+            "3",
+            "--out",
+            f,
+        ]);
         assert_eq!(c["converted"].as_array().unwrap().len(), 4, "{c}");
-        let det = result_of(&["eval", "--weights", f, "--data", "mnist:test", "--limit", "300", "--deterministic"]);
+        let det = result_of(&[
+            "eval",
+            "--weights",
+            f,
+            "--data",
+            "mnist:test",
+            "--limit",
+            "300",
+            "--deterministic",
+        ]);
         assert_eq!(det["top1"], dnn["top1"], "{post}");
-        assert!((det["nll"].as_f64().unwrap() - dnn["nll"].as_f64().unwrap()).abs() < 1e-5, "{post}");
-        let mc = result_of(&["eval", "--weights", f, "--data", "mnist:test", "--limit", "300"]);
+        assert!(
+            (det["nll"].as_f64().unwrap() - dnn["nll"].as_f64().unwrap()).abs() < 1e-5,
+            "{post}"
+        );
+        let mc = result_of(&[
+            "eval",
+            "--weights",
+            f,
+            "--data",
+            "mnist:test",
+            "--limit",
+            "300",
+        ]);
         assert_eq!(mc["mode"], "Bayes ensemble, S = 3");
     }
     // unknown paths list what exists and write nothing
     let f = d.path().join("x.safetensors");
     let out = libre()
-        .args(["convert", "--weights", "zoo:lenet5-mnist", "--posterior", "mean-field", "--layers", "layer9", "--out"])
+        .args([
+            "convert",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--posterior",
+            "mean-field",
+            "--layers",
+            "layer9",
+            "--out",
+        ])
         .arg(&f)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("available: conv1, conv2, linear1, linear2"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("available: conv1, conv2, linear1, linear2")
+    );
     assert!(!f.exists());
 }

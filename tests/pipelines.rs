@@ -9,7 +9,11 @@ fn libre() -> Command {
 }
 
 fn json_result(out: &std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(s.lines().last().unwrap()).unwrap();
     assert_eq!(v["type"], "result");
@@ -21,7 +25,10 @@ fn json_result(out: &std::process::Output) -> serde_json::Value {
 #[test]
 fn imported_advertorch_lenet5_reproduces_its_accuracy() {
     let ck = json_result(
-        &libre().args(["--json", "data", "fetch", "mnist", "lenet5-mnist"]).output().unwrap(),
+        &libre()
+            .args(["--json", "data", "fetch", "mnist", "lenet5-mnist"])
+            .output()
+            .unwrap(),
     );
     let test = ck["fetched"][0]["paths"][1].as_str().unwrap().to_string();
     let t = Tensor::read_safetensors(&test).unwrap();
@@ -32,7 +39,15 @@ fn imported_advertorch_lenet5_reproduces_its_accuracy() {
     Tensor::write_safetensors(&[("images", images), ("labels", get("labels"))], &f).unwrap();
     let r = json_result(
         &libre()
-            .args(["--json", "eval", "--weights", "zoo:lenet5-mnist", "--device", "cpu", "--data"])
+            .args([
+                "--json",
+                "eval",
+                "--weights",
+                "zoo:lenet5-mnist",
+                "--device",
+                "cpu",
+                "--data",
+            ])
             .arg(&f)
             .output()
             .unwrap(),
@@ -44,7 +59,14 @@ fn imported_advertorch_lenet5_reproduces_its_accuracy() {
     // borderline digits.
     let r = json_result(
         &libre()
-            .args(["--json", "eval", "--weights", "zoo:lenet5-mnist", "--data", "mnist:test"])
+            .args([
+                "--json",
+                "eval",
+                "--weights",
+                "zoo:lenet5-mnist",
+                "--data",
+                "mnist:test",
+            ])
             .output()
             .unwrap(),
     );
@@ -63,11 +85,36 @@ fn short_training_run_learns_and_resume_is_exact() {
     let a = dir.path().join("a");
     let args = |out: &Path| {
         let mut c = libre();
-        c.args(["--json", "train", "--model", "lenet5", "--data", "mnist:train", "--limit", "2000"])
-            .args(["--epochs", "2", "--batch-size", "64", "--lr", "0.05", "--seed", "3"])
-            .args(["--eval-data", "mnist:test", "--eval-limit", "1000", "--device", "cpu"])
-            .arg("--out")
-            .arg(out);
+        c.args([
+            "--json",
+            "train",
+            "--model",
+            "lenet5",
+            "--data",
+            "mnist:train",
+            "--limit",
+            "2000",
+        ])
+        .args([
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--lr",
+            "0.05",
+            "--seed",
+            "3",
+        ])
+        .args([
+            "--eval-data",
+            "mnist:test",
+            "--eval-limit",
+            "1000",
+            "--device",
+            "cpu",
+        ])
+        .arg("--out")
+        .arg(out);
         c
     };
     let r = json_result(&args(&a).output().unwrap());
@@ -76,10 +123,18 @@ fn short_training_run_learns_and_resume_is_exact() {
     let lines: Vec<&str> = rows.lines().collect();
     assert_eq!(lines.len(), 3, "{rows}");
     let col = |l: &str, i: usize| l.split(',').nth(i).unwrap().parse::<f64>().unwrap();
-    assert!(col(lines[2], 1) < col(lines[1], 1), "loss did not go down:\n{rows}");
+    assert!(
+        col(lines[2], 1) < col(lines[1], 1),
+        "loss did not go down:\n{rows}"
+    );
     // chance is 10%: a LeNet5 on 2,000 digits for 2 epochs must be far above it
     assert!(col(lines[2], 4) > 0.8, "eval accuracy too low:\n{rows}");
-    for f in ["config.json", "summary.json", "model.safetensors", "last/model.safetensors"] {
+    for f in [
+        "config.json",
+        "summary.json",
+        "model.safetensors",
+        "last/model.safetensors",
+    ] {
         assert!(a.join(f).exists(), "{f} missing");
     }
 
@@ -96,10 +151,17 @@ fn short_training_run_learns_and_resume_is_exact() {
     }
     std::os::unix::fs::symlink("epochs/epoch-1", b.join("last")).unwrap();
     let r = json_result(
-        &libre().args(["--json", "train", "--device", "cpu", "--resume"]).arg(&b).output().unwrap(),
+        &libre()
+            .args(["--json", "train", "--device", "cpu", "--resume"])
+            .arg(&b)
+            .output()
+            .unwrap(),
     );
     assert_eq!(r["epochs"], 2);
-    let (wa, wb) = (read_tensors(&a.join("model.safetensors")), read_tensors(&b.join("model.safetensors")));
+    let (wa, wb) = (
+        read_tensors(&a.join("model.safetensors")),
+        read_tensors(&b.join("model.safetensors")),
+    );
     assert_eq!(wa.len(), wb.len());
     for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
         assert_eq!(na, nb);
@@ -113,9 +175,25 @@ fn finetune_one_epoch_keeps_accuracy() {
     let out = dir.path().join("ft");
     let r = json_result(
         &libre()
-            .args(["--json", "finetune", "--weights", "zoo:lenet5-mnist", "--posterior", "mean-field"])
-            .args(["--layers", "all", "--data", "mnist5k", "--limit", "1000", "--epochs", "1"])
-            .args(["--mc-samples", "4", "--eval-data", "mnist:test", "--eval-limit", "500"])
+            .args([
+                "--json",
+                "finetune",
+                "--weights",
+                "zoo:lenet5-mnist",
+                "--posterior",
+                "mean-field",
+            ])
+            .args([
+                "--layers", "all", "--data", "mnist5k", "--limit", "1000", "--epochs", "1",
+            ])
+            .args([
+                "--mc-samples",
+                "4",
+                "--eval-data",
+                "mnist:test",
+                "--eval-limit",
+                "500",
+            ])
             .args(["--device", "cpu", "--out"])
             .arg(&out)
             .output()
@@ -129,7 +207,16 @@ fn finetune_one_epoch_keeps_accuracy() {
     // The checkpoint carries the posterior: eval needs no other flag and uses S from it.
     let e = json_result(
         &libre()
-            .args(["--json", "eval", "--data", "mnist:test", "--limit", "200", "--curve", "--weights"])
+            .args([
+                "--json",
+                "eval",
+                "--data",
+                "mnist:test",
+                "--limit",
+                "200",
+                "--curve",
+                "--weights",
+            ])
             .arg(out.join("model.safetensors"))
             .output()
             .unwrap(),
@@ -146,22 +233,41 @@ fn bad_data_gives_errors_that_name_the_problem() {
     let images = Tensor::zeros([3, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
     let labels = Tensor::from_slice(&[1i64, 12, 3]);
     Tensor::write_safetensors(&[("images", images), ("labels", labels)], &f).unwrap();
-    let out = libre().args(["eval", "--weights", "zoo:lenet5-mnist", "--data"]).arg(&f).output().unwrap();
+    let out = libre()
+        .args(["eval", "--weights", "zoo:lenet5-mnist", "--data"])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("label 12 at index 1"), "{err}");
     // wrong image size for the model
     let g = dir.path().join("size.safetensors");
     let images = Tensor::zeros([2, 1, 20, 20], (Kind::Float, tch::Device::Cpu));
-    Tensor::write_safetensors(&[("images", images), ("labels", Tensor::from_slice(&[0i64, 1]))], &g).unwrap();
-    let out = libre().args(["eval", "--weights", "zoo:lenet5-mnist", "--data"]).arg(&g).output().unwrap();
+    Tensor::write_safetensors(
+        &[
+            ("images", images),
+            ("labels", Tensor::from_slice(&[0i64, 1])),
+        ],
+        &g,
+    )
+    .unwrap();
+    let out = libre()
+        .args(["eval", "--weights", "zoo:lenet5-mnist", "--data"])
+        .arg(&g)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("20") && err.contains("28"), "{err}");
     // a truncated file
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
-    let out = libre().args(["eval", "--weights", "zoo:lenet5-mnist", "--data"]).arg(&f).output().unwrap();
+    let out = libre()
+        .args(["eval", "--weights", "zoo:lenet5-mnist", "--data"])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.safetensors"));
     // an empty image folder

@@ -62,17 +62,26 @@ pub struct Args {
 fn mode_for(model: &dyn libre::models::BayesModel, s: Option<usize>) -> ForwardMode {
     match (s, model.posterior()) {
         (Some(s), _) => ForwardMode::ParallelMc { samples: s },
-        (None, Some(p)) => ForwardMode::ParallelMc { samples: p.config.samples },
+        (None, Some(p)) => ForwardMode::ParallelMc {
+            samples: p.config.samples,
+        },
         (None, None) => ForwardMode::Deterministic,
     }
 }
 
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if !args.out.to_string_lossy().ends_with(".safetensors") {
-        anyhow::bail!("--out must name a .safetensors batch file, got {}", args.out.display());
+        anyhow::bail!(
+            "--out must name a .safetensors batch file, got {}",
+            args.out.display()
+        );
     }
     if !ATTACK_NAMES.contains(&args.attack.as_str()) {
-        anyhow::bail!("unknown --attack '{}': available {}", args.attack, ATTACK_NAMES.join(", "));
+        anyhow::bail!(
+            "unknown --attack '{}': available {}",
+            args.attack,
+            ATTACK_NAMES.join(", ")
+        );
     }
     let mut params = Map::new();
     if let Some(e) = args.eps {
@@ -92,7 +101,9 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         params.insert("targeted".into(), json!(true));
     }
     for p in &args.params {
-        let (k, v) = p.split_once('=').ok_or_else(|| anyhow::anyhow!("--param {p}: expected KEY=JSON"))?;
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--param {p}: expected KEY=JSON"))?;
         let v: Value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
         params.insert(k.to_string(), v);
     }
@@ -114,15 +125,22 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if ds.labels().is_none() {
         anyhow::bail!("{} has no labels: attacks need them", ds.name);
     }
-    let tv = ModelVictim { model: target.as_ref(), mode: mode_for(target.as_ref(), args.mc_samples) };
-    let sv = surrogate
-        .as_ref()
-        .map(|m| ModelVictim { model: m.as_ref(), mode: mode_for(m.as_ref(), args.mc_samples) });
+    let tv = ModelVictim {
+        model: target.as_ref(),
+        mode: mode_for(target.as_ref(), args.mc_samples),
+    };
+    let sv = surrogate.as_ref().map(|m| ModelVictim {
+        model: m.as_ref(),
+        mode: mode_for(m.as_ref(), args.mc_samples),
+    });
     let crafter = sv.as_ref().unwrap_or(&tv);
 
     let mut meta = HashMap::new();
     meta.insert("attack".to_string(), args.attack.clone());
-    meta.insert("attack_config".to_string(), attack.config_json().to_string());
+    meta.insert(
+        "attack_config".to_string(),
+        attack.config_json().to_string(),
+    );
     meta.insert("weights".to_string(), args.weights.clone());
     if let Some(s) = &args.surrogate {
         meta.insert("surrogate".to_string(), s.clone());

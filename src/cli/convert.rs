@@ -43,7 +43,9 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         Ok((m, _)) => m,
         Err(e) => {
             // A plain state_dict (no libre metadata) needs --model.
-            let Some(arch) = &args.model else { return Err(e.into()) };
+            let Some(arch) = &args.model else {
+                return Err(e.into());
+            };
             let cfg = match arch.as_str() {
                 "lenet5" => libre::models::ModelConfig::lenet5(),
                 "digitcnn" => libre::models::ModelConfig::digitcnn(),
@@ -60,11 +62,16 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         let fams = model.layer_families();
         let data = json!({ "layers": fams.iter().map(|(p, f)| json!({"path": p, "family": f})).collect::<Vec<_>>(),
                            "last_block": model.last_block() });
-        out.result(data, || fams.iter().map(|(p, f)| format!("{p}\t{f:?}\n")).collect());
+        out.result(data, || {
+            fams.iter().map(|(p, f)| format!("{p}\t{f:?}\n")).collect()
+        });
         return Ok(());
     }
     if !args.out.to_string_lossy().ends_with(".safetensors") {
-        anyhow::bail!("--out must name a .safetensors file, got {}", args.out.display());
+        anyhow::bail!(
+            "--out must name a .safetensors file, got {}",
+            args.out.display()
+        );
     }
     let family: Family = args.posterior.parse()?;
     let converted = if family == Family::Point {

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct Common {
     /// Training data spec (mnist:train, fashion-mnist:train, cifar10:DIR:train, ...).
-    #[arg(long)]
-    pub data: String,
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<String>,
     /// Use only the first N training examples.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -196,7 +196,11 @@ fn drive(
         ));
         (m, cfg, json!({}))
     } else {
-        let ds = libre::data::open(&common.data, common.limit, &mut super::fetch_note(&out))?;
+        let data = common
+            .data
+            .as_deref()
+            .expect("clap requires --data without --resume");
+        let ds = libre::data::open(data, common.limit, &mut super::fetch_note(&out))?;
         make(&ds, device)?
     };
     let train_ds = libre::data::open(&cfg.data, cfg.limit, &mut super::fetch_note(&out))?;
@@ -303,7 +307,10 @@ pub fn run_train(args: TrainArgs, out: Output) -> anyhow::Result<()> {
         let steps = epochs * ds.len().div_ceil(c.batch_size);
         let cfg = TrainConfig {
             kind: "train".into(),
-            data: c.data.clone(),
+            data: c
+                .data
+                .clone()
+                .expect("clap requires --data without --resume"),
             limit: c.limit,
             eval_data: c.eval_data.clone(),
             epochs,
@@ -382,7 +389,10 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
         };
         let cfg = TrainConfig {
             kind: "finetune".into(),
-            data: c.data.clone(),
+            data: c
+                .data
+                .clone()
+                .expect("clap requires --data without --resume"),
             limit: c.limit,
             eval_data: c.eval_data.clone(),
             epochs,

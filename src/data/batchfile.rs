@@ -259,8 +259,12 @@ impl BatchFileWriter {
         });
         let mut h = serde_json::to_vec(&header).map_err(|e| Error::invalid(e.to_string()))?;
         h.resize(h.len().div_ceil(8) * 8, b' '); // 8-byte alignment, as the safetensors crate does
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let tmp = tempfile::Builder::new()
             .prefix(".libre-tmp-")
             .tempfile_in(dir)
@@ -270,7 +274,14 @@ impl BatchFileWriter {
         out.write_all(&(h.len() as u64).to_le_bytes())
             .and_then(|_| out.write_all(&h))
             .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-        Ok(BatchFileWriter { tmp, out, path: path.to_path_buf(), n, chw, written: 0 })
+        Ok(BatchFileWriter {
+            tmp,
+            out,
+            path: path.to_path_buf(),
+            n,
+            chw,
+            written: 0,
+        })
     }
 
     /// Append float32 images `[B, C, H, W]`.
