@@ -213,3 +213,85 @@ pub fn gaussian_kernel(size: usize, nsig: f64) -> Tensor {
     let k: Vec<f32> = k.iter().map(|v| (v / total) as f32).collect();
     Tensor::from_slice(&k).view([size as i64, size as i64])
 }
+
+/// Defines an attack struct that is the shared iterative loop under a family name: BIM and PGD
+/// differ only in their names and whether they start from a random point in the ball.
+macro_rules! iterative_attack {
+    ($(#[$doc:meta])* $ty:ident, $linf:literal, $l2:literal, random_start = $rs:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $ty {
+            config: $crate::iterative::IterativeConfig,
+        }
+
+        impl Default for $ty {
+            /// SPEC 5 defaults: eps 16/255, step 1/255, 20 steps, l_inf.
+            fn default() -> Self {
+                $ty { config: $crate::iterative::IterativeConfig::spec_default($rs) }
+            }
+        }
+
+        impl $ty {
+            /// Validates the config.
+            pub fn new(config: $crate::iterative::IterativeConfig) -> $crate::error::Result<Self> {
+                let attack = $ty { config };
+                attack.config.validate($crate::Attack::name(&attack))?;
+                Ok(attack)
+            }
+
+            /// SPEC 5 defaults in l_2.
+            pub fn default_l2() -> Self {
+                $ty {
+                    config: $crate::iterative::IterativeConfig {
+                        norm: $crate::geometry::Norm::L2,
+                        ..$crate::iterative::IterativeConfig::spec_default($rs)
+                    },
+                }
+            }
+
+            pub fn config(&self) -> &$crate::iterative::IterativeConfig {
+                &self.config
+            }
+        }
+
+        impl $crate::Attack for $ty {
+            fn name(&self) -> &str {
+                match self.config.norm {
+                    $crate::geometry::Norm::Linf => $linf,
+                    $crate::geometry::Norm::L2 => $l2,
+                }
+            }
+
+            fn config_json(&self) -> serde_json::Value {
+                serde_json::to_value(&self.config).expect("config serialises")
+            }
+
+            fn budget(&self) -> Option<$crate::Budget> {
+                Some($crate::Budget { norm: self.config.norm, eps: self.config.eps })
+            }
+
+            fn targeted(&self) -> bool {
+                self.config.objective.targeted
+            }
+
+            fn perturb(
+                &self,
+                victim: &dyn $crate::Victim,
+                x: &tch::Tensor,
+                y: &tch::Tensor,
+                seed: u64,
+            ) -> $crate::error::Result<tch::Tensor> {
+                $crate::iterative::run(
+                    $crate::Attack::name(self),
+                    &self.config,
+                    &$crate::iterative::Extras::default(),
+                    victim,
+                    x,
+                    y,
+                    seed,
+                )
+            }
+        }
+    };
+}
+pub(crate) use iterative_attack;
