@@ -264,7 +264,7 @@ fn save_epoch(run: &RunDir, epoch: usize, model: &dyn BayesModel, opt: &Sgd) -> 
         .prefix(".tmp-epoch-")
         .tempdir_in(&epochs)
         .map_err(|e| Error::io("temp dir", e))?;
-    crate::checkpoint::save(&tmp.path().join("model.safetensors"), model)?;
+    crate::checkpoint::save(tmp.path().join("model.safetensors"), model)?;
     let state = opt.state_tensors();
     let views: Vec<(String, Tensor)> = state;
     Tensor::write_safetensors(&views, tmp.path().join("optimizer.safetensors"))?;
@@ -317,7 +317,7 @@ pub fn fit(
     // they are read from the run's initial checkpoint when resuming.
     let prior = match &cfg.prior {
         Some(p) if resume && p.moped => {
-            let (init, _) = crate::checkpoint::load(&run.file("initial.safetensors"), device)?;
+            let (init, _) = crate::checkpoint::load(run.file("initial.safetensors"), device)?;
             Some(PriorRegularizer::new(init.var_store(), *p)?)
         }
         Some(p) => Some(PriorRegularizer::new(model.var_store(), *p)?),
@@ -342,7 +342,7 @@ pub fn fit(
             .collect();
         start_epoch = e + 1;
     } else if cfg.prior.map(|p| p.moped).unwrap_or(false) {
-        crate::checkpoint::save(&run.file("initial.safetensors"), model)?;
+        crate::checkpoint::save(run.file("initial.safetensors"), model)?;
     }
     let bayesian = model.posterior().is_some();
     let mode = match (cfg.sampling, bayesian) {
@@ -370,7 +370,11 @@ pub fn fit(
                 let p1 = model.forward_mc(&xp, &mode)?.softmax(-1, Kind::Float); // [B, 1, K]
                 let p2 = model.forward_mc(&xp, &mode)?.softmax(-1, Kind::Float);
                 let mi = mutual_information(&Tensor::cat(&[p1, p2], 1)); // [B]
-                loss = loss + (u.gamma - mi).relu().mean(Kind::Float) * u.coef;
+                                                                         // Out of place on purpose: `+=` would modify a tensor of the autograd graph.
+                #[allow(clippy::assign_op_pattern)]
+                {
+                    loss = loss + (u.gamma - mi).relu().mean(Kind::Float) * u.coef;
+                }
             }
             let lv = f64::try_from(&loss)?;
             if !lv.is_finite() {
@@ -435,7 +439,7 @@ pub fn fit(
         run.write_csv("metrics.csv", &EpochLog::HEADER, &rows)?;
         obs.epoch(&log);
     }
-    crate::checkpoint::save(&run.file("model.safetensors"), model)?;
+    crate::checkpoint::save(run.file("model.safetensors"), model)?;
     Ok(logs)
 }
 

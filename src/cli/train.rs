@@ -161,15 +161,15 @@ fn parse_sampling(s: &str) -> anyhow::Result<McSampling> {
     })
 }
 
+/// What a command prepares before training: the model, its training config and extra settings
+/// recorded in config.json.
+type Prepared = (Box<dyn BayesModel>, TrainConfig, serde_json::Value);
+
 /// Shared driver: open data, (re)load the model, train, write config / summary.
 fn drive(
     out: Output,
     common: &Common,
-    make: &mut dyn FnMut(
-        &libre::data::Dataset,
-        tch::Device,
-    )
-        -> anyhow::Result<(Box<dyn BayesModel>, TrainConfig, serde_json::Value)>,
+    make: &mut dyn FnMut(&libre::data::Dataset, tch::Device) -> anyhow::Result<Prepared>,
 ) -> anyhow::Result<()> {
     let device = super::resolve_device(&common.device, &out)?;
     let resume = common.resume.is_some();
