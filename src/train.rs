@@ -12,7 +12,7 @@
 
 use crate::bayes::optim::{GroupConfig, Schedule, Sgd};
 use crate::bayes::prior::{PriorConfig, PriorRegularizer};
-use crate::bayes::{ForwardMode, McSampling, ParamGroup, Routing, TrainSampling};
+use crate::bayes::{Family, ForwardMode, McSampling, ParamGroup, Routing, TrainSampling};
 use crate::data::Dataset;
 use crate::eval::{self, EvalOptions};
 use crate::models::BayesModel;
@@ -460,6 +460,56 @@ pub fn pretrain_groups(lr: f64, decay: f64, total_steps: usize) -> Vec<(ParamGro
             },
         },
     )]
+}
+
+/// The BayesAdapter fine-tuning groups (SPEC 3): the means with SGD `lr_mean`, momentum 0.9,
+/// Nesterov; the posterior group (psi, members or low-rank factors) with `lr_post`: psi by plain
+/// SGD with a x0.1 step decay every third of the run (at least one epoch), members / factors with
+/// momentum 0.9 and a per-step cosine to a tenth (LiBRe). No optimiser weight decay: the prior
+/// regulariser decays every group (no double decay, SPEC 7).
+pub fn finetune_groups(
+    family: Family,
+    lr_mean: f64,
+    lr_post: f64,
+    epochs: usize,
+    steps_per_epoch: usize,
+) -> Vec<(ParamGroup, GroupConfig)> {
+    let mean = GroupConfig {
+        lr: lr_mean,
+        momentum: 0.9,
+        nesterov: true,
+        ..Default::default()
+    };
+    let (group, post) = match family {
+        Family::MeanField => (
+            ParamGroup::Psi,
+            GroupConfig {
+                lr: lr_post,
+                schedule: Schedule::Step {
+                    every: steps_per_epoch * (epochs / 3).max(1),
+                    gamma: 0.1,
+                },
+                ..Default::default()
+            },
+        ),
+        _ => (
+            if family == Family::Ensemble {
+                ParamGroup::Members
+            } else {
+                ParamGroup::LowRank
+            },
+            GroupConfig {
+                lr: lr_post,
+                momentum: 0.9,
+                schedule: Schedule::Cosine {
+                    total: epochs * steps_per_epoch,
+                    min_lr: lr_post / 10.0,
+                },
+                ..Default::default()
+            },
+        ),
+    };
+    vec![(ParamGroup::Mean, mean), (group, post)]
 }
 
 #[cfg(test)]

@@ -3,9 +3,8 @@
 //! compares the 20-sample Bayes ensemble with the DNN (accuracy, NLL, ECE).
 
 use super::Output;
-use libre::bayes::optim::{GroupConfig, Schedule};
 use libre::bayes::prior::PriorConfig;
-use libre::bayes::{Family, ForwardMode, LayerSelection, McSampling, ParamGroup, PosteriorConfig};
+use libre::bayes::{Family, ForwardMode, LayerSelection, McSampling, PosteriorConfig};
 use libre::eval::{self, EvalOptions};
 use libre::run::{Provenance, RunDir};
 use libre::train::{self, Augment, TrainConfig};
@@ -67,28 +66,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         batch_size: bs,
         seed: args.seed,
         augment: Augment::None,
-        groups: vec![
-            (
-                ParamGroup::Mean,
-                GroupConfig {
-                    lr: 8e-4,
-                    momentum: 0.9,
-                    nesterov: true,
-                    ..Default::default()
-                },
-            ),
-            (
-                ParamGroup::Psi,
-                GroupConfig {
-                    lr: 0.1,
-                    schedule: Schedule::Step {
-                        every: steps * args.epochs.div_ceil(3).max(1),
-                        gamma: 0.1,
-                    },
-                    ..Default::default()
-                },
-            ),
-        ],
+        groups: train::finetune_groups(Family::MeanField, 8e-4, 0.1, args.epochs, steps),
         prior: Some(PriorConfig {
             decay: 1e-4,
             num_data: train_ds.len(),

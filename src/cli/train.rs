@@ -1,9 +1,8 @@
 //! `libre train` (deterministic pre-training) and `libre finetune` (BayesAdapter fine-tuning).
 
 use super::Output;
-use libre::bayes::optim::{GroupConfig, Schedule};
 use libre::bayes::prior::PriorConfig;
-use libre::bayes::{Family, LayerSelection, McSampling, ParamGroup, PosteriorConfig};
+use libre::bayes::{Family, LayerSelection, McSampling, PosteriorConfig};
 use libre::models::{BayesModel, ModelConfig};
 use libre::run::{Provenance, RunDir};
 use libre::train::{self, Augment, EpochLog, TrainConfig, TrainObserver, UncertaintyReg};
@@ -347,46 +346,10 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
         let pc = PosteriorConfig::new(family, args.mc_samples);
         let converted = model.convert(&sel, &pc)?;
         let steps_per_epoch = ds.len().div_ceil(c.batch_size);
-        let post_group = match family {
-            Family::MeanField => ParamGroup::Psi,
-            Family::Ensemble => ParamGroup::Members,
-            _ => ParamGroup::LowRank,
-        };
         let lr_post = args.lr_posterior.unwrap_or(match family {
             Family::MeanField => 0.1,
             _ => 1e-3,
         });
-        let mean = GroupConfig {
-            lr: args.lr_mean,
-            momentum: 0.9,
-            dampening: 0.0,
-            nesterov: true,
-            weight_decay: 0.0, // the prior regulariser decays the means (no double decay)
-            schedule: Schedule::Constant,
-        };
-        let post = GroupConfig {
-            lr: lr_post,
-            momentum: if family == Family::MeanField {
-                0.0
-            } else {
-                0.9
-            },
-            dampening: 0.0,
-            nesterov: false,
-            weight_decay: 0.0,
-            // psi: step decay (x0.1 every 1/3 of the run, at least one epoch); members/factors:
-            // per-step cosine to a tenth (LiBRe).
-            schedule: match family {
-                Family::MeanField => Schedule::Step {
-                    every: steps_per_epoch * (epochs / 3).max(1),
-                    gamma: 0.1,
-                },
-                _ => Schedule::Cosine {
-                    total: epochs * steps_per_epoch,
-                    min_lr: lr_post / 10.0,
-                },
-            },
-        };
         let cfg = TrainConfig {
             kind: "finetune".into(),
             data: c
@@ -399,7 +362,7 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
             batch_size: c.batch_size,
             seed: c.seed,
             augment: parse_augment(&c.augment, ds.shape())?,
-            groups: vec![(ParamGroup::Mean, mean), (post_group, post)],
+            groups: train::finetune_groups(family, args.lr_mean, lr_post, epochs, steps_per_epoch),
             prior: Some(PriorConfig {
                 decay: args.decay,
                 num_data: ds.len(),
