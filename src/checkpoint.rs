@@ -136,6 +136,16 @@ fn sorted_vars(model: &dyn BayesModel) -> Vec<(String, Tensor)> {
 
 /// Writes `model` to `path` atomically (temporary file in the same directory, then rename).
 pub fn save(path: impl AsRef<Path>, model: &dyn BayesModel) -> Result<()> {
+    save_with(path, model, &[])
+}
+
+/// [`save`] with extra safetensors metadata entries (e.g. a detector's calibration). Readers of
+/// plain checkpoints ignore them, so such a file is still a `--weights` checkpoint.
+pub fn save_with(
+    path: impl AsRef<Path>,
+    model: &dyn BayesModel,
+    extra: &[(&str, String)],
+) -> Result<()> {
     let path = path.as_ref();
     let vars = sorted_vars(model);
     let bad = non_finite(&vars);
@@ -152,7 +162,11 @@ pub fn save(path: impl AsRef<Path>, model: &dyn BayesModel) -> Result<()> {
         .collect::<Result<_>>()?;
     let meta = serde_json::to_string(&CheckpointMeta::of(model))
         .map_err(|e| Error::Checkpoint(format!("encoding metadata: {e}")))?;
-    let info = Some(HashMap::from([(META_KEY.to_string(), meta)]));
+    let mut info = HashMap::from([(META_KEY.to_string(), meta)]);
+    for (k, v) in extra {
+        info.insert(k.to_string(), v.clone());
+    }
+    let info = Some(info);
     let bytes = safetensors::tensor::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), &info)?;
     crate::cache::write_atomic(path, &bytes)
 }
@@ -195,6 +209,30 @@ pub fn read(path: impl AsRef<Path>) -> Result<(CheckpointMeta, Vec<(String, Tens
         .collect::<Result<_>>()?;
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((meta, tensors))
+}
+
+/// Reads one extra metadata entry (see [`save_with`]) without decoding the tensors.
+pub fn read_extra(path: impl AsRef<Path>, key: &str) -> Result<Option<String>> {
+    let path = path.as_ref();
+    let mut f =
+        std::fs::File::open(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    use std::io::Read;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| Error::bad_file(path, "not a safetensors file: shorter than its header"))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(Error::bad_file(path, format!("safetensors header of {n} bytes is implausible")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| Error::bad_file(path, "not a safetensors file: truncated header"))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::bad_file(path, format!("bad safetensors header: {e}")))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.get(key))
+        .and_then(|x| x.as_str())
+        .map(str::to_string))
 }
 
 /// Reads only the metadata.

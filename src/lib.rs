@@ -19,6 +19,7 @@ pub mod bayes;
 pub mod cache;
 pub mod checkpoint;
 pub mod data;
+pub mod detect;
 pub mod device;
 pub mod error;
 pub mod eval;

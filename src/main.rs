@@ -38,6 +38,10 @@ enum Command {
     Eval(cli::eval::Args),
     /// Craft adversarial examples.
     Attack(cli::attack::Args),
+    /// Calibrate a detector's threshold at a target false-positive rate on clean held-out data.
+    Calibrate(cli::detect::CalibrateArgs),
+    /// Score images with a detector and flag the adversarial-looking ones.
+    Detect(cli::detect::DetectArgs),
     /// Detection metrics (AUROC, AUPR, TPR@FPR) from a CSV of scores.
     Metrics(cli::metrics::Args),
     /// Re-render a report directory from its CSV tables.
@@ -62,6 +66,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => cli::convert::run(a, out),
         Command::Eval(a) => cli::eval::run(a, out),
         Command::Attack(a) => cli::attack::run(a, out),
+        Command::Calibrate(a) => cli::detect::run_calibrate(a, out),
+        Command::Detect(a) => cli::detect::run_detect(a, out),
     }
 }
 

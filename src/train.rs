@@ -74,6 +74,9 @@ pub struct TrainConfig {
     pub uncertainty_reg: Option<UncertaintyReg>,
     /// MC samples for the per-epoch evaluation of a Bayesian model.
     pub eval_samples: usize,
+    /// LiBRe's objective (`libre finetune --recipe libre`) instead of plain cross-entropy.
+    #[serde(default)]
+    pub libre: Option<crate::detect::LibreConfig>,
 }
 
 impl TrainConfig {
@@ -92,6 +95,14 @@ impl TrainConfig {
         }
         if let Some(p) = &self.prior {
             p.validate()?;
+        }
+        if let Some(l) = &self.libre {
+            l.validate()?;
+            if self.uncertainty_reg.is_some() {
+                return Err(Error::invalid(
+                    "the LiBRe objective and BayesAdapter's uncertainty regulariser are exclusive",
+                ));
+            }
         }
         if let Some(u) = &self.uncertainty_reg {
             if !(u.eps > 0.0 && u.eps <= 1.0 && u.gamma >= 0.0 && u.coef >= 0.0) {
@@ -117,10 +128,15 @@ pub struct EpochLog {
     pub eval_ece: Option<f64>,
     pub seconds: f64,
     pub images_per_s: f64,
+    /// LiBRe runs: mean member disagreement d on the perturbed and on the clean pairs.
+    #[serde(default)]
+    pub d_perturbed: Option<f64>,
+    #[serde(default)]
+    pub d_clean: Option<f64>,
 }
 
 impl EpochLog {
-    const HEADER: [&'static str; 9] = [
+    const HEADER: [&'static str; 11] = [
         "epoch",
         "loss",
         "train_acc",
@@ -130,6 +146,8 @@ impl EpochLog {
         "eval_ece",
         "seconds",
         "images_per_s",
+        "d_perturbed",
+        "d_clean",
     ];
     fn row(&self) -> Vec<String> {
         let o = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
@@ -143,6 +161,8 @@ impl EpochLog {
             o(self.eval_ece),
             format!("{:.3}", self.seconds),
             format!("{:.1}", self.images_per_s),
+            o(self.d_perturbed),
+            o(self.d_clean),
         ]
     }
     fn parse(r: &[String]) -> Option<EpochLog> {
@@ -157,6 +177,8 @@ impl EpochLog {
             eval_ece: f(6),
             seconds: f(7)?,
             images_per_s: f(8)?,
+            d_perturbed: f(9),
+            d_clean: f(10),
         })
     }
 }
@@ -357,12 +379,25 @@ pub fn fit(
         tch::manual_seed(epoch_seed(cfg.seed, epoch));
         let perm = permutation(n, cfg.seed, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
+        let (mut dp_sum, mut dc_sum, mut d_batches, mut dc_seen) = (0.0f64, 0.0f64, 0usize, false);
         for chunk in perm.chunks(cfg.batch_size) {
             let (x, y) = gather(train, chunk)?;
             let x = augment(&x, cfg.augment).to_device(device);
             let y = y.to_device(device);
-            let logits = model.forward_mc(&x, &mode)?.squeeze_dim(1); // [B, K]
-            let mut loss = logits.cross_entropy_for_logits(&y);
+            let (logits, mut loss) = if let Some(l) = &cfg.libre {
+                let o = crate::detect::objective::step(model, &x, &y, l)?;
+                dp_sum += o.d_perturbed;
+                if let Some(dc) = o.d_clean {
+                    dc_sum += dc;
+                    dc_seen = true;
+                }
+                d_batches += 1;
+                (o.clean_logits, o.loss)
+            } else {
+                let logits = model.forward_mc(&x, &mode)?.squeeze_dim(1); // [B, K]
+                let loss = logits.cross_entropy_for_logits(&y);
+                (logits, loss)
+            };
             if let Some(u) = cfg.uncertainty_reg {
                 // Two independent draws on the same perturbed copies; MI from those 2 samples.
                 let noise = (Tensor::rand_like(&x) * 2.0 - 1.0) * u.eps;
@@ -431,6 +466,8 @@ pub fn fit(
             eval_ece,
             seconds: t0.elapsed().as_secs_f64(),
             images_per_s: seen as f64 / train_secs.max(1e-9),
+            d_perturbed: (d_batches > 0).then(|| dp_sum / d_batches as f64),
+            d_clean: dc_seen.then(|| dc_sum / d_batches as f64),
         };
         // Checkpoint first, then the log: the log never names an epoch whose checkpoint is lost.
         save_epoch(run, epoch, model, &opt)?;
@@ -510,6 +547,43 @@ pub fn finetune_groups(
         ),
     };
     vec![(ParamGroup::Mean, mean), (group, post)]
+}
+
+/// LiBRe's optimiser groups (Deng et al. 2021, as in the authors' code): the ensemble members by
+/// SGD with momentum 0.9 and weight decay `decay / S`, learning rate cosine-annealed per step from
+/// `lr` to `ft_lr`; every other parameter by SGD with momentum 0.9 and weight decay `decay` at the
+/// constant `ft_lr`. The optimiser decays, so no prior regulariser runs alongside.
+pub fn libre_groups(
+    lr: f64,
+    ft_lr: f64,
+    decay: f64,
+    members: usize,
+    total_steps: usize,
+) -> Vec<(ParamGroup, GroupConfig)> {
+    vec![
+        (
+            ParamGroup::Mean,
+            GroupConfig {
+                lr: ft_lr,
+                momentum: 0.9,
+                weight_decay: decay,
+                ..Default::default()
+            },
+        ),
+        (
+            ParamGroup::Members,
+            GroupConfig {
+                lr,
+                momentum: 0.9,
+                weight_decay: decay / members.max(1) as f64,
+                schedule: Schedule::Cosine {
+                    total: total_steps,
+                    min_lr: ft_lr,
+                },
+                ..Default::default()
+            },
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -1,19 +1,41 @@
 //! A [`BayesModel`] seen as a [`libre_attacks::Victim`]: the attacks crate knows nothing of the
 //! Bayesian internals, only logits (with the MC sample axis) and an optional detector score.
 
-use crate::bayes::ForwardMode;
+use crate::bayes::{Family, ForwardMode};
+use crate::detect::Score;
 use crate::models::BayesModel;
 use libre_attacks::Victim;
 use tch::Tensor;
 
-/// A model under attack in one forward mode.
+/// A model under attack in one forward mode, optionally with the detector score an adaptive
+/// attack pushes down.
 ///
 /// # Shapes
 /// `logits`: `[B, K]` for the deterministic mode, `[B, S, K]` for `ParallelMc { samples: S }`
-/// (the attack then ascends the loss of the MC-averaged predictive).
+/// (the attack then ascends the loss of the MC-averaged predictive); `score`: `[B]`.
 pub struct ModelVictim<'a> {
     pub model: &'a dyn BayesModel,
     pub mode: ForwardMode,
+    /// The detector score for adaptive attacks, computed from the same forward as the logits.
+    pub score: Option<Score>,
+}
+
+impl<'a> ModelVictim<'a> {
+    /// A victim without a detector score.
+    pub fn new(model: &'a dyn BayesModel, mode: ForwardMode) -> Self {
+        ModelVictim {
+            model,
+            mode,
+            score: None,
+        }
+    }
+
+    fn shape_logits(&self, l: Tensor) -> Tensor {
+        match self.mode {
+            ForwardMode::ParallelMc { .. } | ForwardMode::SequentialMc { .. } => l,
+            _ => l.squeeze_dim(1), // [B, K]
+        }
+    }
 }
 
 impl Victim for ModelVictim<'_> {
@@ -24,13 +46,39 @@ impl Victim for ModelVictim<'_> {
             .model
             .forward_mc(x, &self.mode)
             .expect("model forward failed"); // [B, S, K]
-        match self.mode {
-            ForwardMode::ParallelMc { .. } | ForwardMode::SequentialMc { .. } => l,
-            _ => l.squeeze_dim(1), // [B, K]
-        }
+        self.shape_logits(l)
     }
 
+    fn score(&self, x: &Tensor) -> Option<Tensor> {
+        self.logits_and_score(x).1
+    }
+
+    fn logits_and_score(&self, x: &Tensor) -> (Tensor, Option<Tensor>) {
+        let Some(score) = self.score else {
+            return (self.logits(x), None);
+        };
+        let (l, f) = self
+            .model
+            .forward_mc_with_features(x, &self.mode)
+            .expect("model forward failed");
+        // The score's availability was checked when the victim was built.
+        let (_, mut s) =
+            crate::detect::scores::compute(&l, &f, &[score]).expect("score checked at build");
+        (self.shape_logits(l), s.pop())
+    }
+
+    /// True when two forwards of the same input may differ: a training-mode forward, or MC
+    /// sampling of a model with mean-field layers (which draws fresh weights on every forward).
+    /// Ensembles and low-rank components are enumerated, not sampled, so they are deterministic.
     fn is_stochastic(&self) -> bool {
-        matches!(self.mode, ForwardMode::Train(_))
+        match self.mode {
+            ForwardMode::Train(_) => true,
+            ForwardMode::ParallelMc { .. } | ForwardMode::SequentialMc { .. } => self
+                .model
+                .layer_families()
+                .iter()
+                .any(|(_, f)| *f == Family::MeanField),
+            _ => false,
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! - Per-example weights `[B, out, ...]` (training): input folded to `[1, B*C, H, W]`, groups B*g.
 
 use super::linear::add_opt;
-use super::mode::{rademacher, unify, Act, Ctx, McSampling, Multi};
+use super::mode::{apply_routed, rademacher, unify, Act, Ctx, McSampling, Multi};
 use super::posterior::BayesParam;
 use super::{BayesLayer, LayerKind};
 use crate::{Error, Result};
@@ -114,9 +114,30 @@ impl Conv2d {
                 }
             }
         }
+        let g = self.cfg.groups;
+        if let Some(ids) = ctx.ensemble_routes(&self.weight, x)? {
+            let n = self.weight.components().unwrap_or(1);
+            let w = self.weight.draw(n)?; // [S, out, in/g, k, k]
+            let b = match &self.bias {
+                Some(b) => Some(b.draw(n)?), // [S, out]
+                None => None,
+            };
+            // [S, M, C, H, W] -> [M, S*C, H, W], one conv with S*g groups -> [S, M, out, H', W']
+            let (out, cg, k) = (self.out_channels, self.in_channels / g, self.kernel);
+            let y = apply_routed(&x.t, &ids, n, &mut |xp| {
+                let sz = xp.size();
+                let m = sz[1];
+                let xin = xp.transpose(0, 1).reshape([m, n * sz[2], sz[3], sz[4]]);
+                let wf = w.reshape([n * out, cg, k, k]);
+                let bf = b.as_ref().map(|b| b.reshape([n * out]));
+                let y = self.conv(&xin, &wf, bf.as_ref(), n * g);
+                let ys = y.size();
+                Ok(y.reshape([m, n, out, ys[2], ys[3]]).transpose(0, 1))
+            })?;
+            return Ok(Act::new(y));
+        }
         let w = ctx.draw(&self.weight)?;
         let b = self.bias.as_ref().map(|b| ctx.draw(b)).transpose()?;
-        let g = self.cfg.groups;
         let (out, cg, k) = (self.out_channels, self.in_channels / g, self.kernel);
         Ok(match unify(w, b) {
             Multi::One(w, b) => x.map_flat(|t| self.conv(t, &w, b.as_ref(), g)),

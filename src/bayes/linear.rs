@@ -8,7 +8,7 @@
 //!   one matmul against the stacked `[S*out, in]` gives `[B, S*out]` -> `[B, S, out]`, without
 //!   copying the input S times. Later layers: batched matmul over the sample axis.
 
-use super::mode::{rademacher, unify, Act, Ctx, McSampling, Multi};
+use super::mode::{apply_routed, rademacher, unify, Act, Ctx, McSampling, Multi};
 use super::posterior::BayesParam;
 use super::{BayesLayer, LayerKind};
 use crate::{Error, Result};
@@ -87,6 +87,23 @@ impl Linear {
                     return Ok(Act::new(y));
                 }
             }
+        }
+        if let Some(ids) = ctx.ensemble_routes(&self.weight, x)? {
+            let n = self.weight.components().unwrap_or(1);
+            let w = self.weight.draw(n)?; // [S, out, in]
+            let b = match &self.bias {
+                Some(b) => Some(b.draw(n)?), // [S, out]
+                None => None,
+            };
+            // [S, M, in] x [S, in, out] -> [S, M, out]
+            let y = apply_routed(&x.t, &ids, n, &mut |xp| {
+                let y = xp.bmm(&w.transpose(1, 2));
+                Ok(match &b {
+                    Some(b) => y + b.unsqueeze(1),
+                    None => y,
+                })
+            })?;
+            return Ok(Act::new(y));
         }
         let w = ctx.draw(&self.weight)?;
         let b = self.bias.as_ref().map(|b| ctx.draw(b)).transpose()?;

@@ -45,6 +45,18 @@ pub struct Args {
     /// Bayesian model; deterministic for a DNN).
     #[arg(long)]
     pub mc_samples: Option<usize>,
+    /// Adaptive ("mimicry") attack: ascend the attack loss minus C times the detector score
+    /// (--score), both from one forward.
+    #[arg(long, value_name = "C")]
+    pub adaptive: Option<f64>,
+    /// The detector score the adaptive attack pushes down [default: feature-variance for a
+    /// Bayesian model, msp for a DNN].
+    #[arg(long)]
+    pub score: Option<String>,
+    /// Expectation over Transformation: forwards averaged per gradient step for a victim that
+    /// samples its weights (mean-field); ignored (one forward) for a deterministic one.
+    #[arg(long)]
+    pub eot: Option<usize>,
     /// Extra attack settings as KEY=JSON (e.g. --param mc_mode='"weighted-samples"').
     #[arg(long = "param")]
     pub params: Vec<String>,
@@ -59,14 +71,12 @@ pub struct Args {
     pub device: String,
 }
 
-fn mode_for(model: &dyn libre::models::BayesModel, s: Option<usize>) -> ForwardMode {
-    match (s, model.posterior()) {
-        (Some(s), _) => ForwardMode::ParallelMc { samples: s },
-        (None, Some(p)) => ForwardMode::ParallelMc {
-            samples: p.config.samples,
-        },
-        (None, None) => ForwardMode::Deterministic,
-    }
+fn mode_for(
+    model: &dyn libre::models::BayesModel,
+    s: Option<usize>,
+) -> anyhow::Result<ForwardMode> {
+    let samples = libre::detect::detector::samples_for(model, s)?;
+    Ok(libre::detect::detector::mode_for(model, samples))
 }
 
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
@@ -100,6 +110,15 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if targeted {
         params.insert("targeted".into(), json!(true));
     }
+    if let Some(c) = args.adaptive {
+        if !c.is_finite() {
+            anyhow::bail!("--adaptive {c}: C must be a finite number");
+        }
+        params.insert("adaptive_c".into(), json!(c));
+    }
+    if let Some(k) = args.eot {
+        params.insert("eot_samples".into(), json!(k));
+    }
     for p in &args.params {
         let (k, v) = p
             .split_once('=')
@@ -125,14 +144,37 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if ds.labels().is_none() {
         anyhow::bail!("{} has no labels: attacks need them", ds.name);
     }
+    let tmode = mode_for(target.as_ref(), args.mc_samples)?;
+    let score = if args.adaptive.is_some() || args.score.is_some() {
+        let sc: libre::detect::Score = match &args.score {
+            Some(s) => s.parse()?,
+            None => libre::detect::Score::default_for(tmode.samples()),
+        };
+        sc.check_available(tmode.samples())?;
+        Some(sc)
+    } else {
+        None
+    };
     let tv = ModelVictim {
         model: target.as_ref(),
-        mode: mode_for(target.as_ref(), args.mc_samples),
+        mode: tmode,
+        score,
     };
-    let sv = surrogate.as_ref().map(|m| ModelVictim {
-        model: m.as_ref(),
-        mode: mode_for(m.as_ref(), args.mc_samples),
-    });
+    let sv = match surrogate.as_ref() {
+        Some(m) => {
+            let mode = mode_for(m.as_ref(), args.mc_samples)?;
+            let samples = mode.samples();
+            Some(ModelVictim {
+                model: m.as_ref(),
+                mode,
+                score: score.filter(|sc| !sc.needs_samples() || samples >= 2),
+            })
+        }
+        None => None,
+    };
+    if args.adaptive.is_some() && args.surrogate.is_some() {
+        anyhow::bail!("--adaptive attacks the target's own detector; it cannot be combined with --surrogate");
+    }
     let crafter = sv.as_ref().unwrap_or(&tv);
 
     let mut meta = HashMap::new();
@@ -147,6 +189,10 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     }
     meta.insert("data".to_string(), args.data.clone());
     meta.insert("seed".to_string(), args.seed.to_string());
+    if let (Some(c), Some(sc)) = (args.adaptive, score) {
+        meta.insert("adaptive_c".to_string(), c.to_string());
+        meta.insert("adaptive_score".to_string(), sc.to_string());
+    }
     meta.insert("num_classes".to_string(), k.to_string());
     meta.insert("libre_version".to_string(), libre::VERSION.to_string());
     // Streamed to disk batch by batch: memory stays bounded by one batch whatever the data size.

@@ -7,6 +7,7 @@
 pub mod attack;
 pub mod convert;
 pub mod data;
+pub mod detect;
 pub mod eval;
 pub mod import;
 pub mod metrics;

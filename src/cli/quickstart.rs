@@ -78,6 +78,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         sampling: Some(McSampling::LocalReparam),
         uncertainty_reg: None,
         eval_samples: args.mc_samples,
+        libre: None,
     };
     let run = RunDir::create(&args.out)?;
     run.write_json(

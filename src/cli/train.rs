@@ -3,6 +3,8 @@
 use super::Output;
 use libre::bayes::prior::PriorConfig;
 use libre::bayes::{Family, LayerSelection, McSampling, PosteriorConfig};
+use libre::detect::objective::customary_eps;
+use libre::detect::{LibreConfig, ObjectiveKind};
 use libre::models::{BayesModel, ModelConfig};
 use libre::run::{Provenance, RunDir};
 use libre::train::{self, Augment, EpochLog, TrainConfig, TrainObserver, UncertaintyReg};
@@ -66,12 +68,17 @@ pub struct FinetuneArgs {
     /// The pretrained model: a libre checkpoint or zoo:NAME.
     #[arg(long)]
     pub weights: Option<String>,
-    /// mean-field, ensemble or low-rank.
-    #[arg(long, default_value = "mean-field")]
-    pub posterior: String,
-    /// Layers to make Bayesian: all, last-block, a path, a comma list or a glob.
-    #[arg(long, default_value = "all")]
-    pub layers: String,
+    /// Recipe: `bayesadapter` (prior-regularised fine-tuning of a posterior) or `libre` (LiBRe:
+    /// a last-block ensemble trained to disagree on noise-perturbed images; docs/detection.md).
+    #[arg(long, default_value = "bayesadapter", value_parser = ["bayesadapter", "libre"])]
+    pub recipe: String,
+    /// mean-field, ensemble or low-rank [default: mean-field; ensemble for --recipe libre].
+    #[arg(long)]
+    pub posterior: Option<String>,
+    /// Layers to make Bayesian: all, last-block, a path, a comma list or a glob [default: all;
+    /// last-block for --recipe libre].
+    #[arg(long)]
+    pub layers: Option<String>,
     /// MC samples for evaluation (and ensemble members / low-rank components).
     #[arg(long, default_value_t = 20)]
     pub mc_samples: usize,
@@ -97,8 +104,43 @@ pub struct FinetuneArgs {
     pub unc_reg_gamma: f64,
     #[arg(long, default_value_t = 1.0)]
     pub unc_reg_coef: f64,
+    /// LiBRe: the disagreement hinge: reference (published), relative or anchored
+    /// (docs/detection.md).
+    #[arg(long, default_value = "reference")]
+    pub objective: String,
+    /// LiBRe: weight of the disagreement hinge (0 = plain fine-tuning, the ablation).
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f64,
+    /// LiBRe: the hinge margin on the mean squared member disagreement.
+    #[arg(long, default_value_t = 0.5)]
+    pub gamma: f64,
+    /// LiBRe: noise magnitude range MIN:MAX (pixel units) [default: 0.5x to 2x the data set's
+    /// customary attack eps: 0.15:0.6 for 28 px digits, 4/255:16/255 for CIFAR-size images].
+    #[arg(long, value_name = "MIN:MAX")]
+    pub noise_eps: Option<String>,
+    /// LiBRe: per-image probability of low-pass filtering the noise.
+    #[arg(long, default_value_t = 0.03)]
+    pub blur_prob: f64,
+    /// LiBRe: initial learning rate of the ensemble members (cosine-annealed to --ft-lr).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// LiBRe: learning rate of every other parameter (and the members' final one).
+    #[arg(long, default_value_t = 1e-4)]
+    pub ft_lr: f64,
     #[command(flatten)]
     pub common: Common,
+}
+
+fn parse_range(s: &str) -> anyhow::Result<(f64, f64)> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--noise-eps '{s}': expected MIN:MAX, e.g. 0.15:0.6"))?;
+    let p = |t: &str| {
+        t.trim()
+            .parse::<f64>()
+            .map_err(|_| anyhow::anyhow!("--noise-eps '{s}': '{t}' is not a number"))
+    };
+    Ok((p(a)?, p(b)?))
 }
 
 struct Bars<'a> {
@@ -321,6 +363,7 @@ pub fn run_train(args: TrainArgs, out: Output) -> anyhow::Result<()> {
             sampling: None,
             uncertainty_reg: None,
             eval_samples: 1,
+            libre: None,
         };
         tch::manual_seed(c.seed);
         Ok((model, cfg, json!({})))
@@ -330,26 +373,74 @@ pub fn run_train(args: TrainArgs, out: Output) -> anyhow::Result<()> {
 pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
     let c = &args.common;
     let epochs = c.epochs.unwrap_or(1);
+    let libre_recipe = args.recipe == "libre";
     drive(out, c, &mut |ds, device| {
         let w = args
             .weights
             .clone()
             .ok_or_else(|| anyhow::anyhow!("--weights is required"))?;
-        let path = libre::zoo::resolve(&w, &mut super::fetch_note(&out))?;
-        let (mut model, _) = libre::checkpoint::load(&path, device)?;
-        let family: Family = args.posterior.parse()?;
+        let default_post = if libre_recipe { "ensemble" } else { "mean-field" };
+        let family: Family = args.posterior.as_deref().unwrap_or(default_post).parse()?;
         if family == Family::Point {
             anyhow::bail!("--posterior must be mean-field, ensemble or low-rank");
         }
-        let sel: LayerSelection = args.layers.parse()?;
+        if libre_recipe && family != Family::Ensemble {
+            anyhow::bail!(
+                "--recipe libre trains a deep ensemble (members routed per image); \
+                 --posterior {family} is not supported with it"
+            );
+        }
+        let default_layers = if libre_recipe { "last-block" } else { "all" };
+        let sel: LayerSelection = args.layers.as_deref().unwrap_or(default_layers).parse()?;
+        let libre_cfg = if libre_recipe {
+            let objective: ObjectiveKind = args.objective.parse()?;
+            let mut l = LibreConfig::for_attack_eps(objective, customary_eps(ds.shape()));
+            if let Some(r) = &args.noise_eps {
+                l.noise_eps = parse_range(r)?;
+            }
+            l.alpha = args.alpha;
+            l.gamma = args.gamma;
+            l.blur_prob = args.blur_prob;
+            l.validate()?;
+            out.note(format!(
+                "LiBRe: objective {}, alpha {}, gamma {}, noise eps U[{}, {}], blur {}",
+                args.objective, l.alpha, l.gamma, l.noise_eps.0, l.noise_eps.1, l.blur_prob
+            ));
+            Some(l)
+        } else {
+            None
+        };
+        let path = libre::zoo::resolve(&w, &mut super::fetch_note(&out))?;
+        let (mut model, _) = libre::checkpoint::load(&path, device)?;
         tch::manual_seed(c.seed);
         let pc = PosteriorConfig::new(family, args.mc_samples);
         let converted = model.convert(&sel, &pc)?;
-        let steps_per_epoch = ds.len().div_ceil(c.batch_size);
+        let steps_per_epoch = ds.len().div_ceil(c.batch_size.max(1));
         let lr_post = args.lr_posterior.unwrap_or(match family {
             Family::MeanField => 0.1,
             _ => 1e-3,
         });
+        let (groups, prior) = if libre_recipe {
+            (
+                train::libre_groups(
+                    args.lr,
+                    args.ft_lr,
+                    args.decay,
+                    args.mc_samples,
+                    epochs * steps_per_epoch,
+                ),
+                None,
+            )
+        } else {
+            (
+                train::finetune_groups(family, args.lr_mean, lr_post, epochs, steps_per_epoch),
+                Some(PriorConfig {
+                    decay: args.decay,
+                    num_data: ds.len(),
+                    moped: args.moped,
+                }),
+            )
+        };
         let cfg = TrainConfig {
             kind: "finetune".into(),
             data: c
@@ -362,12 +453,8 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
             batch_size: c.batch_size,
             seed: c.seed,
             augment: parse_augment(&c.augment, ds.shape())?,
-            groups: train::finetune_groups(family, args.lr_mean, lr_post, epochs, steps_per_epoch),
-            prior: Some(PriorConfig {
-                decay: args.decay,
-                num_data: ds.len(),
-                moped: args.moped,
-            }),
+            groups,
+            prior,
             sampling: Some(parse_sampling(&args.sampling)?),
             uncertainty_reg: args.unc_reg_eps.map(|eps| UncertaintyReg {
                 eps,
@@ -375,11 +462,12 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
                 coef: args.unc_reg_coef,
             }),
             eval_samples: args.mc_samples,
+            libre: libre_cfg,
         };
         Ok((
             model,
             cfg,
-            json!({ "weights": w, "converted_layers": converted }),
+            json!({ "weights": w, "recipe": args.recipe, "converted_layers": converted }),
         ))
     })
 }

@@ -9,6 +9,11 @@
 //! | `folder:DIR` | an image folder, one sub-folder per class (sorted names = class ids) |
 //! | `FILE.safetensors` | a batch file: `images` [N,C,H,W] float32 in [0,1] or uint8, optional `labels` [N] int64 |
 //!
+//! Every spec takes an optional slice suffix `[START:END]` (Python style, either bound may be
+//! omitted): `mnist:train[55000:60000]` holds out the last 5,000 training digits, e.g. for
+//! calibrating a detector on images the model was not trained on. `--limit N` applies after the
+//! slice.
+//!
 //! Images always come out as float32 `[B, C, H, W]` in `[0, 1]`; labels as int64 `[B]`.
 //! Registry data are converted once into batch files in the cache; batch files are memory-mapped
 //! and image folders decoded per batch (in parallel), so memory stays bounded by the batch size.
@@ -127,7 +132,8 @@ impl std::fmt::Debug for Dataset {
 /// Open a data set from its `--data` spec, fetching registry data on first use. `limit` takes the
 /// first N in the data set's own order. `on_fetch` receives a note before any download.
 pub fn open(spec: &str, limit: Option<usize>, on_fetch: &mut dyn FnMut(&str)) -> Result<Dataset> {
-    let parsed: DataSpec = spec.parse()?;
+    let (base, slice) = split_slice(spec)?;
+    let parsed: DataSpec = base.parse()?;
     let mut ds = match &parsed {
         DataSpec::Registry { name, split } => {
             let path = sources::ensure(name, split.as_deref(), on_fetch)?;
@@ -139,6 +145,9 @@ pub fn open(spec: &str, limit: Option<usize>, on_fetch: &mut dyn FnMut(&str)) ->
         DataSpec::Cifar10 { dir, train } => cifar::open(dir, *train)?,
         DataSpec::Folder(dir) => folder::open(dir)?,
     };
+    if let Some((a, b)) = slice {
+        ds.apply_slice(spec, a, b)?;
+    }
     if let Some(n) = limit {
         if n == 0 {
             return Err(Error::invalid("--limit must be at least 1"));
@@ -157,7 +166,83 @@ pub fn open(spec: &str, limit: Option<usize>, on_fetch: &mut dyn FnMut(&str)) ->
     Ok(ds)
 }
 
+/// Splits a trailing `[START:END]` off a data spec. Bounds are image indices; either may be
+/// omitted (`[:1000]`, `[55000:]`).
+pub fn split_slice(spec: &str) -> Result<(&str, Option<(Option<usize>, Option<usize>)>)> {
+    let Some(body) = spec.strip_suffix(']') else {
+        return Ok((spec, None));
+    };
+    let open = body.rfind('[').ok_or_else(|| {
+        Error::invalid(format!(
+            "bad --data '{spec}': a slice is written [START:END], e.g. mnist:train[55000:60000]"
+        ))
+    })?;
+    let (base, inner) = (&body[..open], &body[open + 1..]);
+    let bad = |why: String| {
+        Error::invalid(format!(
+            "bad --data '{spec}': {why} (a slice is written [START:END], e.g. mnist:train[55000:60000])"
+        ))
+    };
+    let (a, b) = inner
+        .split_once(':')
+        .ok_or_else(|| bad(format!("slice '[{inner}]' has no ':'")))?;
+    let bound = |t: &str| -> Result<Option<usize>> {
+        let t = t.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.parse::<usize>()
+            .map(Some)
+            .map_err(|_| bad(format!("slice bound '{t}' is not a non-negative integer")))
+    };
+    let (a, b) = (bound(a)?, bound(b)?);
+    if let (Some(a), Some(b)) = (a, b) {
+        if a >= b {
+            return Err(bad(format!("empty slice [{a}:{b}]: START must be below END")));
+        }
+    }
+    if base.is_empty() {
+        return Err(bad("no data set before the slice".into()));
+    }
+    Ok((base, Some((a, b))))
+}
+
 impl Dataset {
+    /// Keeps images `a..b` (defaults: 0 and the end). Errors when the slice reaches past the end.
+    fn apply_slice(&mut self, spec: &str, a: Option<usize>, b: Option<usize>) -> Result<()> {
+        let a = a.unwrap_or(0);
+        let b = b.unwrap_or(self.len);
+        if b > self.len || a >= b {
+            return Err(Error::invalid(format!(
+                "--data '{spec}': slice [{a}:{b}] is out of range for {} images",
+                self.len
+            )));
+        }
+        let [c, h, w] = self.shape;
+        let per = c * h * w;
+        match &mut self.storage {
+            Storage::Mapped { offset, kind, .. } => {
+                let esz = if *kind == Kind::Uint8 { 1 } else { 4 };
+                *offset += a * per * esz;
+            }
+            Storage::Bytes(v) => {
+                v.drain(..a * per);
+                v.truncate((b - a) * per);
+            }
+            Storage::Folder(files) => {
+                files.drain(..a);
+                files.truncate(b - a);
+            }
+        }
+        if let Some(l) = self.labels.as_mut() {
+            l.drain(..a);
+            l.truncate(b - a);
+        }
+        self.len = b - a;
+        self.name = spec.to_string();
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -263,6 +348,22 @@ fn display(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_slices() {
+        assert_eq!(split_slice("mnist:test").unwrap(), ("mnist:test", None));
+        assert_eq!(
+            split_slice("mnist:train[55000:60000]").unwrap(),
+            ("mnist:train", Some((Some(55000), Some(60000))))
+        );
+        assert_eq!(
+            split_slice("a/b.safetensors[:10]").unwrap(),
+            ("a/b.safetensors", Some((None, Some(10))))
+        );
+        for bad in ["mnist:test[5:2]", "mnist:test[a:2]", "mnist:test[3]", "[0:1]", "x]"] {
+            assert!(split_slice(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_specs() {

@@ -1,0 +1,502 @@
+//! `libre calibrate` (a threshold at a target false-positive rate on held-out clean data) and
+//! `libre detect` (score images, flag the suspicious ones). The work is in `libre::detect`.
+
+use super::{CheckFailed, Output};
+use anyhow::Context;
+use libre::detect::detector::{DetectorMeta, DETECTOR_FORMAT};
+use libre::detect::input::{self, ImagePolicy};
+use libre::detect::{scores, Detector, Score};
+use serde_json::{json, Map, Value};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct CalibrateArgs {
+    /// The model: a libre checkpoint, a detector file or zoo:NAME.
+    #[arg(long)]
+    pub weights: String,
+    /// Clean held-out data the model was not trained on, e.g. mnist:train[55000:60000].
+    #[arg(long)]
+    pub data: String,
+    /// Use only the first N images of --data.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Target false-positive rate on clean images.
+    #[arg(long, default_value_t = 0.05)]
+    pub fpr: f64,
+    /// The detection score [default: feature-variance for a Bayesian model, msp for a DNN].
+    #[arg(long)]
+    pub score: Option<String>,
+    /// MC samples of the forward [default: the posterior's S; 1 for a DNN].
+    #[arg(long)]
+    pub mc_samples: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Seed of libtorch's generator (mean-field posteriors sample their weights).
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// The detector file to write (.safetensors; the model plus the calibration).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DetectArgs {
+    /// Image files (png, jpg, bmp, gif), folders of them (recursive), batch files or data specs.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// A detector file from `libre calibrate`, or any libre checkpoint / zoo:NAME (then pass
+    /// --threshold to flag).
+    #[arg(long)]
+    pub weights: String,
+    /// Scores to print, comma-separated [default: every score the model gives]; the first
+    /// flags unless the detector file names its own.
+    #[arg(long)]
+    pub score: Option<String>,
+    /// Flag at this score threshold instead of the calibrated one.
+    #[arg(long, conflicts_with = "fpr")]
+    pub threshold: Option<f64>,
+    /// Re-threshold at this false-positive rate from the detector's stored calibration scores.
+    #[arg(long)]
+    pub fpr: Option<f64>,
+    /// Output format: csv, jsonl or table [default: table on a terminal, csv otherwise; jsonl
+    /// with --json].
+    #[arg(long, value_parser = ["csv", "jsonl", "table"])]
+    pub format: Option<String>,
+    /// Write the rows to FILE (atomically) instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Exit with status 1 when any input is flagged.
+    #[arg(long)]
+    pub fail_on_detect: bool,
+    /// Keep going past unreadable or wrongly sized images: a `skipped` row each, counted in the
+    /// summary (default: stop with an error naming the file).
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Resize (shorter side) and centre-crop images to the model's input size. Resampling
+    /// weakens adversarial perturbations: scores on resized images understate them.
+    #[arg(long)]
+    pub resize: bool,
+    /// Convert grey images to RGB (or RGB to grey) when the model takes the other.
+    #[arg(long)]
+    pub convert_channels: bool,
+    /// MC samples of the forward [default: the detector's; 1 for a DNN].
+    #[arg(long)]
+    pub mc_samples: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Seed of libtorch's generator (mean-field posteriors sample their weights).
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+fn input_shape(d: &Detector) -> [usize; 3] {
+    let c = d.model.config();
+    [
+        c.in_channels as usize,
+        c.image_size as usize,
+        c.image_size as usize,
+    ]
+}
+
+pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
+    if !args.out.to_string_lossy().ends_with(".safetensors") {
+        anyhow::bail!(
+            "--out must name a .safetensors detector file, got {}",
+            args.out.display()
+        );
+    }
+    if args.batch_size == 0 {
+        anyhow::bail!("--batch-size must be at least 1");
+    }
+    // Checked before any work (the library checks again).
+    if !(args.fpr > 0.0 && args.fpr < 1.0) {
+        anyhow::bail!("--fpr {}: the target false-positive rate must lie in (0, 1)", args.fpr);
+    }
+    let device = super::resolve_device(&args.device, &out)?;
+    let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
+    let det = Detector::load(&path, device, args.mc_samples)?;
+    let score: Score = match &args.score {
+        Some(s) => s.parse()?,
+        None => Score::default_for(det.samples),
+    };
+    score.check_available(det.samples)?;
+    let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
+    let want = input_shape(&det);
+    let pb = out.progress(ds.len() as u64, "calibrate");
+    let mut clean = Vec::with_capacity(ds.len());
+    let t0 = std::time::Instant::now();
+    for (bi, s) in (0..ds.len()).step_by(args.batch_size).enumerate() {
+        let b = input::data_chunk(&ds, s, (s + args.batch_size).min(ds.len()), want)?;
+        let (x, _) = b.tensor(want).expect("data batches are never empty");
+        tch::manual_seed(args.seed.wrapping_add(bi as i64));
+        let (_, sc) = det.score(&x.to_device(device), &[score])?;
+        clean.extend(Vec::<f64>::try_from(sc[0].to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))?);
+        pb.inc(x.size()[0] as u64);
+    }
+    pb.finish_and_clear();
+    let cal = libre::detect::calibrate(&clean, args.fpr)?;
+    let mut sorted = clean.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).expect("finite, checked by calibrate"));
+    let meta = DetectorMeta {
+        format: DETECTOR_FORMAT,
+        score,
+        samples: det.samples,
+        calibration: cal.clone(),
+        data: args.data.clone(),
+        weights: args.weights.clone(),
+        seed: args.seed,
+        libre_version: libre::VERSION.to_string(),
+        calibration_scores: sorted,
+    };
+    det.save(&args.out, &meta)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let data = json!({
+        "out": args.out, "score": score, "samples": det.samples, "threshold": cal.threshold,
+        "target_fpr": cal.target_fpr, "achieved_fpr": cal.achieved_fpr,
+        "achieved_fpr_ci95": cal.achieved_fpr_ci95, "n": cal.n, "data": args.data,
+        "seconds": secs,
+    });
+    out.result(data, || {
+        format!(
+            "detector {} ({} on {} images of {}, S = {}):\n  threshold {:.6}  target FPR {:.3}  \
+             achieved {:.4} (95% CI {:.4}-{:.4})\n",
+            args.out.display(),
+            score,
+            cal.n,
+            args.data,
+            det.samples,
+            cal.threshold,
+            cal.target_fpr,
+            cal.achieved_fpr,
+            cal.achieved_fpr_ci95.0,
+            cal.achieved_fpr_ci95.1
+        )
+    });
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Csv,
+    Jsonl,
+    Table,
+}
+
+/// One output row.
+struct Row {
+    source: String,
+    class: Option<i64>,
+    pred: Option<i64>,
+    confidence: Option<f64>,
+    scores: Vec<f64>,
+    flagged: Option<bool>,
+    status: String,
+}
+
+struct RowWriter {
+    fmt: Format,
+    w: Box<dyn Write>,
+    header: Vec<String>,
+    score_names: Vec<String>,
+}
+
+/// One CSV record (quoted as needed) with its line end.
+fn csv_line(cells: &[String]) -> anyhow::Result<Vec<u8>> {
+    let mut c = csv::Writer::from_writer(Vec::new());
+    c.write_record(cells)?;
+    c.into_inner()
+        .map_err(|e| anyhow::anyhow!("formatting a CSV row: {e}"))
+}
+
+impl RowWriter {
+    fn new(fmt: Format, w: Box<dyn Write>, score_names: Vec<String>) -> anyhow::Result<Self> {
+        let mut header: Vec<String> = ["source", "class", "pred", "confidence"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        header.extend(score_names.iter().cloned());
+        header.push("flagged".into());
+        header.push("status".into());
+        let mut rw = RowWriter {
+            fmt,
+            w,
+            header,
+            score_names,
+        };
+        match fmt {
+            Format::Csv => {
+                let line = csv_line(&rw.header)?;
+                rw.w.write_all(&line)?;
+            }
+            Format::Table => {
+                let line = rw.table_line(&rw.header.clone());
+                writeln!(rw.w, "{line}")?;
+            }
+            Format::Jsonl => {}
+        }
+        Ok(rw)
+    }
+
+    fn table_line(&self, cells: &[String]) -> String {
+        let n = cells.len();
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<32}")
+                } else if i == n - 1 {
+                    c.clone()
+                } else {
+                    format!("{c:>12}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn write(&mut self, r: &Row) -> anyhow::Result<()> {
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        let cells: Vec<String> = {
+            let mut c = vec![
+                r.source.clone(),
+                opt(r.class.map(|v| v.to_string())),
+                opt(r.pred.map(|v| v.to_string())),
+                opt(r.confidence.map(|v| format!("{v:.6}"))),
+            ];
+            c.extend(r.scores.iter().map(|v| format!("{v:.6e}")));
+            c.push(opt(r.flagged.map(|f| (f as u8).to_string())));
+            c.push(r.status.clone());
+            c
+        };
+        match self.fmt {
+            Format::Csv => {
+                let line = csv_line(&cells)?;
+                self.w.write_all(&line)?;
+            }
+            Format::Table => {
+                let line = self.table_line(&cells);
+                writeln!(self.w, "{line}")?;
+            }
+            Format::Jsonl => {
+                let mut m = Map::new();
+                m.insert("source".into(), json!(r.source));
+                m.insert("class".into(), json!(r.class));
+                m.insert("pred".into(), json!(r.pred));
+                m.insert("confidence".into(), json!(r.confidence));
+                let sc: Map<String, Value> = self
+                    .score_names
+                    .iter()
+                    .zip(&r.scores)
+                    .map(|(n, v)| (n.clone(), json!(v)))
+                    .collect();
+                m.insert("scores".into(), Value::Object(sc));
+                m.insert("flagged".into(), json!(r.flagged));
+                m.insert("status".into(), json!(r.status));
+                writeln!(self.w, "{}", Value::Object(m))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
+    if args.batch_size == 0 {
+        anyhow::bail!("--batch-size must be at least 1");
+    }
+    if let Some(t) = args.threshold {
+        if !t.is_finite() {
+            anyhow::bail!("--threshold {t}: must be a finite number");
+        }
+    }
+    let device = super::resolve_device(&args.device, &out)?;
+    let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
+    let det = Detector::load(&path, device, args.mc_samples)?;
+    let shown: Vec<Score> = match &args.score {
+        Some(s) => scores::parse_list(s)?,
+        None => det.available_scores(),
+    };
+    for s in &shown {
+        s.check_available(det.samples)?;
+    }
+    // The flagging score: the detector's own, else the first shown.
+    let flag_score = det.meta.as_ref().map(|m| m.score).unwrap_or(shown[0]);
+    let mut computed = shown.clone();
+    if !computed.contains(&flag_score) {
+        computed.push(flag_score);
+    }
+    let flag_idx = computed.iter().position(|s| *s == flag_score).expect("pushed");
+    let threshold = match (args.threshold, args.fpr, &det.meta) {
+        (Some(t), _, _) => Some(t),
+        (None, Some(f), Some(m)) => Some(m.recalibrate(f)?.threshold),
+        (None, Some(_), None) => anyhow::bail!(
+            "--fpr needs a detector file from `libre calibrate` ({} has no calibration); or \
+             pass --threshold",
+            args.weights
+        ),
+        (None, None, Some(m)) => Some(m.calibration.threshold),
+        (None, None, None) => {
+            out.note(format!(
+                "{} is not calibrated: no input is flagged (run `libre calibrate`, or pass \
+                 --threshold)",
+                args.weights
+            ));
+            None
+        }
+    };
+    if args.fail_on_detect && threshold.is_none() {
+        anyhow::bail!("--fail-on-detect needs a threshold: a calibrated detector or --threshold");
+    }
+    let segs = input::resolve(&args.inputs, &mut super::fetch_note(&out))?;
+    let total: usize = segs.iter().map(|s| s.len()).sum();
+    let want = input_shape(&det);
+    let fmt = match args.format.as_deref() {
+        Some("csv") => Format::Csv,
+        Some("jsonl") => Format::Jsonl,
+        Some("table") => Format::Table,
+        _ if out.json => Format::Jsonl,
+        _ if args.out.is_none() && std::io::stdout().is_terminal() => Format::Table,
+        _ => Format::Csv,
+    };
+    // --out: rows go to a temporary file beside it, renamed into place only when complete.
+    let mut tmp = match &args.out {
+        Some(p) => {
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            Some(
+                tempfile::Builder::new()
+                    .prefix(".libre-detect-")
+                    .tempfile_in(dir)
+                    .with_context(|| format!("creating a temporary file in {}", dir.display()))?,
+            )
+        }
+        None => None,
+    };
+    let sink: Box<dyn Write> = match &tmp {
+        Some(t) => Box::new(std::io::BufWriter::new(t.reopen()?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    let names: Vec<String> = shown.iter().map(|s| s.to_string()).collect();
+    let mut writer = RowWriter::new(fmt, sink, names)?;
+    let policy = ImagePolicy {
+        resize: args.resize,
+        convert_channels: args.convert_channels,
+    };
+    if args.resize {
+        out.note("--resize: images are resampled, which weakens adversarial perturbations");
+    }
+    let pb = out.progress(total as u64, "detect");
+    let (mut n, mut flagged, mut skipped, mut bi) = (0usize, 0usize, 0usize, 0i64);
+    let t0 = std::time::Instant::now();
+    let res = input::stream(&segs, args.batch_size, want, policy, &mut |b| {
+        let mut rows: Vec<Option<Row>> = (0..b.sources.len()).map(|_| None).collect();
+        for (i, img) in b.images.iter().enumerate() {
+            if let Err(e) = img {
+                if !args.skip_bad {
+                    return Err(libre::Error::invalid(format!(
+                        "{e} (pass --skip-bad to continue past bad inputs)"
+                    )));
+                }
+                rows[i] = Some(Row {
+                    source: b.sources[i].clone(),
+                    class: None,
+                    pred: None,
+                    confidence: None,
+                    scores: vec![f64::NAN; shown.len()],
+                    flagged: None,
+                    status: format!("skipped: {e}"),
+                });
+            }
+        }
+        if let Some((x, idx)) = b.tensor(want) {
+            tch::manual_seed(args.seed.wrapping_add(bi));
+            let (pred, sc) = det.score(&x.to_device(device), &computed)?;
+            let cls = Vec::<i64>::try_from(pred.class.to_device(tch::Device::Cpu))?;
+            let conf = Vec::<f64>::try_from(
+                pred.confidence.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu),
+            )?;
+            let vals: Vec<Vec<f64>> = sc
+                .iter()
+                .map(|t| Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu)))
+                .collect::<Result<_, _>>()?;
+            for (j, &i) in idx.iter().enumerate() {
+                let fl = threshold.map(|t| vals[flag_idx][j] >= t);
+                rows[i] = Some(Row {
+                    source: b.sources[i].clone(),
+                    class: b.labels.as_ref().map(|l| l[i]),
+                    pred: Some(cls[j]),
+                    confidence: Some(conf[j]),
+                    scores: (0..shown.len()).map(|k| vals[k][j]).collect(),
+                    flagged: fl,
+                    status: "ok".into(),
+                });
+            }
+        }
+        bi += 1;
+        for r in rows.into_iter().flatten() {
+            n += 1;
+            if r.status != "ok" {
+                skipped += 1;
+            }
+            if r.flagged == Some(true) {
+                flagged += 1;
+            }
+            writer
+                .write(&r)
+                .map_err(|e| libre::Error::invalid(format!("writing rows: {e:#}")))?;
+        }
+        pb.set_position(n as u64);
+        Ok(())
+    });
+    pb.finish_and_clear();
+    if let Err(e) = res {
+        let ae = anyhow::Error::from(e);
+        if tmp.is_none() && format!("{ae:#}").contains("Broken pipe") {
+            return Ok(()); // the reader went away (e.g. `| head`): stop quietly like other tools
+        }
+        return Err(ae);
+    }
+    writer.w.flush().or_else(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    drop(writer);
+    if let (Some(t), Some(p)) = (tmp.take(), &args.out) {
+        t.persist(p)
+            .map_err(|e| anyhow::anyhow!("moving the rows into {}: {}", p.display(), e.error))?;
+        let _ = libre::cache::make_public(p);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let rate = (n - skipped) as f64 / secs.max(1e-9);
+    let summary = json!({
+        "n": n, "flagged": flagged, "skipped": skipped, "score": flag_score,
+        "threshold": threshold, "samples": det.samples, "images_per_s": rate, "seconds": secs,
+        "out": args.out,
+    });
+    out.note(format!(
+        "{n} inputs: {flagged} flagged ({} >= {}), {skipped} skipped; {rate:.1} images/s (S = {})",
+        flag_score,
+        threshold.map(|t| format!("{t:.6}")).unwrap_or_else(|| "-".into()),
+        det.samples
+    ));
+    if out.json {
+        out.event("summary", summary);
+    }
+    if args.fail_on_detect && flagged > 0 {
+        return Err(CheckFailed(format!("{flagged} of {n} inputs flagged as adversarial")).into());
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! A detector: a model, how many MC samples it uses, and (after `libre calibrate`) the score and
+//! threshold, saved as one file (docs/detection.md, "Detector files").
+//!
+//! A detector file is a libre checkpoint whose safetensors metadata also holds a JSON
+//! [`DetectorMeta`] under [`DETECTOR_KEY`]; every command that takes `--weights` reads it as the
+//! model, and `libre detect` also reads the calibration.
+
+use super::calibrate::Calibration;
+use super::scores::{self, Prediction, Score};
+use crate::bayes::{Family, ForwardMode};
+use crate::models::BayesModel;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{Device, Tensor};
+
+/// The safetensors metadata key of the detector settings.
+pub const DETECTOR_KEY: &str = "libre_detector";
+/// The detector metadata format this build writes and reads.
+pub const DETECTOR_FORMAT: u32 = 1;
+
+/// What `libre calibrate` decided, saved next to the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorMeta {
+    pub format: u32,
+    pub score: Score,
+    /// MC samples of the forward (1 for a DNN).
+    pub samples: usize,
+    pub calibration: Calibration,
+    /// The clean calibration data spec (e.g. `mnist:train[55000:60000]`).
+    pub data: String,
+    /// Where the model came from (`--weights` of `libre calibrate`).
+    pub weights: String,
+    pub seed: i64,
+    pub libre_version: String,
+    /// The calibration scores, sorted ascending, so `libre detect --fpr` can re-threshold
+    /// without the calibration data.
+    pub calibration_scores: Vec<f64>,
+}
+
+/// A model ready to score: its forward mode is fixed by the sample count.
+pub struct Detector {
+    pub model: Box<dyn BayesModel>,
+    pub samples: usize,
+    pub meta: Option<DetectorMeta>,
+}
+
+/// The MC sample count for a model: 1 for a DNN (asking for more is an error), the requested or
+/// the posterior's own S for a Bayesian model (an ensemble cannot give more than its members).
+pub fn samples_for(model: &dyn BayesModel, requested: Option<usize>) -> Result<usize> {
+    match (model.posterior(), requested) {
+        (_, Some(0)) => Err(Error::invalid("--mc-samples must be at least 1")),
+        (None, Some(s)) if s > 1 => Err(Error::invalid(format!(
+            "--mc-samples {s}: this {} is a deterministic network (no posterior), so it gives one \
+             prediction; convert or fine-tune it first for a Bayes ensemble",
+            model.config().arch
+        ))),
+        (None, _) => Ok(1),
+        (Some(p), Some(s)) => {
+            if p.config.family != Family::MeanField && s > p.config.samples {
+                return Err(Error::invalid(format!(
+                    "--mc-samples {s}: the {} posterior has only {} members",
+                    p.config.family, p.config.samples
+                )));
+            }
+            Ok(s)
+        }
+        (Some(p), None) => Ok(p.config.samples),
+    }
+}
+
+/// The forward mode that gives `samples` predictions (deterministic for one sample of a DNN).
+pub fn mode_for(model: &dyn BayesModel, samples: usize) -> ForwardMode {
+    if model.posterior().is_none() {
+        ForwardMode::Deterministic
+    } else {
+        ForwardMode::ParallelMc { samples }
+    }
+}
+
+impl Detector {
+    /// A detector over a model, with `requested` MC samples (default: the posterior's S).
+    pub fn new(model: Box<dyn BayesModel>, requested: Option<usize>) -> Result<Detector> {
+        let samples = samples_for(model.as_ref(), requested)?;
+        Ok(Detector {
+            model,
+            samples,
+            meta: None,
+        })
+    }
+
+    /// Loads a checkpoint or detector file; a detector file's S is used unless overridden.
+    pub fn load(path: &Path, device: Device, requested: Option<usize>) -> Result<Detector> {
+        let (model, _) = crate::checkpoint::load(path, device)?;
+        let meta = match crate::checkpoint::read_extra(path, DETECTOR_KEY)? {
+            Some(json) => {
+                let m: DetectorMeta = serde_json::from_str(&json).map_err(|e| {
+                    Error::bad_file(path, format!("bad '{DETECTOR_KEY}' metadata: {e}"))
+                })?;
+                if m.format != DETECTOR_FORMAT {
+                    return Err(Error::bad_file(
+                        path,
+                        format!(
+                            "detector format {} is not supported by this libre (format \
+                             {DETECTOR_FORMAT})",
+                            m.format
+                        ),
+                    ));
+                }
+                Some(m)
+            }
+            None => None,
+        };
+        let requested = requested.or(meta.as_ref().map(|m| m.samples));
+        let mut d = Detector::new(model, requested)?;
+        d.meta = meta;
+        Ok(d)
+    }
+
+    pub fn mode(&self) -> ForwardMode {
+        mode_for(self.model.as_ref(), self.samples)
+    }
+
+    /// The scores this detector's model can give.
+    pub fn available_scores(&self) -> Vec<Score> {
+        Score::available(self.samples)
+    }
+
+    /// The prediction and the requested scores of a batch, from one forward without gradients.
+    ///
+    /// # Shapes
+    /// `x`: `[B, C, H, W]` in [0, 1] -> prediction `[B]`, one `[B]` tensor per score.
+    pub fn score(&self, x: &Tensor, scores: &[Score]) -> Result<(Prediction, Vec<Tensor>)> {
+        tch::no_grad(|| {
+            let (logits, feats) = self.model.forward_mc_with_features(x, &self.mode())?;
+            scores::compute(&logits, &feats, scores)
+        })
+    }
+
+    /// Writes the model and `meta` as a detector file (atomically).
+    pub fn save(&self, path: &Path, meta: &DetectorMeta) -> Result<()> {
+        let json = serde_json::to_string(meta)
+            .map_err(|e| Error::invalid(format!("encoding detector metadata: {e}")))?;
+        crate::checkpoint::save_with(path, self.model.as_ref(), &[(DETECTOR_KEY, json)])
+    }
+}
+
+impl DetectorMeta {
+    /// The threshold for another target FPR, from the stored calibration scores.
+    pub fn recalibrate(&self, fpr: f64) -> Result<Calibration> {
+        super::calibrate::calibrate(&self.calibration_scores, fpr)
+    }
+}

@@ -1,0 +1,234 @@
+//! What `libre detect` reads: image files, folders of images (recursive), batch files and data
+//! specs, streamed in batches with decoding running ahead of the forward.
+//!
+//! Images must match the model's input size and channel count. Resizing (shorter side to the
+//! model's size, then a centre crop) and channel conversion (grey <-> RGB) are opt-in: resizing
+//! resamples the pixels and so weakens or destroys an adversarial perturbation, which a detector
+//! should never do silently.
+
+use crate::data::Dataset;
+use crate::{Error, Result};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Image file extensions read from folders.
+pub const IMAGE_EXTS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "gif"];
+
+/// How decoded images are brought to the model's input shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImagePolicy {
+    /// Resize the shorter side to the model's size and centre-crop (weakens perturbations).
+    pub resize: bool,
+    /// Convert grey to RGB (replicated) or RGB to grey (luma) when the channel count differs.
+    pub convert_channels: bool,
+}
+
+/// One input segment, in the order given on the command line.
+pub enum Segment {
+    /// Image files (a folder is expanded to its images, sorted by path).
+    Images(Vec<PathBuf>),
+    /// A batch file or data spec; rows are `SPEC:INDEX`.
+    Data(Dataset),
+}
+
+impl Segment {
+    pub fn len(&self) -> usize {
+        match self {
+            Segment::Images(v) => v.len(),
+            Segment::Data(d) => d.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+/// Every image file under `dir`, recursively, sorted by path (a stable order for sharding).
+pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| Error::io(format!("reading {}", d.display()), e))?;
+        for e in rd {
+            let p = e.map_err(|e| Error::io(format!("reading {}", d.display()), e))?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if is_image(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Resolves the command-line inputs into segments. A path that exists is an image file, a folder
+/// or a batch file; anything else must be a data spec.
+pub fn resolve(inputs: &[String], on_fetch: &mut dyn FnMut(&str)) -> Result<Vec<Segment>> {
+    let mut segs = Vec::new();
+    for s in inputs {
+        let p = Path::new(s);
+        if p.is_dir() {
+            let v = walk_images(p)?;
+            if v.is_empty() {
+                return Err(Error::bad_file(
+                    p,
+                    format!("contains no images ({})", IMAGE_EXTS.join(", ")),
+                ));
+            }
+            segs.push(Segment::Images(v));
+        } else if p.is_file() && is_image(p) {
+            segs.push(Segment::Images(vec![p.to_path_buf()]));
+        } else {
+            segs.push(Segment::Data(crate::data::open(s, None, on_fetch)?));
+        }
+    }
+    Ok(segs)
+}
+
+/// Decodes one image file to CHW float pixels in [0, 1] of shape `want` = `[C, H, W]`.
+pub fn decode(path: &Path, want: [usize; 3], policy: ImagePolicy) -> Result<Vec<f32>> {
+    let [c, h, w] = want;
+    let bad = |m: String| Error::bad_file(path, m);
+    let mut img = image::open(path).map_err(|e| bad(format!("cannot decode image: {e}")))?;
+    let (iw, ih) = (img.width() as usize, img.height() as usize);
+    if iw != w || ih != h {
+        if !policy.resize {
+            return Err(bad(format!(
+                "is {iw}x{ih}, the model takes {w}x{h} (pass --resize to resize and centre-crop, \
+                 which also weakens any perturbation)"
+            )));
+        }
+        // Shorter side to the target, then a centre crop.
+        let scale = (w as f64 / iw as f64).max(h as f64 / ih as f64);
+        let (rw, rh) = (
+            ((iw as f64 * scale).round() as u32).max(w as u32),
+            ((ih as f64 * scale).round() as u32).max(h as u32),
+        );
+        img = img.resize_exact(rw, rh, image::imageops::FilterType::Triangle);
+        let (x0, y0) = ((rw - w as u32) / 2, (rh - h as u32) / 2);
+        img = img.crop_imm(x0, y0, w as u32, h as u32);
+    }
+    let has = if img.color().channel_count() <= 2 { 1 } else { 3 };
+    if has != c && !policy.convert_channels {
+        return Err(bad(format!(
+            "has {has} channel(s), the model takes {c} (pass --convert-channels to convert)"
+        )));
+    }
+    let raw = if c == 1 {
+        img.to_luma8().into_raw()
+    } else {
+        img.to_rgb8().into_raw()
+    };
+    let mut chw = vec![0f32; c * h * w];
+    for i in 0..h * w {
+        for k in 0..c {
+            chw[k * h * w + i] = raw[i * c + k] as f32 / 255.0;
+        }
+    }
+    Ok(chw)
+}
+
+/// One batch ready for the forward: the source names, the decoded images (a failed image keeps its
+/// place with its error), and labels when the data set has them.
+pub struct Batch {
+    pub sources: Vec<String>,
+    pub images: Vec<Result<Vec<f32>>>,
+    pub labels: Option<Vec<i64>>,
+}
+
+impl Batch {
+    /// The images that decoded, as `[n, C, H, W]`, with their positions in the batch.
+    pub fn tensor(&self, want: [usize; 3]) -> Option<(Tensor, Vec<usize>)> {
+        let [c, h, w] = want;
+        let ok: Vec<usize> = (0..self.images.len())
+            .filter(|&i| self.images[i].is_ok())
+            .collect();
+        if ok.is_empty() {
+            return None;
+        }
+        let mut all = Vec::with_capacity(ok.len() * c * h * w);
+        for &i in &ok {
+            all.extend_from_slice(self.images[i].as_ref().expect("filtered"));
+        }
+        let t = Tensor::from_slice(&all).view([ok.len() as i64, c as i64, h as i64, w as i64]);
+        Some((t, ok))
+    }
+}
+
+/// Decodes a chunk of image files in parallel.
+pub fn decode_chunk(files: &[PathBuf], want: [usize; 3], policy: ImagePolicy) -> Batch {
+    Batch {
+        sources: files.iter().map(|p| p.display().to_string()).collect(),
+        images: files.par_iter().map(|p| decode(p, want, policy)).collect(),
+        labels: None,
+    }
+}
+
+/// Reads rows `start..end` of a data segment.
+pub fn data_chunk(ds: &Dataset, start: usize, end: usize, want: [usize; 3]) -> Result<Batch> {
+    if ds.shape() != want {
+        return Err(Error::invalid(format!(
+            "{}: images are {:?} (C, H, W), the model takes {:?}",
+            ds.name,
+            ds.shape(),
+            want
+        )));
+    }
+    let (x, y) = ds.batch(start, end)?;
+    let n = end - start;
+    let flat = Vec::<f32>::try_from(x.contiguous().view([-1])).map_err(Error::from)?;
+    let per = want.iter().product::<usize>();
+    Ok(Batch {
+        sources: (start..end).map(|i| format!("{}:{i}", ds.name)).collect(),
+        images: (0..n).map(|i| Ok(flat[i * per..(i + 1) * per].to_vec())).collect(),
+        labels: ds.labels().map(|_| Vec::<i64>::try_from(y).unwrap_or_default()),
+    })
+}
+
+/// Streams every segment in batches of `batch_size` through `f`, decoding the next batch of image
+/// files on a second thread while `f` runs (a channel of one batch bounds the memory).
+pub fn stream(
+    segs: &[Segment],
+    batch_size: usize,
+    want: [usize; 3],
+    policy: ImagePolicy,
+    f: &mut dyn FnMut(Batch) -> Result<()>,
+) -> Result<()> {
+    let bs = batch_size.max(1);
+    for seg in segs {
+        match seg {
+            Segment::Data(ds) => {
+                for s in (0..ds.len()).step_by(bs) {
+                    f(data_chunk(ds, s, (s + bs).min(ds.len()), want)?)?;
+                }
+            }
+            Segment::Images(files) => {
+                let result = std::thread::scope(|scope| -> Result<()> {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+                    scope.spawn(move || {
+                        for chunk in files.chunks(bs) {
+                            if tx.send(decode_chunk(chunk, want, policy)).is_err() {
+                                break; // the consumer stopped on an error
+                            }
+                        }
+                    });
+                    for b in rx {
+                        f(b)?;
+                    }
+                    Ok(())
+                });
+                result?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! Adversarial detection with predictive uncertainty (LiBRe: Deng et al., "LiBRe: A Practical
+//! Bayesian Approach to Adversarial Detection", CVPR 2021; docs/detection.md).
+//!
+//! - [`scores`]: the uncertainty scores (feature variance, softmax variance, mutual information,
+//!   entropy, msp, max-logit), several from one parallel MC forward.
+//! - [`objective`]: LiBRe's fine-tuning objective (uniform-noise disagreement hinge) and this
+//!   project's variants.
+//! - [`calibrate`]: the threshold at a target false-positive rate on held-out clean data.
+//! - [`detector`]: a model + sample count + calibration, saved as one file.
+//! - [`input`]: what `libre detect` reads (images, folders, batch files, data specs), streamed.
+
+pub mod calibrate;
+pub mod detector;
+pub mod input;
+pub mod objective;
+pub mod scores;
+
+pub use calibrate::{calibrate, Calibration};
+pub use detector::{Detector, DetectorMeta};
+pub use objective::{LibreConfig, ObjectiveKind};
+pub use scores::{Prediction, Score};

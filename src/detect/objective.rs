@@ -1,0 +1,330 @@
+//! LiBRe's training objective (docs/detection.md, "Training"; Deng et al., CVPR 2021, sec. 3.3).
+//!
+//! No adversarial example is crafted. Half of each clean batch is copied and perturbed with
+//! uniform noise U(-e, e), one e per step from `noise_eps`; with probability `blur_prob` per image
+//! the noise is low-pass filtered first. The clean images go through one random ensemble member
+//! and each perturbed image through two distinct members, all in one routed forward, and
+//!
+//! `loss = CE(clean) + alpha * mean_i hinge_i`, with `d_i = mean_f (f_m1(x_i) - f_m2(x_i))^2` the
+//! disagreement of the two members' outputs of the Bayesian block, and per [`ObjectiveKind`]:
+//! - `reference`: `hinge = ReLU(gamma - d_pert)` (the published recipe);
+//! - `relative`: `hinge = ReLU(gamma - (d_pert - d_clean))`, the clean source image also going
+//!   through two distinct members (the authors' object-detection variant);
+//! - `anchored`: `hinge = ReLU(gamma - d_pert) + d_clean`: disagree on noise, agree on clean
+//!   images (this project's variant; docs/results.md has the study that motivated it).
+
+use crate::bayes::{ForwardMode, McSampling, Routing, TrainSampling};
+use crate::models::BayesModel;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// Which disagreement hinge the objective uses (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObjectiveKind {
+    Reference,
+    Relative,
+    Anchored,
+}
+
+impl ObjectiveKind {
+    pub const NAMES: [&'static str; 3] = ["reference", "relative", "anchored"];
+
+    /// Whether clean images also go through two members (for `d_clean`).
+    fn pairs_clean(self) -> bool {
+        self != ObjectiveKind::Reference
+    }
+}
+
+impl std::str::FromStr for ObjectiveKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "reference" => ObjectiveKind::Reference,
+            "relative" => ObjectiveKind::Relative,
+            "anchored" => ObjectiveKind::Anchored,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "--objective must be one of {}, got '{s}'",
+                    ObjectiveKind::NAMES.join(", ")
+                )))
+            }
+        })
+    }
+}
+
+/// Every setting of the LiBRe objective; saved in the run's config.json.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LibreConfig {
+    pub objective: ObjectiveKind,
+    pub alpha: f64,
+    pub gamma: f64,
+    /// Noise magnitude range `[min, max]` in pixel units; one e ~ U[min, max] per step.
+    pub noise_eps: (f64, f64),
+    /// Per-image probability of low-pass filtering the noise.
+    pub blur_prob: f64,
+}
+
+impl LibreConfig {
+    /// The defaults for a data set whose customary attack eps is `attack_eps`: noise e in
+    /// [0.5, 2] x eps, alpha 1, gamma 0.5, blur 0.03 (the paper's ImageNet recipe, scaled).
+    pub fn for_attack_eps(objective: ObjectiveKind, attack_eps: f64) -> LibreConfig {
+        LibreConfig {
+            objective,
+            alpha: 1.0,
+            gamma: 0.5,
+            noise_eps: (0.5 * attack_eps, (2.0 * attack_eps).min(1.0)),
+            blur_prob: 0.03,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let (lo, hi) = self.noise_eps;
+        if !(lo.is_finite() && hi.is_finite() && 0.0 < lo && lo <= hi && hi <= 1.0) {
+            return Err(Error::invalid(format!(
+                "--noise-eps {lo}:{hi}: need 0 < MIN <= MAX <= 1 (pixel units)"
+            )));
+        }
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(Error::invalid(format!(
+                "--alpha {}: must be finite and >= 0",
+                self.alpha
+            )));
+        }
+        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
+            return Err(Error::invalid(format!(
+                "--gamma {}: must be finite and >= 0",
+                self.gamma
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.blur_prob) {
+            return Err(Error::invalid(format!(
+                "--blur-prob {}: must be in [0, 1]",
+                self.blur_prob
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The customary l_inf attack eps of a data set of this shape: 0.3 for 1-channel 28 px digits
+/// (MNIST, Fashion-MNIST), 8/255 for small colour images (CIFAR-10), 16/255 for ImageNet-size.
+pub fn customary_eps(shape: [usize; 3]) -> f64 {
+    match shape {
+        [1, h, _] if h <= 32 => 0.3,
+        [_, h, _] if h <= 64 => 8.0 / 255.0,
+        _ => 16.0 / 255.0,
+    }
+}
+
+/// A normalised 2-d Gaussian kernel `[k, k]`.
+fn gaussian_kernel(k: i64, sigma: f64) -> Tensor {
+    let sigma = sigma.max(1e-3);
+    let r = (k / 2) as f64;
+    let x = Tensor::arange(k, (Kind::Float, Device::Cpu)) - r;
+    let g = (-(&x * &x) / (2.0 * sigma * sigma)).exp();
+    let g2 = g.unsqueeze(1) * g.unsqueeze(0);
+    &g2 / g2.sum(Kind::Float)
+}
+
+/// LiBRe's perturbation of a batch: uniform noise U(-e, e), each image's noise low-pass filtered
+/// with probability `blur_prob` (kernel size from {3,5,7,9,11}, sigma ~ U[0, 5]), clamped to
+/// [0, 1]. Uses libtorch's global generator.
+///
+/// # Shapes
+/// `x`: `[B, C, H, W]` -> `[B, C, H, W]`
+pub fn perturb(x: &Tensor, eps: f64, blur_prob: f64) -> Tensor {
+    let noise = (Tensor::rand_like(x) * 2.0 - 1.0) * eps;
+    let b = x.size()[0];
+    let mut noise = noise;
+    if blur_prob > 0.0 {
+        let draws = Tensor::rand([b, 3], (Kind::Double, Device::Cpu));
+        let d: Vec<f64> = Vec::<f64>::try_from(draws.view([-1])).expect("cpu doubles");
+        let c = x.size()[1];
+        let mut rows = Vec::with_capacity(b as usize);
+        let mut any = false;
+        for i in 0..b as usize {
+            let n = noise.get(i as i64);
+            if d[3 * i] < blur_prob {
+                any = true;
+                let k = [3i64, 5, 7, 9, 11][((d[3 * i + 1] * 5.0) as usize).min(4)];
+                let sigma = d[3 * i + 2] * 5.0;
+                let w = gaussian_kernel(k, sigma)
+                    .to_device(x.device())
+                    .view([1, 1, k, k])
+                    .repeat([c, 1, 1, 1]);
+                let blurred = n
+                    .unsqueeze(0)
+                    .conv2d(&w, None::<Tensor>, [1, 1], [k / 2, k / 2], [1, 1], c)
+                    .squeeze_dim(0);
+                rows.push(blurred);
+            } else {
+                rows.push(n);
+            }
+        }
+        if any {
+            noise = Tensor::stack(&rows, 0);
+        }
+    }
+    (x + noise).clamp(0.0, 1.0)
+}
+
+/// Per-example squared disagreement of two feature tensors, averaged over the feature dims.
+///
+/// # Shapes
+/// `[N, ...]`, `[N, ...]` -> `[N]`
+pub fn disagreement(f1: &Tensor, f2: &Tensor) -> Tensor {
+    let n = f1.size()[0];
+    (f1 - f2)
+        .square()
+        .reshape([n, -1])
+        .mean_dim(1, false, Kind::Float)
+}
+
+/// What one LiBRe step computed (the loss carries the graph).
+pub struct StepOutput {
+    pub loss: Tensor,
+    /// Clean logits `[B, K]` (through one random member each), for accuracy.
+    pub clean_logits: Tensor,
+    /// Mean d on the perturbed and (when computed) clean pairs, for logs.
+    pub d_perturbed: f64,
+    pub d_clean: Option<f64>,
+}
+
+/// Random member ids `[n]` in `0..s`, and a second set distinct from the first per position.
+fn distinct_pair(n: i64, s: i64) -> (Tensor, Tensor) {
+    let m1 = Tensor::randint(s, [n], (Kind::Int64, Device::Cpu));
+    let shift = Tensor::randint_low(1, s, [n], (Kind::Int64, Device::Cpu));
+    let m2 = (&m1 + shift).remainder(s);
+    (m1, m2)
+}
+
+/// One LiBRe training forward and its loss for a clean batch `x` with labels `y`.
+///
+/// The model must carry an ensemble posterior with S >= 2 members.
+///
+/// # Shapes
+/// `x`: `[B, C, H, W]` in [0, 1], `y`: `[B]` int64.
+pub fn step(model: &dyn BayesModel, x: &Tensor, y: &Tensor, cfg: &LibreConfig) -> Result<StepOutput> {
+    let post = model.posterior().ok_or_else(|| {
+        Error::invalid("the LiBRe objective needs a Bayesian model (an ensemble posterior)")
+    })?;
+    if post.config.family != crate::bayes::Family::Ensemble || post.config.samples < 2 {
+        return Err(Error::invalid(format!(
+            "the LiBRe objective needs an ensemble of at least 2 members, got {} with S = {}",
+            post.config.family, post.config.samples
+        )));
+    }
+    let s = post.config.samples as i64;
+    let b = x.size()[0];
+    let h = (b / 2).max(1);
+    let e = {
+        let u = Tensor::rand([1], (Kind::Double, Device::Cpu)).double_value(&[0]);
+        cfg.noise_eps.0 + (cfg.noise_eps.1 - cfg.noise_eps.0) * u
+    };
+    let src = x.narrow(0, 0, h);
+    let xp = perturb(&src, e, cfg.blur_prob);
+    let r = Tensor::randint(s, [b], (Kind::Int64, Device::Cpu));
+    let (p1, p2) = distinct_pair(h, s);
+    let pairs_clean = cfg.objective.pairs_clean();
+    // Routed batch: [clean (B) | clean copies through a second member (h, optional) | perturbed
+    // through member 1 (h) | perturbed through member 2 (h)].
+    let mut inputs = vec![x.shallow_clone()];
+    let mut ids = vec![r.shallow_clone()];
+    if pairs_clean {
+        let r_head = r.narrow(0, 0, h);
+        let shift = Tensor::randint_low(1, s, [h], (Kind::Int64, Device::Cpu));
+        inputs.push(src.shallow_clone());
+        ids.push((&r_head + shift).remainder(s));
+    }
+    inputs.push(xp.shallow_clone());
+    ids.push(p1);
+    inputs.push(xp);
+    ids.push(p2);
+    let input = Tensor::cat(&inputs, 0);
+    let ids: Vec<i64> = Vec::<i64>::try_from(Tensor::cat(&ids, 0)).expect("cpu int64");
+    let mode = ForwardMode::Train(TrainSampling {
+        sampling: McSampling::PerExample,
+        routing: Routing::Given(ids),
+    });
+    let (logits, feats) = model.forward_mc_with_features(&input, &mode)?;
+    let (logits, feats) = (logits.squeeze_dim(1), feats.squeeze_dim(1)); // [N, K], [N, ...]
+    let clean_logits = logits.narrow(0, 0, b);
+    let ce = clean_logits.cross_entropy_for_logits(y);
+    let mut at = b;
+    let d_clean = if pairs_clean {
+        let d = disagreement(&feats.narrow(0, 0, h), &feats.narrow(0, b, h));
+        at += h;
+        Some(d)
+    } else {
+        None
+    };
+    let d_pert = disagreement(&feats.narrow(0, at, h), &feats.narrow(0, at + h, h));
+    let hinge = match cfg.objective {
+        ObjectiveKind::Reference => (cfg.gamma - &d_pert).relu(),
+        ObjectiveKind::Relative => {
+            (cfg.gamma - (&d_pert - d_clean.as_ref().expect("paired"))).relu()
+        }
+        ObjectiveKind::Anchored => (cfg.gamma - &d_pert).relu() + d_clean.as_ref().expect("paired"),
+    };
+    let loss = ce + hinge.mean(Kind::Float) * cfg.alpha;
+    Ok(StepOutput {
+        loss,
+        clean_logits: clean_logits.detach(),
+        d_perturbed: d_pert.mean(Kind::Float).double_value(&[]),
+        d_clean: d_clean.map(|d| d.mean(Kind::Float).double_value(&[])),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perturbation_stays_in_the_ball_and_in_range() {
+        tch::manual_seed(3);
+        let x = Tensor::rand([16, 1, 12, 12], (Kind::Float, Device::Cpu));
+        let xp = perturb(&x, 0.2, 1.0); // every image blurred
+        assert_eq!(xp.size(), x.size());
+        let d = f64::try_from((&xp - &x).abs().max()).unwrap();
+        assert!(d <= 0.2 + 1e-6, "{d}");
+        assert!(f64::try_from(xp.min()).unwrap() >= 0.0);
+        assert!(f64::try_from(xp.max()).unwrap() <= 1.0);
+        let xp0 = perturb(&x, 0.2, 0.0);
+        assert!(f64::try_from((&xp0 - &x).abs().max()).unwrap() > 0.05);
+    }
+
+    #[test]
+    fn gaussian_kernel_is_normalised_and_symmetric() {
+        let k = gaussian_kernel(5, 1.0);
+        assert!((f64::try_from(k.sum(Kind::Float)).unwrap() - 1.0).abs() < 1e-6);
+        assert!(k.allclose(&k.transpose(0, 1), 1e-6, 1e-7, false));
+        assert!(k.allclose(&k.flip([0]), 1e-6, 1e-7, false));
+    }
+
+    #[test]
+    fn distinct_pairs_differ_everywhere() {
+        tch::manual_seed(1);
+        let (a, b) = distinct_pair(1000, 2);
+        assert_eq!(i64::try_from(a.eq_tensor(&b).sum(Kind::Int64)).unwrap(), 0);
+        assert!(i64::try_from(a.max()).unwrap() < 2 && i64::try_from(b.min()).unwrap() >= 0);
+    }
+
+    #[test]
+    fn validates_settings() {
+        let ok = LibreConfig::for_attack_eps(ObjectiveKind::Reference, 0.3);
+        assert_eq!(ok.noise_eps, (0.15, 0.6));
+        ok.validate().unwrap();
+        for bad in [
+            LibreConfig { noise_eps: (0.0, 0.1), ..ok },
+            LibreConfig { noise_eps: (0.3, 0.1), ..ok },
+            LibreConfig { alpha: f64::NAN, ..ok },
+            LibreConfig { blur_prob: 2.0, ..ok },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert_eq!(customary_eps([1, 28, 28]), 0.3);
+        assert!((customary_eps([3, 32, 32]) - 8.0 / 255.0).abs() < 1e-12);
+    }
+}
