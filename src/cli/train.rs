@@ -121,6 +121,10 @@ pub struct FinetuneArgs {
     /// LiBRe: per-image probability of low-pass filtering the noise.
     #[arg(long, default_value_t = 0.03)]
     pub blur_prob: f64,
+    /// LiBRe: start the members at the pretrained weights plus Gaussian noise of this many
+    /// standard deviations of each weight tensor (0 = identical copies, the reference).
+    #[arg(long, default_value_t = 0.0)]
+    pub member_init_std: f64,
     /// LiBRe: initial learning rate of the ensemble members (cosine-annealed to --ft-lr).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -401,10 +405,18 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
             l.alpha = args.alpha;
             l.gamma = args.gamma;
             l.blur_prob = args.blur_prob;
+            l.member_init_std = args.member_init_std;
             l.validate()?;
             out.note(format!(
-                "LiBRe: objective {}, alpha {}, gamma {}, noise eps U[{}, {}], blur {}",
-                args.objective, l.alpha, l.gamma, l.noise_eps.0, l.noise_eps.1, l.blur_prob
+                "LiBRe: objective {}, alpha {}, gamma {}, noise eps U[{}, {}], blur {}, member \
+                 init std {}",
+                args.objective,
+                l.alpha,
+                l.gamma,
+                l.noise_eps.0,
+                l.noise_eps.1,
+                l.blur_prob,
+                l.member_init_std
             ));
             Some(l)
         } else {
@@ -415,6 +427,9 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
         tch::manual_seed(c.seed);
         let pc = PosteriorConfig::new(family, args.mc_samples);
         let converted = model.convert(&sel, &pc)?;
+        if let Some(l) = &libre_cfg {
+            libre::detect::objective::spread_members(model.as_ref(), l.member_init_std)?;
+        }
         let steps_per_epoch = ds.len().div_ceil(c.batch_size.max(1));
         let lr_post = args.lr_posterior.unwrap_or(match family {
             Family::MeanField => 0.1,

@@ -64,6 +64,12 @@ pub struct LibreConfig {
     pub noise_eps: (f64, f64),
     /// Per-image probability of low-pass filtering the noise.
     pub blur_prob: f64,
+    /// Members start at the pretrained weights plus Gaussian noise of this many standard
+    /// deviations of each weight tensor (0 = the reference's identical copies). Identical members
+    /// give every disagreement term a zero gradient (d and its gradient vanish together), so only
+    /// the noise of routing different images to different members can separate them.
+    #[serde(default)]
+    pub member_init_std: f64,
 }
 
 impl LibreConfig {
@@ -76,6 +82,7 @@ impl LibreConfig {
             gamma: 0.5,
             noise_eps: (0.5 * attack_eps, (2.0 * attack_eps).min(1.0)),
             blur_prob: 0.03,
+            member_init_std: 0.0,
         }
     }
 
@@ -96,6 +103,12 @@ impl LibreConfig {
             return Err(Error::invalid(format!(
                 "--gamma {}: must be finite and >= 0",
                 self.gamma
+            )));
+        }
+        if !(self.member_init_std.is_finite() && self.member_init_std >= 0.0) {
+            return Err(Error::invalid(format!(
+                "--member-init-std {}: must be finite and >= 0",
+                self.member_init_std
             )));
         }
         if !(0.0..=1.0).contains(&self.blur_prob) {
@@ -168,6 +181,26 @@ pub fn perturb(x: &Tensor, eps: f64, blur_prob: f64) -> Tensor {
         }
     }
     (x + noise).clamp(0.0, 1.0)
+}
+
+/// Spreads the ensemble members of a freshly converted model: every `*_members` tensor
+/// `[S, ...]` gets Gaussian noise of `rel_std` times the standard deviation of one member's
+/// values (the pretrained tensor). Uses libtorch's global generator.
+pub fn spread_members(model: &dyn BayesModel, rel_std: f64) -> Result<()> {
+    if rel_std == 0.0 {
+        return Ok(());
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, t) in model.var_store().variables() {
+            if name.ends_with("_members") && t.size()[0] > 1 {
+                let scale = t.get(0).std(true).double_value(&[]) * rel_std;
+                let noise = t.randn_like() * scale;
+                let mut t = t;
+                let _ = t.f_add_(&noise)?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Per-example squared disagreement of two feature tensors, averaged over the feature dims.
@@ -321,6 +354,7 @@ mod tests {
             LibreConfig { noise_eps: (0.3, 0.1), ..ok },
             LibreConfig { alpha: f64::NAN, ..ok },
             LibreConfig { blur_prob: 2.0, ..ok },
+            LibreConfig { member_init_std: -1.0, ..ok },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

@@ -178,7 +178,8 @@ pub fn compute(
             }
             Score::SoftmaxVariance => probs.var_dim(1, true, false).mean_dim(1, false, Kind::Float),
             Score::MutualInformation => {
-                entropy(&mean_p) - entropy(&probs).mean_dim(1, false, Kind::Float)
+                // >= 0 in exact arithmetic; clamp the float round-off below zero.
+                (entropy(&mean_p) - entropy(&probs).mean_dim(1, false, Kind::Float)).clamp_min(0.0)
             }
             Score::Entropy => entropy(&mean_p),
             Score::Msp => 1.0 - &confidence,
