@@ -45,7 +45,7 @@ fn train_libre(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
         "--data",
         "mnist:train[0:50000]",
         "--limit",
-        "4000",
+        "8000",
         "--epochs",
         "1",
         "--batch-size",
@@ -83,8 +83,12 @@ fn scores_of(det: &Detector, x: &Tensor, score: Score) -> Vec<f64> {
 fn libre_objective_makes_feature_variance_separate_noise_from_clean() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let best = train_libre(dir.path(), "best", &["--objective", "anchored"]);
-    let ablation = train_libre(dir.path(), "alpha0", &["--objective", "anchored", "--alpha", "0"]);
+    let best = train_libre(dir.path(), "best", &["--objective", "anchored", "--lr", "0.05"]);
+    let ablation = train_libre(
+        dir.path(),
+        "alpha0",
+        &["--objective", "anchored", "--lr", "0.05", "--alpha", "0"],
+    );
     let ds = libre::data::open("mnist:train[50000:50400]", None, &mut |_| {}).unwrap();
     let (x, _) = ds.batch(0, ds.len()).unwrap();
     tch::manual_seed(7);
@@ -98,6 +102,7 @@ fn libre_objective_makes_feature_variance_separate_noise_from_clean() {
         aurocs.push(auroc(&pert, &clean));
     }
     let (b, a0) = (aurocs[0], aurocs[1]);
+    eprintln!("noise-vs-clean feature-variance AUROC: LiBRe {b:.3}, alpha = 0 {a0:.3}");
     assert!(b >= 0.9, "trained LiBRe: noise-vs-clean AUROC {b:.3}");
     assert!(b >= a0 + 0.2, "LiBRe {b:.3} vs alpha = 0 {a0:.3}");
     // The run recorded its settings.
@@ -190,7 +195,7 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
     let model = dir.path().join("ens.safetensors");
     ok(libre()
         .args(["-q", "convert", "--weights", "zoo:lenet5-mnist", "--posterior", "ensemble"])
-        .args(["--layers", "linear1", "--mc-samples", "4", "--device", "cpu", "--out"])
+        .args(["--layers", "linear1", "--mc-samples", "4", "--out"])
         .arg(&model)
         .output()
         .unwrap());
@@ -325,13 +330,17 @@ fn routed_ensemble_forward_matches_the_per_member_oracle() {
         v
     };
     m.var_store().variables().values().for_each(|t| {
-        let _ = t.grad().zero_();
+        if t.grad().defined() {
+            let _ = t.grad().zero_();
+        }
     });
     let (y, f) = m.forward_mc_with_features(&x, &routed).unwrap();
     (y.square().sum(Kind::Float) + f.sum(Kind::Float)).backward();
     let g_routed = grads(m.as_ref());
     m.var_store().variables().values().for_each(|t| {
-        let _ = t.grad().zero_();
+        if t.grad().defined() {
+            let _ = t.grad().zero_();
+        }
     });
     let mut ys = vec![];
     for (i, &k) in ids.iter().enumerate() {
@@ -403,6 +412,6 @@ fn attack_validates_samples_and_runs_adaptive() {
             .output()
             .unwrap(),
     );
-    assert_eq!(r["config"]["objective"]["adaptive_c"], 1.0, "{r}");
+    assert_eq!(r["config"]["adaptive_c"], 1.0, "{r}");
     assert_eq!(r["n"], 8);
 }
