@@ -23,6 +23,7 @@ pub mod detect;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod evaluate;
 pub mod import;
 pub mod models;
 pub mod run;

@@ -42,6 +42,8 @@ enum Command {
     Calibrate(cli::detect::CalibrateArgs),
     /// Score images with a detector and flag the adversarial-looking ones.
     Detect(cli::detect::DetectArgs),
+    /// Research evaluation: attacks x models x scores from an experiment file, with a report.
+    Evaluate(cli::evaluate::Args),
     /// Detection metrics (AUROC, AUPR, TPR@FPR) from a CSV of scores.
     Metrics(cli::metrics::Args),
     /// Re-render a report directory from its CSV tables.
@@ -66,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => cli::convert::run(a, out),
         Command::Eval(a) => cli::eval::run(a, out),
         Command::Attack(a) => cli::attack::run(a, out),
+        Command::Evaluate(a) => cli::evaluate::run(a, out),
         Command::Calibrate(a) => cli::detect::run_calibrate(a, out),
         Command::Detect(a) => cli::detect::run_detect(a, out),
     }

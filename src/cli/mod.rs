@@ -9,6 +9,7 @@ pub mod convert;
 pub mod data;
 pub mod detect;
 pub mod eval;
+pub mod evaluate;
 pub mod import;
 pub mod metrics;
 pub mod quickstart;

@@ -9,10 +9,13 @@ use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    cmd: Option<ReportCmd>,
     /// Run directory with scores.csv, classification.csv, reliability.csv and/or mc_curve.csv.
-    #[arg(value_name = "RUN_DIR")]
-    run_dir: PathBuf,
+    #[arg(value_name = "RUN_DIR", required = true)]
+    run_dir: Option<PathBuf>,
     /// Where to write the report [default: RUN_DIR/report].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -35,7 +38,25 @@ pub struct Args {
     title: String,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum ReportCmd {
+    /// Join the shard directories of one `libre evaluate` experiment into one report (refuses
+    /// different experiments or versions, overlapping shards with different rows, and missing
+    /// cells, naming them).
+    Merge {
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// The merged report directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
+    if let Some(ReportCmd::Merge { dirs, out: dest }) = &args.cmd {
+        return super::evaluate::merge(dirs, dest, out);
+    }
+    let run_dir = args.run_dir.clone().expect("clap requires RUN_DIR");
     let subset: Subset = args.subset.parse()?;
     let opts = ReportOptions {
         title: args.title,
@@ -48,14 +69,14 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         png: args.png,
         generator: format!("libre {}", libre::VERSION),
     };
-    let dest = args.out.unwrap_or_else(|| args.run_dir.join("report"));
+    let dest = args.out.unwrap_or_else(|| run_dir.join("report"));
     out.note(format!(
         "rendering {} -> {} (samples: {})",
-        args.run_dir.display(),
+        run_dir.display(),
         dest.display(),
         subset.describe()
     ));
-    let summary = render_run(&args.run_dir, &dest, &opts)?;
+    let summary = render_run(&run_dir, &dest, &opts)?;
     let data = json!({
         "out_dir": summary.out_dir,
         "index": summary.out_dir.join("index.html"),

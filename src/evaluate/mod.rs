@@ -1,0 +1,476 @@
+//! Research evaluation runs (`libre evaluate`): every model attacked white-box (a BNN through its
+//! MC-averaged predictive), every score of that model computed on the clean and adversarial
+//! images from the same forward, and a report through the reports crate.
+//!
+//! # Cells
+//! The run is cut into cells, one per model for the clean images and one per (model, attack,
+//! eps). Each cell is written atomically into `OUT/cells/` (`ID.csv` rows, then `ID.json`, whose
+//! presence marks the cell done), so a killed run loses at most the cell in flight and a rerun
+//! skips finished cells. A cell's randomness is seeded from the experiment seed and the cell id,
+//! so its output does not depend on which other cells ran, in which order or in which shard:
+//! `--shard K/N` runs cells `i` with `i % N == K`, and merging the shards' cells gives the same
+//! report as one unsharded run.
+//!
+//! # Output (`OUT/`)
+//! `experiment.toml` (the input, verbatim), `cells/`, `scores.csv` (one row per image x model x
+//! score x attack x eps; the report's `model` column is `MODEL/SCORE`, with `model_name` and
+//! `detector` beside it), `classification.csv` and `reliability.csv` (clean predictions),
+//! `timing.csv`, `summary.json`, and the report: `index.html`, `summary.md`, `detection.csv`,
+//! `figures/`, `manifest.json`.
+
+pub mod experiment;
+
+use crate::detect::Detector;
+use crate::victim::ModelVictim;
+use crate::{Error, Result};
+pub use experiment::{Experiment, Plan};
+use libre_reports::tables::{self as rtables, ClassificationRow, ReliabilityRow};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// One unit of work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    pub model: usize,
+    /// None: the clean images; Some((attack index, eps)).
+    pub attack: Option<(usize, f64)>,
+}
+
+impl Cell {
+    /// A stable file-name id, e.g. `dnn__clean`, `libre__pgd__0.3`.
+    pub fn id(&self, plan: &Plan) -> String {
+        let m = &plan.models[self.model].name;
+        match self.attack {
+            None => format!("{m}__clean"),
+            Some((a, e)) => format!("{m}__{}__{e}", plan.attacks[a].label),
+        }
+    }
+}
+
+/// Every cell of a plan in a fixed order: per model the clean cell, then attacks x eps.
+pub fn cells(plan: &Plan) -> Vec<Cell> {
+    let mut v = Vec::new();
+    for (mi, m) in plan.models.iter().enumerate() {
+        v.push(Cell { model: mi, attack: None });
+        for (ai, a) in plan.attacks.iter().enumerate() {
+            if a.models.contains(&m.name) {
+                for &e in &a.eps {
+                    v.push(Cell { model: mi, attack: Some((ai, e)) });
+                }
+            }
+        }
+    }
+    v
+}
+
+/// `--shard K/N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Shard> {
+        let bad = || Error::invalid(format!("--shard '{s}': expected K/N with 0 <= K < N"));
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (k, n): (usize, usize) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        if n == 0 || k >= n {
+            return Err(bad());
+        }
+        Ok(Shard { index: k, count: n })
+    }
+}
+
+/// What a finished cell records beside its rows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CellMeta {
+    pub id: String,
+    pub model: String,
+    pub attack: Option<String>,
+    pub eps: Option<f64>,
+    pub n: usize,
+    /// Clean accuracy (clean cell) or accuracy on the adversarial images (attack cell).
+    pub accuracy: f64,
+    pub clean_accuracy: f64,
+    pub attack_seconds: f64,
+    pub score_seconds: f64,
+    pub classification: Option<ClassificationRow>,
+    pub reliability: Vec<ReliabilityRow>,
+    pub libre_version: String,
+}
+
+fn stable_hash(s: &str) -> u64 {
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    s.bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Observer of progress (the library never prints).
+pub trait Progress {
+    fn cell_started(&mut self, _done: usize, _total: usize, _id: &str) {}
+    fn images(&mut self, _n: usize) {}
+}
+
+impl Progress for () {}
+
+struct Loaded {
+    det: Detector,
+}
+
+/// Runs the plan's cells (all, or one shard's) into `out/cells`, skipping finished ones.
+/// Returns the ids of the cells run now.
+pub fn run_cells(
+    plan: &Plan,
+    out: &Path,
+    shard: Option<Shard>,
+    device: Device,
+    on_fetch: &mut dyn FnMut(&str),
+    progress: &mut dyn Progress,
+) -> Result<Vec<String>> {
+    let all = cells(plan);
+    let mine: Vec<&Cell> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| shard.is_none_or(|s| i % s.count == s.index))
+        .map(|(_, c)| c)
+        .collect();
+    let dir = out.join("cells");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let ds = crate::data::open(&plan.data, None, on_fetch)?;
+    if ds.labels().is_none() {
+        return Err(Error::invalid(format!("{}: evaluation needs labels", plan.data)));
+    }
+    let mut loaded: HashMap<String, Loaded> = HashMap::new();
+    let mut ran = Vec::new();
+    for (k, cell) in mine.iter().enumerate() {
+        let id = cell.id(plan);
+        progress.cell_started(k, mine.len(), &id);
+        if dir.join(format!("{id}.json")).exists() {
+            continue;
+        }
+        let m = &plan.models[cell.model];
+        if !loaded.contains_key(&m.name) {
+            let path = crate::zoo::resolve(&m.weights, on_fetch)?;
+            let det = Detector::load(&path, device, Some(m.samples))?;
+            loaded.insert(m.name.clone(), Loaded { det });
+        }
+        let det = &loaded[&m.name].det;
+        run_cell(plan, cell, &id, det, &ds, &dir, device, on_fetch, progress)?;
+        ran.push(id);
+    }
+    Ok(ran)
+}
+
+fn to_vec_f64(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu))?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_cell(
+    plan: &Plan,
+    cell: &Cell,
+    id: &str,
+    det: &Detector,
+    ds: &crate::data::Dataset,
+    dir: &Path,
+    device: Device,
+    on_fetch: &mut dyn FnMut(&str),
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let m = &plan.models[cell.model];
+    let seed = plan.seed ^ stable_hash(id);
+    let attack = match cell.attack {
+        Some((ai, e)) => {
+            let a = &plan.attacks[ai];
+            let mut p = a.params.clone();
+            p["eps"] = serde_json::json!(e);
+            if let Some((c, _)) = a.adaptive {
+                p["adaptive_c"] = serde_json::json!(c);
+            }
+            let atk = libre_attacks::by_name(&a.name, &p)
+                .map_err(|e| Error::invalid(format!("cell {id}: {e}")))?;
+            Some((a, atk))
+        }
+        None => None,
+    };
+    let surrogate = match attack.as_ref().and_then(|(a, _)| a.surrogate.as_ref()) {
+        Some(s) => {
+            let path = crate::zoo::resolve(s, on_fetch)?;
+            Some(Detector::load(&path, device, None)?)
+        }
+        None => None,
+    };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let csv_err = |e: csv::Error| Error::invalid(format!("cell {id}: {e}"));
+    w.write_record(["image", "model", "model_name", "detector", "attack", "eps", "label", "score", "clean_correct", "adv_success"])
+        .map_err(csv_err)?;
+    let (mut attack_s, mut score_s) = (0.0f64, 0.0f64);
+    let (mut n, mut correct, mut clean_correct_n) = (0usize, 0usize, 0usize);
+    let mut probs_all: Vec<Tensor> = Vec::new();
+    let labels = ds.labels().expect("checked").to_vec();
+    let bs = plan.batch_size;
+    for (bi, start) in (0..ds.len()).step_by(bs).enumerate() {
+        let end = (start + bs).min(ds.len());
+        let (x, y) = ds.batch(start, end)?;
+        let (x, y) = (x.to_device(device), y.to_device(device));
+        let batch_seed = seed.wrapping_add(bi as u64);
+        tch::manual_seed(batch_seed as i64);
+        let t0 = std::time::Instant::now();
+        let (clean_pred, clean_scores) = det.score(&x, &m.scores)?;
+        let clean_ok = clean_pred.class.eq_tensor(&y).to_device(Device::Cpu);
+        let clean_ok: Vec<bool> = Vec::<bool>::try_from(clean_ok)?;
+        let (pred, scores, label) = match &attack {
+            None => {
+                score_s += t0.elapsed().as_secs_f64();
+                probs_all.push(clean_pred.probs.to_device(Device::Cpu));
+                (clean_pred, clean_scores, 0)
+            }
+            Some((a, atk)) => {
+                let t1 = std::time::Instant::now();
+                let mode = det.mode();
+                let score = a.adaptive.map(|(_, s)| s.unwrap_or(m.scores[0]));
+                let victim = ModelVictim { model: det.model.as_ref(), mode, score };
+                let sv = surrogate.as_ref().map(|s| ModelVictim::new(s.model.as_ref(), s.mode()));
+                tch::manual_seed(batch_seed as i64);
+                let x_adv = atk
+                    .perturb(sv.as_ref().unwrap_or(&victim), &x, &y, batch_seed)
+                    .map_err(|e| Error::invalid(format!("cell {id}: {e}")))?;
+                attack_s += t1.elapsed().as_secs_f64();
+                let t2 = std::time::Instant::now();
+                tch::manual_seed(batch_seed as i64 ^ 0x5eed);
+                let (p, s) = det.score(&x_adv, &m.scores)?;
+                score_s += t2.elapsed().as_secs_f64();
+                (p, s, 1)
+            }
+        };
+        let ok: Vec<bool> = Vec::<bool>::try_from(pred.class.eq_tensor(&y).to_device(Device::Cpu))?;
+        let vals: Vec<Vec<f64>> = scores.iter().map(to_vec_f64).collect::<Result<_>>()?;
+        let attack_name = attack.as_ref().map(|(a, _)| a.label.clone()).unwrap_or_else(|| "clean".into());
+        let eps = cell.attack.map(|(_, e)| e.to_string()).unwrap_or_default();
+        for j in 0..(end - start) {
+            let img = (start + j).to_string();
+            for (si, s) in m.scores.iter().enumerate() {
+                let adv_success = if label == 1 { ((clean_ok[j] && !ok[j]) as u8).to_string() } else { String::new() };
+                w.write_record([
+                    img.as_str(),
+                    &format!("{}/{}", m.name, s),
+                    &m.name,
+                    s.name(),
+                    &attack_name,
+                    &eps,
+                    &label.to_string(),
+                    &format!("{:e}", vals[si][j]),
+                    &(clean_ok[j] as u8).to_string(),
+                    &adv_success,
+                ])
+                .map_err(csv_err)?;
+            }
+        }
+        n += end - start;
+        correct += ok.iter().filter(|&&b| b).count();
+        clean_correct_n += clean_ok.iter().filter(|&&b| b).count();
+        progress.images(end - start);
+    }
+    let (classification, reliability) = if cell.attack.is_none() {
+        let probs = Tensor::cat(&probs_all, 0);
+        let cm = crate::eval::metrics_of(&probs, &labels[..n])?;
+        let (c, r) = rtables::classification_rows(&m.name, &cm);
+        (Some(c), r)
+    } else {
+        (None, vec![])
+    };
+    let meta = CellMeta {
+        id: id.to_string(),
+        model: m.name.clone(),
+        attack: attack.as_ref().map(|(a, _)| a.label.clone()),
+        eps: cell.attack.map(|(_, e)| e),
+        n,
+        accuracy: correct as f64 / n as f64,
+        clean_accuracy: clean_correct_n as f64 / n as f64,
+        attack_seconds: attack_s,
+        score_seconds: score_s,
+        classification,
+        reliability,
+        libre_version: crate::VERSION.to_string(),
+    };
+    let bytes = w.into_inner().map_err(|e| Error::invalid(format!("cell {id}: {e}")))?;
+    crate::cache::write_atomic(&dir.join(format!("{id}.csv")), &bytes)?;
+    let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::invalid(e.to_string()))?;
+    crate::cache::write_atomic(&dir.join(format!("{id}.json")), &json)
+}
+
+/// The cells of the plan missing from `out/cells`.
+pub fn missing_cells(plan: &Plan, out: &Path) -> Vec<String> {
+    cells(plan)
+        .iter()
+        .map(|c| c.id(plan))
+        .filter(|id| !out.join("cells").join(format!("{id}.json")).exists())
+        .collect()
+}
+
+/// What `finish` produced.
+#[derive(Debug, Serialize)]
+pub struct Finished {
+    pub out: PathBuf,
+    pub summary: serde_json::Value,
+}
+
+fn read_meta(path: &Path) -> Result<CellMeta> {
+    let b = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    serde_json::from_slice(&b).map_err(|e| Error::bad_file(path, e.to_string()))
+}
+
+/// Assembles the tables from every cell and renders the report into `out` (all cells must be
+/// done). The result depends only on the cells' files.
+pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
+    let missing = missing_cells(plan, out);
+    if !missing.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: {} cell(s) not done: {}",
+            out.display(),
+            missing.len(),
+            missing.join(", ")
+        )));
+    }
+    let ids: Vec<String> = cells(plan).iter().map(|c| c.id(plan)).collect();
+    let tables = out.join(".tables");
+    let _ = std::fs::remove_dir_all(&tables);
+    std::fs::create_dir_all(&tables).map_err(|e| Error::io("creating the tables dir", e))?;
+    // scores.csv: the cells' rows in cell order.
+    let mut scores = Vec::new();
+    let (mut classification, mut reliability, mut metas) = (vec![], vec![], vec![]);
+    for (i, id) in ids.iter().enumerate() {
+        let rows = std::fs::read(out.join("cells").join(format!("{id}.csv")))
+            .map_err(|e| Error::io(format!("reading cell {id}"), e))?;
+        let body = if i == 0 {
+            &rows[..]
+        } else {
+            let nl = rows.iter().position(|&b| b == b'\n').map(|p| p + 1).unwrap_or(rows.len());
+            &rows[nl..]
+        };
+        scores.extend_from_slice(body);
+        let meta = read_meta(&out.join("cells").join(format!("{id}.json")))?;
+        if let Some(c) = &meta.classification {
+            classification.push(c.clone());
+            reliability.extend(meta.reliability.iter().cloned());
+        }
+        metas.push(meta);
+    }
+    std::fs::write(tables.join("scores.csv"), &scores).map_err(|e| Error::io("writing scores.csv", e))?;
+    rtables::write_rows(&tables.join("classification.csv"), &classification)
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    rtables::write_rows(&tables.join("reliability.csv"), &reliability)
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    let opts = libre_reports::report::ReportOptions {
+        title: plan.title.clone(),
+        subset: match plan.subset {
+            experiment::SubsetSpec::All => rtables::Subset::All,
+            experiment::SubsetSpec::Successful => rtables::Subset::Successful,
+        },
+        bootstrap: (plan.bootstrap > 0).then_some(libre_reports::bootstrap::BootstrapConfig {
+            n_resamples: plan.bootstrap,
+            seed: plan.seed,
+            level: 0.95,
+        }),
+        png: false,
+        generator: format!("libre {}", crate::VERSION),
+    };
+    let render = out.join(".render");
+    let _ = std::fs::remove_dir_all(&render);
+    libre_reports::report::render_run(&tables, &render, &opts).map_err(|e| Error::invalid(e.to_string()))?;
+    // timing.csv and summary.json.
+    let mut timing = String::from("cell,model,attack,eps,n,attack_ms_per_image,score_ms_per_image\n");
+    for m in &metas {
+        timing += &format!(
+            "{},{},{},{},{},{:.4},{:.4}\n",
+            m.id,
+            m.model,
+            m.attack.clone().unwrap_or_else(|| "clean".into()),
+            m.eps.map(|e| e.to_string()).unwrap_or_default(),
+            m.n,
+            1000.0 * m.attack_seconds / m.n as f64,
+            1000.0 * m.score_seconds / m.n as f64
+        );
+    }
+    std::fs::write(render.join("timing.csv"), &timing).map_err(|e| Error::io("writing timing.csv", e))?;
+    // Timings vary from run to run, so they stay out of summary.json (which shards reproduce
+    // exactly) and go into timing.csv and a section of index.html.
+    let index = render.join("index.html");
+    let html = std::fs::read_to_string(&index).map_err(|e| Error::io("reading index.html", e))?;
+    let mut sec = String::from(
+        "<h2>Time per image</h2>\n<p>Wall-clock milliseconds per image of each attack (crafting, \
+         incl. every forward and backward) and of each detector forward (all of the model's \
+         scores from one forward), as measured when the cell ran.</p>\n<table>\n<tr><th>model</th>\
+         <th>attack</th><th>eps</th><th>images</th><th>attack ms/image</th><th>scoring ms/image</th></tr>\n",
+    );
+    for m in &metas {
+        sec += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td></tr>\n",
+            libre_reports::report::html_escape(&m.model),
+            libre_reports::report::html_escape(m.attack.as_deref().unwrap_or("clean")),
+            m.eps.map(|e| e.to_string()).unwrap_or_default(),
+            m.n,
+            1000.0 * m.attack_seconds / m.n as f64,
+            1000.0 * m.score_seconds / m.n as f64
+        );
+    }
+    sec += "</table>\n";
+    let html = match html.rfind("</body>") {
+        Some(i) => format!("{}{sec}{}", &html[..i], &html[i..]),
+        None => html + &sec,
+    };
+    std::fs::write(&index, html).map_err(|e| Error::io("writing index.html", e))?;
+    let detection: Vec<rtables::DetectionRow> = rtables::read_rows(&render.join("detection.csv"))
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    let summary = serde_json::json!({
+        "title": plan.title, "data": plan.data, "seed": plan.seed,
+        "subset": plan.subset, "bootstrap": plan.bootstrap,
+        "models": plan.models, "attacks": plan.attacks,
+        "classification": classification,
+        "cells": metas.iter().map(|m| serde_json::json!({
+            "id": m.id, "model": m.model, "attack": m.attack, "eps": m.eps, "n": m.n,
+            "accuracy": m.accuracy, "clean_accuracy": m.clean_accuracy,
+        })).collect::<Vec<_>>(),
+        "detection": detection,
+    });
+    let sj = serde_json::to_vec_pretty(&summary).map_err(|e| Error::invalid(e.to_string()))?;
+    std::fs::write(render.join("summary.json"), sj).map_err(|e| Error::io("writing summary.json", e))?;
+    for f in ["scores.csv", "classification.csv", "reliability.csv"] {
+        std::fs::copy(tables.join(f), render.join(f)).map_err(|e| Error::io(format!("copying {f}"), e))?;
+    }
+    // Move every rendered entry into place (each rename atomic; cells are never touched).
+    for e in std::fs::read_dir(&render).map_err(|e| Error::io("reading the render dir", e))? {
+        let e = e.map_err(|e| Error::io("reading the render dir", e))?;
+        let dest = out.join(e.file_name());
+        if dest.is_dir() {
+            let _ = std::fs::remove_dir_all(&dest);
+        }
+        std::fs::rename(e.path(), &dest).map_err(|err| Error::io(format!("moving {}", dest.display()), err))?;
+    }
+    let _ = std::fs::remove_dir_all(&render);
+    let _ = std::fs::remove_dir_all(&tables);
+    Ok(Finished { out: out.to_path_buf(), summary })
+}
+
+/// Rows of the AUROC table `(model/score, attack, eps, auroc)` from a summary, for printing.
+pub fn auroc_table(summary: &serde_json::Value) -> Vec<(String, String, String, f64)> {
+    summary["detection"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r["model"].as_str().unwrap_or("").to_string(),
+                        r["attack"].as_str().unwrap_or("").to_string(),
+                        r["eps"].as_str().unwrap_or("").to_string(),
+                        r["auroc"].as_f64().unwrap_or(f64::NAN),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
