@@ -553,13 +553,23 @@ pub fn finetune_groups(
 /// SGD with momentum 0.9 and weight decay `decay / S`, learning rate cosine-annealed per step from
 /// `lr` to `ft_lr`; every other parameter by SGD with momentum 0.9 and weight decay `decay` at the
 /// constant `ft_lr`. The optimiser decays, so no prior regulariser runs alongside.
+///
+/// For a mean-field posterior the psi group (log standard deviations) takes the members' place
+/// with the same schedule and no weight decay (decay would pull psi towards 0, i.e. sigma towards
+/// 1).
 pub fn libre_groups(
+    family: Family,
     lr: f64,
     ft_lr: f64,
     decay: f64,
     members: usize,
     total_steps: usize,
 ) -> Vec<(ParamGroup, GroupConfig)> {
+    let (group, wd) = if family == Family::MeanField {
+        (ParamGroup::Psi, 0.0)
+    } else {
+        (ParamGroup::Members, decay / members.max(1) as f64)
+    };
     vec![
         (
             ParamGroup::Mean,
@@ -571,11 +581,11 @@ pub fn libre_groups(
             },
         ),
         (
-            ParamGroup::Members,
+            group,
             GroupConfig {
                 lr,
                 momentum: 0.9,
-                weight_decay: decay / members.max(1) as f64,
+                weight_decay: wd,
                 schedule: Schedule::Cosine {
                     total: total_steps,
                     min_lr: ft_lr,

@@ -129,7 +129,7 @@ fn run_libre(args: Args, out: Output) -> anyhow::Result<()> {
             batch_size: bs,
             seed: args.seed,
             augment: Augment::None,
-            groups: train::libre_groups(lr_members, 1e-4, 1e-4, args.mc_samples, steps),
+            groups: train::libre_groups(Family::Ensemble, lr_members, 1e-4, 1e-4, args.mc_samples, steps),
             prior: None,
             sampling: Some(McSampling::PerExample),
             uncertainty_reg: None,

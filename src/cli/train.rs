@@ -388,10 +388,10 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
         if family == Family::Point {
             anyhow::bail!("--posterior must be mean-field, ensemble or low-rank");
         }
-        if libre_recipe && family != Family::Ensemble {
+        if libre_recipe && !matches!(family, Family::Ensemble | Family::MeanField) {
             anyhow::bail!(
-                "--recipe libre trains a deep ensemble (members routed per image); \
-                 --posterior {family} is not supported with it"
+                "--recipe libre trains a deep ensemble (members routed per image) or a mean-field \
+                 posterior; --posterior {family} is not supported with it"
             );
         }
         let default_layers = if libre_recipe { "last-block" } else { "all" };
@@ -438,6 +438,7 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
         let (groups, prior) = if libre_recipe {
             (
                 train::libre_groups(
+                    family,
                     args.lr,
                     args.ft_lr,
                     args.decay,

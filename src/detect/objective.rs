@@ -235,7 +235,9 @@ fn distinct_pair(n: i64, s: i64) -> (Tensor, Tensor) {
 
 /// One LiBRe training forward and its loss for a clean batch `x` with labels `y`.
 ///
-/// The model must carry an ensemble posterior with S >= 2 members.
+/// The model must carry an ensemble posterior with S >= 2 members (routed: each pass through a
+/// chosen member) or a mean-field posterior (each example draws its own weights by local
+/// reparameterisation, so the two copies of an image see two independent posterior samples).
 ///
 /// # Shapes
 /// `x`: `[B, C, H, W]` in [0, 1], `y`: `[B]` int64.
@@ -243,13 +245,16 @@ pub fn step(model: &dyn BayesModel, x: &Tensor, y: &Tensor, cfg: &LibreConfig) -
     let post = model.posterior().ok_or_else(|| {
         Error::invalid("the LiBRe objective needs a Bayesian model (an ensemble posterior)")
     })?;
-    if post.config.family != crate::bayes::Family::Ensemble || post.config.samples < 2 {
+    let family = post.config.family;
+    let routed = family == crate::bayes::Family::Ensemble;
+    if !(routed || family == crate::bayes::Family::MeanField) || (routed && post.config.samples < 2) {
         return Err(Error::invalid(format!(
-            "the LiBRe objective needs an ensemble of at least 2 members, got {} with S = {}",
-            post.config.family, post.config.samples
+            "the LiBRe objective needs an ensemble of at least 2 members or a mean-field \
+             posterior, got {family} with S = {}",
+            post.config.samples
         )));
     }
-    let s = post.config.samples as i64;
+    let s = (post.config.samples as i64).max(2);
     let b = x.size()[0];
     let h = (b / 2).max(1);
     let e = {
@@ -277,10 +282,17 @@ pub fn step(model: &dyn BayesModel, x: &Tensor, y: &Tensor, cfg: &LibreConfig) -
     ids.push(p2);
     let input = Tensor::cat(&inputs, 0);
     let ids: Vec<i64> = Vec::<i64>::try_from(Tensor::cat(&ids, 0)).expect("cpu int64");
-    let mode = ForwardMode::Train(TrainSampling {
-        sampling: McSampling::PerExample,
-        routing: Routing::Given(ids),
-    });
+    let mode = if routed {
+        ForwardMode::Train(TrainSampling {
+            sampling: McSampling::PerExample,
+            routing: Routing::Given(ids),
+        })
+    } else {
+        ForwardMode::Train(TrainSampling {
+            sampling: McSampling::LocalReparam,
+            routing: Routing::Random,
+        })
+    };
     let (logits, feats) = model.forward_mc_with_features(&input, &mode)?;
     let (logits, feats) = (logits.squeeze_dim(1), feats.squeeze_dim(1)); // [N, K], [N, ...]
     let clean_logits = logits.narrow(0, 0, b);
