@@ -76,8 +76,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    let json = cli.json;
     if let Err(e) = run(cli) {
         eprintln!("libre: {e:#}");
+        if json {
+            // Consumers of --json always get a final line, also on failure.
+            println!(
+                "{}",
+                serde_json::json!({ "type": "error", "data": { "message": format!("{e:#}") } })
+            );
+        }
         let code = if e.downcast_ref::<cli::CheckFailed>().is_some() {
             1
         } else {

@@ -29,6 +29,8 @@ pub struct Args {
     /// Perturbation budget (per coordinate; l2 attacks use radius eps*sqrt(D)).
     #[arg(long, allow_negative_numbers = true)]
     pub eps: Option<f64>,
+    /// Step of iterative attacks [default: 2.5 * eps / steps when --eps is given; else the
+    /// attack's own default].
     #[arg(long)]
     pub step_size: Option<f64>,
     #[arg(long)]
@@ -127,7 +129,22 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         params.insert(k.to_string(), v);
     }
     // Validate everything before any heavy work.
-    let attack = by_name(&args.attack, &Value::Object(params))?;
+    let mut attack = by_name(&args.attack, &Value::Object(params.clone()))?;
+    // An iterative attack given only eps would keep the registry's step (1/255 for 20 steps
+    // reaches at most 0.08): derive the step from eps instead, as 2.5 * eps / steps (Madry et
+    // al.'s rule), and say so.
+    let cfg = attack.config_json();
+    if let (Some(e), None, Some(k)) = (args.eps, args.step_size, cfg["steps"].as_u64()) {
+        if cfg.get("step_size").is_some() && k > 0 {
+            let step = 2.5 * e / k as f64;
+            params.insert("step_size".into(), json!(step));
+            attack = by_name(&args.attack, &Value::Object(params))?;
+            out.note(format!(
+                "{}: step size {step:.5} = 2.5 * eps / steps (pass --step-size to choose it)",
+                args.attack
+            ));
+        }
+    }
     let device = super::resolve_device(&args.device, &out)?;
     let target_path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
     let (target, _) = libre::checkpoint::load(&target_path, device)?;

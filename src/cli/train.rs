@@ -219,7 +219,15 @@ fn drive(
     let device = super::resolve_device(&common.device, &out)?;
     let resume = common.resume.is_some();
     let dir = common.resume.clone().or(common.out.clone()).unwrap();
-    let run = RunDir::create(&dir)?;
+    // Nothing is created before every setting has been checked: a failed start leaves no run
+    // directory behind, and --resume never creates one.
+    if common.batch_size == 0 {
+        anyhow::bail!("--batch-size must be at least 1");
+    }
+    if resume && !dir.join("config.json").is_file() {
+        anyhow::bail!("--resume {}: not a run directory (no config.json)", dir.display());
+    }
+    let run = RunDir { path: dir.clone() };
     let (mut model, cfg, extra) = if resume {
         let cfg: TrainConfig = run
             .read_json::<serde_json::Value>("config.json")
@@ -257,7 +265,9 @@ fn drive(
         )?),
         None => None,
     };
+    cfg.validate()?;
     if !resume {
+        let run = RunDir::create(&dir)?;
         let config = json!({
             "train": cfg, "model": model.config(), "posterior": model.posterior(),
             "provenance": Provenance::new(device), "extra": extra,
@@ -348,6 +358,8 @@ pub fn run_train(args: TrainArgs, out: Output) -> anyhow::Result<()> {
                 ..ModelConfig::default()
             },
         };
+        // Seeded before the model is built, so its initial weights are reproducible too.
+        tch::manual_seed(c.seed);
         let model = libre::models::build(&mc, device)?;
         let steps = epochs * ds.len().div_ceil(c.batch_size);
         let cfg = TrainConfig {
