@@ -54,16 +54,24 @@ fn compare(name: &str, dnn: &Detector, bnn: &Detector, x: &Tensor, rounds: usize
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let libre_ck = args.first().expect("usage: bench_detect LIBRE_LENET5.safetensors [batch] [rounds]");
+    let libre_ck = args
+        .first()
+        .expect("usage: bench_detect LIBRE_LENET5.safetensors [batch] [rounds]");
     let batch: i64 = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(128);
     let rounds: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(20);
     if let Ok(n) = std::env::var("BENCH_THREADS") {
         tch::set_num_threads(n.parse().expect("BENCH_THREADS must be a number"));
     }
     let device = Device::Cpu;
-    let ds = libre::data::open("mnist:test", Some(batch as usize), &mut |m| eprintln!("{m}")).unwrap();
+    let ds = libre::data::open("mnist:test", Some(batch as usize), &mut |m| {
+        eprintln!("{m}")
+    })
+    .unwrap();
     let (x, _) = ds.batch(0, batch as usize).unwrap();
-    println!("batch {batch}, {rounds} interleaved rounds, {} libtorch threads", tch::get_num_threads());
+    println!(
+        "batch {batch}, {rounds} interleaved rounds, {} libtorch threads",
+        tch::get_num_threads()
+    );
 
     let zoo = libre::zoo::resolve("zoo:lenet5-mnist", &mut |m| eprintln!("{m}")).unwrap();
     let dnn = Detector::load(&zoo, device, None).unwrap();
@@ -74,8 +82,24 @@ fn main() {
     tch::manual_seed(0);
     let d = models::build(&cfg, device).unwrap();
     let mut b = models::build(&cfg, device).unwrap();
-    b.convert(&LayerSelection::LastBlock, &PosteriorConfig::new(Family::Ensemble, 20)).unwrap();
-    let x32 = x.constant_pad_nd([2, 2, 2, 2]).repeat([1, 3, 1, 1]).to_kind(Kind::Float);
-    let (d, b) = (Detector::new(d, None).unwrap(), Detector::new(b, None).unwrap());
-    compare("ResNet-18 32 px (last block layer4.1)", &d, &b, &x32, rounds.min(10));
+    b.convert(
+        &LayerSelection::LastBlock,
+        &PosteriorConfig::new(Family::Ensemble, 20),
+    )
+    .unwrap();
+    let x32 = x
+        .constant_pad_nd([2, 2, 2, 2])
+        .repeat([1, 3, 1, 1])
+        .to_kind(Kind::Float);
+    let (d, b) = (
+        Detector::new(d, None).unwrap(),
+        Detector::new(b, None).unwrap(),
+    );
+    compare(
+        "ResNet-18 32 px (last block layer4.1)",
+        &d,
+        &b,
+        &x32,
+        rounds.min(10),
+    );
 }

@@ -214,15 +214,18 @@ pub fn read(path: impl AsRef<Path>) -> Result<(CheckpointMeta, Vec<(String, Tens
 /// Reads one extra metadata entry (see [`save_with`]) without decoding the tensors.
 pub fn read_extra(path: impl AsRef<Path>, key: &str) -> Result<Option<String>> {
     let path = path.as_ref();
-    let mut f =
-        std::fs::File::open(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     use std::io::Read;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)
         .map_err(|_| Error::bad_file(path, "not a safetensors file: shorter than its header"))?;
     let n = u64::from_le_bytes(len);
     if n > 100_000_000 {
-        return Err(Error::bad_file(path, format!("safetensors header of {n} bytes is implausible")));
+        return Err(Error::bad_file(
+            path,
+            format!("safetensors header of {n} bytes is implausible"),
+        ));
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header)

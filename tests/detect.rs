@@ -3,34 +3,17 @@
 //! alike and names bad files, the routed ensemble forward equals the per-member oracle in value
 //! and gradient, and adaptive / EoT attacks are wired.
 
-use assert_cmd::Command;
-use libre::bayes::{Family, ForwardMode, LayerSelection, McSampling, PosteriorConfig, Routing, TrainSampling};
+use libre::bayes::{
+    Family, ForwardMode, LayerSelection, McSampling, PosteriorConfig, Routing, TrainSampling,
+};
 use libre::detect::{calibrate, Detector, Score};
 use libre::models::{self, BayesModel, ModelConfig};
 use libre_attacks::Victim;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-fn libre() -> Command {
-    Command::cargo_bin("libre").unwrap()
-}
-
-fn ok(out: std::process::Output) -> std::process::Output {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn json_result(out: std::process::Output) -> serde_json::Value {
-    let out = ok(out);
-    let s = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(s.lines().last().unwrap()).unwrap();
-    v["data"].clone()
-}
+mod common;
+use common::{diverse_ensemble, json_result, libre, ok};
 
 /// Fine-tunes zoo:lenet5-mnist with the LiBRe recipe on a slice of MNIST; returns the checkpoint.
 fn train_libre(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
@@ -66,7 +49,13 @@ fn auroc(pos: &[f64], neg: &[f64]) -> f64 {
     let mut s = 0.0;
     for p in pos {
         for n in neg {
-            s += if p > n { 1.0 } else if p == n { 0.5 } else { 0.0 };
+            s += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
         }
     }
     s / (pos.len() * neg.len()) as f64
@@ -83,7 +72,11 @@ fn scores_of(det: &Detector, x: &Tensor, score: Score) -> Vec<f64> {
 fn libre_objective_makes_feature_variance_separate_noise_from_clean() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let best = train_libre(dir.path(), "best", &["--objective", "anchored", "--lr", "0.05"]);
+    let best = train_libre(
+        dir.path(),
+        "best",
+        &["--objective", "anchored", "--lr", "0.05"],
+    );
     let ablation = train_libre(
         dir.path(),
         "alpha0",
@@ -124,8 +117,23 @@ fn calibrated_threshold_holds_on_fresh_clean_images() {
     let det = dir.path().join("det.safetensors");
     let r = json_result(
         libre()
-            .args(["--json", "calibrate", "--weights", "zoo:lenet5-mnist", "--score", "entropy"])
-            .args(["--data", "mnist:test[0:2000]", "--fpr", "0.05", "--device", "cpu", "--out"])
+            .args([
+                "--json",
+                "calibrate",
+                "--weights",
+                "zoo:lenet5-mnist",
+                "--score",
+                "entropy",
+            ])
+            .args([
+                "--data",
+                "mnist:test[0:2000]",
+                "--fpr",
+                "0.05",
+                "--device",
+                "cpu",
+                "--out",
+            ])
             .arg(&det)
             .output()
             .unwrap(),
@@ -136,7 +144,14 @@ fn calibrated_threshold_holds_on_fresh_clean_images() {
         libre()
             .args(["--json", "detect", "--weights"])
             .arg(&det)
-            .args(["mnist:test[2000:4000]", "--device", "cpu", "--format", "csv", "--out"])
+            .args([
+                "mnist:test[2000:4000]",
+                "--device",
+                "cpu",
+                "--format",
+                "csv",
+                "--out",
+            ])
             .arg(dir.path().join("rows.csv"))
             .output()
             .unwrap(),
@@ -153,17 +168,35 @@ fn calibrated_threshold_holds_on_fresh_clean_images() {
         libre()
             .args(["--json", "detect", "--weights"])
             .arg(&det)
-            .args(["mnist:test[0:2000]", "--fpr", "0.2", "--device", "cpu", "--out"])
+            .args([
+                "mnist:test[0:2000]",
+                "--fpr",
+                "0.2",
+                "--device",
+                "cpu",
+                "--out",
+            ])
             .arg(dir.path().join("rows2.csv"))
             .output()
             .unwrap(),
     );
     let f = r["flagged"].as_u64().unwrap();
-    assert!(f <= 400 && f >= 380, "re-thresholded at 20% on the calibration set itself: {f}");
+    assert!(
+        f <= 400 && f >= 380,
+        "re-thresholded at 20% on the calibration set itself: {f}"
+    );
     // A detector file is a checkpoint too.
     let r = json_result(
         libre()
-            .args(["--json", "eval", "--data", "mnist:test[0:100]", "--device", "cpu", "--weights"])
+            .args([
+                "--json",
+                "eval",
+                "--data",
+                "mnist:test[0:100]",
+                "--device",
+                "cpu",
+                "--weights",
+            ])
             .arg(&det)
             .output()
             .unwrap(),
@@ -192,28 +225,19 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
             .unwrap();
     }
     // A converted ensemble whose members differ, so feature variance is not trivially zero.
-    let model = dir.path().join("ens.safetensors");
-    ok(libre()
-        .args(["-q", "convert", "--weights", "zoo:lenet5-mnist", "--posterior", "ensemble"])
-        .args(["--layers", "linear1", "--mc-samples", "4", "--out"])
-        .arg(&model)
-        .output()
-        .unwrap());
-    {
-        let (m, _) = libre::checkpoint::load(&model, Device::Cpu).unwrap();
-        tch::manual_seed(3);
-        tch::no_grad(|| {
-            for (n, mut t) in m.var_store().variables() {
-                if n.ends_with("_members") {
-                    let _ = t.g_add_(&(t.randn_like() * 0.01));
-                }
-            }
-        });
-        libre::checkpoint::save(&model, m.as_ref()).unwrap();
-    }
+    let model = diverse_ensemble(dir.path());
     let rows = |input: &Path, extra: &[&str]| -> Vec<Vec<String>> {
         let out = ok(libre()
-            .args(["detect", "--format", "csv", "--device", "cpu", "--batch-size", "16", "--weights"])
+            .args([
+                "detect",
+                "--format",
+                "csv",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "16",
+                "--weights",
+            ])
             .arg(&model)
             .arg(input)
             .args(extra)
@@ -231,7 +255,13 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
     for (ra, rb) in a.iter().zip(&b) {
         assert!(ra[0].ends_with(".png"), "{}", ra[0]);
         // pred, confidence and every score agree (columns 2..); class is unknown for files.
-        assert_eq!(ra[2..ra.len() - 2], rb[2..rb.len() - 2], "{} vs {}", ra[0], rb[0]);
+        assert_eq!(
+            ra[2..ra.len() - 2],
+            rb[2..rb.len() - 2],
+            "{} vs {}",
+            ra[0],
+            rb[0]
+        );
     }
     let fv: f64 = a[0][4].parse().unwrap();
     assert!(fv > 0.0, "feature variance of a diverse ensemble");
@@ -247,17 +277,29 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("005x.png") && err.contains("decode"), "{err}");
     let out = ok(libre()
-        .args(["detect", "--device", "cpu", "--format", "csv", "--skip-bad", "--weights"])
+        .args([
+            "detect",
+            "--device",
+            "cpu",
+            "--format",
+            "csv",
+            "--skip-bad",
+            "--weights",
+        ])
         .arg(&model)
         .arg(&imgs)
         .output()
         .unwrap());
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 42);
-    assert!(text.lines().any(|l| l.contains("005x.png") && l.contains("skipped")));
+    assert!(text
+        .lines()
+        .any(|l| l.contains("005x.png") && l.contains("skipped")));
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 skipped"));
     // A wrongly sized image is named with the fix.
-    image::GrayImage::new(30, 30).save(imgs.join("a").join("005x.png")).unwrap();
+    image::GrayImage::new(30, 30)
+        .save(imgs.join("a").join("005x.png"))
+        .unwrap();
     let out = libre()
         .args(["detect", "--device", "cpu", "--weights"])
         .arg(&model)
@@ -265,7 +307,10 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("005x.png") && err.contains("--resize"), "{err}");
+    assert!(
+        err.contains("005x.png") && err.contains("--resize"),
+        "{err}"
+    );
     assert!(ok(libre()
         .args(["detect", "--device", "cpu", "--resize", "--weights"])
         .arg(&model)
@@ -276,7 +321,13 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
     .success());
     // Scores a DNN cannot give are refused before any work.
     let out = libre()
-        .args(["detect", "--weights", "zoo:lenet5-mnist", "--score", "feature-variance"])
+        .args([
+            "detect",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--score",
+            "feature-variance",
+        ])
         .arg(&batch)
         .output()
         .unwrap();
@@ -284,7 +335,15 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("feature-variance"));
     // --fail-on-detect: exit 1 when anything is flagged.
     let out = libre()
-        .args(["detect", "--device", "cpu", "--threshold", "0", "--fail-on-detect", "--weights"])
+        .args([
+            "detect",
+            "--device",
+            "cpu",
+            "--threshold",
+            "0",
+            "--fail-on-detect",
+            "--weights",
+        ])
         .arg(&model)
         .arg(&batch)
         .output()
@@ -374,16 +433,28 @@ fn victims_report_sampling_and_give_scores() {
     tch::set_num_threads(1);
     let cfg = ModelConfig::lenet5();
     let mut mf = models::build(&cfg, Device::Cpu).unwrap();
-    mf.convert(&"linear1".parse().unwrap(), &PosteriorConfig::new(Family::MeanField, 4))
-        .unwrap();
+    mf.convert(
+        &"linear1".parse().unwrap(),
+        &PosteriorConfig::new(Family::MeanField, 4),
+    )
+    .unwrap();
     let v = libre::victim::ModelVictim::new(mf.as_ref(), ForwardMode::ParallelMc { samples: 4 });
-    assert!(v.is_stochastic(), "mean-field MC draws new weights per forward");
+    assert!(
+        v.is_stochastic(),
+        "mean-field MC draws new weights per forward"
+    );
     let mut en = models::build(&cfg, Device::Cpu).unwrap();
-    en.convert(&"linear1".parse().unwrap(), &PosteriorConfig::new(Family::Ensemble, 4))
-        .unwrap();
-    let mut v = libre::victim::ModelVictim::new(en.as_ref(), ForwardMode::ParallelMc { samples: 4 });
+    en.convert(
+        &"linear1".parse().unwrap(),
+        &PosteriorConfig::new(Family::Ensemble, 4),
+    )
+    .unwrap();
+    let mut v =
+        libre::victim::ModelVictim::new(en.as_ref(), ForwardMode::ParallelMc { samples: 4 });
     assert!(!v.is_stochastic(), "an ensemble is enumerated, not sampled");
-    assert!(v.score(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu))).is_none());
+    assert!(v
+        .score(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu)))
+        .is_none());
     v.score = Some(Score::FeatureVariance);
     let x = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
     let (l, s) = v.logits_and_score(&x);
@@ -396,8 +467,22 @@ fn victims_report_sampling_and_give_scores() {
 fn attack_validates_samples_and_runs_adaptive() {
     let dir = tempfile::tempdir().unwrap();
     let out = libre()
-        .args(["attack", "--weights", "zoo:lenet5-mnist", "--data", "mnist:test[0:4]"])
-        .args(["--attack", "fgsm", "--mc-samples", "0", "--device", "cpu", "--out"])
+        .args([
+            "attack",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--data",
+            "mnist:test[0:4]",
+        ])
+        .args([
+            "--attack",
+            "fgsm",
+            "--mc-samples",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+        ])
         .arg(dir.path().join("a.safetensors"))
         .output()
         .unwrap();
@@ -405,9 +490,31 @@ fn attack_validates_samples_and_runs_adaptive() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--mc-samples"));
     let r = json_result(
         libre()
-            .args(["--json", "attack", "--weights", "zoo:lenet5-mnist", "--data"])
-            .args(["mnist:test[0:8]", "--attack", "pgd", "--eps", "0.3", "--steps", "5"])
-            .args(["--step-size", "0.05", "--adaptive", "1", "--device", "cpu", "--out"])
+            .args([
+                "--json",
+                "attack",
+                "--weights",
+                "zoo:lenet5-mnist",
+                "--data",
+            ])
+            .args([
+                "mnist:test[0:8]",
+                "--attack",
+                "pgd",
+                "--eps",
+                "0.3",
+                "--steps",
+                "5",
+            ])
+            .args([
+                "--step-size",
+                "0.05",
+                "--adaptive",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+            ])
             .arg(dir.path().join("b.safetensors"))
             .output()
             .unwrap(),

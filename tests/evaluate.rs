@@ -2,45 +2,11 @@
 //! resumes to the same report, shards merge to the unsharded report, the summary's AUROC equals
 //! `libre metrics` on the same rows, and bad experiment files fail before any work.
 
-use assert_cmd::Command;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-fn libre() -> Command {
-    Command::cargo_bin("libre").unwrap()
-}
-
-fn ok(out: std::process::Output) -> std::process::Output {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A small ensemble whose members differ (so feature variance means something).
-fn ensemble(dir: &Path) -> PathBuf {
-    let p = dir.join("ens.safetensors");
-    ok(libre()
-        .args(["-q", "convert", "--weights", "zoo:lenet5-mnist", "--posterior", "ensemble"])
-        .args(["--layers", "linear1", "--mc-samples", "4", "--out"])
-        .arg(&p)
-        .output()
-        .unwrap());
-    let (m, _) = libre::checkpoint::load(&p, tch::Device::Cpu).unwrap();
-    tch::manual_seed(5);
-    tch::no_grad(|| {
-        for (n, mut t) in m.var_store().variables() {
-            if n.ends_with("_members") {
-                let _ = t.g_add_(&(t.randn_like() * 0.01));
-            }
-        }
-    });
-    libre::checkpoint::save(&p, m.as_ref()).unwrap();
-    p
-}
+mod common;
+use common::{diverse_ensemble, libre, ok};
 
 fn experiment(dir: &Path, ens: &Path) -> PathBuf {
     let text = format!(
@@ -97,11 +63,18 @@ fn read(p: &Path) -> String {
 fn killed_runs_resume_and_shards_merge_to_the_same_report() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let ens = ensemble(dir.path());
+    let ens = diverse_ensemble(dir.path());
     let exp = experiment(dir.path(), &ens);
     let full = dir.path().join("full");
     ok(evaluate(&exp, &full, &[]));
-    for f in ["index.html", "scores.csv", "summary.json", "detection.csv", "timing.csv", "manifest.json"] {
+    for f in [
+        "index.html",
+        "scores.csv",
+        "summary.json",
+        "detection.csv",
+        "timing.csv",
+        "manifest.json",
+    ] {
         assert!(full.join(f).exists(), "{f} missing");
     }
     let summary = read(&full.join("summary.json"));
@@ -124,7 +97,16 @@ fn killed_runs_resume_and_shards_merge_to_the_same_report() {
     let t0 = std::time::Instant::now();
     loop {
         let done = std::fs::read_dir(killed.join("cells"))
-            .map(|d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count())
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "json")
+                })
+                .count()
+            })
             .unwrap_or(0);
         if done >= 3 || t0.elapsed().as_secs() > 300 {
             break;
@@ -133,20 +115,40 @@ fn killed_runs_resume_and_shards_merge_to_the_same_report() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(!killed.join("summary.json").exists(), "the run finished before the kill");
+    assert!(
+        !killed.join("summary.json").exists(),
+        "the run finished before the kill"
+    );
     ok(evaluate(&exp, &killed, &[]));
     assert_eq!(read(&killed.join("summary.json")), summary);
     assert_eq!(read(&killed.join("scores.csv")), scores);
 
     // Two shards merged equal the unsharded run; an incomplete set is refused by name.
-    let (s0, s1, merged) = (dir.path().join("s0"), dir.path().join("s1"), dir.path().join("m"));
+    let (s0, s1, merged) = (
+        dir.path().join("s0"),
+        dir.path().join("s1"),
+        dir.path().join("m"),
+    );
     ok(evaluate(&exp, &s0, &["--shard", "0/2"]));
     ok(evaluate(&exp, &s1, &["--shard", "1/2"]));
-    let out = libre().args(["report", "merge"]).arg(&s0).arg("--out").arg(&merged).output().unwrap();
+    let out = libre()
+        .args(["report", "merge"])
+        .arg(&s0)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
     assert!(!merged.join("summary.json").exists());
-    ok(libre().args(["-q", "report", "merge"]).arg(&s0).arg(&s1).arg("--out").arg(&merged).output().unwrap());
+    ok(libre()
+        .args(["-q", "report", "merge"])
+        .arg(&s0)
+        .arg(&s1)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap());
     assert_eq!(read(&merged.join("summary.json")), summary);
     assert_eq!(read(&merged.join("scores.csv")), scores);
 
@@ -158,7 +160,14 @@ fn killed_runs_resume_and_shards_merge_to_the_same_report() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("different experiment"));
     let s2 = dir.path().join("s2");
     ok(evaluate(&other, &s2, &["--shard", "0/2"]));
-    let out = libre().args(["report", "merge"]).arg(&s0).arg(&s2).arg("--out").arg(dir.path().join("x")).output().unwrap();
+    let out = libre()
+        .args(["report", "merge"])
+        .arg(&s0)
+        .arg(&s2)
+        .arg("--out")
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("different experiment"));
 
     // The summary's AUROC equals `libre metrics` on the same rows of scores.csv.
@@ -179,7 +188,11 @@ fn killed_runs_resume_and_shards_merge_to_the_same_report() {
     }
     let f = dir.path().join("rows.csv");
     std::fs::write(&f, csv).unwrap();
-    let out = ok(libre().args(["--json", "metrics", "--scores"]).arg(&f).output().unwrap());
+    let out = ok(libre()
+        .args(["--json", "metrics", "--scores"])
+        .arg(&f)
+        .output()
+        .unwrap());
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(v["data"]["auroc"], row["auroc"], "{v} vs {row}");
@@ -198,10 +211,19 @@ name = "fgsm"
 eps = [0.3]
 "#;
     for (bad, what) in [
-        (good.replace("eps = [0.3]", "eps = [0.3]\nstepz = 3"), "line 9"),
+        (
+            good.replace("eps = [0.3]", "eps = [0.3]\nstepz = 3"),
+            "line 9",
+        ),
         (good.replace("\"fgsm\"", "\"fgsn\""), "line 7"),
-        (good.replace("[\"msp\"]", "[\"feature-variance\"]"), "line 5"),
-        (good.replace("zoo:lenet5-mnist", "missing.safetensors"), "line 4"),
+        (
+            good.replace("[\"msp\"]", "[\"feature-variance\"]"),
+            "line 5",
+        ),
+        (
+            good.replace("zoo:lenet5-mnist", "missing.safetensors"),
+            "line 4",
+        ),
     ] {
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, &bad).unwrap();
@@ -209,7 +231,10 @@ eps = [0.3]
         let out = evaluate(&f, &out_dir, &[]);
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(what) && err.contains("bad.toml"), "{what}: {err}");
+        assert!(
+            err.contains(what) && err.contains("bad.toml"),
+            "{what}: {err}"
+        );
         assert!(!out_dir.exists(), "nothing is created for a bad file");
     }
     let out = ok(libre().args(["evaluate", "--example"]).output().unwrap());

@@ -474,7 +474,13 @@ pub(crate) fn apply_routed(
     let dev = x.device();
     let mut zero_size = x.size();
     zero_size[0] = 1;
-    let xz = Tensor::cat(&[x.shallow_clone(), x.zeros_like().narrow(0, 0, 1).reshape(&zero_size)], 0);
+    let xz = Tensor::cat(
+        &[
+            x.shallow_clone(),
+            x.zeros_like().narrow(0, 0, 1).reshape(&zero_size),
+        ],
+        0,
+    );
     let mut pad_size = vec![s, m_max];
     pad_size.extend_from_slice(&x.size()[1..]);
     let xp = xz
@@ -484,7 +490,6 @@ pub(crate) fn apply_routed(
     let ys = y.size();
     let mut flat = vec![s * m_max];
     flat.extend_from_slice(&ys[2..]);
-    Ok(y
-        .reshape(&flat)
+    Ok(y.reshape(&flat)
         .index_select(0, &Tensor::from_slice(&position).to_device(dev)))
 }

@@ -190,7 +190,9 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         None => None,
     };
     if args.adaptive.is_some() && args.surrogate.is_some() {
-        anyhow::bail!("--adaptive attacks the target's own detector; it cannot be combined with --surrogate");
+        anyhow::bail!(
+            "--adaptive attacks the target's own detector; it cannot be combined with --surrogate"
+        );
     }
     let crafter = sv.as_ref().unwrap_or(&tv);
 

@@ -117,7 +117,10 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
     }
     // Checked before any work (the library checks again).
     if !(args.fpr > 0.0 && args.fpr < 1.0) {
-        anyhow::bail!("--fpr {}: the target false-positive rate must lie in (0, 1)", args.fpr);
+        anyhow::bail!(
+            "--fpr {}: the target false-positive rate must lie in (0, 1)",
+            args.fpr
+        );
     }
     let device = super::resolve_device(&args.device, &out)?;
     let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
@@ -137,7 +140,9 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
         let (x, _) = b.tensor(want).expect("data batches are never empty");
         tch::manual_seed(args.seed.wrapping_add(bi as i64));
         let (_, sc) = det.score(&x.to_device(device), &[score])?;
-        clean.extend(Vec::<f64>::try_from(sc[0].to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))?);
+        clean.extend(Vec::<f64>::try_from(
+            sc[0].to_kind(tch::Kind::Double).to_device(tch::Device::Cpu),
+        )?);
         pb.inc(x.size()[0] as u64);
     }
     pb.finish_and_clear();
@@ -332,7 +337,10 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     if !computed.contains(&flag_score) {
         computed.push(flag_score);
     }
-    let flag_idx = computed.iter().position(|s| *s == flag_score).expect("pushed");
+    let flag_idx = computed
+        .iter()
+        .position(|s| *s == flag_score)
+        .expect("pushed");
     let threshold = match (args.threshold, args.fpr, &det.meta) {
         (Some(t), _, _) => Some(t),
         (None, Some(f), Some(m)) => Some(m.recalibrate(f)?.threshold),
@@ -423,11 +431,15 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
             let (pred, sc) = det.score(&x.to_device(device), &computed)?;
             let cls = Vec::<i64>::try_from(pred.class.to_device(tch::Device::Cpu))?;
             let conf = Vec::<f64>::try_from(
-                pred.confidence.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu),
+                pred.confidence
+                    .to_kind(tch::Kind::Double)
+                    .to_device(tch::Device::Cpu),
             )?;
             let vals: Vec<Vec<f64>> = sc
                 .iter()
-                .map(|t| Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu)))
+                .map(|t| {
+                    Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
+                })
                 .collect::<Result<_, _>>()?;
             for (j, &i) in idx.iter().enumerate() {
                 let fl = threshold.map(|t| vals[flag_idx][j] >= t);
@@ -489,7 +501,9 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     out.note(format!(
         "{n} inputs: {flagged} flagged ({} >= {}), {skipped} skipped; {rate:.1} images/s (S = {})",
         flag_score,
-        threshold.map(|t| format!("{t:.6}")).unwrap_or_else(|| "-".into()),
+        threshold
+            .map(|t| format!("{t:.6}"))
+            .unwrap_or_else(|| "-".into()),
         det.samples
     ));
     if out.json {

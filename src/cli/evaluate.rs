@@ -122,7 +122,9 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         plan.models.len(),
         plan.attacks.len(),
         total,
-        shard.map(|s| format!(" (shard {}/{})", s.index, s.count)).unwrap_or_default(),
+        shard
+            .map(|s| format!(" (shard {}/{})", s.index, s.count))
+            .unwrap_or_default(),
         match plan.subset {
             evaluate::experiment::SubsetSpec::All => "all clean vs all adversarial images",
             evaluate::experiment::SubsetSpec::Successful =>
@@ -130,11 +132,25 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         }
     ));
     let n_images = libre::data::open(&plan.data, None, &mut super::fetch_note(&out))?.len();
-    let mut bar = Bar { pb: out.progress(n_images as u64, "cell"), images: n_images };
+    let mut bar = Bar {
+        pb: out.progress(n_images as u64, "cell"),
+        images: n_images,
+    };
     let t0 = std::time::Instant::now();
-    let ran = evaluate::run_cells(&plan, &dir, shard, device, &mut super::fetch_note(&out), &mut bar)?;
+    let ran = evaluate::run_cells(
+        &plan,
+        &dir,
+        shard,
+        device,
+        &mut super::fetch_note(&out),
+        &mut bar,
+    )?;
     bar.pb.finish_and_clear();
-    out.note(format!("{} cells computed in {:.1} s", ran.len(), t0.elapsed().as_secs_f64()));
+    out.note(format!(
+        "{} cells computed in {:.1} s",
+        ran.len(),
+        t0.elapsed().as_secs_f64()
+    ));
     if shard.is_some_and(|s| s.count > 1) {
         let data = serde_json::json!({ "out": dir, "shard": args.shard, "cells_run": ran });
         out.result(data, || {
@@ -147,9 +163,12 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         return Ok(());
     }
     let fin = evaluate::finish(&plan, &dir)?;
-    let data = serde_json::json!({ "out": fin.out, "report": dir.join("index.html"), "cells_run": ran });
+    let data =
+        serde_json::json!({ "out": fin.out, "report": dir.join("index.html"), "cells_run": ran });
     let table = auroc_text(&fin.summary);
-    out.result(data, || format!("{table}report: {}\n", dir.join("index.html").display()));
+    out.result(data, || {
+        format!("{table}report: {}\n", dir.join("index.html").display())
+    });
     Ok(())
 }
 
@@ -162,7 +181,10 @@ pub fn merge(dirs: &[PathBuf], dest: &Path, out: Output) -> anyhow::Result<()> {
         .iter()
         .map(|d| {
             std::fs::read_to_string(d.join("experiment.toml")).map_err(|e| {
-                anyhow::anyhow!("{}: not an evaluation directory (experiment.toml: {e})", d.display())
+                anyhow::anyhow!(
+                    "{}: not an evaluation directory (experiment.toml: {e})",
+                    d.display()
+                )
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -180,11 +202,15 @@ pub fn merge(dirs: &[PathBuf], dest: &Path, out: Output) -> anyhow::Result<()> {
     let mut sources: std::collections::BTreeMap<String, PathBuf> = Default::default();
     for d in dirs {
         let cells = d.join("cells");
-        let Ok(rd) = std::fs::read_dir(&cells) else { continue };
+        let Ok(rd) = std::fs::read_dir(&cells) else {
+            continue;
+        };
         for e in rd {
             let p = e?.path();
             let name = p.file_name().unwrap().to_string_lossy().to_string();
-            let Some(id) = name.strip_suffix(".json") else { continue };
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
             let meta: evaluate::CellMeta = serde_json::from_slice(&std::fs::read(&p)?)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             match &version {
@@ -199,7 +225,8 @@ pub fn merge(dirs: &[PathBuf], dest: &Path, out: Output) -> anyhow::Result<()> {
                 _ => {}
             }
             if let Some(prev) = sources.get(id) {
-                let same = std::fs::read(prev.join(format!("{id}.csv")))? == std::fs::read(cells.join(format!("{id}.csv")))?;
+                let same = std::fs::read(prev.join(format!("{id}.csv")))?
+                    == std::fs::read(cells.join(format!("{id}.csv")))?;
                 if !same {
                     anyhow::bail!(
                         "cell {id} appears in {} and {} with different rows (overlapping shards)",
@@ -212,12 +239,19 @@ pub fn merge(dirs: &[PathBuf], dest: &Path, out: Output) -> anyhow::Result<()> {
         }
     }
     let wanted: Vec<String> = evaluate::cells(&plan).iter().map(|c| c.id(&plan)).collect();
-    let missing: Vec<&String> = wanted.iter().filter(|id| !sources.contains_key(*id)).collect();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|id| !sources.contains_key(*id))
+        .collect();
     if !missing.is_empty() {
         anyhow::bail!(
             "incomplete set of shards: {} cell(s) missing ({}); run the missing shard(s) first",
             missing.len(),
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     pin_experiment(dest, &texts[0])?;
@@ -237,7 +271,13 @@ pub fn merge(dirs: &[PathBuf], dest: &Path, out: Output) -> anyhow::Result<()> {
     let table = auroc_text(&fin.summary);
     out.result(
         serde_json::json!({ "out": dest, "merged": dirs, "cells": wanted.len() }),
-        || format!("{table}merged {} shard directories: {}\n", dirs.len(), dest.join("index.html").display()),
+        || {
+            format!(
+                "{table}merged {} shard directories: {}\n",
+                dirs.len(),
+                dest.join("index.html").display()
+            )
+        },
     );
     Ok(())
 }

@@ -47,6 +47,17 @@ pub struct Args {
     pub device: String,
 }
 
+/// A training progress bar: images done, running loss and accuracy.
+struct Obs<'a>(&'a indicatif::ProgressBar);
+
+impl train::TrainObserver for Obs<'_> {
+    fn batch(&mut self, _e: usize, done: usize, _t: usize, loss: f64, acc: f64) {
+        self.0.set_position(done as u64);
+        self.0
+            .set_message(format!("loss {loss:.4} acc {:.2}%", 100.0 * acc));
+    }
+}
+
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if args.bayesadapter {
         run_bayesadapter(args, out)
@@ -99,7 +110,10 @@ fn run_libre(args: Args, out: Output) -> anyhow::Result<()> {
     let model_path = args.out.join("libre").join("model.safetensors");
     let t0 = std::time::Instant::now();
     if model_path.exists() {
-        out.note(format!("1/2 LiBRe model exists: {} (delete it to retrain)", model_path.display()));
+        out.note(format!(
+            "1/2 LiBRe model exists: {} (delete it to retrain)",
+            model_path.display()
+        ));
     } else {
         out.note(format!(
             "1/2 LiBRe fine-tuning: zoo LeNet5, linear1 as a {}-member ensemble, anchored objective, \
@@ -129,7 +143,14 @@ fn run_libre(args: Args, out: Output) -> anyhow::Result<()> {
             batch_size: bs,
             seed: args.seed,
             augment: Augment::None,
-            groups: train::libre_groups(Family::Ensemble, lr_members, 1e-4, 1e-4, args.mc_samples, steps),
+            groups: train::libre_groups(
+                Family::Ensemble,
+                lr_members,
+                1e-4,
+                1e-4,
+                args.mc_samples,
+                steps,
+            ),
             prior: None,
             sampling: Some(McSampling::PerExample),
             uncertainty_reg: None,
@@ -145,15 +166,15 @@ fn run_libre(args: Args, out: Output) -> anyhow::Result<()> {
                                 "converted_layers": converted } }),
         )?;
         let pb = out.progress(train_ds.len() as u64, "LiBRe");
-        struct Obs<'a>(&'a indicatif::ProgressBar);
-        impl train::TrainObserver for Obs<'_> {
-            fn batch(&mut self, _e: usize, done: usize, _t: usize, loss: f64, acc: f64) {
-                self.0.set_position(done as u64);
-                self.0
-                    .set_message(format!("loss {loss:.4} acc {:.2}%", 100.0 * acc));
-            }
-        }
-        train::fit(model.as_mut(), &train_ds, None, &cfg, &run, false, &mut Obs(&pb))?;
+        train::fit(
+            model.as_mut(),
+            &train_ds,
+            None,
+            &cfg,
+            &run,
+            false,
+            &mut Obs(&pb),
+        )?;
         pb.finish_and_clear();
     }
     let train_secs = t0.elapsed().as_secs_f64();
@@ -175,7 +196,13 @@ fn run_libre(args: Args, out: Output) -> anyhow::Result<()> {
         .as_array()
         .map(|v| {
             v.iter()
-                .map(|c| format!("{} {:.2}%", c["model"].as_str().unwrap_or(""), 100.0 * c["top1"].as_f64().unwrap_or(0.0)))
+                .map(|c| {
+                    format!(
+                        "{} {:.2}%",
+                        c["model"].as_str().unwrap_or(""),
+                        100.0 * c["top1"].as_f64().unwrap_or(0.0)
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -258,14 +285,6 @@ fn run_bayesadapter(args: Args, out: Output) -> anyhow::Result<()> {
                  "weights": "zoo:lenet5-mnist", "provenance": Provenance::new(device) }),
     )?;
     let pb = out.progress(train_ds.len() as u64, "fine-tune");
-    struct Obs<'a>(&'a indicatif::ProgressBar);
-    impl train::TrainObserver for Obs<'_> {
-        fn batch(&mut self, _e: usize, done: usize, _t: usize, loss: f64, acc: f64) {
-            self.0.set_position(done as u64);
-            self.0
-                .set_message(format!("loss {loss:.4} acc {:.2}%", 100.0 * acc));
-        }
-    }
     let t0 = std::time::Instant::now();
     let logs = train::fit(
         model.as_mut(),

@@ -225,7 +225,10 @@ fn drive(
         anyhow::bail!("--batch-size must be at least 1");
     }
     if resume && !dir.join("config.json").is_file() {
-        anyhow::bail!("--resume {}: not a run directory (no config.json)", dir.display());
+        anyhow::bail!(
+            "--resume {}: not a run directory (no config.json)",
+            dir.display()
+        );
     }
     let run = RunDir { path: dir.clone() };
     let (mut model, cfg, extra) = if resume {
@@ -395,7 +398,11 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
             .weights
             .clone()
             .ok_or_else(|| anyhow::anyhow!("--weights is required"))?;
-        let default_post = if libre_recipe { "ensemble" } else { "mean-field" };
+        let default_post = if libre_recipe {
+            "ensemble"
+        } else {
+            "mean-field"
+        };
         let family: Family = args.posterior.as_deref().unwrap_or(default_post).parse()?;
         if family == Family::Point {
             anyhow::bail!("--posterior must be mean-field, ensemble or low-rank");

@@ -198,7 +198,9 @@ pub fn split_slice(spec: &str) -> Result<(&str, Option<(Option<usize>, Option<us
     let (a, b) = (bound(a)?, bound(b)?);
     if let (Some(a), Some(b)) = (a, b) {
         if a >= b {
-            return Err(bad(format!("empty slice [{a}:{b}]: START must be below END")));
+            return Err(bad(format!(
+                "empty slice [{a}:{b}]: START must be below END"
+            )));
         }
     }
     if base.is_empty() {
@@ -360,7 +362,13 @@ mod tests {
             split_slice("a/b.safetensors[:10]").unwrap(),
             ("a/b.safetensors", Some((None, Some(10))))
         );
-        for bad in ["mnist:test[5:2]", "mnist:test[a:2]", "mnist:test[3]", "[0:1]", "x]"] {
+        for bad in [
+            "mnist:test[5:2]",
+            "mnist:test[a:2]",
+            "mnist:test[3]",
+            "[0:1]",
+            "x]",
+        ] {
             assert!(split_slice(bad).is_err(), "{bad}");
         }
     }

@@ -132,7 +132,10 @@ mod tests {
         let mut clean = vec![1.0; 90];
         clean.extend(vec![5.0; 10]);
         let c = calibrate(&clean, 0.05).unwrap();
-        assert_eq!(c.achieved_fpr, 0.0, "the 10 tied top scores cannot be split");
+        assert_eq!(
+            c.achieved_fpr, 0.0,
+            "the 10 tied top scores cannot be split"
+        );
         let c = calibrate(&clean, 0.10).unwrap();
         assert_eq!((c.threshold, c.achieved_fpr), (5.0, 0.10));
     }
@@ -158,6 +161,9 @@ mod tests {
         let (lo, hi) = wilson(50, 1000);
         assert!(lo < 0.05 && 0.05 < hi);
         // statsmodels proportion_confint(50, 1000, method='wilson') = (0.03813, 0.06531).
-        assert!((lo - 0.03813).abs() < 1e-4 && (hi - 0.06531).abs() < 1e-4, "{lo} {hi}");
+        assert!(
+            (lo - 0.03813).abs() < 1e-4 && (hi - 0.06531).abs() < 1e-4,
+            "{lo} {hi}"
+        );
     }
 }

@@ -56,9 +56,12 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|e| Error::io(format!("reading {}", d.display()), e))?;
+        let rd =
+            std::fs::read_dir(&d).map_err(|e| Error::io(format!("reading {}", d.display()), e))?;
         for e in rd {
-            let p = e.map_err(|e| Error::io(format!("reading {}", d.display()), e))?.path();
+            let p = e
+                .map_err(|e| Error::io(format!("reading {}", d.display()), e))?
+                .path();
             if p.is_dir() {
                 stack.push(p);
             } else if is_image(&p) {
@@ -117,7 +120,11 @@ pub fn decode(path: &Path, want: [usize; 3], policy: ImagePolicy) -> Result<Vec<
         let (x0, y0) = ((rw - w as u32) / 2, (rh - h as u32) / 2);
         img = img.crop_imm(x0, y0, w as u32, h as u32);
     }
-    let has = if img.color().channel_count() <= 2 { 1 } else { 3 };
+    let has = if img.color().channel_count() <= 2 {
+        1
+    } else {
+        3
+    };
     if has != c && !policy.convert_channels {
         return Err(bad(format!(
             "has {has} channel(s), the model takes {c} (pass --convert-channels to convert)"
@@ -189,8 +196,12 @@ pub fn data_chunk(ds: &Dataset, start: usize, end: usize, want: [usize; 3]) -> R
     let per = want.iter().product::<usize>();
     Ok(Batch {
         sources: (start..end).map(|i| format!("{}:{i}", ds.name)).collect(),
-        images: (0..n).map(|i| Ok(flat[i * per..(i + 1) * per].to_vec())).collect(),
-        labels: ds.labels().map(|_| Vec::<i64>::try_from(y).unwrap_or_default()),
+        images: (0..n)
+            .map(|i| Ok(flat[i * per..(i + 1) * per].to_vec()))
+            .collect(),
+        labels: ds
+            .labels()
+            .map(|_| Vec::<i64>::try_from(y).unwrap_or_default()),
     })
 }
 

@@ -241,13 +241,19 @@ fn distinct_pair(n: i64, s: i64) -> (Tensor, Tensor) {
 ///
 /// # Shapes
 /// `x`: `[B, C, H, W]` in [0, 1], `y`: `[B]` int64.
-pub fn step(model: &dyn BayesModel, x: &Tensor, y: &Tensor, cfg: &LibreConfig) -> Result<StepOutput> {
+pub fn step(
+    model: &dyn BayesModel,
+    x: &Tensor,
+    y: &Tensor,
+    cfg: &LibreConfig,
+) -> Result<StepOutput> {
     let post = model.posterior().ok_or_else(|| {
         Error::invalid("the LiBRe objective needs a Bayesian model (an ensemble posterior)")
     })?;
     let family = post.config.family;
     let routed = family == crate::bayes::Family::Ensemble;
-    if !(routed || family == crate::bayes::Family::MeanField) || (routed && post.config.samples < 2) {
+    if !(routed || family == crate::bayes::Family::MeanField) || (routed && post.config.samples < 2)
+    {
         return Err(Error::invalid(format!(
             "the LiBRe objective needs an ensemble of at least 2 members or a mean-field \
              posterior, got {family} with S = {}",
@@ -362,11 +368,26 @@ mod tests {
         assert_eq!(ok.noise_eps, (0.15, 0.6));
         ok.validate().unwrap();
         for bad in [
-            LibreConfig { noise_eps: (0.0, 0.1), ..ok },
-            LibreConfig { noise_eps: (0.3, 0.1), ..ok },
-            LibreConfig { alpha: f64::NAN, ..ok },
-            LibreConfig { blur_prob: 2.0, ..ok },
-            LibreConfig { member_init_std: -1.0, ..ok },
+            LibreConfig {
+                noise_eps: (0.0, 0.1),
+                ..ok
+            },
+            LibreConfig {
+                noise_eps: (0.3, 0.1),
+                ..ok
+            },
+            LibreConfig {
+                alpha: f64::NAN,
+                ..ok
+            },
+            LibreConfig {
+                blur_prob: 2.0,
+                ..ok
+            },
+            LibreConfig {
+                member_init_std: -1.0,
+                ..ok
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

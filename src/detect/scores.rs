@@ -176,7 +176,9 @@ pub fn compute(
                 let f = features.to_kind(Kind::Float).reshape([b, s, -1]); // [B, S, F]
                 f.var_dim(1, true, false).mean_dim(1, false, Kind::Float)
             }
-            Score::SoftmaxVariance => probs.var_dim(1, true, false).mean_dim(1, false, Kind::Float),
+            Score::SoftmaxVariance => probs
+                .var_dim(1, true, false)
+                .mean_dim(1, false, Kind::Float),
             Score::MutualInformation => {
                 // >= 0 in exact arithmetic; clamp the float round-off below zero.
                 (entropy(&mean_p) - entropy(&probs).mean_dim(1, false, Kind::Float)).clamp_min(0.0)
@@ -237,7 +239,10 @@ mod tests {
         assert!((scalar(&s[1], 0) - ln2).abs() < 1e-5, "MI = ln 2");
         assert!((scalar(&s[2], 0) - ln2).abs() < 1e-5, "H(0.5, 0.5) = ln 2");
         assert!((scalar(&s[3], 0) - 0.5).abs() < 1e-5);
-        assert!((scalar(&s[4], 0) + 15.0).abs() < 1e-5, "mean logits (15, 15)");
+        assert!(
+            (scalar(&s[4], 0) + 15.0).abs() < 1e-5,
+            "mean logits (15, 15)"
+        );
         assert!((pred.confidence.double_value(&[0]) - 0.5).abs() < 1e-5);
 
         // Agreeing members: no epistemic part, entropy of p = (0.8, 0.2).
@@ -271,7 +276,10 @@ mod tests {
             vec![Score::FeatureVariance, Score::Msp]
         );
         assert!(parse_list("msp,msp").is_err());
-        assert!(parse_list("bogus").unwrap_err().to_string().contains("bogus"));
+        assert!(parse_list("bogus")
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
         for s in Score::ALL {
             assert_eq!(s.name().parse::<Score>().unwrap(), s);
         }

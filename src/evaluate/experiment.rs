@@ -127,8 +127,7 @@ pub struct Plan {
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
@@ -152,7 +151,10 @@ fn samples_of(weights: &str, requested: Option<usize>) -> Result<usize> {
         std::path::PathBuf::from(weights)
     };
     if !path.exists() {
-        return Err(Error::invalid(format!("weights file {} does not exist", path.display())));
+        return Err(Error::invalid(format!(
+            "weights file {} does not exist",
+            path.display()
+        )));
     }
     let meta = crate::checkpoint::read_meta(&path)?;
     match (&meta.posterior, requested) {
@@ -161,11 +163,13 @@ fn samples_of(weights: &str, requested: Option<usize>) -> Result<usize> {
             "mc_samples {s}: {weights} is a deterministic network"
         ))),
         (None, _) => Ok(1),
-        (Some(p), Some(s)) => Ok(s.min(if p.config.family == crate::bayes::Family::MeanField {
-            s
-        } else {
-            p.config.samples
-        })),
+        (Some(p), Some(s)) => Ok(
+            s.min(if p.config.family == crate::bayes::Family::MeanField {
+                s
+            } else {
+                p.config.samples
+            }),
+        ),
         (Some(p), None) => Ok(p.config.samples),
     }
 }
@@ -184,14 +188,19 @@ impl Experiment {
 
     fn validate(&self, text: &str) -> Result<Plan> {
         let at = |span: std::ops::Range<usize>, msg: String| {
-            Error::invalid(format!("experiment file, line {}: {msg}", line_of(text, span.start)))
+            Error::invalid(format!(
+                "experiment file, line {}: {msg}",
+                line_of(text, span.start)
+            ))
         };
         let (base, _) = crate::data::split_slice(self.data.get_ref())
             .map_err(|err| at(self.data.span(), err.to_string()))?;
         base.parse::<crate::data::DataSpec>()
             .map_err(|err| at(self.data.span(), err.to_string()))?;
         if self.batch_size == 0 {
-            return Err(Error::invalid("experiment file: batch_size must be at least 1"));
+            return Err(Error::invalid(
+                "experiment file: batch_size must be at least 1",
+            ));
         }
         if self.models.is_empty() {
             return Err(Error::invalid("experiment file: no [[model]]"));
@@ -206,16 +215,20 @@ impl Experiment {
                 ));
             }
             if models.iter().any(|x: &ModelPlan| &x.name == name) {
-                return Err(at(m.name.span(), format!("model name '{name}' appears twice")));
+                return Err(at(
+                    m.name.span(),
+                    format!("model name '{name}' appears twice"),
+                ));
             }
             let samples = samples_of(m.weights.get_ref(), m.mc_samples)
                 .map_err(|err| at(m.weights.span(), err.to_string()))?;
             let mut scores = Vec::new();
             for s in m.scores.get_ref() {
-                let sc: Score = s.parse().map_err(|err: Error| at(m.scores.span(), err.to_string()))?;
-                sc.check_available(samples).map_err(|err| {
-                    at(m.scores.span(), format!("model '{name}': {err}"))
-                })?;
+                let sc: Score = s
+                    .parse()
+                    .map_err(|err: Error| at(m.scores.span(), err.to_string()))?;
+                sc.check_available(samples)
+                    .map_err(|err| at(m.scores.span(), format!("model '{name}': {err}")))?;
                 if scores.contains(&sc) {
                     return Err(at(m.scores.span(), format!("score '{s}' listed twice")));
                 }
@@ -246,7 +259,10 @@ impl Experiment {
             let mut params = serde_json::Map::new();
             for (k, v) in &a.params {
                 if k == "eps" {
-                    return Err(at(a.name.span(), "put eps in the eps list, not in params".into()));
+                    return Err(at(
+                        a.name.span(),
+                        "put eps in the eps list, not in params".into(),
+                    ));
                 }
                 params.insert(k.clone(), toml_to_json(v));
             }
@@ -269,7 +285,10 @@ impl Experiment {
                 Some(v) => {
                     for t in v {
                         if !models.iter().any(|m| &m.name == t) {
-                            return Err(at(a.name.span(), format!("attack '{name}': no model named '{t}'")));
+                            return Err(at(
+                                a.name.span(),
+                                format!("attack '{name}': no model named '{t}'"),
+                            ));
                         }
                     }
                     v.clone()
@@ -277,9 +296,13 @@ impl Experiment {
                 None => models.iter().map(|m| m.name.clone()).collect(),
             };
             if let Some(sur) = &a.surrogate {
-                samples_of(sur, None).map_err(|err| at(a.name.span(), format!("surrogate: {err}")))?;
+                samples_of(sur, None)
+                    .map_err(|err| at(a.name.span(), format!("surrogate: {err}")))?;
                 if !a.adaptive.is_empty() {
-                    return Err(at(a.name.span(), "an adaptive attack cannot use a surrogate".into()));
+                    return Err(at(
+                        a.name.span(),
+                        "an adaptive attack cannot use a surrogate".into(),
+                    ));
                 }
             }
             let base = a.label.clone().unwrap_or_else(|| {
@@ -290,10 +313,16 @@ impl Experiment {
                 }
             });
             if !valid_name(&base) {
-                return Err(at(a.name.span(), format!("attack label '{base}': use letters, digits, '-', '_' or '.'")));
+                return Err(at(
+                    a.name.span(),
+                    format!("attack label '{base}': use letters, digits, '-', '_' or '.'"),
+                ));
             }
             let score = match &a.adaptive_score {
-                Some(s) => Some(s.parse::<Score>().map_err(|err| at(a.name.span(), err.to_string()))?),
+                Some(s) => Some(
+                    s.parse::<Score>()
+                        .map_err(|err| at(a.name.span(), err.to_string()))?,
+                ),
                 None => None,
             };
             let mut variants: Vec<(String, Option<(f64, Option<Score>)>)> = Vec::new();
@@ -308,7 +337,10 @@ impl Experiment {
             }
             for (label, adaptive) in variants {
                 if attacks.iter().any(|x| x.label == label) {
-                    return Err(at(a.name.span(), format!("attack label '{label}' appears twice (set label = ...)")));
+                    return Err(at(
+                        a.name.span(),
+                        format!("attack label '{label}' appears twice (set label = ...)"),
+                    ));
                 }
                 if let Some((_, sc)) = adaptive {
                     for t in &targets {
@@ -331,7 +363,10 @@ impl Experiment {
         }
         Ok(Plan {
             data: self.data.get_ref().clone(),
-            title: self.title.clone().unwrap_or_else(|| "libre evaluation".into()),
+            title: self
+                .title
+                .clone()
+                .unwrap_or_else(|| "libre evaluation".into()),
             seed: self.seed,
             subset: self.subset,
             bootstrap: self.bootstrap,
@@ -376,10 +411,26 @@ adaptive = [1.0, 10.0]
     fn errors_name_the_line() {
         let cases = [
             (OK.replace("steps = 10", "stepz = 10"), "line 10", "stepz"),
-            (OK.replace("name = \"pgd\"", "name = \"pgdx\""), "line 8", "pgdx"),
-            (OK.replace("\"msp\", \"entropy\"", "\"msp\", \"feature-variance\""), "line 6", "feature-variance"),
-            (OK.replace("zoo:lenet5-mnist", "/nonexistent.safetensors"), "line 5", "does not exist"),
-            (OK.replace("mnist:test[0:100]", "mnist:tset"), "line 2", "tset"),
+            (
+                OK.replace("name = \"pgd\"", "name = \"pgdx\""),
+                "line 8",
+                "pgdx",
+            ),
+            (
+                OK.replace("\"msp\", \"entropy\"", "\"msp\", \"feature-variance\""),
+                "line 6",
+                "feature-variance",
+            ),
+            (
+                OK.replace("zoo:lenet5-mnist", "/nonexistent.safetensors"),
+                "line 5",
+                "does not exist",
+            ),
+            (
+                OK.replace("mnist:test[0:100]", "mnist:tset"),
+                "line 2",
+                "tset",
+            ),
         ];
         for (text, line, what) in cases {
             let e = Experiment::parse(&text).unwrap_err().to_string();

@@ -53,11 +53,17 @@ impl Cell {
 pub fn cells(plan: &Plan) -> Vec<Cell> {
     let mut v = Vec::new();
     for (mi, m) in plan.models.iter().enumerate() {
-        v.push(Cell { model: mi, attack: None });
+        v.push(Cell {
+            model: mi,
+            attack: None,
+        });
         for (ai, a) in plan.attacks.iter().enumerate() {
             if a.models.contains(&m.name) {
                 for &e in &a.eps {
-                    v.push(Cell { model: mi, attack: Some((ai, e)) });
+                    v.push(Cell {
+                        model: mi,
+                        attack: Some((ai, e)),
+                    });
                 }
             }
         }
@@ -105,8 +111,9 @@ pub struct CellMeta {
 
 fn stable_hash(s: &str) -> u64 {
     // FNV-1a: stable across builds and platforms (std's hasher is not).
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Observer of progress (the library never prints).
@@ -139,10 +146,14 @@ pub fn run_cells(
         .map(|(_, c)| c)
         .collect();
     let dir = out.join("cells");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let ds = crate::data::open(&plan.data, None, on_fetch)?;
     if ds.labels().is_none() {
-        return Err(Error::invalid(format!("{}: evaluation needs labels", plan.data)));
+        return Err(Error::invalid(format!(
+            "{}: evaluation needs labels",
+            plan.data
+        )));
     }
     let mut loaded: HashMap<String, Loaded> = HashMap::new();
     let mut ran = Vec::new();
@@ -166,7 +177,9 @@ pub fn run_cells(
 }
 
 fn to_vec_f64(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu))?)
+    Ok(Vec::<f64>::try_from(
+        t.to_kind(Kind::Double).to_device(Device::Cpu),
+    )?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -206,8 +219,19 @@ fn run_cell(
     };
     let mut w = csv::Writer::from_writer(Vec::new());
     let csv_err = |e: csv::Error| Error::invalid(format!("cell {id}: {e}"));
-    w.write_record(["image", "model", "model_name", "detector", "attack", "eps", "label", "score", "clean_correct", "adv_success"])
-        .map_err(csv_err)?;
+    w.write_record([
+        "image",
+        "model",
+        "model_name",
+        "detector",
+        "attack",
+        "eps",
+        "label",
+        "score",
+        "clean_correct",
+        "adv_success",
+    ])
+    .map_err(csv_err)?;
     let (mut attack_s, mut score_s) = (0.0f64, 0.0f64);
     let (mut n, mut correct, mut clean_correct_n) = (0usize, 0usize, 0usize);
     let mut probs_all: Vec<Tensor> = Vec::new();
@@ -233,8 +257,14 @@ fn run_cell(
                 let t1 = std::time::Instant::now();
                 let mode = det.mode();
                 let score = a.adaptive.map(|(_, s)| s.unwrap_or(m.scores[0]));
-                let victim = ModelVictim { model: det.model.as_ref(), mode, score };
-                let sv = surrogate.as_ref().map(|s| ModelVictim::new(s.model.as_ref(), s.mode()));
+                let victim = ModelVictim {
+                    model: det.model.as_ref(),
+                    mode,
+                    score,
+                };
+                let sv = surrogate
+                    .as_ref()
+                    .map(|s| ModelVictim::new(s.model.as_ref(), s.mode()));
                 tch::manual_seed(batch_seed as i64);
                 let x_adv = atk
                     .perturb(sv.as_ref().unwrap_or(&victim), &x, &y, batch_seed)
@@ -249,12 +279,19 @@ fn run_cell(
         };
         let ok: Vec<bool> = Vec::<bool>::try_from(pred.class.eq_tensor(&y).to_device(Device::Cpu))?;
         let vals: Vec<Vec<f64>> = scores.iter().map(to_vec_f64).collect::<Result<_>>()?;
-        let attack_name = attack.as_ref().map(|(a, _)| a.label.clone()).unwrap_or_else(|| "clean".into());
+        let attack_name = attack
+            .as_ref()
+            .map(|(a, _)| a.label.clone())
+            .unwrap_or_else(|| "clean".into());
         let eps = cell.attack.map(|(_, e)| e.to_string()).unwrap_or_default();
         for j in 0..(end - start) {
             let img = (start + j).to_string();
             for (si, s) in m.scores.iter().enumerate() {
-                let adv_success = if label == 1 { ((clean_ok[j] && !ok[j]) as u8).to_string() } else { String::new() };
+                let adv_success = if label == 1 {
+                    ((clean_ok[j] && !ok[j]) as u8).to_string()
+                } else {
+                    String::new()
+                };
                 w.write_record([
                     img.as_str(),
                     &format!("{}/{}", m.name, s),
@@ -297,7 +334,9 @@ fn run_cell(
         reliability,
         libre_version: crate::VERSION.to_string(),
     };
-    let bytes = w.into_inner().map_err(|e| Error::invalid(format!("cell {id}: {e}")))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::invalid(format!("cell {id}: {e}")))?;
     crate::cache::write_atomic(&dir.join(format!("{id}.csv")), &bytes)?;
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::invalid(e.to_string()))?;
     crate::cache::write_atomic(&dir.join(format!("{id}.json")), &json)
@@ -349,7 +388,11 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
         let body = if i == 0 {
             &rows[..]
         } else {
-            let nl = rows.iter().position(|&b| b == b'\n').map(|p| p + 1).unwrap_or(rows.len());
+            let nl = rows
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|p| p + 1)
+                .unwrap_or(rows.len());
             &rows[nl..]
         };
         scores.extend_from_slice(body);
@@ -360,7 +403,8 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
         }
         metas.push(meta);
     }
-    std::fs::write(tables.join("scores.csv"), &scores).map_err(|e| Error::io("writing scores.csv", e))?;
+    std::fs::write(tables.join("scores.csv"), &scores)
+        .map_err(|e| Error::io("writing scores.csv", e))?;
     rtables::write_rows(&tables.join("classification.csv"), &classification)
         .map_err(|e| Error::invalid(e.to_string()))?;
     rtables::write_rows(&tables.join("reliability.csv"), &reliability)
@@ -381,9 +425,11 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
     };
     let render = out.join(".render");
     let _ = std::fs::remove_dir_all(&render);
-    libre_reports::report::render_run(&tables, &render, &opts).map_err(|e| Error::invalid(e.to_string()))?;
+    libre_reports::report::render_run(&tables, &render, &opts)
+        .map_err(|e| Error::invalid(e.to_string()))?;
     // timing.csv and summary.json.
-    let mut timing = String::from("cell,model,attack,eps,n,attack_ms_per_image,score_ms_per_image\n");
+    let mut timing =
+        String::from("cell,model,attack,eps,n,attack_ms_per_image,score_ms_per_image\n");
     for m in &metas {
         timing += &format!(
             "{},{},{},{},{},{:.4},{:.4}\n",
@@ -396,7 +442,8 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
             1000.0 * m.score_seconds / m.n as f64
         );
     }
-    std::fs::write(render.join("timing.csv"), &timing).map_err(|e| Error::io("writing timing.csv", e))?;
+    std::fs::write(render.join("timing.csv"), &timing)
+        .map_err(|e| Error::io("writing timing.csv", e))?;
     // Timings vary from run to run, so they stay out of summary.json (which shards reproduce
     // exactly) and go into timing.csv and a section of index.html.
     let index = render.join("index.html");
@@ -438,9 +485,11 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
         "detection": detection,
     });
     let sj = serde_json::to_vec_pretty(&summary).map_err(|e| Error::invalid(e.to_string()))?;
-    std::fs::write(render.join("summary.json"), sj).map_err(|e| Error::io("writing summary.json", e))?;
+    std::fs::write(render.join("summary.json"), sj)
+        .map_err(|e| Error::io("writing summary.json", e))?;
     for f in ["scores.csv", "classification.csv", "reliability.csv"] {
-        std::fs::copy(tables.join(f), render.join(f)).map_err(|e| Error::io(format!("copying {f}"), e))?;
+        std::fs::copy(tables.join(f), render.join(f))
+            .map_err(|e| Error::io(format!("copying {f}"), e))?;
     }
     // Move every rendered entry into place (each rename atomic; cells are never touched).
     for e in std::fs::read_dir(&render).map_err(|e| Error::io("reading the render dir", e))? {
@@ -449,11 +498,15 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
         if dest.is_dir() {
             let _ = std::fs::remove_dir_all(&dest);
         }
-        std::fs::rename(e.path(), &dest).map_err(|err| Error::io(format!("moving {}", dest.display()), err))?;
+        std::fs::rename(e.path(), &dest)
+            .map_err(|err| Error::io(format!("moving {}", dest.display()), err))?;
     }
     let _ = std::fs::remove_dir_all(&render);
     let _ = std::fs::remove_dir_all(&tables);
-    Ok(Finished { out: out.to_path_buf(), summary })
+    Ok(Finished {
+        out: out.to_path_buf(),
+        summary,
+    })
 }
 
 /// Rows of the AUROC table `(model/score, attack, eps, auroc)` from a summary, for printing.

@@ -1,0 +1,59 @@
+//! Helpers shared by the integration tests that run the real `libre` binary.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+
+/// The `libre` binary of this build.
+pub fn libre() -> Command {
+    Command::cargo_bin("libre").unwrap()
+}
+
+/// Asserts success, printing the exit code and stderr otherwise.
+pub fn ok(out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The `data` of the final `{"type":"result"}` line of a successful `--json` run.
+pub fn json_result(out: std::process::Output) -> serde_json::Value {
+    let out = ok(out);
+    let s = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(s.lines().last().unwrap()).unwrap();
+    assert_eq!(v["type"], "result", "{v}");
+    v["data"].clone()
+}
+
+/// A small ensemble (linear1, 4 members) of the zoo LeNet5 whose members differ, so that spread
+/// scores mean something.
+pub fn diverse_ensemble(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("ens.safetensors");
+    ok(libre()
+        .args([
+            "-q",
+            "convert",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--posterior",
+            "ensemble",
+        ])
+        .args(["--layers", "linear1", "--mc-samples", "4", "--out"])
+        .arg(&p)
+        .output()
+        .unwrap());
+    let (m, _) = libre::checkpoint::load(&p, tch::Device::Cpu).unwrap();
+    tch::manual_seed(5);
+    tch::no_grad(|| {
+        for (n, mut t) in m.var_store().variables() {
+            if n.ends_with("_members") {
+                let _ = t.g_add_(&(t.randn_like() * 0.01));
+            }
+        }
+    });
+    libre::checkpoint::save(&p, m.as_ref()).unwrap();
+    p
+}
