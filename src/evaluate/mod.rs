@@ -26,6 +26,7 @@ use crate::{Error, Result};
 pub use experiment::{Experiment, Plan};
 use libre_reports::tables::{self as rtables, ClassificationRow, ReliabilityRow};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -449,18 +450,23 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
     let index = render.join("index.html");
     let html = std::fs::read_to_string(&index).map_err(|e| Error::io("reading index.html", e))?;
     let mut sec = String::from(
-        "<h2>Time per image</h2>\n<p>Wall-clock milliseconds per image of each attack (crafting, \
-         incl. every forward and backward) and of each detector forward (all of the model's \
-         scores from one forward), as measured when the cell ran.</p>\n<table>\n<tr><th>model</th>\
-         <th>attack</th><th>eps</th><th>images</th><th>attack ms/image</th><th>scoring ms/image</th></tr>\n",
+        "<h2>Accuracy under attack and time per image</h2>\n<p>Accuracy of each model on the clean \
+         images and on each attack's adversarial images (robust accuracy); wall-clock \
+         milliseconds per image of each attack (crafting, incl. every forward and backward) and of \
+         each detector forward (all of the model's scores from one forward), as measured when the \
+         cell ran.</p>\n<table>\n<tr><th>model</th><th>attack</th><th>eps</th><th>images</th>\
+         <th>clean accuracy</th><th>accuracy</th><th>attack ms/image</th><th>scoring ms/image</th></tr>\n",
     );
     for m in &metas {
         sec += &format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{:.2}%</td>\
+             <td>{:.3}</td><td>{:.3}</td></tr>\n",
             libre_reports::report::html_escape(&m.model),
             libre_reports::report::html_escape(m.attack.as_deref().unwrap_or("clean")),
             m.eps.map(|e| e.to_string()).unwrap_or_default(),
             m.n,
+            100.0 * m.clean_accuracy,
+            100.0 * m.accuracy,
             1000.0 * m.attack_seconds / m.n as f64,
             1000.0 * m.score_seconds / m.n as f64
         );
@@ -473,8 +479,11 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
     std::fs::write(&index, html).map_err(|e| Error::io("writing index.html", e))?;
     let detection: Vec<rtables::DetectionRow> = rtables::read_rows(&render.join("detection.csv"))
         .map_err(|e| Error::invalid(e.to_string()))?;
+    let experiment = std::fs::read(out.join("experiment.toml")).unwrap_or_default();
     let summary = serde_json::json!({
         "title": plan.title, "data": plan.data, "seed": plan.seed,
+        "experiment_sha256": format!("{:x}", sha2::Sha256::digest(&experiment)),
+        "libre_version": crate::VERSION,
         "subset": plan.subset, "bootstrap": plan.bootstrap,
         "models": plan.models, "attacks": plan.attacks,
         "classification": classification,
