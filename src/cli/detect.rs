@@ -506,8 +506,9 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
             .unwrap_or_else(|| "-".into()),
         det.samples
     ));
+    // --json: the summary is the final {"type":"result"} line (after any JSON rows).
     if out.json {
-        out.event("summary", summary);
+        out.result(summary, String::new);
     }
     if args.fail_on_detect && flagged > 0 {
         return Err(CheckFailed(format!("{flagged} of {n} inputs flagged as adversarial")).into());
