@@ -8,7 +8,7 @@
 use super::calibrate::Calibration;
 use super::scores::{self, Prediction, Score};
 use crate::bayes::{Family, ForwardMode};
-use crate::models::BayesModel;
+use crate::models::{BayesModel, PosteriorMeta};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -48,12 +48,20 @@ pub struct Detector {
 /// The MC sample count for a model: 1 for a DNN (asking for more is an error), the requested or
 /// the posterior's own S for a Bayesian model (an ensemble cannot give more than its members).
 pub fn samples_for(model: &dyn BayesModel, requested: Option<usize>) -> Result<usize> {
-    match (model.posterior(), requested) {
+    samples_for_posterior(model.posterior(), &model.config().arch, requested)
+}
+
+/// [`samples_for`] from a checkpoint's metadata alone (no model needs to be built).
+pub fn samples_for_posterior(
+    posterior: Option<&PosteriorMeta>,
+    arch: &str,
+    requested: Option<usize>,
+) -> Result<usize> {
+    match (posterior, requested) {
         (_, Some(0)) => Err(Error::invalid("--mc-samples must be at least 1")),
         (None, Some(s)) if s > 1 => Err(Error::invalid(format!(
-            "--mc-samples {s}: this {} is a deterministic network (no posterior), so it gives one \
-             prediction; convert or fine-tune it first for a Bayes ensemble",
-            model.config().arch
+            "--mc-samples {s}: this {arch} is a deterministic network (no posterior), so it gives \
+             one prediction; convert or fine-tune it first for a Bayes ensemble"
         ))),
         (None, _) => Ok(1),
         (Some(p), Some(s)) => {

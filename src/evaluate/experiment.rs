@@ -139,12 +139,7 @@ fn samples_of(weights: &str, requested: Option<usize>) -> Result<usize> {
         let p = crate::zoo::checkpoint_path(m);
         if !p.exists() {
             // Zoo models are point networks; they are fetched when the run starts.
-            return match requested {
-                Some(s) if s > 1 => Err(Error::invalid(format!(
-                    "mc_samples {s}: {weights} is a deterministic network"
-                ))),
-                _ => Ok(1),
-            };
+            return crate::detect::detector::samples_for_posterior(None, weights, requested);
         }
         p
     } else {
@@ -157,21 +152,11 @@ fn samples_of(weights: &str, requested: Option<usize>) -> Result<usize> {
         )));
     }
     let meta = crate::checkpoint::read_meta(&path)?;
-    match (&meta.posterior, requested) {
-        (_, Some(0)) => Err(Error::invalid("mc_samples must be at least 1")),
-        (None, Some(s)) if s > 1 => Err(Error::invalid(format!(
-            "mc_samples {s}: {weights} is a deterministic network"
-        ))),
-        (None, _) => Ok(1),
-        (Some(p), Some(s)) => Ok(
-            s.min(if p.config.family == crate::bayes::Family::MeanField {
-                s
-            } else {
-                p.config.samples
-            }),
-        ),
-        (Some(p), None) => Ok(p.config.samples),
-    }
+    crate::detect::detector::samples_for_posterior(
+        meta.posterior.as_ref(),
+        &meta.model.arch,
+        requested,
+    )
 }
 
 fn toml_to_json(v: &toml::Value) -> serde_json::Value {
