@@ -2,13 +2,13 @@
 # target first provisions the lean libtorch 2.11.0 from PyPI into the user cache (once).
 #
 #   make quickstart   fetch MNIST + the zoo LeNet5 and run the main job on the embedded default
-#   make test         the whole test suite (what .ci/run runs)
+#   make test         the whole test suite (what .ci/run runs): the cargo tests, then the Slurm test
 
 CARGO ?= cargo
 LIBRE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/libre
 export LIBRE_CACHE
 
-.PHONY: quickstart test build libtorch bench clean-cache
+.PHONY: quickstart test test-unit test-slurm build libtorch bench clean-cache
 
 libtorch:
 	@scripts/fetch-libtorch.sh >/dev/null
@@ -22,8 +22,15 @@ quickstart: build
 
 # cargo runs test threads in parallel and each libre process would start one libtorch thread per
 # core: one intra-op thread each keeps the 2-core CI machine from oversubscribing (10x slower).
-test: libtorch
+test: test-unit test-slurm
+
+test-unit: libtorch
 	OMP_NUM_THREADS=1 $(CARGO) test --workspace --release --locked --no-fail-fast
+
+# A real single-node Slurm (installed with apt if missing; needs root): job arrays of libre detect
+# and libre evaluate, merged, equal to unsharded runs (docs/cluster.md).
+test-slurm: build
+	scripts/slurm/ci-test.sh
 
 bench: build
 	$(CARGO) bench --workspace --locked

@@ -11,6 +11,9 @@
 //! - [`zoo`]: pretrained weights fetched from package registries.
 //! - [`bayes`]: posterior families and Bayesian layers, conversion, priors, parallel MC.
 //! - [`models`]: LeNet5, DigitCNN, MLP, ResNet, WRN with PyTorch parameter names.
+//! - [`detect`]: LiBRe and the uncertainty scores, calibration, the detector file.
+//! - [`evaluate`]: research evaluation runs (attacks x models x scores -> report).
+//! - [`shard`]: one job split into N parts for Slurm job arrays / Kubernetes Indexed Jobs.
 //!
 //! Images enter every API as `[N, C, H, W]` float pixels in `[0, 1]`; normalisation lives inside
 //! the models.
@@ -27,6 +30,7 @@ pub mod evaluate;
 pub mod import;
 pub mod models;
 pub mod run;
+pub mod shard;
 pub mod train;
 pub mod victim;
 pub mod zoo;

@@ -5,6 +5,8 @@ use super::{CheckFailed, Output};
 use anyhow::Context;
 use libre::detect::detector::{DetectorMeta, DETECTOR_FORMAT};
 use libre::detect::input::{self, ImagePolicy};
+use libre::detect::parts;
+use libre::shard::Shard;
 use libre::detect::{scores, Detector, Score};
 use serde_json::{json, Map, Value};
 use std::io::{IsTerminal, Write};
@@ -44,14 +46,17 @@ pub struct CalibrateArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DetectArgs {
+    #[command(subcommand)]
+    pub cmd: Option<DetectCmd>,
     /// Image files (png, jpg, bmp, gif), folders of them (recursive), batch files or data specs.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
     /// A detector file from `libre calibrate`, or any libre checkpoint / zoo:NAME (then pass
     /// --threshold to flag).
-    #[arg(long)]
-    pub weights: String,
+    #[arg(long, required = true)]
+    pub weights: Option<String>,
     /// Scores to print, comma-separated [default: every score the model gives]; the first
     /// flags unless the detector file names its own.
     #[arg(long)]
@@ -94,6 +99,30 @@ pub struct DetectArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Run part K of N (K from 0): a contiguous range of the input batches. Needs --out; the
+    /// part is written to OUT with `{shard}` replaced by K, or `.K-of-N` before the extension,
+    /// plus a manifest; `libre detect merge` joins the parts. Without it, a Slurm job array's
+    /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT are used.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// The shard count N when the index comes from the scheduler: SLURM_ARRAY_TASK_ID as is (so
+    /// single tasks can be resubmitted) or a Kubernetes Indexed Job's JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "N")]
+    pub shard_count: Option<usize>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DetectCmd {
+    /// Join the parts of a sharded `libre detect` run (any order) into one file equal to the
+    /// unsharded output; refuses missing or overlapping parts and parts of different runs.
+    Merge {
+        /// Part files (rows files written by `libre detect --shard`).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The merged file.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn input_shape(d: &Detector) -> [usize; 3] {
@@ -192,6 +221,14 @@ enum Format {
     Csv,
     Jsonl,
     Table,
+}
+
+fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Csv => "csv",
+        Format::Jsonl => "jsonl",
+        Format::Table => "table",
+    }
 }
 
 /// One output row.
@@ -312,7 +349,31 @@ impl RowWriter {
     }
 }
 
+fn run_merge(files: &[PathBuf], dest: &Path, out: Output) -> anyhow::Result<()> {
+    let m = libre::detect::parts::merge(files, dest)?;
+    let c = m.counts;
+    out.result(
+        json!({ "out": dest, "parts": m.parts, "n": c.n, "flagged": c.flagged,
+                "skipped": c.skipped }),
+        || {
+            format!(
+                "merged {} parts into {}: {} inputs, {} flagged, {} skipped\n",
+                m.parts,
+                dest.display(),
+                c.n,
+                c.flagged,
+                c.skipped
+            )
+        },
+    );
+    Ok(())
+}
+
 pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
+    if let Some(DetectCmd::Merge { files, out: dest }) = &args.cmd {
+        return run_merge(files, dest, out);
+    }
+    let weights = args.weights.clone().expect("clap requires --weights");
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
@@ -321,8 +382,21 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
             anyhow::bail!("--threshold {t}: must be a finite number");
         }
     }
+    let shard = Shard::from_args(args.shard.as_deref(), args.shard_count, &mut |m| out.note(m))?;
+    // A part's file, checked before any work.
+    let out_path: Option<PathBuf> = match (&shard, &args.out) {
+        (Some(s), Some(p)) => Some(parts::part_path(p, *s)),
+        (Some(s), None) => anyhow::bail!(
+            "shard {s}: a sharded run needs --out (each part writes its own file and a manifest \
+             that `libre detect merge` checks)"
+        ),
+        (None, p) => p.clone(),
+    };
+    if shard.is_some() && args.format.as_deref() == Some("table") {
+        anyhow::bail!("--format table cannot be merged: sharded runs write csv or jsonl");
+    }
     let device = super::resolve_device(&args.device, &out)?;
-    let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
+    let path = libre::zoo::resolve(&weights, &mut super::fetch_note(&out))?;
     let det = Detector::load(&path, device, args.mc_samples)?;
     let shown: Vec<Score> = match &args.score {
         Some(s) => scores::parse_list(s)?,
@@ -345,16 +419,14 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         (Some(t), _, _) => Some(t),
         (None, Some(f), Some(m)) => Some(m.recalibrate(f)?.threshold),
         (None, Some(_), None) => anyhow::bail!(
-            "--fpr needs a detector file from `libre calibrate` ({} has no calibration); or \
-             pass --threshold",
-            args.weights
+            "--fpr needs a detector file from `libre calibrate` ({weights} has no calibration); \
+             or pass --threshold"
         ),
         (None, None, Some(m)) => Some(m.calibration.threshold),
         (None, None, None) => {
             out.note(format!(
-                "{} is not calibrated: no input is flagged (run `libre calibrate`, or pass \
-                 --threshold)",
-                args.weights
+                "{weights} is not calibrated: no input is flagged (run `libre calibrate`, or \
+                 pass --threshold)"
             ));
             None
         }
@@ -363,7 +435,22 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         anyhow::bail!("--fail-on-detect needs a threshold: a calibrated detector or --threshold");
     }
     let segs = input::resolve(&args.inputs, &mut super::fetch_note(&out))?;
-    let total: usize = segs.iter().map(|s| s.len()).sum();
+    let all = input::chunks(&segs, args.batch_size);
+    let batches = match shard {
+        Some(s) => s.range(all.len()),
+        None => 0..all.len(),
+    };
+    let plan = &all[batches.clone()];
+    let total: usize = plan.iter().map(|c| c.end - c.start).sum();
+    if let Some(s) = shard {
+        out.note(format!(
+            "shard {s}: batches {}..{} of {} ({total} inputs) -> {}",
+            batches.start,
+            batches.end,
+            all.len(),
+            out_path.as_ref().expect("checked above").display()
+        ));
+    }
     let want = input_shape(&det);
     let fmt = match args.format.as_deref() {
         Some("csv") => Format::Csv,
@@ -374,7 +461,7 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         _ => Format::Csv,
     };
     // --out: rows go to a temporary file beside it, renamed into place only when complete.
-    let mut tmp = match &args.out {
+    let mut tmp = match &out_path {
         Some(p) => {
             let dir = p
                 .parent()
@@ -404,9 +491,9 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         out.note("--resize: images are resampled, which weakens adversarial perturbations");
     }
     let pb = out.progress(total as u64, "detect");
-    let (mut n, mut flagged, mut skipped, mut bi) = (0usize, 0usize, 0usize, 0i64);
+    let (mut n, mut flagged, mut skipped) = (0usize, 0usize, 0usize);
     let t0 = std::time::Instant::now();
-    let res = input::stream(&segs, args.batch_size, want, policy, &mut |b| {
+    let res = input::stream(&segs, plan, want, policy, &mut |chunk, b| {
         let mut rows: Vec<Option<Row>> = (0..b.sources.len()).map(|_| None).collect();
         for (i, img) in b.images.iter().enumerate() {
             if let Err(e) = img {
@@ -427,7 +514,8 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
             }
         }
         if let Some((x, idx)) = b.tensor(want) {
-            tch::manual_seed(args.seed.wrapping_add(bi));
+            // Seeded by the global batch index: a shard draws what the unsharded run draws.
+            tch::manual_seed(args.seed.wrapping_add(chunk.index as i64));
             let (pred, sc) = det.score(&x.to_device(device), &computed)?;
             let cls = Vec::<i64>::try_from(pred.class.to_device(tch::Device::Cpu))?;
             let conf = Vec::<f64>::try_from(
@@ -454,7 +542,6 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
                 });
             }
         }
-        bi += 1;
         for r in rows.into_iter().flatten() {
             n += 1;
             if r.status != "ok" {
@@ -486,17 +573,59 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         }
     })?;
     drop(writer);
-    if let (Some(t), Some(p)) = (tmp.take(), &args.out) {
+    if let (Some(t), Some(p)) = (tmp.take(), &out_path) {
+        // A stale manifest must never vouch for new rows: it goes first, and comes back last.
+        let mp = parts::manifest_path(p);
+        if shard.is_some() && mp.exists() {
+            std::fs::remove_file(&mp).with_context(|| format!("removing {}", mp.display()))?;
+        }
         t.persist(p)
             .map_err(|e| anyhow::anyhow!("moving the rows into {}: {}", p.display(), e.error))?;
         let _ = libre::cache::make_public(p);
+        if let Some(s) = shard {
+            let rows_start: usize = all[..batches.start].iter().map(|c| c.end - c.start).sum();
+            let mut run = std::collections::BTreeMap::new();
+            let weights_sha = libre::cache::sha256_file(&path)?;
+            let settings = json!({
+                "inputs": args.inputs, "inputs_digest": input::digest(&segs),
+                "weights_sha256": weights_sha,
+                "scores": shown, "flag_score": flag_score, "threshold": threshold,
+                "samples": det.samples, "batch_size": args.batch_size, "seed": args.seed,
+                "skip_bad": args.skip_bad, "resize": args.resize,
+                "convert_channels": args.convert_channels, "format": format_name(fmt),
+            });
+            if let Value::Object(m) = settings {
+                run.extend(m);
+            }
+            let man = parts::PartManifest {
+                format: parts::PART_FORMAT.into(),
+                libre_version: libre::VERSION.into(),
+                shard: s,
+                batches: (batches.start, batches.end),
+                total_batches: all.len(),
+                rows: (rows_start, rows_start + total),
+                total_inputs: all.iter().map(|c| c.end - c.start).sum(),
+                run,
+                rows_file: p
+                    .file_name()
+                    .map(|f| f.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                rows_sha256: libre::cache::sha256_file(p)?,
+                counts: parts::Counts {
+                    n,
+                    flagged,
+                    skipped,
+                },
+            };
+            libre::cache::write_atomic(&mp, &serde_json::to_vec_pretty(&man)?)?;
+        }
     }
     let secs = t0.elapsed().as_secs_f64();
     let rate = (n - skipped) as f64 / secs.max(1e-9);
     let summary = json!({
         "n": n, "flagged": flagged, "skipped": skipped, "score": flag_score,
         "threshold": threshold, "samples": det.samples, "images_per_s": rate, "seconds": secs,
-        "out": args.out,
+        "out": out_path, "shard": shard,
     });
     out.note(format!(
         "{n} inputs: {flagged} flagged ({} >= {}), {skipped} skipped; {rate:.1} images/s (S = {})",

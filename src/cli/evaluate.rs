@@ -11,12 +11,17 @@ pub struct Args {
     #[arg(required_unless_present = "example", value_name = "EXPERIMENT.toml")]
     pub experiment: Option<PathBuf>,
     /// The report directory (cells, tables, index.html, summary.json). Rerunning with the same
-    /// directory resumes: finished cells are kept.
+    /// directory resumes: finished cells are kept. `{shard}` is replaced by the shard index.
     #[arg(long, required_unless_present = "example")]
     pub out: Option<PathBuf>,
     /// Run only cells i with i % N == K (K/N, K from 0); merge with `libre report merge`.
+    /// Without it, a Slurm job array's SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT are used.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<String>,
+    /// The shard count N when the index comes from the scheduler: SLURM_ARRAY_TASK_ID as is (so
+    /// single tasks can be resubmitted) or a Kubernetes Indexed Job's JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "N")]
+    pub shard_count: Option<usize>,
     /// Print the example experiment for MNIST and exit.
     #[arg(long)]
     pub example: bool,
@@ -103,14 +108,28 @@ pub fn auroc_text(summary: &serde_json::Value) -> String {
     s
 }
 
+/// `{shard}` in `--out` becomes the shard index, so one job-array command line gives every task
+/// its own directory.
+fn shard_dir(dir: PathBuf, shard: Option<Shard>) -> anyhow::Result<PathBuf> {
+    let s = dir.to_string_lossy();
+    if !s.contains("{shard}") {
+        return Ok(dir);
+    }
+    match shard {
+        Some(sh) => Ok(PathBuf::from(s.replace("{shard}", &sh.index.to_string()))),
+        None => anyhow::bail!("--out {s}: `{{shard}}` needs a shard (--shard K/N or a job array)"),
+    }
+}
+
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if args.example {
         print!("{EXAMPLE_MNIST}");
         return Ok(());
     }
     let path = args.experiment.expect("clap requires it");
-    let dir = args.out.expect("clap requires it");
-    let shard: Option<Shard> = args.shard.as_deref().map(str::parse).transpose()?;
+    let shard: Option<Shard> =
+        Shard::from_args(args.shard.as_deref(), args.shard_count, &mut |m| out.note(m))?;
+    let dir = shard_dir(args.out.expect("clap requires it"), shard)?;
     // Everything is validated before any work starts.
     let (text, plan) = load_plan(&path)?;
     let device = super::resolve_device(&args.device, &out)?;
@@ -123,7 +142,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         plan.attacks.len(),
         total,
         shard
-            .map(|s| format!(" (shard {}/{})", s.index, s.count))
+            .map(|s| format!(" (shard {s})"))
             .unwrap_or_default(),
         match plan.subset {
             evaluate::experiment::SubsetSpec::All => "all clean vs all adversarial images",
@@ -152,7 +171,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     ));
     if shard.is_some_and(|s| s.count > 1) {
-        let data = serde_json::json!({ "out": dir, "shard": args.shard, "cells_run": ran });
+        let data = serde_json::json!({ "out": dir, "shard": shard, "cells_run": ran });
         out.result(data, || {
             format!(
                 "shard done: {} cells in {}; join the shards with `libre report merge DIR... --out DIR`\n",

@@ -205,41 +205,93 @@ pub fn data_chunk(ds: &Dataset, start: usize, end: usize, want: [usize; 3]) -> R
     })
 }
 
-/// Streams every segment in batches of `batch_size` through `f`, decoding the next batch of image
-/// files on a second thread while `f` runs (a channel of one batch bounds the memory).
+/// One batch of a run: rows `start..end` of segment `seg`, the `index`-th batch overall.
+///
+/// The batch list depends only on the inputs and the batch size, and batches never span two
+/// segments. A shard runs a contiguous range of this list, so it computes exactly the batches an
+/// unsharded run computes (the same images together, the same per-batch seed): sharded outputs
+/// concatenate to the unsharded output bit for bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub index: usize,
+    pub seg: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The batches of `segs` in order (see [`Chunk`]).
+pub fn chunks(segs: &[Segment], batch_size: usize) -> Vec<Chunk> {
+    let bs = batch_size.max(1);
+    let mut v = Vec::new();
+    for (si, seg) in segs.iter().enumerate() {
+        for start in (0..seg.len()).step_by(bs) {
+            v.push(Chunk {
+                index: v.len(),
+                seg: si,
+                start,
+                end: (start + bs).min(seg.len()),
+            });
+        }
+    }
+    v
+}
+
+/// Streams the batches `plan` (a range of [`chunks`]) through `f`, decoding the next batch of
+/// image files on a second thread while `f` runs (a channel of one batch bounds the memory).
 pub fn stream(
     segs: &[Segment],
-    batch_size: usize,
+    plan: &[Chunk],
     want: [usize; 3],
     policy: ImagePolicy,
-    f: &mut dyn FnMut(Batch) -> Result<()>,
+    f: &mut dyn FnMut(&Chunk, Batch) -> Result<()>,
 ) -> Result<()> {
-    let bs = batch_size.max(1);
-    for seg in segs {
-        match seg {
-            Segment::Data(ds) => {
-                for s in (0..ds.len()).step_by(bs) {
-                    f(data_chunk(ds, s, (s + bs).min(ds.len()), want)?)?;
+    let files: Vec<&[PathBuf]> = plan
+        .iter()
+        .filter_map(|c| match &segs[c.seg] {
+            Segment::Images(v) => Some(&v[c.start..c.end]),
+            Segment::Data(_) => None,
+        })
+        .collect();
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+        scope.spawn(move || {
+            for chunk in files {
+                if tx.send(decode_chunk(chunk, want, policy)).is_err() {
+                    break; // the consumer stopped on an error
                 }
             }
-            Segment::Images(files) => {
-                let result = std::thread::scope(|scope| -> Result<()> {
-                    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
-                    scope.spawn(move || {
-                        for chunk in files.chunks(bs) {
-                            if tx.send(decode_chunk(chunk, want, policy)).is_err() {
-                                break; // the consumer stopped on an error
-                            }
-                        }
-                    });
-                    for b in rx {
-                        f(b)?;
-                    }
-                    Ok(())
-                });
-                result?;
+        });
+        for c in plan {
+            let b = match &segs[c.seg] {
+                Segment::Data(ds) => data_chunk(ds, c.start, c.end, want)?,
+                Segment::Images(_) => rx
+                    .recv()
+                    .expect("the decoder sends one batch per image chunk"),
+            };
+            f(c, b)?;
+        }
+        Ok(())
+    })
+}
+
+/// A digest of the ordered input list (every source name and data set size): shards of one run
+/// must agree on it, so `libre detect merge` can refuse parts that read different inputs.
+pub fn digest(segs: &[Segment]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for seg in segs {
+        match seg {
+            Segment::Images(v) => {
+                for p in v {
+                    h.update(b"file\0");
+                    h.update(p.to_string_lossy().as_bytes());
+                    h.update(b"\0");
+                }
+            }
+            Segment::Data(d) => {
+                h.update(format!("data\0{}\0{}\0{:?}\0", d.name, d.len(), d.shape()).as_bytes());
             }
         }
     }
-    Ok(())
+    format!("{:x}", h.finalize())
 }

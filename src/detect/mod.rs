@@ -8,11 +8,13 @@
 //! - [`calibrate`]: the threshold at a target false-positive rate on held-out clean data.
 //! - [`detector`]: a model + sample count + calibration, saved as one file.
 //! - [`input`]: what `libre detect` reads (images, folders, batch files, data specs), streamed.
+//! - [`parts`]: the parts of a sharded `libre detect` run and their merge.
 
 pub mod calibrate;
 pub mod detector;
 pub mod input;
 pub mod objective;
+pub mod parts;
 pub mod scores;
 
 pub use calibrate::{calibrate, Calibration};

@@ -72,25 +72,7 @@ pub fn cells(plan: &Plan) -> Vec<Cell> {
     v
 }
 
-/// `--shard K/N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl std::str::FromStr for Shard {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Shard> {
-        let bad = || Error::invalid(format!("--shard '{s}': expected K/N with 0 <= K < N"));
-        let (k, n) = s.split_once('/').ok_or_else(bad)?;
-        let (k, n): (usize, usize) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
-        if n == 0 || k >= n {
-            return Err(bad());
-        }
-        Ok(Shard { index: k, count: n })
-    }
-}
+pub use crate::shard::Shard;
 
 /// What a finished cell records beside its rows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
