@@ -141,6 +141,8 @@ pub struct Ctx {
     pending: Cell<bool>,
     features: RefCell<Option<Act>>,
     head_input: RefCell<Option<Act>>,
+    /// Every block boundary's activation by name, when [`Ctx::record_taps`] asked for them.
+    taps: RefCell<Option<Vec<(String, Act)>>>,
 }
 
 impl Ctx {
@@ -182,6 +184,7 @@ impl Ctx {
             pending: Cell::new(false),
             features: RefCell::new(None),
             head_input: RefCell::new(None),
+            taps: RefCell::new(None),
         })
     }
 
@@ -196,6 +199,9 @@ impl Ctx {
         self.pending.set(false);
         self.features.replace(None);
         self.head_input.replace(None);
+        if let Some(t) = self.taps.borrow_mut().as_mut() {
+            t.clear();
+        }
     }
 
     pub(crate) fn mean_field_scheme(&self) -> Option<McSampling> {
@@ -210,18 +216,33 @@ impl Ctx {
         self.pending.set(true);
     }
 
-    /// A block boundary: captures the activation when a Bayesian layer ran since the last mark.
-    pub fn mark(&self, a: &Act) {
+    /// A block boundary named after its last module (`conv2`, `layer4.1`): captures the
+    /// activation when a Bayesian layer ran since the last mark, and records it as a tap when
+    /// taps are on.
+    pub fn mark(&self, name: &str, a: &Act) {
         if self.pending.get() {
             self.features.replace(Some(a.shallow_clone()));
             self.pending.set(false);
         }
+        if let Some(t) = self.taps.borrow_mut().as_mut() {
+            t.push((name.to_string(), a.shallow_clone()));
+        }
     }
 
     /// The classifier head's input, the fallback feature for models without Bayesian layers.
-    pub fn mark_head(&self, a: &Act) {
-        self.mark(a);
+    pub fn mark_head(&self, name: &str, a: &Act) {
+        self.mark(name, a);
         self.head_input.replace(Some(a.shallow_clone()));
+    }
+
+    /// Record every block boundary's activation (the classic detectors read several layers).
+    pub(crate) fn record_taps(&self) {
+        self.taps.replace(Some(Vec::new()));
+    }
+
+    /// The recorded taps, in forward order.
+    pub(crate) fn take_taps(&self) -> Vec<(String, Act)> {
+        self.taps.borrow_mut().replace(Vec::new()).unwrap_or_default()
     }
 
     /// The captured features (or the head input) as recorded.

@@ -38,16 +38,17 @@ impl Net for Mlp {
         let mut a = x.flatten();
         let n = self.layers.len();
         if n == 1 {
-            ctx.mark_head(&a);
+            ctx.mark_head("input", &a);
         }
         for (i, l) in self.layers.iter().enumerate() {
             a = l.forward(&a, ctx)?;
             if i + 1 < n {
                 a = a.relu();
+                let name = format!("fc{}", i + 1);
                 if i + 2 == n {
-                    ctx.mark_head(&a);
+                    ctx.mark_head(&name, &a);
                 } else {
-                    ctx.mark(&a);
+                    ctx.mark(&name, &a);
                 }
             }
         }

@@ -171,6 +171,15 @@ pub trait Net {
     fn last_block(&self) -> Vec<String>;
 }
 
+/// One named activation of a forward (see [`BayesModel::forward_taps`]).
+#[derive(Debug)]
+pub struct Tap {
+    /// The block's name after its last module (`conv2`, `layer4.1`, `avgpool`, `logits`).
+    pub name: String,
+    /// `[B, S, ...]`.
+    pub value: Tensor,
+}
+
 /// The model API others use (training, LiBRe, attacks, checkpoints).
 pub trait BayesModel {
     fn config(&self) -> &ModelConfig;
@@ -190,6 +199,11 @@ pub trait BayesModel {
     /// holding the last Bayesian layer, `[B, S, ...]` (a model without Bayesian layers: the
     /// classifier head's input). LiBRe's detection score is their variance over S.
     fn forward_mc_with_features(&self, x: &Tensor, mode: &ForwardMode) -> Result<(Tensor, Tensor)>;
+
+    /// Logits `[B, S, K]` and the activation at every block boundary from the same forward (the
+    /// net's named taps in forward order, e.g. LeNet5's `conv1`, `conv2`, `linear1`, then
+    /// `logits`), each `[B, S, ...]`. The classic detectors (KD, LID, Mahalanobis) read these.
+    fn forward_taps(&self, x: &Tensor, mode: &ForwardMode) -> Result<(Tensor, Vec<Tap>)>;
 
     /// Paths of every convertible layer in forward order (`layer4.2.conv1`, ...).
     fn layer_paths(&self) -> Vec<String>;
@@ -279,6 +293,58 @@ impl<N: Net> Model<N> {
     }
 }
 
+impl<N: Net> Model<N> {
+    /// One forward: logits `[B, S, K]`, the LiBRe features `[B, S, ...]` and, with `taps`, every
+    /// block boundary `[B, S, ...]` by name followed by `logits`.
+    fn run(&self, x: &Tensor, mode: &ForwardMode, taps: bool) -> Result<(Tensor, Tensor, Vec<Tap>)> {
+        self.check_input(x)?;
+        let x = x.to_device(self.vs.device());
+        let x = match &self.norm {
+            Some((m, s)) => (x - m) / s,
+            None => x,
+        };
+        let ctx = Ctx::new(mode, x.size()[0])?;
+        if taps {
+            ctx.record_taps();
+        }
+        // One pass with `s` samples on the sample axis.
+        let pass = |s: i64| -> Result<(Tensor, Tensor, Vec<Tap>)> {
+            let out = self.net.forward(Act::new(x.shallow_clone()), &ctx)?;
+            // The logits close the last block (a Bayesian head has no later boundary).
+            ctx.mark("logits", &out);
+            let feats = ctx.take_features().expect("every net marks its head input");
+            let taps = ctx
+                .take_taps()
+                .into_iter()
+                .map(|(n, a)| Tap {
+                    name: n,
+                    value: a.into_samples(s),
+                })
+                .collect();
+            Ok((out.into_samples(s), feats.into_samples(s), taps))
+        };
+        let ForwardMode::SequentialMc { samples } = mode else {
+            return pass(mode.samples() as i64);
+        };
+        let (mut outs, mut feats, mut taps) = (Vec::new(), Vec::new(), Vec::<Vec<Tap>>::new());
+        for i in 0..*samples {
+            ctx.begin_pass(i);
+            let (o, f, t) = pass(1)?;
+            outs.push(o);
+            feats.push(f);
+            taps.push(t);
+        }
+        // Tap j of every pass, joined on the sample axis.
+        let joined = (0..taps.first().map_or(0, Vec::len))
+            .map(|j| Tap {
+                name: taps[0][j].name.clone(),
+                value: Tensor::cat(&taps.iter().map(|t| &t[j].value).collect::<Vec<_>>(), 1),
+            })
+            .collect();
+        Ok((Tensor::cat(&outs, 1), Tensor::cat(&feats, 1), joined))
+    }
+}
+
 impl<N: Net> BayesModel for Model<N> {
     fn config(&self) -> &ModelConfig {
         &self.cfg
@@ -291,35 +357,13 @@ impl<N: Net> BayesModel for Model<N> {
     }
 
     fn forward_mc_with_features(&self, x: &Tensor, mode: &ForwardMode) -> Result<(Tensor, Tensor)> {
-        self.check_input(x)?;
-        let x = x.to_device(self.vs.device());
-        let x = match &self.norm {
-            Some((m, s)) => (x - m) / s,
-            None => x,
-        };
-        let ctx = Ctx::new(mode, x.size()[0])?;
-        let s = mode.samples() as i64;
-        let run = |ctx: &Ctx| -> Result<(Tensor, Tensor)> {
-            let out = self.net.forward(Act::new(x.shallow_clone()), ctx)?;
-            // The logits close the last block (a Bayesian head has no later boundary).
-            ctx.mark(&out);
-            let feats = ctx.take_features().expect("every net marks its head input");
-            Ok((out.into_samples(1), feats.into_samples(1)))
-        };
-        if let ForwardMode::SequentialMc { samples } = mode {
-            let (mut outs, mut feats) = (Vec::new(), Vec::new());
-            for i in 0..*samples {
-                ctx.begin_pass(i);
-                let (o, f) = run(&ctx)?;
-                outs.push(o);
-                feats.push(f);
-            }
-            return Ok((Tensor::cat(&outs, 1), Tensor::cat(&feats, 1)));
-        }
-        let out = self.net.forward(Act::new(x), &ctx)?;
-        ctx.mark(&out);
-        let feats = ctx.take_features().expect("every net marks its head input");
-        Ok((out.into_samples(s), feats.into_samples(s)))
+        let (out, feats, _) = self.run(x, mode, false)?;
+        Ok((out, feats))
+    }
+
+    fn forward_taps(&self, x: &Tensor, mode: &ForwardMode) -> Result<(Tensor, Vec<Tap>)> {
+        let (out, _, taps) = self.run(x, mode, true)?;
+        Ok((out, taps))
     }
 
     fn layer_paths(&self) -> Vec<String> {
@@ -423,5 +467,56 @@ impl std::fmt::Debug for dyn BayesModel {
             .field("config", self.config())
             .field("posterior", &self.posterior())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bayes::{Family, LayerSelection, PosteriorConfig};
+
+    #[test]
+    fn taps_name_every_block_and_agree_with_the_plain_forward() {
+        tch::manual_seed(0);
+        let mut m = build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
+        let x = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let (logits, taps) = m.forward_taps(&x, &ForwardMode::Deterministic).unwrap();
+        let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["conv1", "conv2", "linear1", "logits"]);
+        let shapes: Vec<Vec<i64>> = taps.iter().map(|t| t.value.size()).collect();
+        assert_eq!(
+            shapes,
+            [
+                vec![3, 1, 32, 14, 14],
+                vec![3, 1, 64, 7, 7],
+                vec![3, 1, 200],
+                vec![3, 1, 10]
+            ]
+        );
+        let (l2, feats) = m
+            .forward_mc_with_features(&x, &ForwardMode::Deterministic)
+            .unwrap();
+        assert!(logits.equal(&l2) && taps[3].value.equal(&l2) && taps[2].value.equal(&feats));
+
+        // A sampled posterior: sequential passes give the parallel forward's taps.
+        m.convert(
+            &LayerSelection::All,
+            &PosteriorConfig::new(Family::MeanField, 4),
+        )
+        .unwrap();
+        tch::manual_seed(1);
+        let (_, par) = m
+            .forward_taps(&x, &ForwardMode::ParallelMc { samples: 4 })
+            .unwrap();
+        tch::manual_seed(1);
+        let (_, seq) = m
+            .forward_taps(&x, &ForwardMode::SequentialMc { samples: 4 })
+            .unwrap();
+        for (p, s) in par.iter().zip(&seq) {
+            assert_eq!(p.name, s.name);
+            assert_eq!(p.value.size()[1], 4);
+            assert!(p.value.allclose(&s.value, 1e-4, 1e-5, false), "{}", p.name);
+        }
+        assert!(par[0].value.std(false).double_value(&[]) > 0.0);
     }
 }

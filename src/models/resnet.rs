@@ -201,15 +201,15 @@ impl Net for ResNet {
         if !self.cifar_stem {
             a = a.max_pool2d(3, 2, 1);
         }
-        ctx.mark(&a);
-        for layer in &self.layers {
-            for block in layer {
+        ctx.mark("conv1", &a);
+        for (li, layer) in self.layers.iter().enumerate() {
+            for (bi, block) in layer.iter().enumerate() {
                 a = block.forward(&a, ctx)?;
-                ctx.mark(&a);
+                ctx.mark(&format!("layer{}.{bi}", li + 1), &a);
             }
         }
         let a = a.global_avg_pool();
-        ctx.mark_head(&a);
+        ctx.mark_head("avgpool", &a);
         self.fc.forward(&a, ctx)
     }
 
