@@ -129,6 +129,40 @@ pub(crate) enum Plan {
     PerExample { batch: i64, ts: TrainSampling },
 }
 
+/// MC dropout (Gal & Ghahramani 2016, the LiBRe paper's baseline; Feinman et al. 2017's "Bayesian
+/// uncertainty"): dropout kept on at test time at the outputs of the named blocks (the model's tap
+/// names, e.g. LeNet5's `conv2`, `linear1`), S masks per image in one parallel forward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McDropout {
+    /// Block (tap) names whose outputs are dropped.
+    pub layers: Vec<String>,
+    /// Drop probability, in (0, 1); kept units are scaled by 1 / (1 - p).
+    pub p: f64,
+    /// Masks per image (the MC sample count).
+    pub samples: usize,
+}
+
+impl McDropout {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.p > 0.0 && self.p < 1.0) {
+            return Err(Error::invalid(format!(
+                "dropout probability {}: must lie in (0, 1)",
+                self.p
+            )));
+        }
+        if self.layers.is_empty() {
+            return Err(Error::invalid("MC dropout needs at least one layer"));
+        }
+        if self.samples < 2 {
+            return Err(Error::invalid(format!(
+                "MC dropout with {} sample(s): needs at least 2",
+                self.samples
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Per-forward state shared by all layers of one model call.
 pub struct Ctx {
     pub(crate) plan: Plan,
@@ -143,6 +177,8 @@ pub struct Ctx {
     head_input: RefCell<Option<Act>>,
     /// Every block boundary's activation by name, when [`Ctx::record_taps`] asked for them.
     taps: RefCell<Option<Vec<(String, Act)>>>,
+    /// Dropout at block boundaries, applied in the MC modes only.
+    dropout: Option<McDropout>,
 }
 
 impl Ctx {
@@ -185,6 +221,7 @@ impl Ctx {
             features: RefCell::new(None),
             head_input: RefCell::new(None),
             taps: RefCell::new(None),
+            dropout: None,
         })
     }
 
@@ -219,7 +256,8 @@ impl Ctx {
     /// A block boundary named after its last module (`conv2`, `layer4.1`): captures the
     /// activation when a Bayesian layer ran since the last mark, and records it as a tap when
     /// taps are on.
-    pub fn mark(&self, name: &str, a: &Act) {
+    pub fn mark(&self, name: &str, a: Act) -> Result<Act> {
+        let a = self.drop_out(name, a)?;
         if self.pending.get() {
             self.features.replace(Some(a.shallow_clone()));
             self.pending.set(false);
@@ -227,12 +265,60 @@ impl Ctx {
         if let Some(t) = self.taps.borrow_mut().as_mut() {
             t.push((name.to_string(), a.shallow_clone()));
         }
+        Ok(a)
     }
 
     /// The classifier head's input, the fallback feature for models without Bayesian layers.
-    pub fn mark_head(&self, name: &str, a: &Act) {
-        self.mark(name, a);
+    pub fn mark_head(&self, name: &str, a: Act) -> Result<Act> {
+        let a = self.mark(name, a)?;
         self.head_input.replace(Some(a.shallow_clone()));
+        Ok(a)
+    }
+
+    /// Turns MC dropout on for this forward (it acts in the MC modes only).
+    pub(crate) fn set_dropout(&mut self, d: Option<McDropout>) {
+        self.dropout = d;
+    }
+
+    /// MC dropout at block `name`: `[B, (S,) ...]` -> `[B, S, ...]` with an independent mask per
+    /// image and sample. The masks of all S samples are drawn at once (cached by block name in
+    /// sequential passes), so sequential passes see the parallel forward's masks for one seed.
+    fn drop_out(&self, name: &str, a: Act) -> Result<Act> {
+        let Some(d) = self.dropout.as_ref().filter(|d| d.layers.iter().any(|l| l == name)) else {
+            return Ok(a);
+        };
+        let s = match (&self.plan, self.seq.get()) {
+            (Plan::Shared { samples }, _) => *samples,
+            (Plan::Mean, Some(_)) => self.seq_samples,
+            _ => return Ok(a), // deterministic and training forwards: no dropout
+        };
+        let mask_for = |shape: &[i64]| -> Tensor {
+            let keep = 1.0 - d.p;
+            Tensor::empty(shape, (a.t.kind(), a.t.device())).bernoulli_float_(keep) / keep
+        };
+        match (self.seq.get(), a.samples) {
+            (Some(pass), None) => {
+                let mut cache = self.cache.borrow_mut();
+                let key = format!("dropout:{name}");
+                if !cache.contains_key(&key) {
+                    let mut shape = a.t.size();
+                    shape.insert(1, s);
+                    cache.insert(key.clone(), mask_for(&shape));
+                }
+                let m = cache[&key].select(1, pass as i64);
+                Ok(Act::with(&a.t * m, None))
+            }
+            (None, None) => {
+                let t = a.t.unsqueeze(1);
+                let mut shape = t.size();
+                shape[1] = s;
+                Ok(Act::with(&t * mask_for(&shape), Some(s)))
+            }
+            (_, Some(_)) => {
+                let m = mask_for(&a.t.size());
+                Ok(Act::with(&a.t * m, a.samples))
+            }
+        }
     }
 
     /// Record every block boundary's activation (the classic detectors read several layers).

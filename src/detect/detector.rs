@@ -48,6 +48,14 @@ pub struct Detector {
 /// The MC sample count for a model: 1 for a DNN (asking for more is an error), the requested or
 /// the posterior's own S for a Bayesian model (an ensemble cannot give more than its members).
 pub fn samples_for(model: &dyn BayesModel, requested: Option<usize>) -> Result<usize> {
+    if let Some(d) = model.mc_dropout() {
+        // Any number of dropout masks can be drawn.
+        return match requested {
+            Some(0) => Err(Error::invalid("--mc-samples must be at least 1")),
+            Some(s) => Ok(s),
+            None => Ok(d.samples),
+        };
+    }
     samples_for_posterior(model.posterior(), &model.config().arch, requested)
 }
 
@@ -79,7 +87,7 @@ pub fn samples_for_posterior(
 
 /// The forward mode that gives `samples` predictions (deterministic for one sample of a DNN).
 pub fn mode_for(model: &dyn BayesModel, samples: usize) -> ForwardMode {
-    if model.posterior().is_none() {
+    if model.posterior().is_none() && model.mc_dropout().is_none() {
         ForwardMode::Deterministic
     } else {
         ForwardMode::ParallelMc { samples }

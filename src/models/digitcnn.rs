@@ -40,11 +40,11 @@ impl DigitCnn {
 impl Net for DigitCnn {
     fn forward(&self, x: Act, ctx: &Ctx) -> Result<Act> {
         let a = self.features_0.forward(&x, ctx)?.relu().max_pool2d(2, 2, 0);
-        ctx.mark("features.0", &a);
+        let a = ctx.mark("features.0", a)?;
         let a = self.features_3.forward(&a, ctx)?.relu().max_pool2d(2, 2, 0);
-        ctx.mark("features.3", &a);
+        let a = ctx.mark("features.3", a)?;
         let a = self.classifier_0.forward(&a.flatten(), ctx)?.relu();
-        ctx.mark_head("classifier.0", &a);
+        let a = ctx.mark_head("classifier.0", a)?;
         self.classifier_2.forward(&a, ctx)
     }
     fn layers(&self) -> Vec<&dyn BayesLayer> {

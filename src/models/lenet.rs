@@ -48,11 +48,11 @@ impl LeNet5 {
 impl Net for LeNet5 {
     fn forward(&self, x: Act, ctx: &Ctx) -> Result<Act> {
         let a = self.conv1.forward(&x, ctx)?.relu().max_pool2d(2, 2, 0);
-        ctx.mark("conv1", &a);
+        let a = ctx.mark("conv1", a)?;
         let a = self.conv2.forward(&a, ctx)?.relu().max_pool2d(2, 2, 0);
-        ctx.mark("conv2", &a);
+        let a = ctx.mark("conv2", a)?;
         let a = self.linear1.forward(&a.flatten(), ctx)?.relu();
-        ctx.mark_head("linear1", &a);
+        let a = ctx.mark_head("linear1", a)?;
         self.linear2.forward(&a, ctx)
     }
     fn layers(&self) -> Vec<&dyn BayesLayer> {

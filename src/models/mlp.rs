@@ -38,7 +38,7 @@ impl Net for Mlp {
         let mut a = x.flatten();
         let n = self.layers.len();
         if n == 1 {
-            ctx.mark_head("input", &a);
+            a = ctx.mark_head("input", a)?;
         }
         for (i, l) in self.layers.iter().enumerate() {
             a = l.forward(&a, ctx)?;
@@ -46,9 +46,9 @@ impl Net for Mlp {
                 a = a.relu();
                 let name = format!("fc{}", i + 1);
                 if i + 2 == n {
-                    ctx.mark_head(&name, &a);
+                    a = ctx.mark_head(&name, a)?;
                 } else {
-                    ctx.mark(&name, &a);
+                    a = ctx.mark(&name, a)?;
                 }
             }
         }

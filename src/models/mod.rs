@@ -18,6 +18,7 @@ pub use mlp::Mlp;
 pub use resnet::ResNet;
 pub use wrn::WideResNet;
 
+use crate::bayes::mode::McDropout;
 use crate::bayes::{Act, BayesLayer, Ctx, Family, ForwardMode, LayerSelection, PosteriorConfig};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -220,6 +221,11 @@ pub trait BayesModel {
     fn to_deterministic(&mut self) -> Result<()>;
     /// The current posterior, None for a DNN.
     fn posterior(&self) -> Option<&PosteriorMeta>;
+
+    /// Keeps dropout on at the named blocks in the MC forward modes (None: off). Errors, naming
+    /// the valid names, for a block the model does not have.
+    fn set_mc_dropout(&mut self, d: Option<McDropout>) -> Result<()>;
+    fn mc_dropout(&self) -> Option<&McDropout>;
 }
 
 /// A [`Net`] with its VarStore and config.
@@ -229,6 +235,7 @@ pub struct Model<N: Net> {
     cfg: ModelConfig,
     norm: Option<(Tensor, Tensor)>,
     posterior: Option<PosteriorMeta>,
+    mc_dropout: Option<McDropout>,
 }
 
 impl<N: Net> Model<N> {
@@ -260,6 +267,7 @@ impl<N: Net> Model<N> {
             cfg: cfg.clone(),
             norm,
             posterior: None,
+            mc_dropout: None,
         })
     }
 
@@ -303,7 +311,8 @@ impl<N: Net> Model<N> {
             Some((m, s)) => (x - m) / s,
             None => x,
         };
-        let ctx = Ctx::new(mode, x.size()[0])?;
+        let mut ctx = Ctx::new(mode, x.size()[0])?;
+        ctx.set_dropout(self.mc_dropout.clone());
         if taps {
             ctx.record_taps();
         }
@@ -311,7 +320,7 @@ impl<N: Net> Model<N> {
         let pass = |s: i64| -> Result<(Tensor, Tensor, Vec<Tap>)> {
             let out = self.net.forward(Act::new(x.shallow_clone()), &ctx)?;
             // The logits close the last block (a Bayesian head has no later boundary).
-            ctx.mark("logits", &out);
+            let out = ctx.mark("logits", out)?;
             let feats = ctx.take_features().expect("every net marks its head input");
             let taps = ctx
                 .take_taps()
@@ -446,6 +455,36 @@ impl<N: Net> BayesModel for Model<N> {
     fn posterior(&self) -> Option<&PosteriorMeta> {
         self.posterior.as_ref()
     }
+
+    fn set_mc_dropout(&mut self, d: Option<McDropout>) -> Result<()> {
+        if let Some(d) = &d {
+            d.validate()?;
+            let c = &self.cfg;
+            let x = Tensor::zeros(
+                [1, c.in_channels, c.image_size, c.image_size],
+                (Kind::Float, Device::Cpu),
+            );
+            let (_, _, taps) = tch::no_grad(|| self.run(&x, &ForwardMode::Deterministic, true))?;
+            let names: Vec<&str> = taps
+                .iter()
+                .map(|t| t.name.as_str())
+                .filter(|n| *n != "logits")
+                .collect();
+            if let Some(bad) = d.layers.iter().find(|l| !names.contains(&l.as_str())) {
+                return Err(Error::invalid(format!(
+                    "MC dropout at '{bad}': {} has the blocks {}",
+                    c.arch,
+                    names.join(", ")
+                )));
+            }
+        }
+        self.mc_dropout = d;
+        Ok(())
+    }
+
+    fn mc_dropout(&self) -> Option<&McDropout> {
+        self.mc_dropout.as_ref()
+    }
 }
 
 /// Builds a freshly initialised point model of `cfg.arch` on `device`.
@@ -475,8 +514,12 @@ mod tests {
     use super::*;
     use crate::bayes::{Family, LayerSelection, PosteriorConfig};
 
+    /// libtorch's generator is global: tests that reseed it must not interleave.
+    static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn taps_name_every_block_and_agree_with_the_plain_forward() {
+        let _g = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(0);
         let mut m = build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
         let x = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
@@ -518,5 +561,52 @@ mod tests {
             assert!(p.value.allclose(&s.value, 1e-4, 1e-5, false), "{}", p.name);
         }
         assert!(par[0].value.std(false).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn mc_dropout_masks_named_blocks_in_mc_modes_only() {
+        let _g = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(0);
+        let mut m = build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
+        let x = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let (plain, ptaps) = m.forward_taps(&x, &ForwardMode::Deterministic).unwrap();
+        let d = |layers: &[&str], p: f64| McDropout {
+            layers: layers.iter().map(|s| s.to_string()).collect(),
+            p,
+            samples: 6,
+        };
+        let err = m.set_mc_dropout(Some(d(&["fc9"], 0.5))).unwrap_err().to_string();
+        assert!(err.contains("fc9") && err.contains("conv1, conv2, linear1"), "{err}");
+        assert!(m.set_mc_dropout(Some(d(&["linear1"], 1.0))).is_err());
+        m.set_mc_dropout(Some(d(&["conv2", "linear1"], 0.5))).unwrap();
+        // Deterministic forwards ignore it.
+        let (det, _) = m.forward_taps(&x, &ForwardMode::Deterministic).unwrap();
+        assert!(det.equal(&plain));
+        let mode = ForwardMode::ParallelMc { samples: 6 };
+        tch::manual_seed(3);
+        let (par, taps) = m.forward_taps(&x, &mode).unwrap();
+        assert_eq!(par.size(), [3, 6, 10]);
+        assert!(par.std_dim(1, true, false).min().double_value(&[]) > 0.0);
+        // conv1 untouched (the same for every sample); conv2's kept units scaled by 1 / (1 - p).
+        assert_eq!(taps[0].value.size(), [3, 6, 32, 14, 14]);
+        assert!(taps[0].value.equal(&ptaps[0].value.expand_as(&taps[0].value)));
+        let c2 = &taps[1].value; // [3, 6, 64, 7, 7]
+        let base = ptaps[1].value.expand_as(c2);
+        let kept = c2.ne(0.0);
+        assert!((c2 - &base * 2.0)
+            .masked_select(&kept)
+            .abs()
+            .max()
+            .double_value(&[])
+            < 1e-5);
+        let frac = kept.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        let nonzero = base.ne(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!((frac / nonzero - 0.5).abs() < 0.05, "{frac} {nonzero}");
+        // Sequential passes draw the parallel forward's masks.
+        tch::manual_seed(3);
+        let (seq, _) = m
+            .forward_taps(&x, &ForwardMode::SequentialMc { samples: 6 })
+            .unwrap();
+        assert!(seq.allclose(&par, 1e-4, 1e-5, false));
     }
 }

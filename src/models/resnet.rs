@@ -201,15 +201,15 @@ impl Net for ResNet {
         if !self.cifar_stem {
             a = a.max_pool2d(3, 2, 1);
         }
-        ctx.mark("conv1", &a);
+        a = ctx.mark("conv1", a)?;
         for (li, layer) in self.layers.iter().enumerate() {
             for (bi, block) in layer.iter().enumerate() {
                 a = block.forward(&a, ctx)?;
-                ctx.mark(&format!("layer{}.{bi}", li + 1), &a);
+                a = ctx.mark(&format!("layer{}.{bi}", li + 1), a)?;
             }
         }
         let a = a.global_avg_pool();
-        ctx.mark_head("avgpool", &a);
+        let a = ctx.mark_head("avgpool", a)?;
         self.fc.forward(&a, ctx)
     }
 

@@ -107,15 +107,15 @@ impl WideResNet {
 impl Net for WideResNet {
     fn forward(&self, x: Act, ctx: &Ctx) -> Result<Act> {
         let mut a = self.conv1.forward(&x, ctx)?;
-        ctx.mark("conv1", &a);
+        a = ctx.mark("conv1", a)?;
         for (gi, group) in self.blocks.iter().enumerate() {
             for (bi, b) in group.iter().enumerate() {
                 a = b.forward(&a, ctx)?;
-                ctx.mark(&format!("block{}.layer.{bi}", gi + 1), &a);
+                a = ctx.mark(&format!("block{}.layer.{bi}", gi + 1), a)?;
             }
         }
         let a = self.bn1.forward(&a, ctx)?.relu().global_avg_pool();
-        ctx.mark_head("avgpool", &a);
+        let a = ctx.mark_head("avgpool", a)?;
         self.fc.forward(&a, ctx)
     }
 
