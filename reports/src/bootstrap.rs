@@ -36,6 +36,9 @@ impl Default for BootstrapConfig {
     }
 }
 
+/// The largest accepted resample count.
+pub const MAX_RESAMPLES: usize = 100_000;
+
 impl BootstrapConfig {
     /// Rejects settings no interval can be computed from.
     pub fn validate(&self) -> Result<()> {
@@ -44,6 +47,16 @@ impl BootstrapConfig {
                 name: "n_resamples (--bootstrap)",
                 value: self.n_resamples.to_string(),
                 constraint: "need at least 2 resamples for an interval",
+            });
+        }
+        // Each resample keeps its metrics in memory (and costs a full metric computation); past
+        // this the percentile interval's Monte Carlo error is far below any reported digit.
+        if self.n_resamples > MAX_RESAMPLES {
+            return Err(ReportError::InvalidArgument {
+                name: "n_resamples (--bootstrap)",
+                value: self.n_resamples.to_string(),
+                constraint: "at most 100000 resamples (10000 already fix a 95% interval to well \
+                             under 0.01)",
             });
         }
         if !(self.level > 0.0 && self.level < 1.0) {
@@ -254,5 +267,12 @@ mod tests {
             ..Default::default()
         };
         assert!(bootstrap_detection(&s, &l, &cfg).is_err());
+        // Refused before any work (1e9 resamples used to abort on allocation).
+        let cfg = BootstrapConfig {
+            n_resamples: 1_000_000_000,
+            ..Default::default()
+        };
+        let e = bootstrap_detection(&s, &l, &cfg).unwrap_err().to_string();
+        assert!(e.contains("100000"), "{e}");
     }
 }
