@@ -137,3 +137,30 @@ mod tests {
         assert_eq!(resolve(DeviceSpec::Cpu).unwrap(), Device::Cpu);
     }
 }
+
+/// Bytes of memory the device can still give, when known: the kernel's `MemAvailable` for the
+/// CPU (Linux); None elsewhere (CUDA reports its own out-of-memory errors, which tch returns).
+pub fn available_bytes(d: Device) -> Option<u64> {
+    if d != Device::Cpu {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses an allocation of `bytes` for `what` that cannot fit in the device's available memory,
+/// before libtorch tries (and aborts, or the kernel kills the process).
+pub fn check_fits(d: Device, bytes: u64, what: &str) -> Result<()> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    match available_bytes(d) {
+        Some(avail) if bytes > avail => Err(Error::invalid(format!(
+            "{what} needs about {:.1} GiB, and {} has {:.1} GiB available",
+            gib(bytes),
+            name(d),
+            gib(avail)
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -154,3 +154,41 @@ fn convert_then_deterministic_eval_is_the_dnn() {
     );
     assert!(!f.exists());
 }
+
+/// Sizes that cannot fit are refused before libtorch allocates (they used to abort or grow until
+/// the kernel killed the process), naming the cause; nothing is written.
+#[test]
+fn impossible_sizes_are_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.safetensors");
+    for args in [
+        &["--posterior", "ensemble", "--mc-samples", "100000"][..],
+        &["--posterior", "low-rank", "--rank", "100000"][..],
+    ] {
+        let o = libre()
+            .args(["convert", "--weights", "zoo:lenet5-mnist", "--out"])
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("GiB available"), "{err}");
+        assert!(!out.exists());
+    }
+    let mf = dir.path().join("mf.safetensors");
+    libre()
+        .args(["-q", "convert", "--weights", "zoo:lenet5-mnist", "--posterior", "mean-field"])
+        .args(["--layers", "linear1", "--out"])
+        .arg(&mf)
+        .assert()
+        .success();
+    let o = libre()
+        .args(["eval", "--data", "mnist:test[0:10]", "--mc-samples", "100000000", "--weights"])
+        .arg(&mf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("lower --mc-samples"), "{err}");
+}

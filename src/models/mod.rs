@@ -236,6 +236,9 @@ pub struct Model<N: Net> {
     norm: Option<(Tensor, Tensor)>,
     posterior: Option<PosteriorMeta>,
     mc_dropout: Option<McDropout>,
+    /// Floats of all block activations of one image (measured once), for the memory check of
+    /// parallel MC forwards.
+    act_floats: std::sync::OnceLock<u64>,
 }
 
 impl<N: Net> Model<N> {
@@ -268,6 +271,7 @@ impl<N: Net> Model<N> {
             norm,
             posterior: None,
             mc_dropout: None,
+            act_floats: std::sync::OnceLock::new(),
         })
     }
 
@@ -302,6 +306,48 @@ impl<N: Net> Model<N> {
 }
 
 impl<N: Net> Model<N> {
+    /// Refuses a parallel MC forward of `batch` images x `samples` whose activations (and, for
+    /// mean-field layers, weight draws) cannot fit, before libtorch aborts on the allocation.
+    fn check_mc_memory(&self, batch: u64, samples: u64) -> Result<()> {
+        if crate::device::available_bytes(self.vs.device()).is_none() {
+            return Ok(());
+        }
+        let per_image = match self.act_floats.get() {
+            Some(v) => *v,
+            None => {
+                let c = &self.cfg;
+                let x = Tensor::zeros(
+                    [1, c.in_channels, c.image_size, c.image_size],
+                    (Kind::Float, self.vs.device()),
+                );
+                let (_, _, taps) =
+                    tch::no_grad(|| self.run(&x, &ForwardMode::Deterministic, true))?;
+                let v = taps.iter().map(|t| t.value.numel() as u64).sum();
+                *self.act_floats.get_or_init(|| v)
+            }
+        };
+        let drawn: u64 = self
+            .net
+            .layers()
+            .iter()
+            .filter(|l| l.family() == Family::MeanField)
+            .flat_map(|l| l.params())
+            .map(|p| p.shape().iter().product::<i64>() as u64)
+            .sum();
+        // x2: the backward of an attack keeps the activations and their gradients.
+        let floats = batch
+            .saturating_mul(samples)
+            .saturating_mul(per_image)
+            .saturating_add(samples.saturating_mul(drawn))
+            .saturating_mul(2);
+        crate::device::check_fits(
+            self.vs.device(),
+            floats.saturating_mul(4),
+            &format!("a parallel MC forward of {batch} image(s) x {samples} samples"),
+        )
+        .map_err(|e| Error::invalid(format!("{e}: lower --mc-samples or --batch-size")))
+    }
+
     /// One forward: logits `[B, S, K]`, the LiBRe features `[B, S, ...]` and, with `taps`, every
     /// block boundary `[B, S, ...]` by name followed by `logits`.
     fn run(&self, x: &Tensor, mode: &ForwardMode, taps: bool) -> Result<(Tensor, Tensor, Vec<Tap>)> {
@@ -311,6 +357,9 @@ impl<N: Net> Model<N> {
             Some((m, s)) => (x - m) / s,
             None => x,
         };
+        if let ForwardMode::ParallelMc { samples } = mode {
+            self.check_mc_memory(x.size()[0] as u64, *samples as u64)?;
+        }
         let mut ctx = Ctx::new(mode, x.size()[0])?;
         ctx.set_dropout(self.mc_dropout.clone());
         if taps {
@@ -426,6 +475,43 @@ impl<N: Net> BayesModel for Model<N> {
                 already.join(", ")
             )));
         }
+        // The new tensors, counted before any is allocated (a 100000-member ensemble used to
+        // abort inside libtorch).
+        let (s, r) = (cfg.samples as u64, cfg.rank as u64);
+        let mut floats = 0u64;
+        for l in self.net.layers() {
+            if chosen.iter().any(|c| c == l.path()) {
+                for p in l.params() {
+                    let shape: Vec<u64> = p.shape().iter().map(|&d| d as u64).collect();
+                    let n: u64 = shape.iter().product();
+                    floats = floats.saturating_add(match cfg.family {
+                        Family::MeanField => n,
+                        Family::Ensemble => s.saturating_mul(n),
+                        Family::LowRank if shape.len() >= 2 => {
+                            let (out, rest) = (shape[0], n / shape[0].max(1));
+                            s.saturating_mul(r).saturating_mul(out.saturating_add(rest))
+                        }
+                        _ => 0,
+                    });
+                }
+            }
+        }
+        // The conversion holds a temporary copy while the tensors enter the VarStore.
+        crate::device::check_fits(
+            self.vs.device(),
+            floats.saturating_mul(8),
+            &format!(
+                "converting {} layer(s) to {} (S = {}{})",
+                chosen.len(),
+                cfg.family,
+                cfg.samples,
+                if cfg.family == Family::LowRank {
+                    format!(", rank {}", cfg.rank)
+                } else {
+                    String::new()
+                }
+            ),
+        )?;
         let vs = &self.vs;
         for l in self.net.layers_mut() {
             if chosen.iter().any(|c| c == l.path()) {
