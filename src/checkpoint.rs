@@ -134,20 +134,33 @@ fn sorted_vars(model: &dyn BayesModel) -> Vec<(String, Tensor)> {
     v
 }
 
+/// Names of tensors that are not model parameters (a fitted detector's state) start with this;
+/// loading a model skips them.
+pub const EXTRA_PREFIX: &str = "extra/";
+
 /// Writes `model` to `path` atomically (temporary file in the same directory, then rename).
 pub fn save(path: impl AsRef<Path>, model: &dyn BayesModel) -> Result<()> {
-    save_with(path, model, &[])
+    save_with(path, model, &[], &[])
 }
 
 /// [`save`] with extra safetensors metadata entries (e.g. a detector's calibration). Readers of
 /// plain checkpoints ignore them, so such a file is still a `--weights` checkpoint.
+///
+/// `tensors` are stored as `extra/NAME` beside the parameters (a fitted detector's state; read
+/// them back with [`read_extra_tensors`]).
 pub fn save_with(
     path: impl AsRef<Path>,
     model: &dyn BayesModel,
     extra: &[(&str, String)],
+    tensors: &[(String, Tensor)],
 ) -> Result<()> {
     let path = path.as_ref();
-    let vars = sorted_vars(model);
+    let mut vars = sorted_vars(model);
+    vars.extend(
+        tensors
+            .iter()
+            .map(|(n, t)| (format!("{EXTRA_PREFIX}{n}"), t.shallow_clone())),
+    );
     let bad = non_finite(&vars);
     if !bad.is_empty() {
         return Err(Error::Checkpoint(format!(
@@ -209,6 +222,15 @@ pub fn read(path: impl AsRef<Path>) -> Result<(CheckpointMeta, Vec<(String, Tens
         .collect::<Result<_>>()?;
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((meta, tensors))
+}
+
+/// The `extra/` tensors of a file written by [`save_with`], by name without the prefix.
+pub fn read_extra_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
+    let (_, tensors) = read(path)?;
+    Ok(tensors
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix(EXTRA_PREFIX).map(|r| (r.to_string(), t)))
+        .collect())
 }
 
 /// Reads one extra metadata entry (see [`save_with`]) without decoding the tensors.
@@ -308,7 +330,8 @@ pub fn load(
     device: Device,
 ) -> Result<(Box<dyn BayesModel>, CheckpointMeta)> {
     let path = path.as_ref();
-    let (meta, tensors) = read(path)?;
+    let (meta, mut tensors) = read(path)?;
+    tensors.retain(|(n, _)| !n.starts_with(EXTRA_PREFIX));
     let mut model = models::build(&meta.model, device)
         .map_err(|e| Error::bad_file(path, format!("metadata describes no valid model: {e}")))?;
     if let Some(p) = &meta.posterior {
@@ -323,7 +346,8 @@ pub fn load(
 /// Loads a checkpoint into an existing model of the same architecture and posterior.
 pub fn load_into(path: impl AsRef<Path>, model: &dyn BayesModel) -> Result<CheckpointMeta> {
     let path = path.as_ref();
-    let (meta, tensors) = read(path)?;
+    let (meta, mut tensors) = read(path)?;
+    tensors.retain(|(n, _)| !n.starts_with(EXTRA_PREFIX));
     if meta.model.arch != model.config().arch {
         return Err(Error::Checkpoint(format!(
             "{} holds a {} model, not {}: pass the matching --model or omit it",

@@ -7,6 +7,8 @@ use libre::detect::detector::{DetectorMeta, DETECTOR_FORMAT};
 use libre::detect::input::{self, ImagePolicy};
 use libre::detect::parts;
 use libre::shard::Shard;
+use libre::bayes::mode::McDropout;
+use libre::detect::classic::{self, Classic, ClassicConfig, ClassicKind};
 use libre::detect::{scores, Detector, Score};
 use serde_json::{json, Map, Value};
 use std::io::{IsTerminal, Write};
@@ -43,6 +45,163 @@ pub struct CalibrateArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// The detector: `libre` (the model's uncertainty scores), `mc-dropout` (dropout kept on at
+    /// --dropout blocks, scored like a BNN), or a classic detector fitted here: `kd`, `kd-bu`,
+    /// `lid`, `mahalanobis` (docs/detection.md, "Baselines").
+    #[arg(long, default_value = "libre")]
+    pub detector: String,
+    /// Blocks whose outputs MC dropout drops (comma list of the model's block names, e.g.
+    /// conv2,linear1 for LeNet5): mc-dropout, and BU in kd-bu.
+    #[arg(long, value_name = "BLOCKS")]
+    pub dropout: Option<String>,
+    /// MC dropout's drop probability.
+    #[arg(long, default_value_t = 0.5)]
+    pub dropout_p: f64,
+    /// Classic detectors: clean labelled images to fit the densities, class Gaussians or LID
+    /// reference on (disjoint from --data), e.g. mnist:train[0:10000].
+    #[arg(long, value_name = "SPEC")]
+    pub fit_data: Option<String>,
+    /// Logistic-regression forms (kd-bu, lid, multi-block mahalanobis): adversarial images (a
+    /// batch file from `libre attack`), the positives.
+    #[arg(long, value_name = "FILE")]
+    pub fit_adversarial: Option<String>,
+    /// ... and clean images, the negatives (the images the adversarial file was crafted from).
+    #[arg(long, value_name = "SPEC")]
+    pub fit_clean: Option<String>,
+    /// Blocks read by lid / mahalanobis (comma list) [default: all; mahalanobis without a
+    /// logistic regression: the last].
+    #[arg(long, value_name = "BLOCKS")]
+    pub layers: Option<String>,
+    /// KD bandwidth (Feinman et al.: 1.20 for MNIST, 0.26 for CIFAR-10).
+    #[arg(long, default_value_t = 1.2)]
+    pub bandwidth: f64,
+    /// LID neighbours.
+    #[arg(long, default_value_t = 20)]
+    pub lid_k: usize,
+    /// LID clean reference set size (the first N of --fit-data).
+    #[arg(long, default_value_t = 100)]
+    pub lid_reference: usize,
+    /// Mahalanobis input pre-processing magnitude (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub noise: f64,
+}
+
+fn comma_list(s: &Option<String>) -> Vec<String> {
+    s.as_deref()
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Builds `det` into the detector `--detector` asks for: MC dropout set on the model, or a
+/// classic detector fitted on --fit-data (and the logistic regression's examples).
+fn build_detector(
+    args: &CalibrateArgs,
+    det: &mut Detector,
+    device: tch::Device,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let dropout = |samples: usize| -> anyhow::Result<Option<McDropout>> {
+        let layers = comma_list(&args.dropout);
+        if layers.is_empty() {
+            return Ok(None);
+        }
+        let d = McDropout {
+            layers,
+            p: args.dropout_p,
+            samples,
+        };
+        d.validate()?;
+        Ok(Some(d))
+    };
+    let s = args.mc_samples.unwrap_or(20);
+    match args.detector.as_str() {
+        "libre" => {
+            if args.dropout.is_some() || args.fit_data.is_some() {
+                anyhow::bail!(
+                    "--dropout / --fit-data belong to --detector mc-dropout or a classic detector"
+                );
+            }
+            Ok(())
+        }
+        "mc-dropout" => {
+            if det.model.posterior().is_some() {
+                anyhow::bail!(
+                    "--detector mc-dropout takes a deterministic network (this one has a posterior)"
+                );
+            }
+            let d = dropout(s)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--detector mc-dropout needs --dropout BLOCKS (the model's blocks: {})",
+                    classic::block_names(det.model.as_ref())
+                        .map(|v| v.join(", "))
+                        .unwrap_or_default()
+                )
+            })?;
+            det.model.set_mc_dropout(Some(d))?;
+            det.samples = s;
+            Ok(())
+        }
+        name => {
+            let kind: ClassicKind = name.parse()?;
+            let fit = args.fit_data.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--detector {name} is fitted on clean labelled images: pass --fit-data SPEC \
+                     (disjoint from the calibration --data)"
+                )
+            })?;
+            let cfg = ClassicConfig {
+                kind,
+                layers: comma_list(&args.layers),
+                bandwidth: args.bandwidth,
+                k: args.lid_k,
+                reference: args.lid_reference,
+                noise: args.noise,
+                dropout: dropout(s)?,
+            };
+            cfg.validate()?;
+            let fit_ds = libre::data::open(fit, None, &mut super::fetch_note(out))?;
+            let lr = match (&args.fit_adversarial, &args.fit_clean) {
+                (Some(a), Some(c)) => Some((
+                    (libre::data::open(a, None, &mut super::fetch_note(out))?, a.clone()),
+                    (libre::data::open(c, None, &mut super::fetch_note(out))?, c.clone()),
+                )),
+                (None, None) => None,
+                _ => anyhow::bail!("--fit-adversarial and --fit-clean go together"),
+            };
+            out.note(format!(
+                "fitting {name} on {} clean images of {fit}{}",
+                fit_ds.len(),
+                lr.as_ref()
+                    .map(|((a, an), (c, cn))| format!(
+                        "; logistic regression on {} adversarial ({an}) vs {} clean ({cn})",
+                        a.len(),
+                        c.len()
+                    ))
+                    .unwrap_or_default()
+            ));
+            let t0 = std::time::Instant::now();
+            let c = Classic::fit(
+                det.model.as_mut(),
+                &cfg,
+                (&fit_ds, fit),
+                lr.as_ref().map(|((a, an), (c, cn))| ((a, an.as_str()), (c, cn.as_str()))),
+                args.batch_size,
+                device,
+            )?;
+            out.note(format!("fitted in {:.1} s", t0.elapsed().as_secs_f64()));
+            if kind == ClassicKind::KdBu {
+                det.samples = s;
+            }
+            det.classic = Some(c);
+            Ok(())
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -153,12 +312,17 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
     }
     let device = super::resolve_device(&args.device, &out)?;
     let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
-    let det = Detector::load(&path, device, args.mc_samples)?;
+    let requested = match args.detector.as_str() {
+        "mc-dropout" | "kd-bu" => None, // a DNN: the samples are dropout masks
+        _ => args.mc_samples,
+    };
+    let mut det = Detector::load(&path, device, requested)?;
+    build_detector(&args, &mut det, device, &out)?;
     let score: Score = match &args.score {
         Some(s) => s.parse()?,
-        None => Score::default_for(det.samples),
+        None => det.default_score(),
     };
-    score.check_available(det.samples)?;
+    det.check_score(score)?;
     let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
     let want = input_shape(&det);
     let pb = out.progress(ds.len() as u64, "calibrate");
@@ -188,6 +352,8 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
         seed: args.seed,
         libre_version: libre::VERSION.to_string(),
         calibration_scores: sorted,
+        mc_dropout: det.model.mc_dropout().cloned(),
+        classic: det.classic.as_ref().map(|c| c.meta.clone()),
     };
     det.save(&args.out, &meta)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -403,7 +569,7 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         None => det.available_scores(),
     };
     for s in &shown {
-        s.check_available(det.samples)?;
+        det.check_score(*s)?;
     }
     // The flagging score: the detector's own, else the first shown.
     let flag_score = det.meta.as_ref().map(|m| m.score).unwrap_or(shown[0]);

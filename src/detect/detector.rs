@@ -6,7 +6,9 @@
 //! model, and `libre detect` also reads the calibration.
 
 use super::calibrate::Calibration;
+use super::classic::{Classic, ClassicMeta};
 use super::scores::{self, Prediction, Score};
+use crate::bayes::mode::McDropout;
 use crate::bayes::{Family, ForwardMode};
 use crate::models::{BayesModel, PosteriorMeta};
 use crate::{Error, Result};
@@ -36,6 +38,12 @@ pub struct DetectorMeta {
     /// The calibration scores, sorted ascending, so `libre detect --fpr` can re-threshold
     /// without the calibration data.
     pub calibration_scores: Vec<f64>,
+    /// MC dropout kept on at test time (an MC-dropout detector, or KD-BU's BU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mc_dropout: Option<McDropout>,
+    /// A fitted classic detector (its state is in the file's `extra/` tensors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classic: Option<ClassicMeta>,
 }
 
 /// A model ready to score: its forward mode is fixed by the sample count.
@@ -43,6 +51,8 @@ pub struct Detector {
     pub model: Box<dyn BayesModel>,
     pub samples: usize,
     pub meta: Option<DetectorMeta>,
+    /// A fitted classic detector scoring with the model's features.
+    pub classic: Option<Classic>,
 }
 
 /// The MC sample count for a model: 1 for a DNN (asking for more is an error), the requested or
@@ -102,12 +112,13 @@ impl Detector {
             model,
             samples,
             meta: None,
+            classic: None,
         })
     }
 
     /// Loads a checkpoint or detector file; a detector file's S is used unless overridden.
     pub fn load(path: &Path, device: Device, requested: Option<usize>) -> Result<Detector> {
-        let (model, _) = crate::checkpoint::load(path, device)?;
+        let (mut model, _) = crate::checkpoint::load(path, device)?;
         let meta = match crate::checkpoint::read_extra(path, DETECTOR_KEY)? {
             Some(json) => {
                 let m: DetectorMeta = serde_json::from_str(&json).map_err(|e| {
@@ -127,19 +138,68 @@ impl Detector {
             }
             None => None,
         };
+        if let Some(m) = &meta {
+            model
+                .set_mc_dropout(m.mc_dropout.clone())
+                .map_err(|e| Error::bad_file(path, e.to_string()))?;
+        }
+        let classic = match meta.as_ref().and_then(|m| m.classic.clone()) {
+            Some(cm) => {
+                let t = crate::checkpoint::read_extra_tensors(path)?;
+                let t = t
+                    .into_iter()
+                    .filter_map(|(n, v)| {
+                        n.strip_prefix("classic/")
+                            .map(|r| (r.to_string(), v.to_device(device)))
+                    })
+                    .collect();
+                Some(Classic::from_parts(cm, &t).map_err(|e| Error::bad_file(path, e.to_string()))?)
+            }
+            None => None,
+        };
         let requested = requested.or(meta.as_ref().map(|m| m.samples));
         let mut d = Detector::new(model, requested)?;
         d.meta = meta;
+        d.classic = classic;
         Ok(d)
+    }
+
+    /// Errors (naming the alternatives) unless this detector can give `s`: an uncertainty score
+    /// the model's samples allow, or the score of its fitted classic detector.
+    pub fn check_score(&self, s: Score) -> Result<()> {
+        match (s.classic(), &self.classic) {
+            (Some(k), Some(c)) if c.meta.config.kind == k => Ok(()),
+            (Some(k), Some(c)) => Err(Error::invalid(format!(
+                "score '{s}': this detector was fitted as {}, not {}",
+                c.meta.config.kind.name(),
+                k.name()
+            ))),
+            _ => s.check_available(self.samples),
+        }
     }
 
     pub fn mode(&self) -> ForwardMode {
         mode_for(self.model.as_ref(), self.samples)
     }
 
-    /// The scores this detector's model can give.
+    /// The scores this detector can give (a classic detector's own score first).
     pub fn available_scores(&self) -> Vec<Score> {
-        Score::available(self.samples)
+        let mut v: Vec<Score> = self
+            .classic
+            .iter()
+            .map(|c| Score::of_classic(c.meta.config.kind))
+            .collect();
+        v.extend(Score::available(self.samples));
+        v
+    }
+
+    /// The default detection score: a classic detector's own, else feature variance for a
+    /// Bayesian model and msp for a DNN.
+    pub fn default_score(&self) -> Score {
+        match &self.classic {
+            Some(c) => Score::of_classic(c.meta.config.kind),
+            None => Score::default_for(self.samples),
+        }
     }
 
     /// The prediction and the requested scores of a batch, from one forward without gradients.
@@ -147,17 +207,41 @@ impl Detector {
     /// # Shapes
     /// `x`: `[B, C, H, W]` in [0, 1] -> prediction `[B]`, one `[B]` tensor per score.
     pub fn score(&self, x: &Tensor, scores: &[Score]) -> Result<(Prediction, Vec<Tensor>)> {
-        tch::no_grad(|| {
+        for s in scores {
+            self.check_score(*s)?;
+        }
+        let plain: Vec<Score> = scores.iter().copied().filter(|s| s.classic().is_none()).collect();
+        let (pred, mut plain_out) = tch::no_grad(|| {
             let (logits, feats) = self.model.forward_mc_with_features(x, &self.mode())?;
-            scores::compute(&logits, &feats, scores)
-        })
+            scores::compute(&logits, &feats, &plain)
+        })?;
+        plain_out.reverse();
+        let mut out = Vec::with_capacity(scores.len());
+        for s in scores {
+            out.push(match (s.classic(), &self.classic) {
+                (Some(_), Some(c)) => c.score(self.model.as_ref(), x)?.to_kind(tch::Kind::Float),
+                _ => plain_out.pop().expect("one per plain score"),
+            });
+        }
+        Ok((pred, out))
     }
 
     /// Writes the model and `meta` as a detector file (atomically).
     pub fn save(&self, path: &Path, meta: &DetectorMeta) -> Result<()> {
         let json = serde_json::to_string(meta)
             .map_err(|e| Error::invalid(format!("encoding detector metadata: {e}")))?;
-        crate::checkpoint::save_with(path, self.model.as_ref(), &[(DETECTOR_KEY, json)])
+        let tensors: Vec<(String, Tensor)> = self
+            .classic
+            .iter()
+            .flat_map(|c| c.to_tensors())
+            .map(|(n, t)| (format!("classic/{n}"), t))
+            .collect();
+        crate::checkpoint::save_with(
+            path,
+            self.model.as_ref(),
+            &[(DETECTOR_KEY, json)],
+            &tensors,
+        )
     }
 }
 

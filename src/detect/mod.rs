@@ -7,10 +7,12 @@
 //!   project's variants.
 //! - [`calibrate`]: the threshold at a target false-positive rate on held-out clean data.
 //! - [`detector`]: a model + sample count + calibration, saved as one file.
+//! - [`classic`]: the classic detectors (KD, KD-BU, LID, Mahalanobis) as fitted detectors.
 //! - [`input`]: what `libre detect` reads (images, folders, batch files, data specs), streamed.
 //! - [`parts`]: the parts of a sharded `libre detect` run and their merge.
 
 pub mod calibrate;
+pub mod classic;
 pub mod detector;
 pub mod input;
 pub mod objective;

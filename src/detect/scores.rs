@@ -11,6 +11,10 @@
 //! | `entropy` | H(mean_s p_s), the predictive entropy | any model |
 //! | `msp` | 1 - max_k mean_s p_s (Hendrycks & Gimpel 2017) | any model |
 //! | `max-logit` | - max_k mean_s logits (Hendrycks et al. 2022) | any model |
+//!
+//! The classic detectors' scores (`kd`, `kd-bu`, `lid`, `mahalanobis`; [`super::classic`]) are
+//! named here too, so every command takes them, but only a detector file fitted for them gives
+//! them ([`super::Detector::check_score`]).
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -26,17 +30,45 @@ pub enum Score {
     Entropy,
     Msp,
     MaxLogit,
+    Kd,
+    KdBu,
+    Lid,
+    Mahalanobis,
 }
 
 impl Score {
-    pub const ALL: [Score; 6] = [
+    pub const ALL: [Score; 10] = [
         Score::FeatureVariance,
         Score::SoftmaxVariance,
         Score::MutualInformation,
         Score::Entropy,
         Score::Msp,
         Score::MaxLogit,
+        Score::Kd,
+        Score::KdBu,
+        Score::Lid,
+        Score::Mahalanobis,
     ];
+
+    /// The classic detector a score belongs to (None: an uncertainty score of the forward).
+    pub fn classic(self) -> Option<super::classic::ClassicKind> {
+        use super::classic::ClassicKind as C;
+        match self {
+            Score::Kd => Some(C::Kd),
+            Score::KdBu => Some(C::KdBu),
+            Score::Lid => Some(C::Lid),
+            Score::Mahalanobis => Some(C::Mahalanobis),
+            _ => None,
+        }
+    }
+
+    /// The score of a classic detector.
+    pub fn of_classic(k: super::classic::ClassicKind) -> Score {
+        Score::ALL
+            .into_iter()
+            .find(|s| s.classic() == Some(k))
+            .expect("every kind has a score")
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -46,6 +78,10 @@ impl Score {
             Score::Entropy => "entropy",
             Score::Msp => "msp",
             Score::MaxLogit => "max-logit",
+            Score::Kd => "kd",
+            Score::KdBu => "kd-bu",
+            Score::Lid => "lid",
+            Score::Mahalanobis => "mahalanobis",
         }
     }
 
@@ -61,7 +97,7 @@ impl Score {
     pub fn available(samples: usize) -> Vec<Score> {
         Score::ALL
             .into_iter()
-            .filter(|s| samples >= 2 || !s.needs_samples())
+            .filter(|s| s.classic().is_none() && (samples >= 2 || !s.needs_samples()))
             .collect()
     }
 
@@ -76,6 +112,15 @@ impl Score {
 
     /// Errors (naming the score) unless a model with `samples` MC samples can give it.
     pub fn check_available(self, samples: usize) -> Result<()> {
+        if let Some(k) = self.classic() {
+            return Err(Error::invalid(format!(
+                "score '{}' comes from a fitted {} detector: make one with `libre calibrate \
+                 --detector {}` and pass that file as the weights",
+                self.name(),
+                k.name(),
+                k.name()
+            )));
+        }
         if self.needs_samples() && samples < 2 {
             return Err(Error::invalid(format!(
                 "score '{}' is a spread over MC samples and needs a Bayesian model with at least \
@@ -186,6 +231,9 @@ pub fn compute(
             Score::Entropy => entropy(&mean_p),
             Score::Msp => 1.0 - &confidence,
             Score::MaxLogit => -logits.mean_dim(1, false, Kind::Float).amax(-1, false),
+            Score::Kd | Score::KdBu | Score::Lid | Score::Mahalanobis => {
+                unreachable!("check_available refuses classic scores")
+            }
         };
         out.push(t);
     }

@@ -131,15 +131,20 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
-/// How many MC samples a checkpoint gives (1 for a DNN), from its metadata alone.
-fn samples_of(weights: &str, requested: Option<usize>) -> Result<usize> {
+/// What a weights file can score: its MC sample count (1 for a DNN) and the classic detector
+/// fitted into it, from the metadata alone.
+fn capabilities_of(
+    weights: &str,
+    requested: Option<usize>,
+) -> Result<(usize, Option<crate::detect::classic::ClassicKind>)> {
     let path = if let Some(name) = weights.strip_prefix("zoo:") {
         let m = crate::zoo::find(name)
             .ok_or_else(|| Error::invalid(format!("unknown zoo model '{name}'")))?;
         let p = crate::zoo::checkpoint_path(m);
         if !p.exists() {
             // Zoo models are point networks; they are fetched when the run starts.
-            return crate::detect::detector::samples_for_posterior(None, weights, requested);
+            let s = crate::detect::detector::samples_for_posterior(None, weights, requested)?;
+            return Ok((s, None));
         }
         p
     } else {
@@ -152,11 +157,40 @@ fn samples_of(weights: &str, requested: Option<usize>) -> Result<usize> {
         )));
     }
     let meta = crate::checkpoint::read_meta(&path)?;
-    crate::detect::detector::samples_for_posterior(
+    let det: Option<crate::detect::DetectorMeta> =
+        crate::checkpoint::read_extra(&path, crate::detect::detector::DETECTOR_KEY)?
+            .map(|j| serde_json::from_str(&j))
+            .transpose()
+            .map_err(|e| Error::bad_file(&path, format!("bad detector metadata: {e}")))?;
+    let classic = det
+        .as_ref()
+        .and_then(|d| d.classic.as_ref())
+        .map(|c| c.config.kind);
+    if let Some(d) = det.as_ref().filter(|d| d.mc_dropout.is_some()) {
+        // MC dropout draws any number of masks.
+        return match requested {
+            Some(0) => Err(Error::invalid("mc_samples must be at least 1")),
+            r => Ok((r.unwrap_or(d.samples), classic)),
+        };
+    }
+    let s = crate::detect::detector::samples_for_posterior(
         meta.posterior.as_ref(),
         &meta.model.arch,
         requested,
-    )
+    )?;
+    Ok((s, classic))
+}
+
+/// Whether a model with `samples` MC samples and a fitted `classic` detector gives `sc`.
+fn check_score(
+    sc: Score,
+    samples: usize,
+    classic: Option<crate::detect::classic::ClassicKind>,
+) -> Result<()> {
+    match (sc.classic(), classic) {
+        (Some(k), Some(c)) if k == c => Ok(()),
+        _ => sc.check_available(samples),
+    }
 }
 
 fn toml_to_json(v: &toml::Value) -> serde_json::Value {
@@ -205,14 +239,14 @@ impl Experiment {
                     format!("model name '{name}' appears twice"),
                 ));
             }
-            let samples = samples_of(m.weights.get_ref(), m.mc_samples)
+            let (samples, classic) = capabilities_of(m.weights.get_ref(), m.mc_samples)
                 .map_err(|err| at(m.weights.span(), err.to_string()))?;
             let mut scores = Vec::new();
             for s in m.scores.get_ref() {
                 let sc: Score = s
                     .parse()
                     .map_err(|err: Error| at(m.scores.span(), err.to_string()))?;
-                sc.check_available(samples)
+                check_score(sc, samples, classic)
                     .map_err(|err| at(m.scores.span(), format!("model '{name}': {err}")))?;
                 if scores.contains(&sc) {
                     return Err(at(m.scores.span(), format!("score '{s}' listed twice")));
@@ -281,7 +315,7 @@ impl Experiment {
                 None => models.iter().map(|m| m.name.clone()).collect(),
             };
             if let Some(sur) = &a.surrogate {
-                samples_of(sur, None)
+                capabilities_of(sur, None)
                     .map_err(|err| at(a.name.span(), format!("surrogate: {err}")))?;
                 if !a.adaptive.is_empty() {
                     return Err(at(
@@ -331,6 +365,7 @@ impl Experiment {
                     for t in &targets {
                         let m = models.iter().find(|m| &m.name == t).expect("checked");
                         let s = sc.unwrap_or(m.scores[0]);
+                        // Adaptive attacks differentiate the score: uncertainty scores only.
                         s.check_available(m.samples)
                             .map_err(|err| at(a.name.span(), format!("model '{t}': {err}")))?;
                     }
