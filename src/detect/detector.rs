@@ -178,7 +178,13 @@ impl Detector {
         }
     }
 
+    /// The forward the detector classifies (and is attacked) with: the posterior's or MC
+    /// dropout's parallel forward, or for a classic detector its deterministic network (KD-BU's
+    /// dropout only enters its BU feature).
     pub fn mode(&self) -> ForwardMode {
+        if self.classic.is_some() {
+            return ForwardMode::Deterministic;
+        }
         mode_for(self.model.as_ref(), self.samples)
     }
 
