@@ -2,6 +2,7 @@
 //! Bayesian internals, only logits (with the MC sample axis) and an optional detector score.
 
 use crate::bayes::{Family, ForwardMode};
+use crate::detect::classic::Classic;
 use crate::detect::Score;
 use crate::models::BayesModel;
 use libre_attacks::Victim;
@@ -18,6 +19,8 @@ pub struct ModelVictim<'a> {
     pub mode: ForwardMode,
     /// The detector score for adaptive attacks, computed from the same forward as the logits.
     pub score: Option<Score>,
+    /// The fitted classic detector giving `score` when it is a classic score.
+    pub classic: Option<&'a Classic>,
 }
 
 impl<'a> ModelVictim<'a> {
@@ -27,6 +30,7 @@ impl<'a> ModelVictim<'a> {
             model,
             mode,
             score: None,
+            classic: None,
         }
     }
 
@@ -57,6 +61,13 @@ impl Victim for ModelVictim<'_> {
         let Some(score) = self.score else {
             return (self.logits(x), None);
         };
+        if let (Some(_), Some(c)) = (score.classic(), self.classic) {
+            // A classic detector reads the network's taps in its own forward.
+            let s = c
+                .score_tensor(self.model, x)
+                .expect("classic score checked at build");
+            return (self.logits(x), Some(s.to_kind(tch::Kind::Float)));
+        }
         let (l, f) = self
             .model
             .forward_mc_with_features(x, &self.mode)

@@ -66,6 +66,36 @@ fn every_detector_fits_reloads_and_scores() {
         assert_eq!(text.lines().count(), 21);
     }
 
+    // The adaptive attacker follows the classic score's gradient: with C = 10 its examples
+    // score lower (look cleaner) to the detector than with C = 0.
+    let mean_score = |c: &str| -> f64 {
+        let adv = d.join(format!("ad{c}.safetensors"));
+        ok(libre()
+            .args(["-q", "attack", "--data", "mnist:test[0:32]", "--attack", "pgd"])
+            .args(["--eps", "0.3", "--steps", "20", "--step-size", "0.03", "--adaptive", c])
+            .arg("--weights")
+            .arg(d.join("maha.safetensors"))
+            .arg("--out")
+            .arg(&adv)
+            .output()
+            .unwrap());
+        let o = ok(libre()
+            .args(["-q", "detect", "--format", "csv", "--weights"])
+            .arg(d.join("maha.safetensors"))
+            .arg(&adv)
+            .output()
+            .unwrap());
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let v: Vec<f64> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(4).unwrap().parse().unwrap())
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (plain, adaptive) = (mean_score("0"), mean_score("10"));
+    assert!(adaptive < plain, "adaptive {adaptive} vs plain {plain}");
+
     // Reloaded exactly: the file scores what the freshly fitted detector scores.
     let fit = libre::data::open(FIT, None, &mut |_| {}).unwrap();
     let test = libre::data::open("mnist:test[0:64]", None, &mut |_| {}).unwrap();
@@ -87,6 +117,28 @@ fn every_detector_fits_reloads_and_scores() {
     let file = Detector::load(&d.join("kd.safetensors"), Device::Cpu, None).unwrap();
     let (_, loaded) = file.score(&x, &[Score::Kd]).unwrap();
     assert!(fresh[0].equal(&loaded[0]));
+    // The same for a logistic-regression form (its parameters travel as JSON metadata).
+    let advds = libre::data::open(adv_s, None, &mut |_| {}).unwrap();
+    let cleands = libre::data::open("mnist:train[50000:50300]", None, &mut |_| {}).unwrap();
+    let mut det2 = Detector::load(&zoo, Device::Cpu, None).unwrap();
+    let cfg2 = ClassicConfig {
+        kind: ClassicKind::Mahalanobis,
+        ..cfg.clone()
+    };
+    let c2 = Classic::fit(
+        det2.model.as_mut(),
+        &cfg2,
+        (&fit, FIT),
+        Some(((&advds, adv_s), (&cleands, "mnist:train[50000:50300]"))),
+        500,
+        Device::Cpu,
+    )
+    .unwrap();
+    det2.classic = Some(c2);
+    let (_, fresh2) = det2.score(&x, &[Score::Mahalanobis]).unwrap();
+    let file2 = Detector::load(&d.join("maha-lr.safetensors"), Device::Cpu, None).unwrap();
+    let (_, loaded2) = file2.score(&x, &[Score::Mahalanobis]).unwrap();
+    assert!(fresh2[0].equal(&loaded2[0]));
     // Plain uncertainty scores still come from the same file, in the order asked.
     let (_, both) = file.score(&x, &[Score::Msp, Score::Kd]).unwrap();
     assert!(both[1].equal(&loaded[0]) && both[0].kind() == Kind::Float);

@@ -147,7 +147,9 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     }
     let device = super::resolve_device(&args.device, &out)?;
     let target_path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
-    let (target, _) = libre::checkpoint::load(&target_path, device)?;
+    // A detector file brings its MC dropout and fitted classic detector (adaptive attacks on it).
+    let det = libre::detect::Detector::load(&target_path, device, None)?;
+    let target = &det.model;
     let surrogate = match &args.surrogate {
         Some(s) => {
             let p = libre::zoo::resolve(s, &mut super::fetch_note(&out))?;
@@ -161,13 +163,20 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if ds.labels().is_none() {
         anyhow::bail!("{} has no labels: attacks need them", ds.name);
     }
-    let tmode = mode_for(target.as_ref(), args.mc_samples)?;
+    let tmode = match (&det.classic, args.mc_samples) {
+        (Some(_), None) => det.mode(),
+        _ => mode_for(target.as_ref(), args.mc_samples)?,
+    };
     let score = if args.adaptive.is_some() || args.score.is_some() {
         let sc: libre::detect::Score = match &args.score {
             Some(s) => s.parse()?,
+            None if det.classic.is_some() => det.default_score(),
             None => libre::detect::Score::default_for(tmode.samples()),
         };
-        sc.check_available(tmode.samples())?;
+        match sc.classic() {
+            Some(_) => det.check_score(sc)?,
+            None => sc.check_available(tmode.samples())?,
+        }
         Some(sc)
     } else {
         None
@@ -176,6 +185,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         model: target.as_ref(),
         mode: tmode,
         score,
+        classic: det.classic.as_ref(),
     };
     let sv = match surrogate.as_ref() {
         Some(m) => {
@@ -184,7 +194,10 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
             Some(ModelVictim {
                 model: m.as_ref(),
                 mode,
-                score: score.filter(|sc| !sc.needs_samples() || samples >= 2),
+                score: score.filter(|sc| {
+                    sc.classic().is_none() && (!sc.needs_samples() || samples >= 2)
+                }),
+                classic: None,
             })
         }
         None => None,

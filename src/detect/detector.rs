@@ -174,7 +174,7 @@ impl Detector {
                 c.meta.config.kind.name(),
                 k.name()
             ))),
-            _ => s.check_available(self.samples),
+            _ => s.check_available(self.mode().samples()),
         }
     }
 
@@ -195,7 +195,7 @@ impl Detector {
             .iter()
             .map(|c| Score::of_classic(c.meta.config.kind))
             .collect();
-        v.extend(Score::available(self.samples));
+        v.extend(Score::available(self.mode().samples()));
         v
     }
 

@@ -97,6 +97,9 @@ pub struct ModelPlan {
     pub scores: Vec<Score>,
     /// MC samples (1 = DNN).
     pub samples: usize,
+    /// The classic detector fitted into the weights file, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classic: Option<crate::detect::classic::ClassicKind>,
 }
 
 /// One validated attack configuration (an adaptive C is its own configuration).
@@ -261,6 +264,7 @@ impl Experiment {
                 weights: m.weights.get_ref().clone(),
                 scores,
                 samples,
+                classic,
             });
         }
         let mut attacks: Vec<AttackPlan> = Vec::new();
@@ -365,8 +369,7 @@ impl Experiment {
                     for t in &targets {
                         let m = models.iter().find(|m| &m.name == t).expect("checked");
                         let s = sc.unwrap_or(m.scores[0]);
-                        // Adaptive attacks differentiate the score: uncertainty scores only.
-                        s.check_available(m.samples)
+                        check_score(s, m.samples, m.classic)
                             .map_err(|err| at(a.name.span(), format!("model '{t}': {err}")))?;
                     }
                 }

@@ -244,6 +244,7 @@ fn run_cell(
                     model: det.model.as_ref(),
                     mode,
                     score,
+                    classic: det.classic.as_ref(),
                 };
                 let sv = surrogate
                     .as_ref()

@@ -6,6 +6,7 @@ use crate::{Error, Result};
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
+
 /// Feinman et al.'s bandwidths per data set (their section 4.1, tuned by grid search).
 pub fn paper_bandwidth(dataset: &str) -> Option<f64> {
     match dataset {
@@ -16,18 +17,22 @@ pub fn paper_bandwidth(dataset: &str) -> Option<f64> {
     }
 }
 
-/// The training features of every class and the bandwidth.
+/// The training features, their classes and the bandwidth.
 pub struct KernelDensity {
     bandwidth: f64,
-    /// Per class `[n_c, D]` f64.
-    classes: Vec<Tensor>,
+    /// `[N, D]` f64.
+    points: Tensor,
+    /// `[N]` int64.
+    labels: Tensor,
+    /// Training points per class, `[C]` f64.
+    counts: Tensor,
 }
 
 /// Training points per distance chunk: bounds the `[B, chunk]` distance matrix.
-const CHUNK: i64 = 4096;
+const CHUNK: i64 = 8192;
 
 impl KernelDensity {
-    /// Stores the features `[N, D]` of each class (`labels` `[N]` in 0..num_classes).
+    /// Stores the features `[N, D]` and `labels` `[N]` (in 0..num_classes) of the training images.
     pub fn fit(features: &Tensor, labels: &Tensor, num_classes: i64, bandwidth: f64) -> Result<Self> {
         if !(bandwidth > 0.0 && bandwidth.is_finite()) {
             return Err(Error::invalid(format!(
@@ -41,80 +46,88 @@ impl KernelDensity {
                 labels.size()
             )));
         }
-        let f = features.to_kind(Kind::Double);
-        let l = labels.to_device(f.device());
-        let mut classes = Vec::new();
-        for c in 0..num_classes {
-            let idx = l.eq(c).nonzero().squeeze_dim(1);
-            if idx.size()[0] == 0 {
-                return Err(Error::invalid(format!(
-                    "KD fit: no training image of class {c} (fit on more images)"
-                )));
-            }
-            classes.push(f.index_select(0, &idx));
+        let labels = labels.to_kind(Kind::Int64).to_device(features.device());
+        let counts = labels.bincount::<Tensor>(None, num_classes).to_kind(Kind::Double);
+        let c: Vec<f64> = Vec::try_from(counts.to_device(tch::Device::Cpu))?;
+        if let Some(k) = c.iter().position(|&n| n == 0.0) {
+            return Err(Error::invalid(format!(
+                "KD fit: no training image of class {k} (fit on more images)"
+            )));
         }
-        Ok(KernelDensity { bandwidth, classes })
+        if c.len() as i64 != num_classes {
+            return Err(Error::invalid(format!(
+                "KD fit: labels outside 0..{num_classes}"
+            )));
+        }
+        Ok(KernelDensity {
+            bandwidth,
+            points: features.to_kind(Kind::Double),
+            labels,
+            counts,
+        })
     }
 
     /// log p(x | class) under the KDE of each row's `class` `[B]`: as scikit-learn's
-    /// `KernelDensity(kernel="gaussian").score_samples`, log mean_i N(x; x_i, h^2 I). `[B]` f64.
+    /// `KernelDensity(kernel="gaussian").score_samples`, log mean_i N(x; x_i, h^2 I) over the
+    /// training points of that class. `[B]` f64, differentiable in the features (an adaptive
+    /// attacker follows it): kernels of other classes are masked to -inf inside one
+    /// log-sum-exp per chunk of training points, and the chunks combine exactly.
     pub fn log_density(&self, features: &Tensor, class: &Tensor) -> Result<Tensor> {
         let f = features.to_kind(Kind::Double);
-        let (b, d) = (f.size()[0], f.size()[1]);
+        let dev = f.device();
+        let d = f.size()[1];
+        if d != self.points.size()[1] {
+            return Err(Error::Shape(format!(
+                "KD: features of {d} dims, fitted on {}",
+                self.points.size()[1]
+            )));
+        }
         let h2 = self.bandwidth * self.bandwidth;
         let norm = -0.5 * d as f64 * (2.0 * std::f64::consts::PI * h2).ln();
-        let class: Vec<i64> = Vec::try_from(class.to_device(tch::Device::Cpu))?;
-        let mut out = vec![0f64; b as usize];
-        for (c, pts) in self.classes.iter().enumerate() {
-            let rows: Vec<i64> = (0..b).filter(|&i| class[i as usize] == c as i64).collect();
-            if rows.is_empty() {
-                continue;
-            }
-            let idx = Tensor::from_slice(&rows).to_device(f.device());
-            let x = f.index_select(0, &idx);
-            let pts = pts.to_device(f.device());
-            let n = pts.size()[0];
-            // log-sum-exp over chunks of training points, combined exactly.
-            let parts: Vec<Tensor> = (0..n)
-                .step_by(CHUNK as usize)
-                .map(|s| {
-                    let p = pts.narrow(0, s, CHUNK.min(n - s));
-                    let d2 = sq_dist(&x, &p);
-                    (d2 / (-2.0 * h2)).logsumexp([1], false)
-                })
-                .collect();
-            let lse = Tensor::stack(&parts, 1).logsumexp([1], false);
-            let v: Vec<f64> = Vec::try_from((lse - (n as f64).ln() + norm).to_device(tch::Device::Cpu))?;
-            for (r, val) in rows.iter().zip(v) {
-                out[*r as usize] = val;
-            }
-        }
-        Ok(Tensor::from_slice(&out))
+        let class = class.to_kind(Kind::Int64).to_device(dev);
+        let n = self.points.size()[0];
+        let parts: Vec<Tensor> = (0..n)
+            .step_by(CHUNK as usize)
+            .map(|s| {
+                let len = CHUNK.min(n - s);
+                let p = self.points.narrow(0, s, len).to_device(dev);
+                let same = self
+                    .labels
+                    .narrow(0, s, len)
+                    .to_device(dev)
+                    .unsqueeze(0)
+                    .eq_tensor(&class.unsqueeze(1)); // [B, n]
+                let k = sq_dist(&f, &p) / (-2.0 * h2);
+                k.masked_fill(&same.logical_not(), f64::NEG_INFINITY)
+                    .logsumexp([1], false)
+            })
+            .collect();
+        let lse = Tensor::stack(&parts, 1).logsumexp([1], false);
+        let counts = self.counts.to_device(dev).index_select(0, &class);
+        Ok(lse - counts.log() + norm)
     }
 
     pub fn to_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("bandwidth".to_string(), Tensor::from_slice(&[self.bandwidth]))];
-        for (c, t) in self.classes.iter().enumerate() {
-            v.push((format!("class{c}"), t.shallow_clone()));
-        }
-        v
+        vec![
+            ("bandwidth".to_string(), Tensor::from_slice(&[self.bandwidth])),
+            ("points".to_string(), self.points.shallow_clone()),
+            ("labels".to_string(), self.labels.shallow_clone()),
+            ("counts".to_string(), self.counts.shallow_clone()),
+        ]
     }
 
     pub fn from_tensors(t: &HashMap<String, Tensor>) -> Result<Self> {
         let get = |n: &str| {
             t.get(n)
-                .map(|x| x.to_kind(Kind::Double))
+                .map(|x| x.shallow_clone())
                 .ok_or_else(|| Error::invalid(format!("KD state: missing tensor '{n}'")))
         };
-        let bandwidth = get("bandwidth")?.double_value(&[0]);
-        let mut classes = Vec::new();
-        while let Some(x) = t.get(&format!("class{}", classes.len())) {
-            classes.push(x.to_kind(Kind::Double));
-        }
-        if classes.is_empty() {
-            return Err(Error::invalid("KD state: no class features"));
-        }
-        Ok(KernelDensity { bandwidth, classes })
+        Ok(KernelDensity {
+            bandwidth: get("bandwidth")?.double_value(&[0]),
+            points: get("points")?.to_kind(Kind::Double),
+            labels: get("labels")?.to_kind(Kind::Int64),
+            counts: get("counts")?.to_kind(Kind::Double),
+        })
     }
 }
 
@@ -172,6 +185,27 @@ mod tests {
         // Round trip through tensors.
         let back = KernelDensity::from_tensors(&kd.to_tensors().into_iter().collect()).unwrap();
         assert!(back.log_density(&q, &qc).unwrap().equal(&kd.log_density(&q, &qc).unwrap()));
+    }
+
+    #[test]
+    fn differentiable_in_the_features() {
+        tch::manual_seed(1);
+        let f = Tensor::randn([6, 2], (Kind::Double, tch::Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 1]);
+        let kd = KernelDensity::fit(&f, &y, 2, 0.5).unwrap();
+        let q = Tensor::randn([3, 2], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+        let c = Tensor::from_slice(&[0i64, 1, 0]);
+        let v = kd.log_density(&q, &c).unwrap();
+        let g = Tensor::run_backward(&[v.sum(Kind::Double)], &[&q], false, false);
+        // Against a central finite difference of the first coordinate of row 0.
+        let e = 1e-6;
+        let bump = |d: f64| {
+            let q2 = q.detach().copy();
+            let _ = q2.get(0).get(0).fill_(q.double_value(&[0, 0]) + d);
+            kd.log_density(&q2, &c).unwrap().double_value(&[0])
+        };
+        let fd = (bump(e) - bump(-e)) / (2.0 * e);
+        assert!((g[0].double_value(&[0, 0]) - fd).abs() < 1e-5, "{fd}");
     }
 
     #[test]

@@ -32,8 +32,11 @@ pub fn lid_batch(batch: &Tensor, reference: &Tensor, k: usize, exclude_self: boo
     let d = sq_dist(&batch.to_kind(Kind::Double), &reference.to_kind(Kind::Double)).sqrt();
     let (near, _) = d.topk(need as i64, 1, false, true); // ascending
     let near = if exclude_self {
-        // Drop the smallest only where it is an exact zero; otherwise drop the largest.
-        let first_zero = near.select(1, 0).eq(0.0).unsqueeze(1);
+        // Drop the nearest only where it is the row itself: a distance that is zero up to the
+        // round-off of the expanded square (|a|^2 + |b|^2 - 2ab leaves ~1e-7 relative), else drop
+        // the farthest of the k + 1.
+        let scale = near.select(1, k as i64).clamp_min(f64::MIN_POSITIVE);
+        let first_zero = near.select(1, 0).le_tensor(&(scale * 1e-6)).unsqueeze(1);
         near.narrow(1, 1, k as i64).where_self(&first_zero, &near.narrow(1, 0, k as i64))
     } else {
         near

@@ -45,12 +45,14 @@ impl LogisticCombiner {
             .max_iterations(200)
             .fit(&Dataset::new(z, y))
             .map_err(|e| Error::invalid(format!("logistic regression: {e}")))?;
-        // linfa's positive class is the larger label: true = adversarial.
+        // linfa's coefficients predict the first label it met, whichever that is: orient them
+        // so that the probability is that of "adversarial".
+        let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
         Ok(LogisticCombiner {
             mean: mean.to_vec(),
             std: std.to_vec(),
-            coef: fitted.params().to_vec(),
-            intercept: fitted.intercept(),
+            coef: fitted.params().iter().map(|c| sign * c).collect(),
+            intercept: sign * fitted.intercept(),
         })
     }
 
@@ -74,6 +76,22 @@ impl LogisticCombiner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oriented_whatever_label_comes_first_or_dominates() {
+        // Clean rows first and in the majority: P(adversarial) must still rise with feature 0.
+        let (mut rows, mut y) = (Vec::new(), Vec::new());
+        for i in 0..30 {
+            let adv = i >= 20;
+            rows.push(if adv { 2.0 + i as f64 * 0.01 } else { i as f64 * 0.01 });
+            y.push(adv);
+        }
+        let x = Array2::from_shape_vec((30, 1), rows).unwrap();
+        let c = LogisticCombiner::fit(x.clone(), &y).unwrap();
+        assert!(c.coef[0] > 0.0, "{c:?}");
+        let p = c.predict_proba(&x);
+        assert!(p[25] > 0.5 && p[5] < 0.5, "{p:?}");
+    }
 
     #[test]
     fn separates_and_reloads() {

@@ -325,7 +325,7 @@ impl Classic {
         if let (true, Some(((adv, adv_name), (clean, clean_name)))) = (wants_lr, lr) {
             let raw = |ds: &Dataset| -> Result<Tensor> {
                 let v = collect(ds, batch_size, device, &mut |x, _| {
-                    Ok(vec![c.raw_features(model, x)?])
+                    Ok(vec![tch::no_grad(|| c.raw_features(model, x))?])
                 })?;
                 Ok(v.into_iter().next().expect("one output"))
             };
@@ -347,14 +347,15 @@ impl Classic {
     }
 
     /// The per-example inputs of the final score, `[B, F]` double: KD's log-density (and BU),
-    /// the per-tap LIDs, or the per-tap Mahalanobis confidences.
+    /// the per-tap LIDs, or the per-tap Mahalanobis confidences. Differentiable in `x` unless
+    /// called under `no_grad`.
     fn raw_features(&self, model: &dyn BayesModel, x: &Tensor) -> Result<Tensor> {
         let cfg = &self.meta.config;
         let taps = &self.meta.taps;
         match cfg.kind {
-            ClassicKind::Kd | ClassicKind::KdBu => tch::no_grad(|| {
+            ClassicKind::Kd | ClassicKind::KdBu => {
                 let (logits, f) = tap_features(model, x, taps, false)?;
-                let pred = logits.argmax(-1, false);
+                let pred = logits.detach().argmax(-1, false);
                 let kd = self.kd.as_ref().expect("fitted").log_density(&f[0], &pred)?;
                 if cfg.kind == ClassicKind::Kd {
                     return Ok(kd.unsqueeze(1));
@@ -366,8 +367,8 @@ impl Classic {
                     .var_dim(1, false, false)
                     .sum_dim_intlist(-1, false, Kind::Double);
                 Ok(Tensor::stack(&[kd.to_device(bu.device()), bu], 1))
-            }),
-            ClassicKind::Lid => tch::no_grad(|| {
+            }
+            ClassicKind::Lid => {
                 let (_, f) = tap_features(model, x, taps, false)?;
                 let lids = f
                     .iter()
@@ -375,7 +376,7 @@ impl Classic {
                     .map(|(b, r)| lid_batch(b, &r.to_device(b.device()), cfg.k, true))
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::stack(&lids, 1))
-            }),
+            }
             ClassicKind::Mahalanobis => {
                 let confs = (0..taps.len())
                     .map(|l| self.mahalanobis_confidence(model, x, l))
@@ -392,32 +393,50 @@ impl Classic {
         let g = &self.gauss[l];
         let tap = std::slice::from_ref(&self.meta.taps[l]);
         let noise = self.meta.config.noise;
-        let x = if noise > 0.0 {
-            let xg = x.detach().set_requires_grad(true);
-            let (_, f) = tap_features(model, &xg, tap, true)?;
-            let conf = g.confidence(&f[0]).0.sum(Kind::Double);
-            let grad = Tensor::run_backward(&[conf], &[&xg], false, false);
-            (x + grad[0].sign() * noise).clamp(0.0, 1.0).detach()
+        // The pre-processing step is a fixed function of the input for the detector; an adaptive
+        // attacker differentiates the confidence at the moved input and treats the move as
+        // constant (BPDA, Athalye et al. 2018).
+        let moved = if noise > 0.0 {
+            let grad = tch::with_grad(|| -> Result<Tensor> {
+                let xg = x.detach().set_requires_grad(true);
+                let (_, f) = tap_features(model, &xg, tap, true)?;
+                let conf = g.confidence(&f[0]).0.sum(Kind::Double);
+                Ok(Tensor::run_backward(&[conf], &[&xg], false, false).remove(0))
+            })?;
+            (grad.sign() * noise).detach()
         } else {
-            x.shallow_clone()
+            x.zeros_like()
         };
-        tch::no_grad(|| {
-            let (_, f) = tap_features(model, &x, tap, true)?;
-            Ok(g.confidence(&f[0]).0)
-        })
+        let xm = (x + moved).clamp(0.0, 1.0);
+        let (_, f) = tap_features(model, &xm, tap, true)?;
+        Ok(g.confidence(&f[0]).0)
     }
 
     /// The detection score of a batch, `[B]` (higher = more suspicious): the logistic
     /// regression's probability of "adversarial" when fitted, else minus the density (KD) or
     /// the last tap's confidence (Mahalanobis).
     pub fn score(&self, model: &dyn BayesModel, x: &Tensor) -> Result<Tensor> {
-        let raw = self.raw_features(model, x)?;
+        let raw = tch::no_grad(|| self.raw_features(model, x))?;
         match &self.combiner {
             Some(c) => {
                 let p = c.predict_proba(&to_array2(&raw)?);
                 Ok(Tensor::from_slice(p.as_slice().expect("contiguous")))
             }
             None => Ok(-raw.select(1, raw.size()[1] - 1).to_device(Device::Cpu)),
+        }
+    }
+
+    /// [`Classic::score`] as a differentiable function of `x` (for adaptive attacks): the same
+    /// value up to round-off, the logistic regression evaluated with tensor ops.
+    pub fn score_tensor(&self, model: &dyn BayesModel, x: &Tensor) -> Result<Tensor> {
+        let raw = self.raw_features(model, x)?;
+        match &self.combiner {
+            Some(c) => {
+                let t = |v: &[f64]| Tensor::from_slice(v).to_device(raw.device());
+                let z = (&raw - t(&c.mean)) / t(&c.std);
+                Ok((z.matmul(&t(&c.coef)) + c.intercept).sigmoid())
+            }
+            None => Ok(-raw.select(1, raw.size()[1] - 1)),
         }
     }
 
