@@ -48,3 +48,16 @@ impl Error {
         Error::InvalidArgument(msg.into())
     }
 }
+
+/// An error and its causes on one line (`a: b: c`), for wrapping another crate's error in a
+/// message without losing its sources.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

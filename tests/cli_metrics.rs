@@ -222,3 +222,17 @@ fn report_renders_run_dir() {
         .assert()
         .code(2);
 }
+
+/// A missing file is named once with its cause, not the cause twice.
+#[test]
+fn missing_scores_file_names_the_cause_once() {
+    let o = assert_cmd::Command::cargo_bin("libre")
+        .unwrap()
+        .args(["metrics", "--scores", "/nonexistent/scores.csv"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/scores.csv"), "{err}");
+}

@@ -55,14 +55,14 @@ pub enum ReportError {
         problem: String,
     },
     /// A CSV file that is structurally broken (ragged rows, bad UTF-8, ...).
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Csv {
         path: PathBuf,
         #[source]
         source: csv::Error,
     },
     /// A file-system operation failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -410,7 +410,7 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
     let render = out.join(".render");
     let _ = std::fs::remove_dir_all(&render);
     libre_reports::report::render_run(&tables, &render, &opts)
-        .map_err(|e| Error::invalid(e.to_string()))?;
+        .map_err(|e| Error::invalid(crate::error::chain(&e)))?;
     // timing.csv and summary.json.
     let mut timing =
         String::from("cell,model,attack,eps,n,attack_ms_per_image,score_ms_per_image\n");
