@@ -74,7 +74,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// libgomp (libtorch's OpenMP runtime) busy-waits between parallel regions by default, which on
+/// a machine with any other CPU load makes every forward ~10x slower (issue 14's measurement:
+/// 1060 vs 100 ms). It reads OMP_WAIT_POLICY once, when libtorch is loaded at process start, so
+/// the binary re-executes itself with the passive policy unless the user chose one.
+fn ensure_passive_omp_wait() {
+    use std::os::unix::process::CommandExt;
+    const MARK: &str = "LIBRE_OMP_REEXEC";
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() || std::env::var_os(MARK).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .env(MARK, "1")
+        .exec();
+    // exec only returns on failure: carry on with the default policy.
+    eprintln!("libre: note: could not re-execute with OMP_WAIT_POLICY=PASSIVE ({err})");
+}
+
 fn main() {
+    ensure_passive_omp_wait();
     let cli = Cli::parse();
     let json = cli.json;
     if let Err(e) = run(cli) {

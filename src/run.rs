@@ -17,6 +17,11 @@ pub struct Provenance {
     pub device: String,
     pub command: Vec<String>,
     pub created_unix: u64,
+    /// libtorch intra-op threads and the OpenMP wait policy the run had (timings depend on both).
+    #[serde(default)]
+    pub threads: i64,
+    #[serde(default)]
+    pub omp_wait_policy: Option<String>,
 }
 
 impl Provenance {
@@ -30,6 +35,8 @@ impl Provenance {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            threads: tch::get_num_threads() as i64,
+            omp_wait_policy: std::env::var("OMP_WAIT_POLICY").ok(),
         }
     }
 }

@@ -283,3 +283,27 @@ fn bad_data_gives_errors_that_name_the_problem() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no images"));
 }
+
+/// The binary runs libtorch with the passive OpenMP wait policy unless the user chose one
+/// (busy-waiting threads make every forward ~10x slower under other load), and records it.
+#[test]
+fn passive_omp_wait_policy_unless_the_user_chose_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for (env, want) in [(None, "PASSIVE"), (Some("ACTIVE"), "ACTIVE")] {
+        let run = dir.path().join(want);
+        let mut c = libre();
+        c.args(["-q", "train", "--model", "mlp", "--data", "mnist5k", "--limit", "64"])
+            .args(["--epochs", "1", "--out"])
+            .arg(&run)
+            .env_remove("OMP_WAIT_POLICY")
+            .env_remove("LIBRE_OMP_REEXEC");
+        if let Some(v) = env {
+            c.env("OMP_WAIT_POLICY", v);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["provenance"]["omp_wait_policy"], want);
+    }
+}
