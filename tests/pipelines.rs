@@ -307,3 +307,31 @@ fn passive_omp_wait_policy_unless_the_user_chose_one() {
         assert_eq!(cfg["provenance"]["omp_wait_policy"], want);
     }
 }
+
+/// A run directory is never silently replaced: --out over a run is refused (naming --resume and
+/// --force), --force replaces the run's files and leaves other files alone.
+#[test]
+fn existing_runs_need_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let train = |extra: &[&str]| {
+        libre()
+            .args(["-q", "train", "--model", "mlp", "--data", "mnist5k", "--limit", "64"])
+            .args(["--epochs", "1", "--out"])
+            .arg(&run)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(train(&[]).status.success());
+    std::fs::write(run.join("notes.txt"), "mine").unwrap();
+    let before = std::fs::read(run.join("model.safetensors")).unwrap();
+    let o = train(&["--seed", "3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--resume") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), before);
+    assert!(train(&["--seed", "3", "--force"]).status.success());
+    assert_ne!(std::fs::read(run.join("model.safetensors")).unwrap(), before);
+    assert_eq!(std::fs::read_to_string(run.join("notes.txt")).unwrap(), "mine");
+}

@@ -1,6 +1,7 @@
 //! `libre train` (deterministic pre-training) and `libre finetune` (BayesAdapter fine-tuning).
 
 use super::Output;
+use anyhow::Context;
 use libre::bayes::prior::PriorConfig;
 use libre::bayes::{Family, LayerSelection, McSampling, PosteriorConfig};
 use libre::detect::objective::customary_eps;
@@ -41,6 +42,9 @@ pub struct Common {
     /// Continue the run in this directory from its last complete epoch.
     #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
+    /// Replace the run already in --out (its run files are removed first; other files stay).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -213,6 +217,16 @@ fn parse_sampling(s: &str) -> anyhow::Result<McSampling> {
 /// recorded in config.json.
 type Prepared = (Box<dyn BayesModel>, TrainConfig, serde_json::Value);
 
+/// What a run directory holds (removed by --force; nothing else in the directory is touched).
+const RUN_FILES: [&str; 6] = [
+    "config.json",
+    "metrics.csv",
+    "summary.json",
+    "model.safetensors",
+    "epochs",
+    "last",
+];
+
 /// Shared driver: open data, (re)load the model, train, write config / summary.
 fn drive(
     out: Output,
@@ -230,6 +244,20 @@ fn drive(
     if resume && !dir.join("config.json").is_file() {
         anyhow::bail!(
             "--resume {}: not a run directory (no config.json)",
+            dir.display()
+        );
+    }
+    let existing: Vec<&str> = RUN_FILES
+        .iter()
+        .copied()
+        .filter(|f| dir.join(f).exists())
+        .collect();
+    if !resume && !existing.is_empty() && !common.force {
+        anyhow::bail!(
+            "--out {} already holds a run ({}): pass --resume {} to continue it, --force to \
+             replace it, or another --out",
+            dir.display(),
+            existing.join(", "),
             dir.display()
         );
     }
@@ -273,6 +301,16 @@ fn drive(
     };
     cfg.validate()?;
     if !resume {
+        // --force: the old run's files go only now, after every check passed.
+        for f in &existing {
+            let p = dir.join(f);
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.with_context(|| format!("--force: removing {}", p.display()))?;
+        }
         let run = RunDir::create(&dir)?;
         let config = json!({
             "train": cfg, "model": model.config(), "posterior": model.posterior(),
