@@ -10,9 +10,9 @@
 use libre::bayes::mode::McDropout;
 use libre::bayes::ForwardMode;
 use libre::data::Dataset;
-use libre::victim::ModelVictim;
 use libre::detect::classic::{Classic, ClassicConfig, ClassicKind};
 use libre::detect::{Detector, Score};
+use libre::victim::ModelVictim;
 use std::time::Instant;
 use tch::Device;
 
@@ -58,11 +58,48 @@ fn main() {
     };
     let cases: Vec<(&str, ClassicConfig, bool)> = vec![
         ("kd", base.clone(), false),
-        ("kd-bu", ClassicConfig { kind: ClassicKind::KdBu, dropout: Some(drop.clone()), ..base.clone() }, true),
-        ("lid", ClassicConfig { kind: ClassicKind::Lid, ..base.clone() }, true),
-        ("mahalanobis", ClassicConfig { kind: ClassicKind::Mahalanobis, ..base.clone() }, false),
-        ("mahalanobis-lr", ClassicConfig { kind: ClassicKind::Mahalanobis, ..base.clone() }, true),
-        ("mahalanobis-lr noise 0.001", ClassicConfig { kind: ClassicKind::Mahalanobis, noise: 0.001, ..base.clone() }, true),
+        (
+            "kd-bu",
+            ClassicConfig {
+                kind: ClassicKind::KdBu,
+                dropout: Some(drop.clone()),
+                ..base.clone()
+            },
+            true,
+        ),
+        (
+            "lid",
+            ClassicConfig {
+                kind: ClassicKind::Lid,
+                ..base.clone()
+            },
+            true,
+        ),
+        (
+            "mahalanobis",
+            ClassicConfig {
+                kind: ClassicKind::Mahalanobis,
+                ..base.clone()
+            },
+            false,
+        ),
+        (
+            "mahalanobis-lr",
+            ClassicConfig {
+                kind: ClassicKind::Mahalanobis,
+                ..base.clone()
+            },
+            true,
+        ),
+        (
+            "mahalanobis-lr noise 0.001",
+            ClassicConfig {
+                kind: ClassicKind::Mahalanobis,
+                noise: 0.001,
+                ..base.clone()
+            },
+            true,
+        ),
     ];
     println!(
         "LeNet5 / MNIST, fit on 10000 clean (+ 1000 FGSM vs 1000 clean for LR forms), score 2000 \
@@ -87,7 +124,9 @@ fn main() {
         let (min, med) = (v[0], v[v.len() / 2]);
         println!(
             "{name:28} fit {:>8}  score min {:6.3} s median {:6.3} s  ({:7.0} images/s)",
-            fit_s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "-".into()),
+            fit_s
+                .map(|s| format!("{s:.2} s"))
+                .unwrap_or_else(|| "-".into()),
             min,
             med,
             test.len() as f64 / med
@@ -115,9 +154,17 @@ fn main() {
     let mut mcd = Detector::load(&zoo, dev, None).unwrap();
     mcd.model.set_mc_dropout(Some(drop)).unwrap();
     mcd.samples = 20;
-    report("mc-dropout S=20 (fv)", None, score_all(&mcd, Score::FeatureVariance));
+    report(
+        "mc-dropout S=20 (fv)",
+        None,
+        score_all(&mcd, Score::FeatureVariance),
+    );
     if let Some(p) = args.first() {
         let l = Detector::load(std::path::Path::new(p), dev, None).unwrap();
-        report("LiBRe S=20 (fv)", None, score_all(&l, Score::FeatureVariance));
+        report(
+            "LiBRe S=20 (fv)",
+            None,
+            score_all(&l, Score::FeatureVariance),
+        );
     }
 }

@@ -30,7 +30,10 @@ fn timed(device: Device, f: &mut dyn FnMut()) -> f64 {
 fn step(m: &dyn BayesModel, x: &Tensor, y: &Tensor, mode: &ForwardMode) {
     let x = x.detach().set_requires_grad(true);
     let logits = m.forward_mc(&x, mode).unwrap(); // [B, S, K]
-    let logp = logits.softmax(-1, Kind::Float).mean_dim(1, false, Kind::Float).log();
+    let logp = logits
+        .softmax(-1, Kind::Float)
+        .mean_dim(1, false, Kind::Float)
+        .log();
     let loss = logp.nll_loss(y);
     let g = Tensor::run_backward(&[loss], &[&x], false, false);
     let _ = g[0].sum(Kind::Float).double_value(&[]);
@@ -69,7 +72,10 @@ fn main() {
     let x = Tensor::rand([batch, 3, 224, 224], (Kind::Float, device));
     let y = Tensor::randint(1000, [batch], (Kind::Int64, device));
     let sb = Score::available(s);
-    let (dm, bm) = (ForwardMode::Deterministic, ForwardMode::ParallelMc { samples: s });
+    let (dm, bm) = (
+        ForwardMode::Deterministic,
+        ForwardMode::ParallelMc { samples: s },
+    );
     let mut runs: Vec<(&str, Box<dyn FnMut()>)> = vec![
         (
             "detect DNN (msp)",

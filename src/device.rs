@@ -117,27 +117,6 @@ pub fn name(d: Device) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_specs() {
-        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
-        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
-        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
-        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
-        let e = "gpu".parse::<DeviceSpec>().unwrap_err().to_string();
-        assert!(e.contains("unknown device 'gpu'"), "{e}");
-        assert!("cuda:x".parse::<DeviceSpec>().is_err());
-    }
-
-    #[test]
-    fn cpu_resolves() {
-        assert_eq!(resolve(DeviceSpec::Cpu).unwrap(), Device::Cpu);
-    }
-}
-
 /// Bytes of memory the device can still give, when known: the kernel's `MemAvailable` for the
 /// CPU (Linux); None elsewhere (CUDA reports its own out-of-memory errors, which tch returns).
 pub fn available_bytes(d: Device) -> Option<u64> {
@@ -162,5 +141,26 @@ pub fn check_fits(d: Device, bytes: u64, what: &str) -> Result<()> {
             gib(avail)
         ))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        let e = "gpu".parse::<DeviceSpec>().unwrap_err().to_string();
+        assert!(e.contains("unknown device 'gpu'"), "{e}");
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn cpu_resolves() {
+        assert_eq!(resolve(DeviceSpec::Cpu).unwrap(), Device::Cpu);
     }
 }

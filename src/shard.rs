@@ -168,7 +168,11 @@ impl Shard {
         match &got {
             Some((s, ShardSource::Slurm)) => note(format!(
                 "shard {s} from the Slurm job array (SLURM_ARRAY_TASK_ID{}; --shard overrides)",
-                if count_flag.is_some() { ", --shard-count" } else { " / SLURM_ARRAY_TASK_COUNT" }
+                if count_flag.is_some() {
+                    ", --shard-count"
+                } else {
+                    " / SLURM_ARRAY_TASK_COUNT"
+                }
             )),
             Some((s, ShardSource::Kubernetes)) => note(format!(
                 "shard {s} from the Kubernetes Indexed Job (JOB_COMPLETION_INDEX, --shard-count)"
@@ -210,7 +214,10 @@ mod tests {
 
     #[test]
     fn parses_and_refuses() {
-        assert_eq!("2/5".parse::<Shard>().unwrap(), Shard { index: 2, count: 5 });
+        assert_eq!(
+            "2/5".parse::<Shard>().unwrap(),
+            Shard { index: 2, count: 5 }
+        );
         for bad in ["5/5", "1/0", "a/2", "3", "-1/2", ""] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
@@ -221,7 +228,10 @@ mod tests {
         let none = env(&[]);
         assert_eq!(Shard::resolve(None, None, &none).unwrap(), None);
         // The flag wins over the environment.
-        let slurm = env(&[("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_ARRAY_TASK_COUNT", "4")]);
+        let slurm = env(&[
+            ("SLURM_ARRAY_TASK_ID", "3"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]);
         let (s, src) = Shard::resolve(Some("1/2"), None, &slurm).unwrap().unwrap();
         assert_eq!((s, src), (Shard::new(1, 2).unwrap(), ShardSource::Flag));
         let (s, src) = Shard::resolve(None, None, &slurm).unwrap().unwrap();
@@ -236,13 +246,19 @@ mod tests {
         assert_eq!(s, Shard::new(3, 4).unwrap());
         for bad in [
             env(&[("SLURM_ARRAY_TASK_ID", "3")]),
-            env(&[("SLURM_ARRAY_TASK_ID", "4"), ("SLURM_ARRAY_TASK_COUNT", "4")]),
+            env(&[
+                ("SLURM_ARRAY_TASK_ID", "4"),
+                ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ]),
             env(&[
                 ("SLURM_ARRAY_TASK_ID", "2"),
                 ("SLURM_ARRAY_TASK_COUNT", "2"),
                 ("SLURM_ARRAY_TASK_STEP", "2"),
             ]),
-            env(&[("SLURM_ARRAY_TASK_ID", "x"), ("SLURM_ARRAY_TASK_COUNT", "2")]),
+            env(&[
+                ("SLURM_ARRAY_TASK_ID", "x"),
+                ("SLURM_ARRAY_TASK_COUNT", "2"),
+            ]),
             env(&[("JOB_COMPLETION_INDEX", "1")]),
         ] {
             assert!(Shard::resolve(None, None, &bad).is_err());
@@ -258,7 +274,10 @@ mod tests {
         assert!(Shard::resolve(None, Some(2), &single).is_err());
         let k8s = env(&[("JOB_COMPLETION_INDEX", "2")]);
         let (s, src) = Shard::resolve(None, Some(3), &k8s).unwrap().unwrap();
-        assert_eq!((s, src), (Shard::new(2, 3).unwrap(), ShardSource::Kubernetes));
+        assert_eq!(
+            (s, src),
+            (Shard::new(2, 3).unwrap(), ShardSource::Kubernetes)
+        );
         assert!(Shard::resolve(None, Some(2), &k8s).is_err());
         assert!(Shard::resolve(None, Some(2), &none).is_err());
         assert!(Shard::resolve(Some("0/2"), Some(2), &none).is_err());

@@ -15,7 +15,14 @@ const CAL: &str = "mnist:train[55000:55500]";
 
 fn calibrate(dir: &Path, name: &str, extra: &[&str]) -> std::process::Output {
     libre()
-        .args(["--json", "calibrate", "--weights", "zoo:lenet5-mnist", "--data", CAL])
+        .args([
+            "--json",
+            "calibrate",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--data",
+            CAL,
+        ])
         .args(["--out"])
         .arg(dir.join(format!("{name}.safetensors")))
         .args(extra)
@@ -28,7 +35,14 @@ fn adversarial(dir: &Path) -> PathBuf {
     let p = dir.join("adv.safetensors");
     ok(libre()
         .args(["-q", "attack", "--weights", "zoo:lenet5-mnist"])
-        .args(["--data", "mnist:train[50000:50300]", "--attack", "fgsm", "--eps", "0.3"])
+        .args([
+            "--data",
+            "mnist:train[50000:50300]",
+            "--attack",
+            "fgsm",
+            "--eps",
+            "0.3",
+        ])
         .arg("--out")
         .arg(&p)
         .output()
@@ -42,21 +56,78 @@ fn every_detector_fits_reloads_and_scores() {
     let d = tmp.path();
     let adv = adversarial(d);
     let adv_s = adv.to_str().unwrap();
-    let lr = ["--fit-adversarial", adv_s, "--fit-clean", "mnist:train[50000:50300]"];
+    let lr = [
+        "--fit-adversarial",
+        adv_s,
+        "--fit-clean",
+        "mnist:train[50000:50300]",
+    ];
     let cases: Vec<(&str, Vec<&str>, &str)> = vec![
         ("kd", vec!["--detector", "kd", "--fit-data", FIT], "kd"),
-        ("maha", vec!["--detector", "mahalanobis", "--fit-data", FIT, "--noise", "0.001"], "mahalanobis"),
-        ("maha-lr", [&["--detector", "mahalanobis", "--fit-data", FIT][..], &lr].concat(), "mahalanobis"),
-        ("lid", [&["--detector", "lid", "--fit-data", FIT][..], &lr].concat(), "lid"),
-        ("kd-bu", [&["--detector", "kd-bu", "--fit-data", FIT, "--dropout", "linear1"][..], &lr].concat(), "kd-bu"),
-        ("mcd", vec!["--detector", "mc-dropout", "--dropout", "conv2,linear1", "--mc-samples", "8"], "feature-variance"),
+        (
+            "maha",
+            vec![
+                "--detector",
+                "mahalanobis",
+                "--fit-data",
+                FIT,
+                "--noise",
+                "0.001",
+            ],
+            "mahalanobis",
+        ),
+        (
+            "maha-lr",
+            [&["--detector", "mahalanobis", "--fit-data", FIT][..], &lr].concat(),
+            "mahalanobis",
+        ),
+        (
+            "lid",
+            [&["--detector", "lid", "--fit-data", FIT][..], &lr].concat(),
+            "lid",
+        ),
+        (
+            "kd-bu",
+            [
+                &[
+                    "--detector",
+                    "kd-bu",
+                    "--fit-data",
+                    FIT,
+                    "--dropout",
+                    "linear1",
+                ][..],
+                &lr,
+            ]
+            .concat(),
+            "kd-bu",
+        ),
+        (
+            "mcd",
+            vec![
+                "--detector",
+                "mc-dropout",
+                "--dropout",
+                "conv2,linear1",
+                "--mc-samples",
+                "8",
+            ],
+            "feature-variance",
+        ),
     ];
     for (name, args, score) in &cases {
         let r = json_result(calibrate(d, name, args));
         assert_eq!(r["score"], *score, "{name}: {r}");
         // detect reads it: the flagging score is the detector's, its column named after it.
         let o = ok(libre()
-            .args(["-q", "detect", "mnist:test[0:20]", "--format", "csv", "--weights"])
+            .args([
+                "-q",
+                "detect",
+                "mnist:test[0:20]",
+                "--format",
+                "csv",
+                "--weights",
+            ])
             .arg(d.join(format!("{name}.safetensors")))
             .output()
             .unwrap());
@@ -71,8 +142,24 @@ fn every_detector_fits_reloads_and_scores() {
     let mean_score = |c: &str| -> f64 {
         let adv = d.join(format!("ad{c}.safetensors"));
         ok(libre()
-            .args(["-q", "attack", "--data", "mnist:test[0:32]", "--attack", "pgd"])
-            .args(["--eps", "0.3", "--steps", "20", "--step-size", "0.03", "--adaptive", c])
+            .args([
+                "-q",
+                "attack",
+                "--data",
+                "mnist:test[0:32]",
+                "--attack",
+                "pgd",
+            ])
+            .args([
+                "--eps",
+                "0.3",
+                "--steps",
+                "20",
+                "--step-size",
+                "0.03",
+                "--adaptive",
+                c,
+            ])
             .arg("--weights")
             .arg(d.join("maha.safetensors"))
             .arg("--out")
@@ -111,7 +198,15 @@ fn every_detector_fits_reloads_and_scores() {
         noise: 0.0,
         dropout: None,
     };
-    let c = Classic::fit(det.model.as_mut(), &cfg, (&fit, FIT), None, 500, Device::Cpu).unwrap();
+    let c = Classic::fit(
+        det.model.as_mut(),
+        &cfg,
+        (&fit, FIT),
+        None,
+        500,
+        Device::Cpu,
+    )
+    .unwrap();
     det.classic = Some(c);
     let (_, fresh) = det.score(&x, &[Score::Kd]).unwrap();
     let file = Detector::load(&d.join("kd.safetensors"), Device::Cpu, None).unwrap();
@@ -156,16 +251,39 @@ fn bad_settings_are_refused_by_name() {
         assert!(!d.join("bad.safetensors").exists());
     };
     fails(&["--detector", "kd"], "--fit-data");
-    fails(&["--detector", "lid", "--fit-data", FIT], "--fit-adversarial");
+    fails(
+        &["--detector", "lid", "--fit-data", FIT],
+        "--fit-adversarial",
+    );
     fails(&["--detector", "kd-bu", "--fit-data", FIT], "--dropout");
     fails(&["--detector", "mc-dropout"], "conv1, conv2, linear1");
     fails(&["--detector", "mc-dropout", "--dropout", "fc7"], "fc7");
-    fails(&["--detector", "mahalanobis", "--fit-data", FIT, "--layers", "conv9"], "conv9");
-    fails(&["--detector", "kd", "--fit-data", FIT, "--bandwidth", "0"], "bandwidth");
+    fails(
+        &[
+            "--detector",
+            "mahalanobis",
+            "--fit-data",
+            FIT,
+            "--layers",
+            "conv9",
+        ],
+        "conv9",
+    );
+    fails(
+        &["--detector", "kd", "--fit-data", FIT, "--bandwidth", "0"],
+        "bandwidth",
+    );
     fails(&["--detector", "knn"], "unknown detector 'knn'");
     // A DNN cannot give a classic score without the fitted file.
     let o = libre()
-        .args(["detect", "mnist:test[0:2]", "--weights", "zoo:lenet5-mnist", "--score", "lid"])
+        .args([
+            "detect",
+            "mnist:test[0:2]",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--score",
+            "lid",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);

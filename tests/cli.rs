@@ -178,13 +178,27 @@ fn impossible_sizes_are_refused_before_allocating() {
     }
     let mf = dir.path().join("mf.safetensors");
     libre()
-        .args(["-q", "convert", "--weights", "zoo:lenet5-mnist", "--posterior", "mean-field"])
+        .args([
+            "-q",
+            "convert",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--posterior",
+            "mean-field",
+        ])
         .args(["--layers", "linear1", "--out"])
         .arg(&mf)
         .assert()
         .success();
     let o = libre()
-        .args(["eval", "--data", "mnist:test[0:10]", "--mc-samples", "100000000", "--weights"])
+        .args([
+            "eval",
+            "--data",
+            "mnist:test[0:10]",
+            "--mc-samples",
+            "100000000",
+            "--weights",
+        ])
         .arg(&mf)
         .output()
         .unwrap();

@@ -182,7 +182,7 @@ fn calibrated_threshold_holds_on_fresh_clean_images() {
     );
     let f = r["flagged"].as_u64().unwrap();
     assert!(
-        f <= 400 && f >= 380,
+        (380..=400).contains(&f),
         "re-thresholded at 20% on the calibration set itself: {f}"
     );
     // A detector file is a checkpoint too.

@@ -292,16 +292,22 @@ fn passive_omp_wait_policy_unless_the_user_chose_one() {
     for (env, want) in [(None, "PASSIVE"), (Some("ACTIVE"), "ACTIVE")] {
         let run = dir.path().join(want);
         let mut c = libre();
-        c.args(["-q", "train", "--model", "mlp", "--data", "mnist5k", "--limit", "64"])
-            .args(["--epochs", "1", "--out"])
-            .arg(&run)
-            .env_remove("OMP_WAIT_POLICY")
-            .env_remove("LIBRE_OMP_REEXEC");
+        c.args([
+            "-q", "train", "--model", "mlp", "--data", "mnist5k", "--limit", "64",
+        ])
+        .args(["--epochs", "1", "--out"])
+        .arg(&run)
+        .env_remove("OMP_WAIT_POLICY")
+        .env_remove("LIBRE_OMP_REEXEC");
         if let Some(v) = env {
             c.env("OMP_WAIT_POLICY", v);
         }
         let out = c.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let cfg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
         assert_eq!(cfg["provenance"]["omp_wait_policy"], want);
@@ -316,7 +322,9 @@ fn existing_runs_need_force() {
     let run = dir.path().join("run");
     let train = |extra: &[&str]| {
         libre()
-            .args(["-q", "train", "--model", "mlp", "--data", "mnist5k", "--limit", "64"])
+            .args([
+                "-q", "train", "--model", "mlp", "--data", "mnist5k", "--limit", "64",
+            ])
             .args(["--epochs", "1", "--out"])
             .arg(&run)
             .args(extra)
@@ -330,8 +338,17 @@ fn existing_runs_need_force() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("--resume") && err.contains("--force"), "{err}");
-    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(run.join("model.safetensors")).unwrap(),
+        before
+    );
     assert!(train(&["--seed", "3", "--force"]).status.success());
-    assert_ne!(std::fs::read(run.join("model.safetensors")).unwrap(), before);
-    assert_eq!(std::fs::read_to_string(run.join("notes.txt")).unwrap(), "mine");
+    assert_ne!(
+        std::fs::read(run.join("model.safetensors")).unwrap(),
+        before
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("notes.txt")).unwrap(),
+        "mine"
+    );
 }

@@ -284,7 +284,11 @@ impl Ctx {
     /// image and sample. The masks of all S samples are drawn at once (cached by block name in
     /// sequential passes), so sequential passes see the parallel forward's masks for one seed.
     fn drop_out(&self, name: &str, a: Act) -> Result<Act> {
-        let Some(d) = self.dropout.as_ref().filter(|d| d.layers.iter().any(|l| l == name)) else {
+        let Some(d) = self
+            .dropout
+            .as_ref()
+            .filter(|d| d.layers.iter().any(|l| l == name))
+        else {
             return Ok(a);
         };
         let s = match (&self.plan, self.seq.get()) {
@@ -328,7 +332,10 @@ impl Ctx {
 
     /// The recorded taps, in forward order.
     pub(crate) fn take_taps(&self) -> Vec<(String, Act)> {
-        self.taps.borrow_mut().replace(Vec::new()).unwrap_or_default()
+        self.taps
+            .borrow_mut()
+            .replace(Vec::new())
+            .unwrap_or_default()
     }
 
     /// The captured features (or the head input) as recorded.

@@ -194,9 +194,8 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
             Some(ModelVictim {
                 model: m.as_ref(),
                 mode,
-                score: score.filter(|sc| {
-                    sc.classic().is_none() && (!sc.needs_samples() || samples >= 2)
-                }),
+                score: score
+                    .filter(|sc| sc.classic().is_none() && (!sc.needs_samples() || samples >= 2)),
                 classic: None,
             })
         }

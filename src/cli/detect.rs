@@ -3,13 +3,13 @@
 
 use super::{CheckFailed, Output};
 use anyhow::Context;
+use libre::bayes::mode::McDropout;
+use libre::detect::classic::{self, Classic, ClassicConfig, ClassicKind};
 use libre::detect::detector::{DetectorMeta, DETECTOR_FORMAT};
 use libre::detect::input::{self, ImagePolicy};
 use libre::detect::parts;
-use libre::shard::Shard;
-use libre::bayes::mode::McDropout;
-use libre::detect::classic::{self, Classic, ClassicConfig, ClassicKind};
 use libre::detect::{scores, Detector, Score};
+use libre::shard::Shard;
 use serde_json::{json, Map, Value};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -168,8 +168,14 @@ fn build_detector(
             let fit_ds = libre::data::open(fit, None, &mut super::fetch_note(out))?;
             let lr = match (&args.fit_adversarial, &args.fit_clean) {
                 (Some(a), Some(c)) => Some((
-                    (libre::data::open(a, None, &mut super::fetch_note(out))?, a.clone()),
-                    (libre::data::open(c, None, &mut super::fetch_note(out))?, c.clone()),
+                    (
+                        libre::data::open(a, None, &mut super::fetch_note(out))?,
+                        a.clone(),
+                    ),
+                    (
+                        libre::data::open(c, None, &mut super::fetch_note(out))?,
+                        c.clone(),
+                    ),
                 )),
                 (None, None) => None,
                 _ => anyhow::bail!("--fit-adversarial and --fit-clean go together"),
@@ -190,7 +196,8 @@ fn build_detector(
                 det.model.as_mut(),
                 &cfg,
                 (&fit_ds, fit),
-                lr.as_ref().map(|((a, an), (c, cn))| ((a, an.as_str()), (c, cn.as_str()))),
+                lr.as_ref()
+                    .map(|((a, an), (c, cn))| ((a, an.as_str()), (c, cn.as_str()))),
                 args.batch_size,
                 device,
             )?;
@@ -548,7 +555,9 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
             anyhow::bail!("--threshold {t}: must be a finite number");
         }
     }
-    let shard = Shard::from_args(args.shard.as_deref(), args.shard_count, &mut |m| out.note(m))?;
+    let shard = Shard::from_args(args.shard.as_deref(), args.shard_count, &mut |m| {
+        out.note(m)
+    })?;
     // A part's file, checked before any work.
     let out_path: Option<PathBuf> = match (&shard, &args.out) {
         (Some(s), Some(p)) => Some(parts::part_path(p, *s)),

@@ -128,7 +128,9 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     }
     let path = args.experiment.expect("clap requires it");
     let shard: Option<Shard> =
-        Shard::from_args(args.shard.as_deref(), args.shard_count, &mut |m| out.note(m))?;
+        Shard::from_args(args.shard.as_deref(), args.shard_count, &mut |m| {
+            out.note(m)
+        })?;
     let dir = shard_dir(args.out.expect("clap requires it"), shard)?;
     // Everything is validated before any work starts.
     let (text, plan) = load_plan(&path)?;
@@ -141,9 +143,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         plan.models.len(),
         plan.attacks.len(),
         total,
-        shard
-            .map(|s| format!(" (shard {s})"))
-            .unwrap_or_default(),
+        shard.map(|s| format!(" (shard {s})")).unwrap_or_default(),
         match plan.subset {
             evaluate::experiment::SubsetSpec::All => "all clean vs all adversarial images",
             evaluate::experiment::SubsetSpec::Successful =>

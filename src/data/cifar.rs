@@ -85,7 +85,7 @@ mod tests {
         for (label, fill) in [(3u8, 10u8), (9, 200)] {
             bytes.push(label);
             for plane in 0..3u8 {
-                bytes.extend(std::iter::repeat(fill + plane).take(1024));
+                bytes.extend(std::iter::repeat_n(fill + plane, 1024));
             }
         }
         std::fs::write(d.path().join("test_batch.bin"), &bytes).unwrap();

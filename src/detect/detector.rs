@@ -153,7 +153,10 @@ impl Detector {
                             .map(|r| (r.to_string(), v.to_device(device)))
                     })
                     .collect();
-                Some(Classic::from_parts(cm, &t).map_err(|e| Error::bad_file(path, e.to_string()))?)
+                Some(
+                    Classic::from_parts(cm, &t)
+                        .map_err(|e| Error::bad_file(path, e.to_string()))?,
+                )
             }
             None => None,
         };
@@ -216,7 +219,11 @@ impl Detector {
         for s in scores {
             self.check_score(*s)?;
         }
-        let plain: Vec<Score> = scores.iter().copied().filter(|s| s.classic().is_none()).collect();
+        let plain: Vec<Score> = scores
+            .iter()
+            .copied()
+            .filter(|s| s.classic().is_none())
+            .collect();
         let (pred, mut plain_out) = tch::no_grad(|| {
             let (logits, feats) = self.model.forward_mc_with_features(x, &self.mode())?;
             scores::compute(&logits, &feats, &plain)
@@ -242,12 +249,7 @@ impl Detector {
             .flat_map(|c| c.to_tensors())
             .map(|(n, t)| (format!("classic/{n}"), t))
             .collect();
-        crate::checkpoint::save_with(
-            path,
-            self.model.as_ref(),
-            &[(DETECTOR_KEY, json)],
-            &tensors,
-        )
+        crate::checkpoint::save_with(path, self.model.as_ref(), &[(DETECTOR_KEY, json)], &tensors)
     }
 }
 

@@ -156,11 +156,7 @@ pub fn merge(files: &[PathBuf], dest: &Path) -> Result<Merged> {
             return Err(differ("the shard count", &m0.shard.count, &m.shard.count));
         }
         if (m.total_inputs, m.total_batches) != (m0.total_inputs, m0.total_batches) {
-            return Err(differ(
-                "the input count",
-                &m0.total_inputs,
-                &m.total_inputs,
-            ));
+            return Err(differ("the input count", &m0.total_inputs, &m.total_inputs));
         }
         for key in m0.run.keys().chain(m.run.keys()) {
             if m0.run.get(key) != m.run.get(key) {
@@ -260,9 +256,15 @@ mod tests {
     #[test]
     fn part_paths() {
         let s = Shard::new(2, 4).unwrap();
-        assert_eq!(part_path(Path::new("a/rows.csv"), s), Path::new("a/rows.2-of-4.csv"));
+        assert_eq!(
+            part_path(Path::new("a/rows.csv"), s),
+            Path::new("a/rows.2-of-4.csv")
+        );
         assert_eq!(part_path(Path::new("rows"), s), Path::new("rows.2-of-4"));
-        assert_eq!(part_path(Path::new("p/{shard}.jsonl"), s), Path::new("p/2.jsonl"));
+        assert_eq!(
+            part_path(Path::new("p/{shard}.jsonl"), s),
+            Path::new("p/2.jsonl")
+        );
         assert_eq!(
             manifest_path(Path::new("a/rows.csv")),
             Path::new("a/rows.csv.part.json")

@@ -350,7 +350,12 @@ impl<N: Net> Model<N> {
 
     /// One forward: logits `[B, S, K]`, the LiBRe features `[B, S, ...]` and, with `taps`, every
     /// block boundary `[B, S, ...]` by name followed by `logits`.
-    fn run(&self, x: &Tensor, mode: &ForwardMode, taps: bool) -> Result<(Tensor, Tensor, Vec<Tap>)> {
+    fn run(
+        &self,
+        x: &Tensor,
+        mode: &ForwardMode,
+        taps: bool,
+    ) -> Result<(Tensor, Tensor, Vec<Tap>)> {
         self.check_input(x)?;
         let x = x.to_device(self.vs.device());
         let x = match &self.norm {
@@ -661,10 +666,17 @@ mod tests {
             p,
             samples: 6,
         };
-        let err = m.set_mc_dropout(Some(d(&["fc9"], 0.5))).unwrap_err().to_string();
-        assert!(err.contains("fc9") && err.contains("conv1, conv2, linear1"), "{err}");
+        let err = m
+            .set_mc_dropout(Some(d(&["fc9"], 0.5)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fc9") && err.contains("conv1, conv2, linear1"),
+            "{err}"
+        );
         assert!(m.set_mc_dropout(Some(d(&["linear1"], 1.0))).is_err());
-        m.set_mc_dropout(Some(d(&["conv2", "linear1"], 0.5))).unwrap();
+        m.set_mc_dropout(Some(d(&["conv2", "linear1"], 0.5)))
+            .unwrap();
         // Deterministic forwards ignore it.
         let (det, _) = m.forward_taps(&x, &ForwardMode::Deterministic).unwrap();
         assert!(det.equal(&plain));
@@ -675,18 +687,29 @@ mod tests {
         assert!(par.std_dim(1, true, false).min().double_value(&[]) > 0.0);
         // conv1 untouched (the same for every sample); conv2's kept units scaled by 1 / (1 - p).
         assert_eq!(taps[0].value.size(), [3, 6, 32, 14, 14]);
-        assert!(taps[0].value.equal(&ptaps[0].value.expand_as(&taps[0].value)));
+        assert!(taps[0]
+            .value
+            .equal(&ptaps[0].value.expand_as(&taps[0].value)));
         let c2 = &taps[1].value; // [3, 6, 64, 7, 7]
         let base = ptaps[1].value.expand_as(c2);
         let kept = c2.ne(0.0);
-        assert!((c2 - &base * 2.0)
-            .masked_select(&kept)
-            .abs()
-            .max()
-            .double_value(&[])
-            < 1e-5);
-        let frac = kept.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-        let nonzero = base.ne(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!(
+            (c2 - &base * 2.0)
+                .masked_select(&kept)
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-5
+        );
+        let frac = kept
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
+        let nonzero = base
+            .ne(0.0)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
         assert!((frac / nonzero - 0.5).abs() < 0.05, "{frac} {nonzero}");
         // Sequential passes draw the parallel forward's masks.
         tch::manual_seed(3);

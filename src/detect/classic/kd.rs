@@ -6,7 +6,6 @@ use crate::{Error, Result};
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
-
 /// Feinman et al.'s bandwidths per data set (their section 4.1, tuned by grid search).
 pub fn paper_bandwidth(dataset: &str) -> Option<f64> {
     match dataset {
@@ -33,7 +32,12 @@ const CHUNK: i64 = 8192;
 
 impl KernelDensity {
     /// Stores the features `[N, D]` and `labels` `[N]` (in 0..num_classes) of the training images.
-    pub fn fit(features: &Tensor, labels: &Tensor, num_classes: i64, bandwidth: f64) -> Result<Self> {
+    pub fn fit(
+        features: &Tensor,
+        labels: &Tensor,
+        num_classes: i64,
+        bandwidth: f64,
+    ) -> Result<Self> {
         if !(bandwidth > 0.0 && bandwidth.is_finite()) {
             return Err(Error::invalid(format!(
                 "KD bandwidth {bandwidth}: must be a positive number"
@@ -47,7 +51,9 @@ impl KernelDensity {
             )));
         }
         let labels = labels.to_kind(Kind::Int64).to_device(features.device());
-        let counts = labels.bincount::<Tensor>(None, num_classes).to_kind(Kind::Double);
+        let counts = labels
+            .bincount::<Tensor>(None, num_classes)
+            .to_kind(Kind::Double);
         let c: Vec<f64> = Vec::try_from(counts.to_device(tch::Device::Cpu))?;
         if let Some(k) = c.iter().position(|&n| n == 0.0) {
             return Err(Error::invalid(format!(
@@ -109,7 +115,10 @@ impl KernelDensity {
 
     pub fn to_tensors(&self) -> Vec<(String, Tensor)> {
         vec![
-            ("bandwidth".to_string(), Tensor::from_slice(&[self.bandwidth])),
+            (
+                "bandwidth".to_string(),
+                Tensor::from_slice(&[self.bandwidth]),
+            ),
             ("points".to_string(), self.points.shallow_clone()),
             ("labels".to_string(), self.labels.shallow_clone()),
             ("counts".to_string(), self.counts.shallow_clone()),
@@ -134,7 +143,10 @@ impl KernelDensity {
 /// Squared Euclidean distances `[B, N]` between rows, clamped at 0 against round-off.
 pub fn sq_dist(a: &Tensor, b: &Tensor) -> Tensor {
     let aa = a.square().sum_dim_intlist(1, true, Kind::Double);
-    let bb = b.square().sum_dim_intlist(1, true, Kind::Double).transpose(0, 1);
+    let bb = b
+        .square()
+        .sum_dim_intlist(1, true, Kind::Double)
+        .transpose(0, 1);
     (aa + bb - a.matmul(&b.transpose(0, 1)) * 2.0).clamp_min(0.0)
 }
 
@@ -167,7 +179,12 @@ mod tests {
                 sum += norm * (-d2 / (2.0 * h * h)).exp();
                 n += 1.0;
             }
-            assert!((got[i as usize] - (sum / n).ln()).abs() < 1e-9, "{} vs {}", got[i as usize], (sum / n).ln());
+            assert!(
+                (got[i as usize] - (sum / n).ln()).abs() < 1e-9,
+                "{} vs {}",
+                got[i as usize],
+                (sum / n).ln()
+            );
         }
         // 1-D by hand: points {0, 2}, h = 1, x = 1: log(N(1; 0, 1)) = -0.5 - 0.5 ln(2 pi).
         let kd1 = KernelDensity::fit(
@@ -178,13 +195,19 @@ mod tests {
         )
         .unwrap();
         let v = kd1
-            .log_density(&Tensor::from_slice(&[1.0f64]).view([1, 1]), &Tensor::from_slice(&[0i64]))
+            .log_density(
+                &Tensor::from_slice(&[1.0f64]).view([1, 1]),
+                &Tensor::from_slice(&[0i64]),
+            )
             .unwrap()
             .double_value(&[0]);
         assert!((v - (-0.5 - 0.5 * (2.0 * std::f64::consts::PI).ln())).abs() < 1e-12);
         // Round trip through tensors.
         let back = KernelDensity::from_tensors(&kd.to_tensors().into_iter().collect()).unwrap();
-        assert!(back.log_density(&q, &qc).unwrap().equal(&kd.log_density(&q, &qc).unwrap()));
+        assert!(back
+            .log_density(&q, &qc)
+            .unwrap()
+            .equal(&kd.log_density(&q, &qc).unwrap()));
     }
 
     #[test]

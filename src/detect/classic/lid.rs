@@ -21,7 +21,12 @@ pub fn mle_lid(dists: &Tensor) -> Tensor {
 
 /// LIDs of `batch` rows `[B, D]` against `reference` rows `[R, D]` with `k` neighbours. With
 /// `exclude_self` a zero distance (the row itself, when the batch is the reference) is skipped.
-pub fn lid_batch(batch: &Tensor, reference: &Tensor, k: usize, exclude_self: bool) -> Result<Tensor> {
+pub fn lid_batch(
+    batch: &Tensor,
+    reference: &Tensor,
+    k: usize,
+    exclude_self: bool,
+) -> Result<Tensor> {
     let r = reference.size()[0] as usize;
     let need = k + usize::from(exclude_self);
     if k == 0 || need > r {
@@ -29,7 +34,11 @@ pub fn lid_batch(batch: &Tensor, reference: &Tensor, k: usize, exclude_self: boo
             "LID: k = {k} needs at least {need} reference rows, got {r}"
         )));
     }
-    let d = sq_dist(&batch.to_kind(Kind::Double), &reference.to_kind(Kind::Double)).sqrt();
+    let d = sq_dist(
+        &batch.to_kind(Kind::Double),
+        &reference.to_kind(Kind::Double),
+    )
+    .sqrt();
     let (near, _) = d.topk(need as i64, 1, false, true); // ascending
     let near = if exclude_self {
         // Drop the nearest only where it is the row itself: a distance that is zero up to the
@@ -37,7 +46,8 @@ pub fn lid_batch(batch: &Tensor, reference: &Tensor, k: usize, exclude_self: boo
         // the farthest of the k + 1.
         let scale = near.select(1, k as i64).clamp_min(f64::MIN_POSITIVE);
         let first_zero = near.select(1, 0).le_tensor(&(scale * 1e-6)).unsqueeze(1);
-        near.narrow(1, 1, k as i64).where_self(&first_zero, &near.narrow(1, 0, k as i64))
+        near.narrow(1, 1, k as i64)
+            .where_self(&first_zero, &near.narrow(1, 0, k as i64))
     } else {
         near
     };

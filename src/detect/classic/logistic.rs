@@ -37,7 +37,9 @@ impl LogisticCombiner {
             ));
         }
         let mean = x.mean_axis(Axis(0)).expect("rows > 0");
-        let std = x.std_axis(Axis(0), 0.0).mapv(|s| if s > 0.0 { s } else { 1.0 });
+        let std = x
+            .std_axis(Axis(0), 0.0)
+            .mapv(|s| if s > 0.0 { s } else { 1.0 });
         let z = (&x - &mean) / &std;
         let y = Array1::from_iter(adversarial.iter().copied());
         let fitted = linfa_logistic::LogisticRegression::default()
@@ -83,7 +85,11 @@ mod tests {
         let (mut rows, mut y) = (Vec::new(), Vec::new());
         for i in 0..30 {
             let adv = i >= 20;
-            rows.push(if adv { 2.0 + i as f64 * 0.01 } else { i as f64 * 0.01 });
+            rows.push(if adv {
+                2.0 + i as f64 * 0.01
+            } else {
+                i as f64 * 0.01
+            });
             y.push(adv);
         }
         let x = Array2::from_shape_vec((30, 1), rows).unwrap();
@@ -101,7 +107,11 @@ mod tests {
         let mut y = Vec::new();
         for i in 0..n {
             let adv = i % 2 == 0;
-            let v = if adv { 3.0 + (i as f64) * 0.01 } else { 1.0 - (i as f64) * 0.01 };
+            let v = if adv {
+                3.0 + (i as f64) * 0.01
+            } else {
+                1.0 - (i as f64) * 0.01
+            };
             rows.extend_from_slice(&[v, 5.0]);
             y.push(adv);
         }

@@ -110,7 +110,8 @@ mod tests {
         let q = [1.0f64, 3.0];
         let maha = |m: [f64; 2]| {
             let v = [q[0] - m[0], q[1] - m[1]];
-            v[0] * (inv[0][0] * v[0] + inv[0][1] * v[1]) + v[1] * (inv[1][0] * v[0] + inv[1][1] * v[1])
+            v[0] * (inv[0][0] * v[0] + inv[0][1] * v[1])
+                + v[1] * (inv[1][0] * v[0] + inv[1][1] * v[1])
         };
         let got: Vec<f64> =
             Vec::try_from(g.distances(&Tensor::from_slice(&q).view([1, 2])).view([-1])).unwrap();
@@ -119,7 +120,14 @@ mod tests {
         let (conf, cls) = g.confidence(&Tensor::from_slice(&q).view([1, 2]));
         let want = -0.5 * maha([0.0, 0.0]).min(maha([4.0, 4.0]));
         assert!((conf.double_value(&[0]) - want).abs() < 1e-9);
-        assert_eq!(cls.int64_value(&[0]), if maha([0.0, 0.0]) < maha([4.0, 4.0]) { 0 } else { 1 });
+        assert_eq!(
+            cls.int64_value(&[0]),
+            if maha([0.0, 0.0]) < maha([4.0, 4.0]) {
+                0
+            } else {
+                1
+            }
+        );
         let back = ClassGaussian::from_tensors(&g.to_tensors().into_iter().collect()).unwrap();
         assert!(back.distances(&f).equal(&g.distances(&f)));
         assert!(ClassGaussian::fit(&f, &Tensor::from_slice(&lab), 3).is_err());

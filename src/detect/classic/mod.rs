@@ -20,14 +20,14 @@ pub mod logistic;
 pub mod mahalanobis;
 
 use crate::bayes::mode::McDropout;
-use kd::KernelDensity;
-use lid::lid_batch;
-use logistic::LogisticCombiner;
-use mahalanobis::ClassGaussian;
 use crate::bayes::ForwardMode;
 use crate::data::Dataset;
 use crate::models::BayesModel;
 use crate::{Error, Result};
+use kd::KernelDensity;
+use lid::lid_batch;
+use logistic::LogisticCombiner;
+use mahalanobis::ClassGaussian;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -356,7 +356,11 @@ impl Classic {
             ClassicKind::Kd | ClassicKind::KdBu => {
                 let (logits, f) = tap_features(model, x, taps, false)?;
                 let pred = logits.detach().argmax(-1, false);
-                let kd = self.kd.as_ref().expect("fitted").log_density(&f[0], &pred)?;
+                let kd = self
+                    .kd
+                    .as_ref()
+                    .expect("fitted")
+                    .log_density(&f[0], &pred)?;
                 if cfg.kind == ClassicKind::Kd {
                     return Ok(kd.unsqueeze(1));
                 }
@@ -389,7 +393,12 @@ impl Classic {
     /// Lee et al.'s confidence at tap `l`: max over classes of minus half the squared
     /// Mahalanobis distance, after moving the input by `noise` along the sign of the gradient
     /// that raises it (clean inputs gain more than adversarial ones).
-    fn mahalanobis_confidence(&self, model: &dyn BayesModel, x: &Tensor, l: usize) -> Result<Tensor> {
+    fn mahalanobis_confidence(
+        &self,
+        model: &dyn BayesModel,
+        x: &Tensor,
+        l: usize,
+    ) -> Result<Tensor> {
         let g = &self.gauss[l];
         let tap = std::slice::from_ref(&self.meta.taps[l]);
         let noise = self.meta.config.noise;
@@ -444,10 +453,18 @@ impl Classic {
     pub fn to_tensors(&self) -> Vec<(String, Tensor)> {
         let mut v = Vec::new();
         if let Some(kd) = &self.kd {
-            v.extend(kd.to_tensors().into_iter().map(|(n, t)| (format!("kd/{n}"), t)));
+            v.extend(
+                kd.to_tensors()
+                    .into_iter()
+                    .map(|(n, t)| (format!("kd/{n}"), t)),
+            );
         }
         for (l, g) in self.gauss.iter().enumerate() {
-            v.extend(g.to_tensors().into_iter().map(|(n, t)| (format!("gauss{l}/{n}"), t)));
+            v.extend(
+                g.to_tensors()
+                    .into_iter()
+                    .map(|(n, t)| (format!("gauss{l}/{n}"), t)),
+            );
         }
         for (l, r) in self.reference.iter().enumerate() {
             v.push((format!("lid{l}/reference"), r.shallow_clone()));
