@@ -93,6 +93,11 @@ pub fn checkpoint_path(m: &ZooModel) -> PathBuf {
 /// Resolve a `--weights` value: `zoo:NAME` is fetched and converted on first use; anything else
 /// is a path that must exist.
 pub fn resolve(weights: &str, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    resolve_flag("--weights", weights, on_fetch)
+}
+
+/// [`resolve`] for a flag other than `--weights` (`--surrogate`), named in the error.
+pub fn resolve_flag(flag: &str, weights: &str, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     if let Some(name) = weights.strip_prefix("zoo:") {
         let m = find(name).ok_or_else(|| {
             let names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
@@ -106,7 +111,7 @@ pub fn resolve(weights: &str, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf>
     let p = PathBuf::from(weights);
     if !p.is_file() {
         return Err(Error::invalid(format!(
-            "--weights {weights}: no such file (use a libre checkpoint path or zoo:NAME)"
+            "{flag} {weights}: no such file (use a libre checkpoint path or zoo:NAME)"
         )));
     }
     Ok(p)

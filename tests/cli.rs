@@ -206,3 +206,55 @@ fn impossible_sizes_are_refused_before_allocating() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("lower --mc-samples"), "{err}");
 }
+
+/// Messages name the flag at fault: a non-finite --eps, a missing --surrogate, --mc-samples on a
+/// deterministic network (it used to be reported as a "Bayes ensemble").
+#[test]
+fn messages_name_the_flag_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("adv.safetensors");
+    let run = |args: &[&str]| {
+        let o = libre().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let atk = [
+        "attack",
+        "--weights",
+        "zoo:lenet5-mnist",
+        "--data",
+        "mnist:test[0:4]",
+    ];
+    let o = out.to_str().unwrap();
+    let e = run(&[&atk[..], &["--attack", "fgsm", "--eps", "NaN", "--out", o]].concat());
+    assert!(e.contains("--eps NaN"), "{e}");
+    let e = run(&[
+        &atk[..],
+        &[
+            "--attack",
+            "fgsm",
+            "--eps",
+            "0.1",
+            "--surrogate",
+            "/no/such.safetensors",
+            "--out",
+            o,
+        ],
+    ]
+    .concat());
+    assert!(e.contains("--surrogate /no/such.safetensors"), "{e}");
+    let e = run(&[
+        "eval",
+        "--weights",
+        "zoo:lenet5-mnist",
+        "--data",
+        "mnist:test[0:4]",
+        "--mc-samples",
+        "5",
+    ]);
+    assert!(
+        e.contains("--mc-samples 5") && e.contains("deterministic"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}

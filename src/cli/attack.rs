@@ -95,6 +95,13 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
             ATTACK_NAMES.join(", ")
         );
     }
+    // JSON has no NaN or infinity: they would reach the registry as null and fail there with a
+    // message that does not name the flag.
+    for (flag, v) in [("--eps", args.eps), ("--step-size", args.step_size)] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+            anyhow::bail!("{flag} {v}: must be a finite number >= 0");
+        }
+    }
     let mut params = Map::new();
     if let Some(e) = args.eps {
         params.insert("eps".into(), json!(e));
@@ -152,7 +159,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let target = &det.model;
     let surrogate = match &args.surrogate {
         Some(s) => {
-            let p = libre::zoo::resolve(s, &mut super::fetch_note(&out))?;
+            let p = libre::zoo::resolve_flag("--surrogate", s, &mut super::fetch_note(&out))?;
             Some(libre::checkpoint::load(&p, device)?.0)
         }
         None => None,

@@ -40,14 +40,17 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let (model, _meta) = libre::checkpoint::load(&path, device)?;
     let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
     let bayesian = model.posterior().is_some();
-    let mode = if args.deterministic || (!bayesian && args.mc_samples.is_none()) {
+    let mode = if args.deterministic {
         ForwardMode::Deterministic
     } else {
-        let s = args
-            .mc_samples
-            .or_else(|| model.posterior().map(|p| p.config.samples))
-            .unwrap_or(1);
-        ForwardMode::ParallelMc { samples: s }
+        // A DNN gives one prediction: more samples are an error naming the fix, not a
+        // "Bayes ensemble" of identical copies.
+        let s = libre::detect::detector::samples_for(model.as_ref(), args.mc_samples)?;
+        if bayesian {
+            ForwardMode::ParallelMc { samples: s }
+        } else {
+            ForwardMode::Deterministic
+        }
     };
     let curve = if args.curve {
         eval::default_curve(mode.samples())
