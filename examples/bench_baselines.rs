@@ -42,15 +42,7 @@ fn main() {
     let zoo = libre::zoo::resolve("zoo:lenet5-mnist", note).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let adv = fgsm(&zoo, &lr_clean, dir.path(), dev);
-    let base = ClassicConfig {
-        kind: ClassicKind::Kd,
-        layers: vec![],
-        bandwidth: 1.2,
-        k: 20,
-        reference: 100,
-        noise: 0.0,
-        dropout: None,
-    };
+    let base = ClassicConfig::new(ClassicKind::Kd);
     let drop = McDropout {
         layers: vec!["conv2".into(), "linear1".into()],
         p: 0.5,

@@ -189,15 +189,7 @@ fn every_detector_fits_reloads_and_scores() {
     let (x, _) = test.batch(0, 64).unwrap();
     let zoo = libre::zoo::resolve("zoo:lenet5-mnist", &mut |_| {}).unwrap();
     let mut det = Detector::load(&zoo, Device::Cpu, None).unwrap();
-    let cfg = ClassicConfig {
-        kind: ClassicKind::Kd,
-        layers: vec![],
-        bandwidth: 1.2,
-        k: 20,
-        reference: 100,
-        noise: 0.0,
-        dropout: None,
-    };
+    let cfg = ClassicConfig::new(ClassicKind::Kd);
     let c = Classic::fit(
         det.model.as_mut(),
         &cfg,

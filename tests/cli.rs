@@ -257,4 +257,11 @@ fn messages_name_the_flag_at_fault() {
         "{e}"
     );
     assert!(!out.exists());
+    // Listing layers needs neither --posterior nor --out.
+    let o = libre()
+        .args(["convert", "--weights", "zoo:lenet5-mnist", "--list-layers"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("linear1"));
 }

@@ -15,8 +15,8 @@ pub struct Args {
     #[arg(long)]
     pub model: Option<String>,
     /// mean-field, ensemble or low-rank; `point` converts back to a deterministic model.
-    #[arg(long)]
-    pub posterior: String,
+    #[arg(long, required_unless_present = "list_layers")]
+    pub posterior: Option<String>,
     /// all, last-block, a layer path (layer4.2), a comma-separated list or a glob (layer4.*).
     #[arg(long, default_value = "all")]
     pub layers: String,
@@ -29,8 +29,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// Output checkpoint (.safetensors).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "list_layers")]
+    pub out: Option<PathBuf>,
     /// List the convertible layer paths and exit.
     #[arg(long)]
     pub list_layers: bool,
@@ -67,13 +67,17 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         });
         return Ok(());
     }
-    if !args.out.to_string_lossy().ends_with(".safetensors") {
+    let (posterior, dest) = (
+        args.posterior.clone().expect("clap requires --posterior"),
+        args.out.clone().expect("clap requires --out"),
+    );
+    if !dest.to_string_lossy().ends_with(".safetensors") {
         anyhow::bail!(
             "--out must name a .safetensors file, got {}",
-            args.out.display()
+            dest.display()
         );
     }
-    let family: Family = args.posterior.parse()?;
+    let family: Family = posterior.parse()?;
     let converted = if family == Family::Point {
         model.to_deterministic()?;
         vec![]
@@ -87,15 +91,15 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         tch::manual_seed(args.seed);
         model.convert(&sel, &pc)?
     };
-    libre::checkpoint::save(&args.out, model.as_ref())?;
-    let data = json!({ "out": args.out, "posterior": args.posterior, "converted": converted,
+    libre::checkpoint::save(&dest, model.as_ref())?;
+    let data = json!({ "out": dest, "posterior": posterior, "converted": converted,
                        "samples": args.mc_samples });
     out.result(data, || {
         format!(
             "{} -> {} ({}: {} layer(s): {})\n",
             args.weights,
-            args.out.display(),
-            args.posterior,
+            dest.display(),
+            posterior,
             converted.len(),
             converted.join(", ")
         )

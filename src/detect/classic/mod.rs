@@ -99,6 +99,20 @@ pub struct ClassicConfig {
 }
 
 impl ClassicConfig {
+    /// The papers' MNIST settings (bandwidth 1.20, k = 20 in a 100-image reference, no noise,
+    /// every block, no dropout), which the CLI's defaults repeat.
+    pub fn new(kind: ClassicKind) -> ClassicConfig {
+        ClassicConfig {
+            kind,
+            layers: vec![],
+            bandwidth: 1.2,
+            k: 20,
+            reference: 100,
+            noise: 0.0,
+            dropout: None,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(self.bandwidth > 0.0 && self.bandwidth.is_finite()) {
             return Err(Error::invalid(format!(
