@@ -7,28 +7,15 @@
 #   scripts/baselines_adaptive.sh OUT_OF_THE_STUDY DETECTOR [SCORE]   e.g. runs/baselines-mnist maha-lr mahalanobis
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/experiment.sh
 OUT=${1:?usage: baselines_adaptive.sh OUT DETECTOR [SCORE]}
 DET=${2:?usage: baselines_adaptive.sh OUT DETECTOR [SCORE]}
 SCORE=${3:-mahalanobis}
 LIBRE=${LIBRE:-target/release/libre}
 DATA=$(sed -n 's/^data = "\(.*\)"/\1/p' "$OUT/experiment.toml")
-cat >"$OUT/adaptive-$DET.toml" <<TOML
-title = "adaptive PGD against $DET"
-data = "$DATA"
-seed = 0
-bootstrap = 200
-batch_size = 250
-
-[[model]]
-name = "$DET"
-weights = "$OUT/$DET.safetensors"
-scores = ["$SCORE"]
-
-[[attack]]
-name = "pgd"
-eps = [0.3]
-steps = 40
-step_size = 0.01
-adaptive = [1.0, 10.0]
-TOML
+{
+  printf 'title = "adaptive PGD against %s"\ndata = "%s"\nseed = 0\nbootstrap = 200\nbatch_size = 250\n' "$DET" "$DATA"
+  model "$DET" "$OUT/$DET.safetensors" "\"$SCORE\""
+  attack pgd 0.3 40 0.01 'adaptive = [1.0, 10.0]'
+} >"$OUT/adaptive-$DET.toml"
 "$LIBRE" evaluate "$OUT/adaptive-$DET.toml" --out "$OUT/adaptive-$DET"

@@ -12,6 +12,7 @@
 # train[55000:60000]; test on the first 500 test images. Nothing is chosen on test images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/experiment.sh
 SET=${1:?usage: baselines_study.sh mnist|fashion [OUT]}
 LIBRE=${LIBRE:-target/release/libre}
 case "$SET" in
@@ -67,81 +68,24 @@ cal kd-bu --detector kd-bu --fit-data "$FIT" --dropout conv2,linear1 "${LR[@]}"
 cal lid --detector lid --fit-data "$FIT" "${LR[@]}"
 cal maha --detector mahalanobis --fit-data "$FIT"
 cal mcd --detector mc-dropout --dropout conv2,linear1 --mc-samples 20
-cat >"$OUT/experiment.toml" <<TOML
+{
+  cat <<TOML
 title = "$SET: classic detectors vs LiBRe vs DNN msp (LR forms trained on FGSM 0.3 = seen)"
 data = "$DATA:test[0:500]"
 seed = 0
 subset = "all"
 bootstrap = 200
 batch_size = 250
-
-[[model]]
-name = "dnn"
-weights = "$DNN"
-scores = ["msp", "entropy", "max-logit"]
-
-[[model]]
-name = "libre"
-weights = "$LIBRE_W"
-scores = ["feature-variance", "softmax-variance", "mutual-information", "msp"]
-
-[[model]]
-name = "kd"
-weights = "$OUT/kd.safetensors"
-scores = ["kd"]
-
-[[model]]
-name = "kd-bu"
-weights = "$OUT/kd-bu.safetensors"
-scores = ["kd-bu"]
-
-[[model]]
-name = "lid"
-weights = "$OUT/lid.safetensors"
-scores = ["lid"]
-
-[[model]]
-name = "maha"
-weights = "$OUT/maha.safetensors"
-scores = ["mahalanobis"]
-
-[[model]]
-name = "maha-lr"
-weights = "$OUT/maha-lr.safetensors"
-scores = ["mahalanobis"]
-
-[[model]]
-name = "mc-dropout"
-weights = "$OUT/mcd.safetensors"
-scores = ["feature-variance", "softmax-variance", "mutual-information"]
-
-[[attack]]
-name = "fgsm"
-eps = [0.1, 0.3]
-
-[[attack]]
-name = "bim"
-eps = [0.1, 0.3]
-steps = 40
-step_size = 0.01
-
-[[attack]]
-name = "pgd"
-eps = [0.1, 0.3]
-steps = 40
-step_size = 0.01
-
-[[attack]]
-name = "mim"
-eps = [0.1, 0.3]
-steps = 40
-step_size = 0.01
-params = { decay = 1.0 }
-
-[[attack]]
-name = "cw"
-eps = [0.1, 0.3]
-steps = 40
-step_size = 0.01
 TOML
+  model dnn "$DNN" '"msp", "entropy", "max-logit"'
+  model libre "$LIBRE_W" '"feature-variance", "softmax-variance", "mutual-information", "msp"'
+  for m in kd:kd kd-bu:kd-bu lid:lid maha:mahalanobis maha-lr:mahalanobis; do
+    model "${m%%:*}" "$OUT/${m%%:*}.safetensors" "\"${m#*:}\""
+  done
+  model mc-dropout "$OUT/mcd.safetensors" '"feature-variance", "softmax-variance", "mutual-information"'
+  attack fgsm "0.1, 0.3"
+  for a in bim pgd; do attack "$a" "0.1, 0.3" 40 0.01; done
+  attack mim "0.1, 0.3" 40 0.01 'params = { decay = 1.0 }'
+  attack cw "0.1, 0.3" 40 0.01
+} >"$OUT/experiment.toml"
 "$LIBRE" evaluate "$OUT/experiment.toml" --out "$OUT/report"

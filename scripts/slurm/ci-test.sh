@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
+. scripts/lib/experiment.sh
 fail() { echo "slurm test: FAILED: $*" >&2; exit 1; }
 say() { echo "slurm test: $*" >&2; }
 
@@ -139,33 +140,13 @@ cmp "$W/detect-full.csv" "$W/detect.csv" || fail "merged detect output differs f
 say "detect: resubmitted part 2; merged CSV == unsharded CSV ($(($(wc -l <"$W/detect.csv") - 1)) rows)"
 
 # 2. evaluate: 2 parts over the cells of a small experiment, merged by a dependent job.
-cat >"$W/exp.toml" <<TOML
-title = "slurm test"
-data = "mnist:test[0:60]"
-seed = 3
-batch_size = 30
-bootstrap = 20
-
-[[model]]
-name = "dnn"
-weights = "zoo:lenet5-mnist"
-scores = ["msp", "entropy"]
-
-[[model]]
-name = "ens"
-weights = "$W/ens.safetensors"
-scores = ["feature-variance", "msp"]
-
-[[attack]]
-name = "fgsm"
-eps = [0.1, 0.3]
-
-[[attack]]
-name = "pgd"
-eps = [0.3]
-steps = 5
-step_size = 0.1
-TOML
+{
+    printf 'title = "slurm test"\ndata = "mnist:test[0:60]"\nseed = 3\nbatch_size = 30\nbootstrap = 20\n'
+    model dnn zoo:lenet5-mnist '"msp", "entropy"'
+    model ens "$W/ens.safetensors" '"feature-variance", "msp"'
+    attack fgsm "0.1, 0.3"
+    attack pgd 0.3 5 0.1
+} >"$W/exp.toml"
 "$LIBRE" -q evaluate "$W/exp.toml" --out "$W/eval-full" >/dev/null
 read -r arr mrg < <(scripts/slurm/submit-evaluate.sh 2 "$W/exp.toml" "$W/eval")
 wait_jobs "$arr,$mrg"
