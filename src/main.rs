@@ -2,7 +2,7 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -96,9 +96,44 @@ fn ensure_passive_omp_wait() {
     eprintln!("libre: note: could not re-execute with OMP_WAIT_POLICY=PASSIVE ({err})");
 }
 
+/// `--resume` continues a run with the settings in its config.json: flags that would silently be
+/// ignored are refused, by name.
+fn check_resume_flags(m: &clap::ArgMatches) -> Result<(), String> {
+    let Some((name, sub)) = m.subcommand() else {
+        return Ok(());
+    };
+    if !matches!(name, "train" | "finetune")
+        || sub.get_one::<std::path::PathBuf>("resume").is_none()
+    {
+        return Ok(());
+    }
+    let ignored: Vec<String> = sub
+        .ids()
+        .map(|id| id.as_str())
+        // Argument groups (the flattened structs) are listed too: only flags are lowercase.
+        .filter(|id| id.starts_with(|c: char| c.is_ascii_lowercase()))
+        .filter(|id| !matches!(*id, "resume" | "device" | "json" | "quiet"))
+        .filter(|id| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if ignored.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "--resume continues the run with the settings saved in its config.json; these flags \
+         would be ignored: {} (drop them, or start a new run with --out)",
+        ignored.join(", ")
+    ))
+}
+
 fn main() {
     ensure_passive_omp_wait();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    if let Err(msg) = check_resume_flags(&matches) {
+        eprintln!("libre: {msg}");
+        std::process::exit(2);
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let json = cli.json;
     if let Err(e) = run(cli) {
         eprintln!("libre: {e:#}");

@@ -351,4 +351,14 @@ fn existing_runs_need_force() {
         std::fs::read_to_string(run.join("notes.txt")).unwrap(),
         "mine"
     );
+    // --resume takes the saved settings: flags it would ignore are refused by name.
+    let o = libre()
+        .args(["train", "--resume"])
+        .arg(&run)
+        .args(["--epochs", "3", "--lr", "0.1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--epochs, --lr"), "{err}");
 }
