@@ -114,6 +114,18 @@ fn every_detector_fits_reloads_and_scores() {
             ],
             "feature-variance",
         ),
+        (
+            "bu",
+            vec![
+                "--detector",
+                "bu",
+                "--dropout",
+                "conv2,linear1",
+                "--mc-samples",
+                "8",
+            ],
+            "softmax-variance",
+        ),
     ];
     for (name, args, score) in &cases {
         let r = json_result(calibrate(d, name, args));

@@ -46,7 +46,8 @@ pub struct CalibrateArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// The detector: `libre` (the model's uncertainty scores), `mc-dropout` (dropout kept on at
-    /// --dropout blocks, scored like a BNN), or a classic detector fitted here: `kd`, `kd-bu`,
+    /// --dropout blocks, scored like a BNN), `bu` (the same, flagging on softmax variance:
+    /// Feinman et al.'s Bayesian uncertainty), or a classic detector fitted here: `kd`, `kd-bu`,
     /// `lid`, `mahalanobis` (docs/detection.md, "Baselines").
     #[arg(long, default_value = "libre")]
     pub detector: String,
@@ -129,15 +130,18 @@ fn build_detector(
             }
             Ok(())
         }
-        "mc-dropout" => {
+        // BU (Feinman et al.) is MC dropout's softmax variance: the same detector, another score.
+        "mc-dropout" | "bu" => {
             if det.model.posterior().is_some() {
                 anyhow::bail!(
-                    "--detector mc-dropout takes a deterministic network (this one has a posterior)"
+                    "--detector {} takes a deterministic network (this one has a posterior)",
+                    args.detector
                 );
             }
             let d = dropout(s)?.ok_or_else(|| {
                 anyhow::anyhow!(
-                    "--detector mc-dropout needs --dropout BLOCKS (the model's blocks: {})",
+                    "--detector {} needs --dropout BLOCKS (the model's blocks: {})",
+                    args.detector,
                     classic::block_names(det.model.as_ref())
                         .map(|v| v.join(", "))
                         .unwrap_or_default()
@@ -320,13 +324,14 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
     let device = super::resolve_device(&args.device, &out)?;
     let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
     let requested = match args.detector.as_str() {
-        "mc-dropout" | "kd-bu" => None, // a DNN: the samples are dropout masks
+        "mc-dropout" | "bu" | "kd-bu" => None, // a DNN: the samples are dropout masks
         _ => args.mc_samples,
     };
     let mut det = Detector::load(&path, device, requested)?;
     build_detector(&args, &mut det, device, &out)?;
     let score: Score = match &args.score {
         Some(s) => s.parse()?,
+        None if args.detector == "bu" => Score::SoftmaxVariance,
         None => det.default_score(),
     };
     det.check_score(score)?;
@@ -575,7 +580,15 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     let det = Detector::load(&path, device, args.mc_samples)?;
     let shown: Vec<Score> = match &args.score {
         Some(s) => scores::parse_list(s)?,
-        None => det.available_scores(),
+        // The detector's own score first (its first column is what flags).
+        None => {
+            let mut v = det.available_scores();
+            if let Some(m) = &det.meta {
+                v.retain(|s| *s != m.score);
+                v.insert(0, m.score);
+            }
+            v
+        }
     };
     for s in &shown {
         det.check_score(*s)?;
