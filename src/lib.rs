@@ -39,3 +39,12 @@ pub use error::{Error, Result};
 
 /// libre's version with the git revision it was built from, e.g. `0.1.0 (3f2a9c1e0b7d)`.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LIBRE_GIT_REV"), ")");
+
+/// libtorch's default generator is one per process and the test harness runs tests on several
+/// threads: every unit test that seeds or draws from it holds this lock, so a test's seeded
+/// sequence is never advanced by another test in between.
+#[cfg(test)]
+pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -622,6 +622,7 @@ mod tests {
 
     #[test]
     fn crop_flip_keeps_shape_and_pixels() {
+        let _rng = crate::rng_lock();
         tch::manual_seed(0);
         let x = Tensor::rand([3, 3, 8, 8], (Kind::Float, Device::Cpu));
         let y = augment(&x, Augment::CropFlip);

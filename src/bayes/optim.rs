@@ -285,6 +285,7 @@ mod tests {
     /// Hand-computed Nesterov SGD on f(w) = w^2 / 2 (grad = w): w1 = w0 - lr (g + m g).
     #[test]
     fn nesterov_matches_hand_computation() {
+        let _rng = crate::rng_lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let w = vs_add(&vs, "w", Tensor::from_slice(&[2.0f32]), true);
         let psi = vs_add(&vs, "w_psi", Tensor::from_slice(&[1.0f32]), true);

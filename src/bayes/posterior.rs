@@ -430,6 +430,7 @@ mod tests {
 
     #[test]
     fn convert_adds_and_back_removes_suffixed_variables() {
+        let _rng = crate::rng_lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let w = vs_add(
             &vs,
@@ -469,6 +470,7 @@ mod tests {
 
     #[test]
     fn ensemble_draw_checks_member_count() {
+        let _rng = crate::rng_lock();
         let vs = nn::VarStore::new(Device::Cpu);
         let w = vs_add(&vs, "w", Tensor::ones([2], tch::kind::FLOAT_CPU), true);
         let mut p = BayesParam::point("w", w);

@@ -181,6 +181,7 @@ mod tests {
 
     #[test]
     fn round_trip_u8_and_f32() {
+        let _rng = crate::rng_lock();
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("b.safetensors");
         let imgs =
@@ -207,6 +208,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_files() {
+        let _rng = crate::rng_lock();
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("b.safetensors");
         std::fs::write(&p, b"garbage").unwrap();
@@ -343,6 +345,7 @@ mod writer_tests {
 
     #[test]
     fn streamed_file_reads_back_and_unfinished_leaves_nothing() {
+        let _rng = crate::rng_lock();
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("s.safetensors");
         let x = tch::Tensor::rand([5, 1, 3, 2], (Kind::Float, tch::Device::Cpu));

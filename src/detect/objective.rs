@@ -334,6 +334,7 @@ mod tests {
 
     #[test]
     fn perturbation_stays_in_the_ball_and_in_range() {
+        let _rng = crate::rng_lock();
         tch::manual_seed(3);
         let x = Tensor::rand([16, 1, 12, 12], (Kind::Float, Device::Cpu));
         let xp = perturb(&x, 0.2, 1.0); // every image blurred
@@ -356,6 +357,7 @@ mod tests {
 
     #[test]
     fn distinct_pairs_differ_everywhere() {
+        let _rng = crate::rng_lock();
         tch::manual_seed(1);
         let (a, b) = distinct_pair(1000, 2);
         assert_eq!(i64::try_from(a.eq_tensor(&b).sum(Kind::Int64)).unwrap(), 0);
@@ -364,6 +366,7 @@ mod tests {
 
     #[test]
     fn validates_settings() {
+        let _rng = crate::rng_lock();
         let ok = LibreConfig::for_attack_eps(ObjectiveKind::Reference, 0.3);
         assert_eq!(ok.noise_eps, (0.15, 0.6));
         ok.validate().unwrap();

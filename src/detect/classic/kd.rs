@@ -156,6 +156,7 @@ mod tests {
 
     #[test]
     fn log_density_is_the_direct_sum_of_kernels() {
+        let _rng = crate::rng_lock();
         tch::manual_seed(0);
         let f = Tensor::randn([9, 3], (Kind::Double, tch::Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 1, 0, 1, 0, 1, 1, 0, 1]);
@@ -212,6 +213,7 @@ mod tests {
 
     #[test]
     fn differentiable_in_the_features() {
+        let _rng = crate::rng_lock();
         tch::manual_seed(1);
         let f = Tensor::randn([6, 2], (Kind::Double, tch::Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 1]);
@@ -233,6 +235,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_settings() {
+        let _rng = crate::rng_lock();
         let f = Tensor::zeros([2, 2], (Kind::Double, tch::Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 0]);
         assert!(KernelDensity::fit(&f, &y, 2, 1.0).is_err()); // class 1 empty

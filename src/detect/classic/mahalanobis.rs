@@ -91,6 +91,7 @@ mod tests {
 
     #[test]
     fn distances_with_an_explicit_inverse() {
+        let _rng = crate::rng_lock();
         // Class 0 at (0,0) +- (1,0), (0,2); class 1 at (4,4) +- the same offsets.
         let off = [[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]];
         let mut pts = Vec::new();
