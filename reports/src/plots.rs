@@ -1,5 +1,5 @@
-//! The report's figures (SPEC section 6): one function per figure, generic over the plotters
-//! backend, plus SVG (default) and PNG writers.
+//! The report's figures: one function per figure, generic over the plotters backend, plus SVG
+//! (default) and PNG writers.
 //!
 //! Text needs a font even on headless machines: plotters' default font path goes through
 //! fontconfig and breaks there (plotters issues #310, #538), so the crate embeds DejaVu Sans
@@ -18,8 +18,10 @@
 use crate::classification::ReliabilityBin;
 use crate::detection::RocCurve;
 use crate::error::{ReportError, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Once;
 
@@ -71,13 +73,104 @@ fn grid<DB: DrawingBackend>(
     root.split_evenly((rows, cols))
 }
 
-fn need<T>(figure: &str, items: &[T]) -> Result<()> {
+/// Starts a figure of `n` panels laid out `cols` to a row on a white background; `items` (the
+/// figure's data) must not be empty.
+fn start<DB: DrawingBackend, T>(
+    figure: &str,
+    root: &DrawingArea<DB, Shift>,
+    items: &[T],
+    n: usize,
+    cols: usize,
+) -> Result<Vec<DrawingArea<DB, Shift>>> {
     if items.is_empty() {
         return Err(ReportError::Empty {
             what: format!("figure `{figure}` has no panels"),
         });
     }
-    Ok(())
+    root.fill(&WHITE).map_err(plot_err(figure))?;
+    Ok(grid(root, n, cols))
+}
+
+/// A panel's chart: both axes are `f64`.
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// What sets one figure's panels apart; the rest (font, margins, x label area, legend box)
+/// is the same in every figure.
+struct PanelStyle<'a> {
+    x_desc: &'a str,
+    y_desc: &'a str,
+    title_size: u32,
+    /// Number of tick labels on each axis.
+    x_labels: usize,
+    y_labels: usize,
+    /// Room for the y tick labels, wider for long numbers.
+    y_label_area: u32,
+    /// Tick label format on the x axis (plotters' default when `None`).
+    x_format: Option<fn(&f64) -> String>,
+    legend_at: SeriesLabelPosition,
+    legend_size: u32,
+}
+
+impl Default for PanelStyle<'_> {
+    fn default() -> Self {
+        PanelStyle {
+            x_desc: "",
+            y_desc: "",
+            title_size: 18,
+            x_labels: 6,
+            y_labels: 6,
+            y_label_area: 44,
+            x_format: None,
+            legend_at: SeriesLabelPosition::LowerRight,
+            legend_size: 13,
+        }
+    }
+}
+
+impl PanelStyle<'_> {
+    /// A titled chart over `x` by `y` on `area`, with its mesh and axis descriptions drawn.
+    fn chart<'a, DB: DrawingBackend>(
+        &self,
+        figure: &str,
+        area: &'a DrawingArea<DB, Shift>,
+        title: &str,
+        x: Range<f64>,
+        y: Range<f64>,
+    ) -> Result<Chart<'a, DB>> {
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", self.title_size))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(self.y_label_area)
+            .build_cartesian_2d(x, y)
+            .map_err(plot_err(figure))?;
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(self.x_desc)
+            .y_desc(self.y_desc)
+            .x_labels(self.x_labels)
+            .y_labels(self.y_labels);
+        if let Some(f) = &self.x_format {
+            mesh.x_label_formatter(f);
+        }
+        mesh.draw().map_err(plot_err(figure))?;
+        Ok(chart)
+    }
+
+    /// Draws the legend of the series drawn so far (call it last).
+    fn legend<'a, DB: DrawingBackend + 'a>(
+        &self,
+        figure: &str,
+        chart: &mut Chart<'a, DB>,
+    ) -> Result<()> {
+        chart
+            .configure_series_labels()
+            .position(self.legend_at.clone())
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font(("sans-serif", self.legend_size))
+            .draw()
+            .map_err(plot_err(figure))
+    }
 }
 
 /// One model's ROC curve in a panel.
@@ -103,24 +196,16 @@ pub fn draw_roc_panels<DB: DrawingBackend>(
     cols: usize,
 ) -> Result<()> {
     const FIG: &str = "roc";
-    need(FIG, panels)?;
-    root.fill(&WHITE).map_err(plot_err(FIG))?;
-    for (area, panel) in grid(root, panels.len(), cols).iter().zip(panels) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(44)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.0001f64)
-            .map_err(plot_err(FIG))?;
-        chart
-            .configure_mesh()
-            .x_desc("false positive rate (clean flagged)")
-            .y_desc("true positive rate")
-            .x_labels(6)
-            .y_labels(6)
-            .draw()
-            .map_err(plot_err(FIG))?;
+    let style = PanelStyle {
+        x_desc: "false positive rate (clean flagged)",
+        y_desc: "true positive rate",
+        ..Default::default()
+    };
+    for (area, panel) in start(FIG, root, panels, panels.len(), cols)?
+        .iter()
+        .zip(panels)
+    {
+        let mut chart = style.chart(FIG, area, &panel.title, 0f64..1f64, 0f64..1.0001f64)?;
         chart
             .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
             .map_err(plot_err(FIG))?;
@@ -135,14 +220,7 @@ pub fn draw_roc_panels<DB: DrawingBackend>(
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(plot_err(FIG))?;
+        style.legend(FIG, &mut chart)?;
     }
     Ok(())
 }
@@ -177,9 +255,21 @@ pub fn draw_score_histograms<DB: DrawingBackend>(
 ) -> Result<()> {
     const FIG: &str = "score histograms";
     const BINS: usize = 40;
-    need(FIG, panels)?;
-    root.fill(&WHITE).map_err(plot_err(FIG))?;
-    for (area, panel) in grid(root, panels.len(), cols).iter().zip(panels) {
+    let style = PanelStyle {
+        x_desc: "detection score",
+        y_desc: "fraction of samples",
+        title_size: 16,
+        x_labels: 5,
+        y_labels: 5,
+        y_label_area: 50,
+        legend_at: SeriesLabelPosition::UpperRight,
+        legend_size: 12,
+        ..Default::default()
+    };
+    for (area, panel) in start(FIG, root, panels, panels.len(), cols)?
+        .iter()
+        .zip(panels)
+    {
         let all = panel.clean.iter().chain(&panel.adversarial);
         let (mut lo, mut hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
@@ -200,21 +290,7 @@ pub fn draw_score_histograms<DB: DrawingBackend>(
             .fold(0.0f64, |a, &b| a.max(b))
             .max(1e-3)
             * 1.1;
-        let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(50)
-            .build_cartesian_2d(lo..hi, 0f64..ymax)
-            .map_err(plot_err(FIG))?;
-        chart
-            .configure_mesh()
-            .x_desc("detection score")
-            .y_desc("fraction of samples")
-            .x_labels(5)
-            .y_labels(5)
-            .draw()
-            .map_err(plot_err(FIG))?;
+        let mut chart = style.chart(FIG, area, &panel.title, lo..hi, 0f64..ymax)?;
         let w = (hi - lo) / BINS as f64;
         for (h, color, name) in [
             (&hc, CLEAN_COLOR, format!("clean (n={})", panel.clean.len())),
@@ -240,14 +316,7 @@ pub fn draw_score_histograms<DB: DrawingBackend>(
                     Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.mix(0.45).filled())
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font(("sans-serif", 12))
-            .draw()
-            .map_err(plot_err(FIG))?;
+        style.legend(FIG, &mut chart)?;
     }
     Ok(())
 }
@@ -267,32 +336,21 @@ pub fn draw_reliability<DB: DrawingBackend>(
     models: &[ReliabilitySeries],
 ) -> Result<()> {
     const FIG: &str = "reliability";
-    need(FIG, models)?;
-    root.fill(&WHITE).map_err(plot_err(FIG))?;
-    for (i, (area, m)) in grid(root, models.len(), models.len())
+    let style = PanelStyle {
+        x_desc: "confidence (max probability)",
+        y_desc: "accuracy",
+        legend_at: SeriesLabelPosition::UpperLeft,
+        legend_size: 12,
+        ..Default::default()
+    };
+    for (i, (area, m)) in start(FIG, root, models, models.len(), models.len())?
         .iter()
         .zip(models)
         .enumerate()
     {
         let color = model_color(&m.model, i);
-        let mut chart = ChartBuilder::on(area)
-            .caption(
-                format!("{} (ECE {:.4})", m.model.to_uppercase(), m.ece),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(44)
-            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-            .map_err(plot_err(FIG))?;
-        chart
-            .configure_mesh()
-            .x_desc("confidence (max probability)")
-            .y_desc("accuracy")
-            .x_labels(6)
-            .y_labels(6)
-            .draw()
-            .map_err(plot_err(FIG))?;
+        let title = format!("{} (ECE {:.4})", m.model.to_uppercase(), m.ece);
+        let mut chart = style.chart(FIG, area, &title, 0f64..1f64, 0f64..1f64)?;
         chart
             .draw_series(m.bins.iter().filter(|b| b.count > 0).map(|b| {
                 Rectangle::new([(b.lo, 0.0), (b.hi, b.accuracy)], color.mix(0.6).filled())
@@ -322,14 +380,7 @@ pub fn draw_reliability<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.5)))
             .map_err(plot_err(FIG))?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font(("sans-serif", 12))
-            .draw()
-            .map_err(plot_err(FIG))?;
+        style.legend(FIG, &mut chart)?;
     }
     Ok(())
 }
@@ -353,9 +404,7 @@ pub fn draw_mc_curve<DB: DrawingBackend>(
     series: &[McSeries],
 ) -> Result<()> {
     const FIG: &str = "mc curve";
-    need(FIG, series)?;
-    root.fill(&WHITE).map_err(plot_err(FIG))?;
-    let areas = grid(root, 2, 2);
+    let areas = start(FIG, root, series, 2, 2)?;
     let s_max = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
@@ -383,22 +432,28 @@ pub fn draw_mc_curve<DB: DrawingBackend>(
                 (a.min(v), b.max(v))
             });
         let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("{name} vs MC samples"), ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0.5f64..(s_max as f64 + 0.5), padded(lo, hi))
-            .map_err(plot_err(FIG))?;
-        chart
-            .configure_mesh()
-            .x_desc("number of MC samples S")
-            .y_desc(name)
-            .x_labels(8)
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_labels(6)
-            .draw()
-            .map_err(plot_err(FIG))?;
+        let style = PanelStyle {
+            x_desc: "number of MC samples S",
+            y_desc: name,
+            x_labels: 8,
+            y_label_area: 56,
+            // S is a count: no decimals on its axis.
+            x_format: Some(|x| format!("{x:.0}")),
+            // Accuracy rises and NLL falls with S: keep the legend off the curves' ends.
+            legend_at: if k == 0 {
+                SeriesLabelPosition::LowerRight
+            } else {
+                SeriesLabelPosition::UpperRight
+            },
+            ..Default::default()
+        };
+        let mut chart = style.chart(
+            FIG,
+            area,
+            &format!("{name} vs MC samples"),
+            0.5f64..(s_max as f64 + 0.5),
+            padded(lo, hi),
+        )?;
         for (i, s) in series.iter().enumerate() {
             let color = model_color(&s.model, i);
             let mut pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0 as f64, pick(p))).collect();
@@ -424,18 +479,7 @@ pub fn draw_mc_curve<DB: DrawingBackend>(
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                 .map_err(plot_err(FIG))?;
         }
-        chart
-            .configure_series_labels()
-            .position(if k == 0 {
-                SeriesLabelPosition::LowerRight
-            } else {
-                SeriesLabelPosition::UpperRight
-            })
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(plot_err(FIG))?;
+        style.legend(FIG, &mut chart)?;
     }
     Ok(())
 }
@@ -454,29 +498,21 @@ pub fn draw_auroc_vs_eps<DB: DrawingBackend>(
     cols: usize,
 ) -> Result<()> {
     const FIG: &str = "auroc vs eps";
-    need(FIG, panels)?;
-    root.fill(&WHITE).map_err(plot_err(FIG))?;
-    for (area, panel) in grid(root, panels.len(), cols).iter().zip(panels) {
+    let style = PanelStyle {
+        x_desc: "eps",
+        y_desc: "AUROC",
+        ..Default::default()
+    };
+    for (area, panel) in start(FIG, root, panels, panels.len(), cols)?
+        .iter()
+        .zip(panels)
+    {
         let eps = panel.series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
         let (lo, hi) = eps.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
             (a.min(v), b.max(v))
         });
         let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-        let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(44)
-            .build_cartesian_2d(padded(lo, hi), 0f64..1.0001f64)
-            .map_err(plot_err(FIG))?;
-        chart
-            .configure_mesh()
-            .x_desc("eps")
-            .y_desc("AUROC")
-            .x_labels(6)
-            .y_labels(6)
-            .draw()
-            .map_err(plot_err(FIG))?;
+        let mut chart = style.chart(FIG, area, &panel.title, padded(lo, hi), 0f64..1.0001f64)?;
         for (i, (model, pts)) in panel.series.iter().enumerate() {
             let color = model_color(model, i);
             chart
@@ -490,14 +526,7 @@ pub fn draw_auroc_vs_eps<DB: DrawingBackend>(
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .map_err(plot_err(FIG))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(plot_err(FIG))?;
+        style.legend(FIG, &mut chart)?;
     }
     Ok(())
 }
