@@ -1,7 +1,8 @@
-//! The CSV tables of a run directory: their schema, readers and writers (SPEC section 6).
+//! The CSV tables of a run directory: their schema, readers and writers.
 //!
 //! Every table has a header row; the columns may come in any order and extra columns are
-//! ignored. Errors name the file, the 1-based line (the header is line 1) and the column.
+//! ignored, but no column name may appear twice. Errors name the file, the 1-based line (the
+//! header is line 1) and the column.
 //!
 //! ## `scores.csv`: one row per scored input (written by the detection pipeline)
 //! | column | type | meaning |
@@ -142,6 +143,26 @@ fn open_reader(path: &Path) -> Result<csv::Reader<std::fs::File>> {
         .from_reader(file))
 }
 
+/// Rejects a header that names a column twice: columns are looked up by name, so one of the
+/// two would be read and the other silently ignored.
+fn check_unique_columns(path: &Path, headers: &csv::StringRecord) -> Result<()> {
+    for (j, name) in headers.iter().enumerate() {
+        if let Some(i) = headers.iter().take(j).position(|h| h == name) {
+            return Err(ReportError::BadCell {
+                path: path.into(),
+                line: 1,
+                column: name.into(),
+                problem: format!(
+                    "the header has this column twice, as column {} and column {}",
+                    i + 1,
+                    j + 1
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn column_index(path: &Path, headers: &csv::StringRecord, name: &str, hint: &str) -> Result<usize> {
     headers.iter().position(|h| h == name).ok_or_else(|| {
         let available = headers.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>();
@@ -206,6 +227,7 @@ pub fn read_scores(path: &Path, spec: &ScoreCsvSpec) -> Result<ScoreTable> {
             what: format!("{} is empty (no header row)", path.display()),
         });
     }
+    check_unique_columns(path, &headers)?;
     let label_i = column_index(path, &headers, &spec.label_col, &spec.label_hint)?;
     let score_i = column_index(path, &headers, &spec.score_col, &spec.score_hint)?;
     let group_i = spec
@@ -448,6 +470,11 @@ pub fn write_rows<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
 /// `detection.csv`); an error names the file and line.
 pub fn read_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
     let mut rdr = open_reader(path)?;
+    let headers = rdr.headers().map_err(|source| ReportError::Csv {
+        path: path.into(),
+        source,
+    })?;
+    check_unique_columns(path, headers)?;
     let mut out = Vec::new();
     for rec in rdr.deserialize() {
         out.push(rec.map_err(|source| ReportError::Csv {
@@ -531,6 +558,33 @@ mod tests {
         let f = csv_file("label,score\n0,0.5\n");
         let e = read_scores(f.path(), &spec).unwrap_err().to_string();
         assert!(e.contains("clean_correct"), "{e}");
+    }
+
+    #[test]
+    fn duplicated_column_is_named_with_both_positions() {
+        let f = csv_file("model,score,label,score\ndnn,0.1,0,0.9\ndnn,0.2,1,0.8\n");
+        let e = read_scores(f.path(), &ScoreCsvSpec::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1") && e.contains("`score`") && e.contains("column 2 and column 4"),
+            "{e}"
+        );
+        // Also a column the reader does not use: the file is ambiguous either way.
+        let f = csv_file("label,score,note,note\n0,0.5,a,b\n1,0.7,c,d\n");
+        let e = read_scores(f.path(), &ScoreCsvSpec::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`note`") && e.contains("column 3 and column 4"),
+            "{e}"
+        );
+        let f = csv_file("model,n_samples,top1,nll,model\nbnn,4,0.9,0.3,dnn\n");
+        let e = read_rows::<McCurveRow>(f.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("`model`") && e.contains("column 1 and column 5"),
+            "{e}"
+        );
     }
 
     #[test]
