@@ -1,4 +1,5 @@
-//! Percentile bootstrap confidence intervals for the detection metrics (SPEC section 6).
+//! Percentile bootstrap confidence intervals for the detection metrics (the percentile interval
+//! of Efron and Tibshirani, "An Introduction to the Bootstrap", 1993).
 //!
 //! The resampling is *stratified*: each resample draws `n_pos` adversarial and `n_neg` clean
 //! samples with replacement from their own class, so every resample has both classes (an

@@ -1,4 +1,5 @@
-//! Classification and calibration metrics of a predictive distribution (SPEC section 6).
+//! Classification and calibration metrics of a predictive distribution (ECE and reliability
+//! diagrams as in Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
 //!
 //! The input is the Monte-Carlo-averaged softmax of the Bayes ensemble, one row per example.
 //!

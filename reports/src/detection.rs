@@ -1,4 +1,6 @@
-//! Detection metrics for adversarial-example detection (SPEC section 6).
+//! Detection metrics for adversarial-example detection: AUROC and AUPR as in Hendrycks and
+//! Gimpel (ICLR 2017), TNR at TPR 95% and detection accuracy as in ODIN (Liang et al., ICLR 2018);
+//! how libre uses them is in docs/detection.md.
 //!
 //! Conventions: the positive class is *adversarial* (`label == true`), and the score is an
 //! uncertainty (higher = more suspicious). A sample is flagged at threshold `t` when

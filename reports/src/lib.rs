@@ -1,5 +1,5 @@
 //! libre-reports: detection and calibration metrics, CSV tables, plots and HTML reports for
-//! LiBRe's DNN-versus-BNN comparisons (SPEC section 6). Pure functions over scores and labels:
+//! LiBRe's DNN-versus-BNN comparisons (docs/detection.md). Pure functions over scores and labels:
 //! no tch, no models, so everything here is fast to test and usable on scores from anywhere.
 //!
 //! * [`detection`]: AUROC, ROC curve, AUPR-in/out, TPR at FPR, TNR at TPR 95%, detection
