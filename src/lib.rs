@@ -20,6 +20,9 @@
 
 pub mod bayes;
 pub mod cache;
+/// Temporaries removed by the binary's signal handler (re-exported from the reports crate, the
+/// workspace's dependency-free crate, so that every crate records into one registry).
+pub use libre_reports::cleanup;
 pub mod checkpoint;
 pub mod data;
 pub mod detect;

@@ -126,8 +126,27 @@ fn check_resume_flags(m: &clap::ArgMatches) -> Result<(), String> {
     ))
 }
 
+/// On SIGINT, SIGTERM or SIGHUP, remove the hidden temporaries of the outputs being written (see
+/// `libre::cleanup`), then die of the same signal, so that shells and schedulers (Slurm records
+/// the signal of a cancelled task) see what happened.
+fn remove_temporaries_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Without a handler the default action still ends the process; only the cleanup is lost.
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            libre::cleanup::remove_all();
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 fn main() {
     ensure_passive_omp_wait();
+    remove_temporaries_on_signals();
     let matches = Cli::command().get_matches();
     if let Err(msg) = check_resume_flags(&matches) {
         eprintln!("libre: {msg}");
@@ -150,5 +169,38 @@ fn main() {
             2
         };
         std::process::exit(code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag and argument of every subcommand has a help line (the defaults are printed by
+    /// clap where a flag has one; a flag without says what its absence means in its help).
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.is_hide_set() || matches!(a.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.trim().is_empty() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for s in cmd.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "libre", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "{} without help:\n{}",
+            missing.len(),
+            missing.join("\n")
+        );
     }
 }

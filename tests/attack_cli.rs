@@ -1,11 +1,11 @@
 //! `libre attack` on the real zoo models and MNIST: advertorch's normally trained LeNet5 falls to
 //! PGD-40 (eps 0.3), the PGD-trained one keeps most of its accuracy.
 
-use assert_cmd::Command;
+mod common;
+use common::libre;
 
 fn attack(weights: &str, out: &std::path::Path, extra: &[&str]) -> serde_json::Value {
-    let o = Command::cargo_bin("libre")
-        .unwrap()
+    let o = libre()
         .args([
             "--json",
             "attack",
@@ -52,8 +52,7 @@ fn pgd40_breaks_the_normal_lenet5_but_not_the_adversarially_trained_one() {
     assert!(b["robust_accuracy"].as_f64().unwrap() > 0.8, "{b}");
 
     // The output is a batch file other commands read: evaluate the adversarial batch.
-    let o = Command::cargo_bin("libre")
-        .unwrap()
+    let o = libre()
         .args(["--json", "eval", "--weights", "zoo:lenet5-mnist", "--data"])
         .arg(d.path().join("a.safetensors"))
         .output()
@@ -76,8 +75,7 @@ fn bad_attack_settings_are_refused_before_any_work() {
         (vec!["--attack", "nope", "--eps", "0.1"], "unknown --attack"),
         (vec!["--attack", "pgd", "--steps", "0"], "steps"),
     ] {
-        let o = Command::cargo_bin("libre")
-            .unwrap()
+        let o = libre()
             .args([
                 "attack",
                 "--weights",

@@ -1,10 +1,7 @@
 //! CLI conventions: help, version, exit codes, JSON Lines, data specs.
 
-use assert_cmd::Command;
-
-fn libre() -> Command {
-    Command::cargo_bin("libre").unwrap()
-}
+mod common;
+use common::libre;
 
 #[test]
 fn help_lists_every_subcommand() {

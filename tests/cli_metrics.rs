@@ -1,12 +1,9 @@
 //! `libre metrics` and `libre report`: run the real binary on CSVs written in a temp dir.
-use assert_cmd::Command;
+mod common;
+use common::libre;
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::Path;
-
-fn libre() -> Command {
-    Command::cargo_bin("libre").unwrap()
-}
 
 fn result_line(stdout: &[u8]) -> Value {
     let s = String::from_utf8_lossy(stdout);
@@ -226,8 +223,7 @@ fn report_renders_run_dir() {
 /// A missing file is named once with its cause, not the cause twice.
 #[test]
 fn missing_scores_file_names_the_cause_once() {
-    let o = assert_cmd::Command::cargo_bin("libre")
-        .unwrap()
+    let o = libre()
         .args(["metrics", "--scores", "/nonexistent/scores.csv"])
         .output()
         .unwrap();

@@ -7,7 +7,9 @@
 //! LIBRE_TEST_ADVERTORCH_DIR names a directory holding them, against values printed by
 //! reference_real.py (CPython's own unpickler).
 
-use assert_cmd::Command;
+mod common;
+use common::libre;
+
 use libre::import::{load_state_dict, load_state_dict_with, read_mnist_pickle, ImportOptions};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
@@ -312,12 +314,7 @@ fn mnist_pickles_python2_python3_and_gzipped() {
 
 /// Runs `libre import` and returns (exit code, stdout, stderr).
 fn libre_import(args: &[&str]) -> (i32, String, String) {
-    let o = Command::cargo_bin("libre")
-        .unwrap()
-        .arg("import")
-        .args(args)
-        .output()
-        .unwrap();
+    let o = libre().arg("import").args(args).output().unwrap();
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),

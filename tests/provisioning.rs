@@ -1,12 +1,9 @@
 //! Provisioning: verified, atomic, idempotent fetching of libtorch and registry data, and a binary
 //! that starts without LD_LIBRARY_PATH.
 
-use assert_cmd::Command;
+mod common;
+use common::libre;
 use std::path::Path;
-
-fn libre() -> Command {
-    Command::cargo_bin("libre").unwrap()
-}
 
 /// A stand-in for `pip` that "downloads" a file with the right name but the wrong bytes.
 fn fake_pip(dir: &Path) -> String {

@@ -14,6 +14,7 @@
 //!   written atomically.
 pub mod bootstrap;
 pub mod classification;
+pub mod cleanup;
 pub mod detection;
 pub mod error;
 pub mod plots;

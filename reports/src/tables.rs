@@ -100,6 +100,8 @@ pub struct ScoreCsvSpec {
     /// Appended to a missing-column error for the label / score column, e.g. "use --label-col".
     pub label_hint: String,
     pub score_hint: String,
+    /// Appended to a missing-column error for a `group_by` column (e.g. "check --group-by").
+    pub group_hint: String,
 }
 
 impl Default for ScoreCsvSpec {
@@ -111,6 +113,7 @@ impl Default for ScoreCsvSpec {
             subset: Subset::All,
             label_hint: String::new(),
             score_hint: String::new(),
+            group_hint: String::new(),
         }
     }
 }
@@ -136,11 +139,14 @@ pub struct ScoreTable {
     pub n_dropped: usize,
 }
 
-fn open_reader(path: &Path) -> Result<csv::Reader<std::fs::File>> {
-    let file = std::fs::File::open(path).map_err(|e| ReportError::io(path, e))?;
-    Ok(csv::ReaderBuilder::new()
+fn open_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| ReportError::io(path, e))
+}
+
+fn csv_reader<R: std::io::Read>(input: R) -> csv::Reader<R> {
+    csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_reader(file))
+        .from_reader(input)
 }
 
 /// Rejects a header that names a column twice: columns are looked up by name, so one of the
@@ -214,7 +220,17 @@ fn parse_finite(path: &Path, line: u64, column: &str, cell: &str) -> Result<f64>
 /// Reads a scores CSV: validates every row (label 0/1, finite score), applies the subset and
 /// splits into groups. A file with no header or no data rows is an error.
 pub fn read_scores(path: &Path, spec: &ScoreCsvSpec) -> Result<ScoreTable> {
-    let mut rdr = open_reader(path)?;
+    read_scores_from(path, open_file(path)?, spec)
+}
+
+/// [`read_scores`] on any reader (`&[u8]` for bytes in memory); `path` only names the file in
+/// errors. The fuzz targets (docs/fuzzing.md) call this, the code `libre metrics` runs.
+pub fn read_scores_from<R: std::io::Read>(
+    path: &Path,
+    input: R,
+    spec: &ScoreCsvSpec,
+) -> Result<ScoreTable> {
+    let mut rdr = csv_reader(input);
     let headers = rdr
         .headers()
         .map_err(|source| ReportError::Csv {
@@ -233,7 +249,7 @@ pub fn read_scores(path: &Path, spec: &ScoreCsvSpec) -> Result<ScoreTable> {
     let group_i = spec
         .group_by
         .iter()
-        .map(|g| column_index(path, &headers, g, "check --group-by"))
+        .map(|g| column_index(path, &headers, g, &spec.group_hint))
         .collect::<Result<Vec<_>>>()?;
     let subset_i = match spec.subset {
         Subset::All => None,
@@ -469,7 +485,15 @@ pub fn write_rows<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
 /// Reads a fixed-schema table (`classification.csv`, `reliability.csv`, `mc_curve.csv`,
 /// `detection.csv`); an error names the file and line.
 pub fn read_rows<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
-    let mut rdr = open_reader(path)?;
+    read_rows_from(path, open_file(path)?)
+}
+
+/// [`read_rows`] on any reader; `path` only names the file in errors.
+pub fn read_rows_from<T: for<'de> Deserialize<'de>, R: std::io::Read>(
+    path: &Path,
+    input: R,
+) -> Result<Vec<T>> {
+    let mut rdr = csv_reader(input);
     let headers = rdr.headers().map_err(|source| ReportError::Csv {
         path: path.into(),
         source,

@@ -18,8 +18,10 @@ pub struct Args {
     /// Craft on this model instead and evaluate on --weights (transfer attack).
     #[arg(long)]
     pub surrogate: Option<String>,
+    /// Images to attack: a data spec (mnist:test, mnist:test[0:1000], folder:DIR, FILE.safetensors).
     #[arg(long)]
     pub data: String,
+    /// Attack only the first N images [default: all].
     #[arg(long)]
     pub limit: Option<usize>,
     /// fgsm, fgsm-rs, fgsm-l2, bim, bim-l2, pgd, pgd-l2, mim, tim, di-mim, cw, cw-l2, deepfool,
@@ -33,8 +35,11 @@ pub struct Args {
     /// attack's own default].
     #[arg(long)]
     pub step_size: Option<f64>,
+    /// Iterations of iterative attacks [default: the attack's own: 20 for bim/pgd/mim/tim/di-mim,
+    /// 100 for spsa].
     #[arg(long)]
     pub steps: Option<usize>,
+    /// PGD: start at the clean image instead of a uniform random point of the eps-ball.
     #[arg(long)]
     pub no_random_start: bool,
     /// Targeted attack towards a random class other than the label (seeded).
@@ -62,13 +67,16 @@ pub struct Args {
     /// Extra attack settings as KEY=JSON (e.g. --param mc_mode='"weighted-samples"').
     #[arg(long = "param")]
     pub params: Vec<String>,
+    /// Seed of random starts, random targets, SPSA directions and weight sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Images per attack batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// Output batch file (.safetensors).
     #[arg(long)]
     pub out: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
 }

@@ -26,6 +26,7 @@ pub struct Args {
     /// Rank of the low-rank posterior.
     #[arg(long)]
     pub rank: Option<usize>,
+    /// Seed of the initial spread of the posterior (ensemble members, low-rank factors).
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// Output checkpoint (.safetensors).

@@ -34,6 +34,7 @@ pub struct CalibrateArgs {
     /// MC samples of the forward [default: the posterior's S; 1 for a DNN].
     #[arg(long)]
     pub mc_samples: Option<usize>,
+    /// Images per forward.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
     /// Seed of libtorch's generator (mean-field posteriors sample their weights).
@@ -261,6 +262,7 @@ pub struct DetectArgs {
     /// MC samples of the forward [default: the detector's; 1 for a DNN].
     #[arg(long)]
     pub mc_samples: Option<usize>,
+    /// Images per forward.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// Seed of libtorch's generator (mean-field posteriors sample their weights).
@@ -665,6 +667,7 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let _cleanup = tmp.as_ref().map(|t| libre::cleanup::track(t.path()));
     let sink: Box<dyn Write> = match &tmp {
         Some(t) => Box::new(std::io::BufWriter::new(t.reopen()?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),

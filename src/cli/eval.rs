@@ -25,8 +25,10 @@ pub struct Args {
     /// Also report accuracy and NLL versus the number of MC samples (1, 2, 5, 10, 20, ..., S).
     #[arg(long)]
     pub curve: bool,
+    /// Images per forward.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
+    /// Seed of libtorch's generator (mean-field posteriors sample their weights).
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// auto, cpu, cuda or cuda:N.

@@ -149,6 +149,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         subset,
         label_hint: "choose the label column with --label-col".into(),
         score_hint: "choose the score column with --score-col".into(),
+        group_hint: "check --group-by".into(),
     };
     let cfg = args.bootstrap.map(|n| BootstrapConfig {
         n_resamples: n,

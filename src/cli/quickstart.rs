@@ -40,6 +40,7 @@ pub struct Args {
     /// MC samples of the Bayes ensemble.
     #[arg(long, default_value_t = 20)]
     pub mc_samples: usize,
+    /// Seed of training, attacks and weight sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// auto, cpu, cuda or cuda:N.

@@ -44,6 +44,7 @@ enum ReportCmd {
     /// different experiments or versions, overlapping shards with different rows, and missing
     /// cells, naming them).
     Merge {
+        /// The shard directories (each written by `libre evaluate --shard K/N`).
         #[arg(required = true, value_name = "DIR")]
         dirs: Vec<PathBuf>,
         /// The merged report directory.

@@ -27,10 +27,14 @@ pub struct Common {
     /// Use only the first N evaluation examples.
     #[arg(long)]
     pub eval_limit: Option<usize>,
+    /// Training epochs [default: 10 for train, 1 for finetune].
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Examples per optimiser step.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    /// Seed of the initialisation, data order, augmentation and weight sampling (equal seeds give
+    /// equal weights).
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// Data augmentation: auto (crop+flip for colour images, none for digits), none, crop-flip.
@@ -58,6 +62,7 @@ pub struct TrainArgs {
     /// ResNet: CIFAR stem (3x3 conv, no max-pool), for small images.
     #[arg(long)]
     pub cifar_stem: bool,
+    /// Learning rate of SGD with Nesterov momentum (cosine schedule).
     #[arg(long, default_value_t = 0.05)]
     pub lr: f64,
     /// Weight decay λ (the MAP prior).
@@ -104,8 +109,11 @@ pub struct FinetuneArgs {
     /// Enable the uncertainty regulariser with this noise eps (e.g. 0.1).
     #[arg(long)]
     pub unc_reg_eps: Option<f64>,
+    /// Uncertainty regulariser: the mutual information asked of noisy inputs (hinge margin γ in
+    /// coef * mean ReLU(γ - MI)).
     #[arg(long, default_value_t = 0.75)]
     pub unc_reg_gamma: f64,
+    /// Uncertainty regulariser: its weight in the loss.
     #[arg(long, default_value_t = 1.0)]
     pub unc_reg_coef: f64,
     /// LiBRe: the disagreement hinge: anchored (members agree on clean images, disagree on

@@ -1,4 +1,6 @@
-//! Image folders: `DIR/<class>/<image>`, classes in sorted name order. Images are decoded per batch
+//! Image folders: `DIR/<class>/<image>`. Class ids follow `DIR/classes.txt` when it exists (one
+//! sub-folder name per line, line k = class k, as a model trained elsewhere expects them), else the
+//! sorted sub-folder names; the caller prints the mapping either way. Images are decoded per batch
 //! in parallel (rayon), so a folder of 100k JPEGs never sits in memory at once. All images must share
 //! the size and channel count of the first one (grey -> 1 channel, anything else -> RGB).
 
@@ -10,6 +12,9 @@ use tch::Tensor;
 
 const EXTS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
 
+/// The file that fixes the class order of a folder.
+pub const CLASS_LIST: &str = "classes.txt";
+
 pub(super) fn open(dir: &Path) -> Result<Dataset> {
     let read = |p: &Path| -> Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(p)
@@ -19,12 +24,16 @@ pub(super) fn open(dir: &Path) -> Result<Dataset> {
         v.sort();
         Ok(v)
     };
-    let classes: Vec<PathBuf> = read(dir)?.into_iter().filter(|p| p.is_dir()).collect();
+    let mut classes: Vec<PathBuf> = read(dir)?.into_iter().filter(|p| p.is_dir()).collect();
     if classes.is_empty() {
         return Err(Error::bad_file(
             dir,
             "has no class sub-folders (folder:DIR expects DIR/<class>/<image>)",
         ));
+    }
+    let list = dir.join(CLASS_LIST);
+    if list.is_file() {
+        classes = ordered_classes(&list, &classes)?;
     }
     let mut files = Vec::new();
     let mut labels = Vec::new();
@@ -69,6 +78,40 @@ pub(super) fn open(dir: &Path) -> Result<Dataset> {
                 .collect(),
         ),
     })
+}
+
+/// The sub-folders in the order of the class list at `list`, which must name each exactly once.
+fn ordered_classes(list: &Path, found: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(list)
+        .map_err(|e| Error::io(format!("read class list {}", display(list)), e))?;
+    let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let c = line.trim();
+        if c.is_empty() {
+            continue;
+        }
+        let Some(p) = found.iter().find(|p| name(p) == c) else {
+            return Err(Error::bad_file(
+                list,
+                format!("line {}: class '{c}' has no sub-folder", i + 1),
+            ));
+        };
+        if out.contains(p) {
+            return Err(Error::bad_file(
+                list,
+                format!("line {}: class '{c}' is listed twice", i + 1),
+            ));
+        }
+        out.push(p.clone());
+    }
+    if let Some(p) = found.iter().find(|p| !out.contains(p)) {
+        return Err(Error::bad_file(
+            list,
+            format!("does not list the sub-folder '{}'", name(p)),
+        ));
+    }
+    Ok(out)
 }
 
 /// Decode `files` into float32 `[B, C, H, W]` in `[0, 1]`.
@@ -165,5 +208,34 @@ mod tests {
             .unwrap();
         let e = open(d.path()).unwrap().batch(0, 3).unwrap_err().to_string();
         assert!(e.contains("b.png") && e.contains("expected 5x4"), "{e}");
+    }
+
+    #[test]
+    fn class_list_sets_the_order_and_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        for cls in ["cat", "dog", "emu"] {
+            std::fs::create_dir(d.path().join(cls)).unwrap();
+            image::GrayImage::new(2, 2)
+                .save(d.path().join(cls).join("a.png"))
+                .unwrap();
+        }
+        let list = d.path().join(CLASS_LIST);
+        std::fs::write(&list, "emu\ncat\n\ndog\n").unwrap();
+        let ds = open(d.path()).unwrap();
+        assert_eq!(ds.class_names().unwrap(), &["emu", "cat", "dog"]);
+        // images are listed class by class: emu's first, labelled 0
+        assert_eq!(ds.labels().unwrap(), &[0, 1, 2]);
+        for (text, want) in [
+            ("emu\ncat\n", "does not list the sub-folder 'dog'"),
+            (
+                "emu\ncat\ndog\ncat\n",
+                "line 4: class 'cat' is listed twice",
+            ),
+            ("emu\ncow\n", "line 2: class 'cow' has no sub-folder"),
+        ] {
+            std::fs::write(&list, text).unwrap();
+            let e = open(d.path()).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("classes.txt"), "{e}");
+        }
     }
 }

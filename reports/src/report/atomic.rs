@@ -26,6 +26,8 @@ pub(super) fn replace_dir<T>(dest: &Path, fill: impl FnOnce(&Path) -> Result<T>)
     std::fs::create_dir_all(&parent).map_err(|e| ReportError::io(&parent, e))?;
     let tmp = sibling(dest, "tmp");
     std::fs::create_dir(&tmp).map_err(|e| ReportError::io(&tmp, e))?;
+    // Not the `old` sibling: in the moment it exists it is the user's only copy of the report.
+    let _cleanup = crate::cleanup::track(&tmp);
     let value = match fill(&tmp) {
         Ok(v) => v,
         Err(e) => {
