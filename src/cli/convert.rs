@@ -11,7 +11,8 @@ pub struct Args {
     /// A libre checkpoint, a PyTorch state_dict imported with `libre import`, or zoo:NAME.
     #[arg(long)]
     pub weights: String,
-    /// Architecture, for a plain state_dict without libre metadata (lenet5, digitcnn, ...).
+    /// Architecture, to read a plain state_dict without libre metadata (lenet5, digitcnn,
+    /// resnet18/34/50); ignored for a libre checkpoint.
     #[arg(long)]
     pub model: Option<String>,
     /// mean-field, ensemble or low-rank; `point` converts back to a deterministic model.
@@ -40,25 +41,7 @@ pub struct Args {
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
     let device = tch::Device::Cpu;
-    let mut model = match libre::checkpoint::load(&path, device) {
-        Ok((m, _)) => m,
-        Err(e) => {
-            // A plain state_dict (no libre metadata) needs --model.
-            let Some(arch) = &args.model else {
-                return Err(e.into());
-            };
-            let cfg = match arch.as_str() {
-                "lenet5" => libre::models::ModelConfig::lenet5(),
-                "digitcnn" => libre::models::ModelConfig::digitcnn(),
-                other => anyhow::bail!(
-                    "--model {other}: only lenet5 and digitcnn presets can be built from a plain \
-                     state_dict; convert other architectures from a libre checkpoint"
-                ),
-            };
-            let sd = libre::import::load_state_dict(&path)?;
-            libre::checkpoint::from_state_dict(cfg, sd.into_inner())?
-        }
-    };
+    let (mut model, _) = libre::checkpoint::load_or_build(&path, args.model.as_deref(), device)?;
     if args.list_layers {
         let fams = model.layer_families();
         let data = json!({ "layers": fams.iter().map(|(p, f)| json!({"path": p, "family": f})).collect::<Vec<_>>(),

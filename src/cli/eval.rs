@@ -7,9 +7,13 @@ use serde_json::json;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A libre checkpoint or zoo:NAME.
+    /// A libre checkpoint or zoo:NAME (or a plain state_dict with --model).
     #[arg(long)]
     pub weights: String,
+    /// Read --weights, a plain state_dict (.pt/.pth, .safetensors without libre metadata), as
+    /// this architecture: lenet5, digitcnn, resnet18, resnet34, resnet50.
+    #[arg(long, value_name = "ARCH")]
+    pub model: Option<String>,
     /// Data set spec (mnist:test, folder:DIR, FILE.safetensors, ...).
     #[arg(long)]
     pub data: String,
@@ -39,7 +43,7 @@ pub struct Args {
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let device = super::resolve_device(&args.device, &out)?;
     let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
-    let (model, _meta) = libre::checkpoint::load(&path, device)?;
+    let (model, _meta) = libre::checkpoint::load_or_build(&path, args.model.as_deref(), device)?;
     let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
     let bayesian = model.posterior().is_some();
     let mode = if args.deterministic {

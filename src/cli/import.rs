@@ -28,6 +28,11 @@ pub struct Args {
     /// unwrapped automatically.
     #[arg(long, value_name = "KEY")]
     key: Option<String>,
+    /// Write a full libre checkpoint of this architecture (lenet5, digitcnn, resnet18, resnet34,
+    /// resnet50; every tensor must match the model's, by name and shape) instead of plain
+    /// tensors: eval, attack, convert and detect then take it without --model.
+    #[arg(long, value_name = "ARCH")]
+    model: Option<String>,
     /// Print the table of names, shapes and dtypes even for many tensors.
     #[arg(long, short)]
     verbose: bool,
@@ -116,7 +121,26 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         meta.insert("libre_source_format".to_string(), f.name().to_string());
     }
     meta.insert("libre_version".to_string(), libre::VERSION.to_string());
-    sd.save_safetensors(&args.out, Some(meta))?;
+    match &args.model {
+        Some(arch) => {
+            let tensors: Vec<(String, tch::Tensor)> = sd
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+                .collect();
+            let cfg = libre::checkpoint::state_dict_config(arch, &tensors)?;
+            let model = libre::checkpoint::from_state_dict(cfg, tensors, tch::Device::Cpu)
+                .map_err(|e| anyhow::anyhow!("{}: as --model {arch}: {e}", args.input.display()))?;
+            libre::checkpoint::save(&args.out, model.as_ref())?;
+        }
+        None => {
+            sd.save_safetensors(&args.out, Some(meta))?;
+            out.note(format!(
+                "plain tensors: to use them with eval/attack/convert pass --model ARCH there, or \
+                 import with --model ARCH for a libre checkpoint ({})",
+                args.out.display()
+            ));
+        }
+    }
 
     let n_params = sd.num_params();
     let mut dtypes: BTreeMap<&str, usize> = BTreeMap::new();
@@ -133,6 +157,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         "tensors": sd.len(),
         "parameters": n_params,
         "dtypes": dtypes,
+        "model": args.model,
     });
     if show_table {
         data["table"] = sd
