@@ -1,13 +1,11 @@
 //! DI-MIM (Xie et al. 2019): MIM where, with probability `prob` per step, the gradient is taken at
 //! a randomly resized and zero-padded copy of the input (to floor(1.1 x size), then resized back to
-//! the original size as in the reference; SPEC section 5). The draws come from the attack's seed.
+//! the original size as in the reference implementation). The draws come from the attack's seed.
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
 use crate::error::{check, AttackError, Result};
-use crate::iterative::{run, Diversity, Extras, IterativeConfig};
-use crate::{Attack, Budget, Victim};
+use crate::iterative::{iterative_attack, Diversity, Extras, IterativeConfig, Variant};
 
 /// DI-MIM settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,7 +20,7 @@ pub struct DiMimConfig {
 }
 
 impl Default for DiMimConfig {
-    /// SPEC 5: MIM defaults, resize rate 1.1, probability 0.5.
+    /// MIM defaults, resize rate 1.1, probability 0.5.
     fn default() -> Self {
         DiMimConfig {
             base: IterativeConfig::spec_default(false),
@@ -51,53 +49,30 @@ impl DiMimConfig {
     }
 }
 
-/// The DI-MIM attack.
-#[derive(Debug, Clone, Default)]
-pub struct DiMim {
-    config: DiMimConfig,
-}
-
-impl DiMim {
-    /// Validates the config.
-    pub fn new(config: DiMimConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(DiMim { config })
+impl Variant for DiMimConfig {
+    fn base(&self) -> &IterativeConfig {
+        &self.base
     }
 
-    pub fn config(&self) -> &DiMimConfig {
-        &self.config
-    }
-}
-
-impl Attack for DiMim {
-    fn name(&self) -> &str {
-        "di-mim"
+    fn check(&self, _attack: &str) -> Result<()> {
+        self.validate()
     }
 
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).expect("config serialises")
-    }
-
-    fn budget(&self) -> Option<Budget> {
-        Some(Budget {
-            norm: self.config.base.norm,
-            eps: self.config.base.eps,
-        })
-    }
-
-    fn targeted(&self) -> bool {
-        self.config.base.objective.targeted
-    }
-
-    fn perturb(&self, victim: &dyn Victim, x: &Tensor, y: &Tensor, seed: u64) -> Result<Tensor> {
-        let extras = Extras {
-            momentum: Some(self.config.decay),
+    fn extras(&self) -> Extras {
+        Extras {
+            momentum: Some(self.decay),
             smoothing: None,
             diversity: Some(Diversity {
-                resize_rate: self.config.resize_rate,
-                prob: self.config.prob,
+                resize_rate: self.resize_rate,
+                prob: self.prob,
             }),
-        };
-        run("di-mim", &self.config.base, &extras, victim, x, y, seed)
+        }
     }
 }
+
+iterative_attack!(
+    /// The DI-MIM attack.
+    #[derive(Default)]
+    DiMim(DiMimConfig),
+    name = "di-mim"
+);

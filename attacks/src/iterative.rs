@@ -1,6 +1,7 @@
 //! The shared engine of the iterative gradient attacks (FGSM as one step, BIM, PGD, MIM, TIM,
-//! DI-MIM, CW-linf; SPEC section 5): optional random start, then `steps` times
-//! gradient -> (smooth) -> (momentum) -> steepest-ascent step -> projection.
+//! DI-MIM, CW-linf): optional random start, then `steps` times gradient -> (smooth) -> (momentum)
+//! -> steepest-ascent step -> projection. Each attack module states only what differs: its config
+//! and validation ([`Variant`]) and its step's [`Extras`]; [`iterative_attack!`] writes the rest.
 //!
 //! Cost: exactly one victim forward and one backward per step and EoT sample; everything else
 //! (normalisation, momentum, projection) runs under `no_grad` on `[B, C, H, W]` tensors.
@@ -30,7 +31,8 @@ pub struct IterativeConfig {
 }
 
 impl IterativeConfig {
-    /// SPEC 5 ImageNet defaults: eps 16/255, step 1/255, 20 iterations, l_inf, cross-entropy.
+    /// The ImageNet attack setting of LiBRe (Deng et al. 2021), which the project reproduces:
+    /// eps 16/255, step 1/255, 20 iterations, l_inf, cross-entropy.
     pub fn spec_default(random_start: bool) -> Self {
         IterativeConfig {
             eps: 16.0 / 255.0,
@@ -214,52 +216,66 @@ pub fn gaussian_kernel(size: usize, nsig: f64) -> Tensor {
     Tensor::from_slice(&k).view([size as i64, size as i64])
 }
 
-/// Defines an attack struct that is the shared iterative loop under a family name: BIM and PGD
-/// differ only in their names and whether they start from a random point in the ball.
+/// What an attack built on [`run`] adds to the shared loop. Implemented by the attack's config
+/// type; [`iterative_attack!`] turns the config into the attack.
+pub(crate) trait Variant: Serialize {
+    /// The shared settings (budget, steps, objective).
+    fn base(&self) -> &IterativeConfig;
+
+    /// Checks the settings; `attack` names the attack in errors.
+    fn check(&self, attack: &str) -> Result<()>;
+
+    /// The step's additions to plain PGD (momentum, smoothing, input diversity).
+    fn extras(&self) -> Extras {
+        Extras::default()
+    }
+}
+
+/// BIM, PGD and CW-linf: the plain loop.
+impl Variant for IterativeConfig {
+    fn base(&self) -> &IterativeConfig {
+        self
+    }
+
+    fn check(&self, attack: &str) -> Result<()> {
+        self.validate(attack)
+    }
+}
+
+/// Defines an attack struct around a config implementing [`Variant`]: `new` (validates),
+/// `config`, and the [`crate::Attack`] impl, which runs the shared loop with the config's extras.
+/// The name is a literal, or an expression of the config bound to `$c` (`name(c) = ...`).
+///
+/// A second form defines BIM and PGD, which differ only in their names and whether they start
+/// from a random point in the ball.
 macro_rules! iterative_attack {
-    ($(#[$doc:meta])* $ty:ident, $linf:literal, $l2:literal, random_start = $rs:literal) => {
-        $(#[$doc])*
+    ($(#[$attr:meta])* $ty:ident($config:ty), name = $name:literal) => {
+        $crate::iterative::iterative_attack!($(#[$attr])* $ty($config), name(_c) = $name);
+    };
+    ($(#[$attr:meta])* $ty:ident($config:ty), name($c:ident) = $name:expr) => {
+        $(#[$attr])*
         #[derive(Debug, Clone)]
         pub struct $ty {
-            config: $crate::iterative::IterativeConfig,
-        }
-
-        impl Default for $ty {
-            /// SPEC 5 defaults: eps 16/255, step 1/255, 20 steps, l_inf.
-            fn default() -> Self {
-                $ty { config: $crate::iterative::IterativeConfig::spec_default($rs) }
-            }
+            config: $config,
         }
 
         impl $ty {
             /// Validates the config.
-            pub fn new(config: $crate::iterative::IterativeConfig) -> $crate::error::Result<Self> {
+            pub fn new(config: $config) -> $crate::error::Result<Self> {
                 let attack = $ty { config };
-                attack.config.validate($crate::Attack::name(&attack))?;
+                $crate::iterative::Variant::check(&attack.config, $crate::Attack::name(&attack))?;
                 Ok(attack)
             }
 
-            /// SPEC 5 defaults in l_2.
-            pub fn default_l2() -> Self {
-                $ty {
-                    config: $crate::iterative::IterativeConfig {
-                        norm: $crate::geometry::Norm::L2,
-                        ..$crate::iterative::IterativeConfig::spec_default($rs)
-                    },
-                }
-            }
-
-            pub fn config(&self) -> &$crate::iterative::IterativeConfig {
+            pub fn config(&self) -> &$config {
                 &self.config
             }
         }
 
         impl $crate::Attack for $ty {
             fn name(&self) -> &str {
-                match self.config.norm {
-                    $crate::geometry::Norm::Linf => $linf,
-                    $crate::geometry::Norm::L2 => $l2,
-                }
+                let $c = &self.config;
+                $name
             }
 
             fn config_json(&self) -> serde_json::Value {
@@ -267,11 +283,12 @@ macro_rules! iterative_attack {
             }
 
             fn budget(&self) -> Option<$crate::Budget> {
-                Some($crate::Budget { norm: self.config.norm, eps: self.config.eps })
+                let base = $crate::iterative::Variant::base(&self.config);
+                Some($crate::Budget { norm: base.norm, eps: base.eps })
             }
 
             fn targeted(&self) -> bool {
-                self.config.objective.targeted
+                $crate::iterative::Variant::base(&self.config).objective.targeted
             }
 
             fn perturb(
@@ -283,13 +300,42 @@ macro_rules! iterative_attack {
             ) -> $crate::error::Result<tch::Tensor> {
                 $crate::iterative::run(
                     $crate::Attack::name(self),
-                    &self.config,
-                    &$crate::iterative::Extras::default(),
+                    $crate::iterative::Variant::base(&self.config),
+                    &$crate::iterative::Variant::extras(&self.config),
                     victim,
                     x,
                     y,
                     seed,
                 )
+            }
+        }
+    };
+    ($(#[$attr:meta])* $ty:ident, $linf:literal, $l2:literal, random_start = $rs:literal) => {
+        $crate::iterative::iterative_attack!(
+            $(#[$attr])*
+            $ty($crate::iterative::IterativeConfig),
+            name(c) = match c.norm {
+                $crate::geometry::Norm::Linf => $linf,
+                $crate::geometry::Norm::L2 => $l2,
+            }
+        );
+
+        impl Default for $ty {
+            /// eps 16/255, step 1/255, 20 steps, l_inf ([`IterativeConfig::spec_default`]).
+            fn default() -> Self {
+                $ty { config: $crate::iterative::IterativeConfig::spec_default($rs) }
+            }
+        }
+
+        impl $ty {
+            /// The defaults in l_2.
+            pub fn default_l2() -> Self {
+                $ty {
+                    config: $crate::iterative::IterativeConfig {
+                        norm: $crate::geometry::Norm::L2,
+                        ..$crate::iterative::IterativeConfig::spec_default($rs)
+                    },
+                }
             }
         }
     };

@@ -1,13 +1,11 @@
 //! TIM (Dong et al. 2019): MIM whose gradient is first smoothed by a depth-wise convolution with a
-//! `kernel_size` x `kernel_size` Gaussian (7 x 7, nsig 3 in SPEC section 5), which makes the
-//! perturbation translation invariant and transfer better.
+//! `kernel_size` x `kernel_size` Gaussian (7 x 7, nsig 3 by default), which makes the perturbation
+//! translation invariant and transfer better.
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
 use crate::error::{check, AttackError, Result};
-use crate::iterative::{gaussian_kernel, run, Extras, IterativeConfig};
-use crate::{Attack, Budget, Victim};
+use crate::iterative::{gaussian_kernel, iterative_attack, Extras, IterativeConfig, Variant};
 
 /// TIM settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,7 +20,7 @@ pub struct TimConfig {
 }
 
 impl Default for TimConfig {
-    /// SPEC 5: MIM defaults with a 7 x 7 kernel, nsig 3.
+    /// MIM defaults with a 7 x 7 kernel, nsig 3.
     fn default() -> Self {
         TimConfig {
             base: IterativeConfig::spec_default(false),
@@ -51,50 +49,27 @@ impl TimConfig {
     }
 }
 
-/// The TIM attack.
-#[derive(Debug, Clone, Default)]
-pub struct Tim {
-    config: TimConfig,
-}
-
-impl Tim {
-    /// Validates the config.
-    pub fn new(config: TimConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(Tim { config })
+impl Variant for TimConfig {
+    fn base(&self) -> &IterativeConfig {
+        &self.base
     }
 
-    pub fn config(&self) -> &TimConfig {
-        &self.config
-    }
-}
-
-impl Attack for Tim {
-    fn name(&self) -> &str {
-        "tim"
+    fn check(&self, _attack: &str) -> Result<()> {
+        self.validate()
     }
 
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).expect("config serialises")
-    }
-
-    fn budget(&self) -> Option<Budget> {
-        Some(Budget {
-            norm: self.config.base.norm,
-            eps: self.config.base.eps,
-        })
-    }
-
-    fn targeted(&self) -> bool {
-        self.config.base.objective.targeted
-    }
-
-    fn perturb(&self, victim: &dyn Victim, x: &Tensor, y: &Tensor, seed: u64) -> Result<Tensor> {
-        let extras = Extras {
-            momentum: Some(self.config.decay),
-            smoothing: Some(gaussian_kernel(self.config.kernel_size, self.config.nsig)),
+    fn extras(&self) -> Extras {
+        Extras {
+            momentum: Some(self.decay),
+            smoothing: Some(gaussian_kernel(self.kernel_size, self.nsig)),
             diversity: None,
-        };
-        run("tim", &self.config.base, &extras, victim, x, y, seed)
+        }
     }
 }
+
+iterative_attack!(
+    /// The TIM attack.
+    #[derive(Default)]
+    Tim(TimConfig),
+    name = "tim"
+);
