@@ -5,8 +5,13 @@
 //! order rayon schedules the work in. Kept in-crate (25 lines) rather than pulling `rand` in,
 //! because the exact stream is part of the reproducibility contract and must not change with a
 //! dependency upgrade.
+//!
+//! [`splitmix64`] is the workspace's only SplitMix64: the attacks' seeded generator and the
+//! training shuffle step it too. It lives here because this crate has no tch, so every other crate
+//! can depend on it.
 
-/// One SplitMix64 step: the standard seeding generator for the xoshiro family.
+/// One SplitMix64 step (Steele, Lea & Flood 2014): advances `state` and returns the next output.
+/// The standard seeding generator for the xoshiro family.
 #[inline]
 pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
