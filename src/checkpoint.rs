@@ -1,7 +1,7 @@
-//! libre checkpoints (issue "Checkpoints and import"; SPEC section 2 for what a posterior holds):
-//! safetensors files whose metadata key `"libre"` holds a JSON [`CheckpointMeta`]: the
-//! architecture and its options, the posterior (family, options, converted layers, S) and the
-//! libre version. `load` rebuilds the model and its conversion from the metadata alone, so
+//! libre checkpoints (issue "Checkpoints and import"; docs/design.md section 2 for what a
+//! posterior holds): safetensors files whose metadata key `"libre"` holds a JSON
+//! [`CheckpointMeta`]: the architecture and its options, the posterior (family, options, converted
+//! layers, S) and the libre version. `load` rebuilds the model and its conversion from the metadata alone, so
 //! `--weights FILE` needs no other flag.
 //!
 //! Tensor names are the VarStore names (`layer4.2.conv1.weight`, `..._psi`, `..._members`), so

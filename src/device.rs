@@ -2,8 +2,9 @@
 //!
 //! The binary links only libtorch_cpu and libc10 (the lean libtorch), so CUDA is not registered by
 //! itself. When CUDA is asked for we `dlopen("libtorch_cuda.so", RTLD_NOW | RTLD_GLOBAL)`, which
-//! registers the CUDA backend (verified on the lent H100/H200 machines, shared/GPU.md). Without
-//! that step tch silently falls back to the CPU; we detect it and fail with a clear message.
+//! registers the CUDA backend (verified on the lent H100/H200 machines, docs/design.md
+//! section 13). Without that step tch silently falls back to the CPU; we detect it and fail with a
+//! clear message.
 
 use crate::{Error, Result};
 use std::str::FromStr;

@@ -1,6 +1,7 @@
-//! Evaluation of a DNN or a Bayes ensemble on a data set (SPEC sections 1 and 6): the predictive is
-//! the softmax averaged over S Monte-Carlo samples from one parallel forward; metrics (top-1/top-5,
-//! NLL, Brier, ECE with 15 bins) come from the reports crate, so there is one implementation of each.
+//! Evaluation of a DNN or a Bayes ensemble on a data set (docs/design.md sections 1 and 9): the
+//! predictive is the softmax averaged over S Monte-Carlo samples from one parallel forward; metrics
+//! (top-1/top-5, NLL, Brier, ECE with 15 bins) come from the reports crate, so there is one
+//! implementation of each.
 
 use crate::bayes::ForwardMode;
 use crate::data::Dataset;

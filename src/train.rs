@@ -1,6 +1,6 @@
-//! Training pipelines (SPEC sections 1 and 3): deterministic pre-training (MAP with weight decay)
-//! and BayesAdapter fine-tuning (two parameter groups, the prior regulariser with N = training-set
-//! size, per-example sampling, the optional uncertainty regulariser).
+//! Training pipelines (docs/design.md sections 1, 5 and 6): deterministic pre-training (MAP with
+//! weight decay) and BayesAdapter fine-tuning (two parameter groups, the prior regulariser with
+//! N = training-set size, per-example sampling, the optional uncertainty regulariser).
 //!
 //! Runs are deterministic for a seed on the CPU: the shuffle of epoch e comes from its own RNG
 //! seeded with (seed, e), and libtorch's generator is re-seeded with (seed, e) at the start of each
@@ -43,8 +43,8 @@ impl Augment {
     }
 }
 
-/// BayesAdapter's uncertainty regulariser (SPEC 3): on noise-perturbed copies of the batch, fed
-/// twice with independent weight samples, `loss += coef * mean ReLU(gamma - MI)`.
+/// BayesAdapter's uncertainty regulariser (docs/design.md section 6): on noise-perturbed copies of
+/// the batch, fed twice with independent weight samples, `loss += coef * mean ReLU(gamma - MI)`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct UncertaintyReg {
     /// Uniform noise U(-eps, eps) in pixel units.
@@ -492,11 +492,11 @@ pub fn pretrain_groups(lr: f64, decay: f64, total_steps: usize) -> Vec<(ParamGro
     )]
 }
 
-/// The BayesAdapter fine-tuning groups (SPEC 3): the means with SGD `lr_mean`, momentum 0.9,
-/// Nesterov; the posterior group (psi, members or low-rank factors) with `lr_post`: psi by plain
-/// SGD with a x0.1 step decay every third of the run (at least one epoch), members / factors with
-/// momentum 0.9 and a per-step cosine to a tenth (LiBRe). No optimiser weight decay: the prior
-/// regulariser decays every group (no double decay, SPEC 7).
+/// The BayesAdapter fine-tuning groups (docs/design.md section 6): the means with SGD `lr_mean`,
+/// momentum 0.9, Nesterov; the posterior group (psi, members or low-rank factors) with `lr_post`:
+/// psi by plain SGD with a x0.1 step decay every third of the run (at least one epoch), members /
+/// factors with momentum 0.9 and a per-step cosine to a tenth (LiBRe). No optimiser weight decay:
+/// the prior regulariser decays every group (no double decay, docs/design.md section 6).
 pub fn finetune_groups(
     family: Family,
     lr_mean: f64,

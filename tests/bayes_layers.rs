@@ -1,7 +1,7 @@
 //! Layer-level checks of the parallel-MC wide / grouped ops against per-member reference ops
-//! (SPEC section 2: Conv2d with any stride, padding, dilation and groups incl. depth-wise;
-//! BatchNorm1d; PReLU). Ensemble members are explicit tensors, so member s of the parallel output
-//! must equal the plain op with member s's weights.
+//! (docs/design.md section 2: Conv2d with any stride, padding, dilation and groups incl.
+//! depth-wise; BatchNorm1d; PReLU). Ensemble members are explicit tensors, so member s of the
+//! parallel output must equal the plain op with member s's weights.
 
 use libre::bayes::{
     batch_norm1d, conv2d, prelu, Act, BatchNormConfig, BayesLayer, ConvConfig, Ctx, Family,

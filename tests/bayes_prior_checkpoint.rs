@@ -1,6 +1,6 @@
-//! The prior regulariser against autograd of the closed-form KL / L2 (SPEC section 3), and libre
-//! checkpoints: bit-exact round trips, rebuilding from metadata alone, and clear errors for NaN
-//! weights, another architecture and mismatched names.
+//! The prior regulariser against autograd of the closed-form KL / L2 (docs/design.md section 5),
+//! and libre checkpoints: bit-exact round trips, rebuilding from metadata alone, and clear errors
+//! for NaN weights, another architecture and mismatched names.
 
 use libre::bayes::prior::{PriorConfig, PriorRegularizer};
 use libre::bayes::{Family, ForwardMode, LayerSelection, PosteriorConfig};

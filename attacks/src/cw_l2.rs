@@ -2,7 +2,7 @@
 //! `||x' - x||_2^2 + c * max(Z_y - max_{j != y} Z_j + kappa, 0)` over `x' = (tanh(w) + 1) / 2` with
 //! Adam, and binary-search `c` per example. Z are the predictive log-probabilities (for `[B, K]`
 //! logits their differences equal the logit differences the paper uses; for a Bayesian victim they
-//! are the log of the MC-averaged softmax, SPEC section 5).
+//! are the log of the MC-averaged softmax, docs/design.md section 8).
 //!
 //! Defaults are the usual library ones (advertorch / foolbox): 9 binary-search steps, initial
 //! c 1e-3, Adam lr 0.01, confidence 0, early abort; `max_iterations` 1000 as cleverhans (advertorch's

@@ -1,6 +1,6 @@
-//! FGSM (Goodfellow et al. 2015), with an optional uniform random start (SPEC section 5), in l_inf
-//! or l_2 (radius eps * sqrt(D)). One gradient step of size `step_size` (default eps) from x or
-//! from the random start, projected to the ball and [0, 1].
+//! FGSM (Goodfellow et al. 2015), with an optional uniform random start (docs/design.md
+//! section 8), in l_inf or l_2 (radius eps * sqrt(D)). One gradient step of size `step_size`
+//! (default eps) from x or from the random start, projected to the ball and [0, 1].
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -25,7 +25,8 @@ pub struct FgsmConfig {
 }
 
 impl Default for FgsmConfig {
-    /// SPEC 5: eps 16/255, l_inf, no random start, cross-entropy.
+    /// LiBRe's setting (docs/design.md section 8): eps 16/255, l_inf, no random start,
+    /// cross-entropy.
     fn default() -> Self {
         FgsmConfig {
             eps: 16.0 / 255.0,

@@ -1,5 +1,6 @@
 //! Threat-model geometry shared by the attacks: the l_inf and l_2 balls intersected with the
-//! [0, 1] pixel box, steepest-ascent steps, random starts, and input checks (SPEC section 5).
+//! [0, 1] pixel box, steepest-ascent steps, random starts, and input checks (docs/design.md
+//! section 8).
 //!
 //! l_2 convention of the reference: a per-coordinate `eps` means the radius `eps * sqrt(D)` and a
 //! per-coordinate step `a` the step length `a * sqrt(D)`, `D = C * H * W`, so that l_inf and l_2

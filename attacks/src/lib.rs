@@ -1,11 +1,12 @@
-//! Adversarial attack generators for tch classifiers, deterministic or Bayesian (SPEC section 5).
+//! Adversarial attack generators for tch classifiers, deterministic or Bayesian (docs/design.md
+//! section 8).
 //!
 //! - [`Victim`]: the model under attack, images in [0, 1] -> logits `[B, K]` or, with a
 //!   Monte-Carlo sample axis, `[B, S, K]`; optionally a detector score for adaptive attacks.
 //! - [`Objective`]: the loss ascended (cross-entropy or margin; MC-averaged predictive or
 //!   BayesAdapter's weighted samples; EoT; `- c * score`; targeted).
 //! - [`Attack`]: one trait, one module per attack; [`by_name`] builds them from a name and JSON
-//!   overrides of the SPEC 5 defaults.
+//!   overrides of the defaults (docs/design.md section 8).
 //! - [`AttackReport`]: clean / robust accuracy, success rate and perturbation sizes.
 //!
 //! Randomness comes from [`rng::SeededRng`], seeded by the `seed` argument of

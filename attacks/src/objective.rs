@@ -1,4 +1,4 @@
-//! The loss an attack ascends, and its input gradient (SPEC section 5).
+//! The loss an attack ascends, and its input gradient (docs/design.md section 8).
 //!
 //! - Cross-entropy or the margin loss `max_{j != y} log p_j - log p_y` (CW).
 //! - With an MC sample axis, either the loss of the predictive `log(mean_s softmax_s + 1e-10)`
@@ -48,7 +48,7 @@ pub struct Objective {
     pub mc_mode: McMode,
     /// Independent forwards averaged per gradient (EoT); only used for stochastic victims.
     pub eot_samples: usize,
-    /// Weight of the detector score subtracted from the loss (0 = not adaptive; SPEC uses 1).
+    /// Weight of the detector score subtracted from the loss (0 = not adaptive; LiBRe uses 1).
     pub adaptive_c: f64,
     /// Labels passed to the attack are target classes; the attack moves towards them.
     pub targeted: bool,

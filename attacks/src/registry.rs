@@ -1,8 +1,8 @@
 //! Attacks by name, for the CLI: `by_name("pgd", &json!({"eps": 0.03, "steps": 40}))`.
 //!
-//! Parameters are a JSON object laid over the attack's default config (SPEC 5 defaults); every key
-//! must be a field of that config (objective fields such as `targeted`, `loss`, `mc_mode`,
-//! `eot_samples`, `adaptive_c` sit at the top level), and the result is validated.
+//! Parameters are a JSON object laid over the attack's default config (docs/design.md section 8);
+//! every key must be a field of that config (objective fields such as `targeted`, `loss`,
+//! `mc_mode`, `eot_samples`, `adaptive_c` sit at the top level), and the result is validated.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -1,5 +1,6 @@
-//! Attack outcome statistics for a batch or a stream of batches (SPEC section 6 conventions):
-//! clean and robust accuracy, success rate, and the mean / max l_inf and l_2 distances.
+//! Attack outcome statistics for a batch or a stream of batches (docs/design.md section 9
+//! conventions): clean and robust accuracy, success rate, and the mean / max l_inf and l_2
+//! distances.
 //!
 //! Success rate counts only inputs the victim classifies correctly when clean: untargeted, the
 //! adversarial prediction differs from the label; targeted, it equals the target.

@@ -1,5 +1,5 @@
-//! SPSA (Uesato et al. 2018), the black-box attack of SPEC section 5: the margin loss's gradient
-//! is estimated from `samples` Rademacher directions v, each evaluated at x + delta v and
+//! SPSA (Uesato et al. 2018), the black-box attack of docs/design.md section 8: the margin loss's
+//! gradient is estimated from `samples` Rademacher directions v, each evaluated at x + delta v and
 //! x - delta v (`(f(x + dv) - f(x - dv)) / (2 delta) * v`, averaged), and ascended with Adam
 //! (lr 0.01) for `steps` iterations, projecting to the l_inf ball and [0, 1] after each update.
 //! An example stops at its first misclassification (targeted: at the target). Only forwards,
@@ -28,7 +28,7 @@ pub struct SpsaConfig {
     pub learning_rate: f64,
     /// Directions evaluated per victim forward (memory bound: 2 x max_batch x B images).
     pub max_batch: usize,
-    /// Freeze an example once it is misclassified (SPEC 5).
+    /// Freeze an example once it is misclassified (as in LiBRe's evaluation).
     pub early_stop: bool,
     pub targeted: bool,
 }

@@ -1,10 +1,11 @@
-//! The model under attack, seen through the smallest interface the attacks need (SPEC section 5).
+//! The model under attack, seen through the smallest interface the attacks need (docs/design.md
+//! section 8).
 //!
 //! A victim maps images in [0, 1] to logits, either deterministic `[B, K]` or with a Monte-Carlo
 //! sample axis `[B, S, K]` (a Bayesian network's S posterior samples from one parallel forward).
-//! It may also expose a detector score (higher = more suspicious, SPEC section 6), which the
-//! adaptive ("mimicry") objective pushes down. Normalisation (mean/std) belongs inside the victim:
-//! attacks work in pixel space.
+//! It may also expose a detector score (higher = more suspicious, docs/design.md section 9), which
+//! the adaptive ("mimicry") objective pushes down. Normalisation (mean/std) belongs inside the
+//! victim: attacks work in pixel space.
 
 use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
@@ -59,8 +60,8 @@ impl<M: ModuleT> Victim for ModuleVictim<'_, M> {
 /// Per-class log-probabilities `[B, K]` of the victim's prediction.
 ///
 /// `[B, K]` logits give `log_softmax`; `[B, S, K]` give the log of the MC-averaged softmax,
-/// `log(mean_s softmax_s + 1e-10)` (SPEC section 5: the Bayesian model is attacked through its
-/// predictive). Differentiable.
+/// `log(mean_s softmax_s + 1e-10)` (docs/design.md section 8: the Bayesian model is attacked
+/// through its predictive). Differentiable.
 ///
 /// # Shapes
 /// `logits`: `[B, K]` or `[B, S, K]` -> `[B, K]`

@@ -1,6 +1,7 @@
-//! Property tests for every registered attack (SPEC section 5 conventions): outputs in [0, 1],
-//! inside the eps-ball (l_inf, or l_2 with radius eps * sqrt(D)) up to float rounding, eps = 0
-//! returns the input, the same seed gives the same output, and the input tensor is not modified.
+//! Property tests for every registered attack (docs/design.md section 8 conventions): outputs in
+//! [0, 1], inside the eps-ball (l_inf, or l_2 with radius eps * sqrt(D)) up to float rounding,
+//! eps = 0 returns the input, the same seed gives the same output, and the input tensor is not
+//! modified.
 //! Victims: a linear model on 2x4x4 inputs, and a 3-member ensemble with logits `[B, S, K]`.
 
 mod common;

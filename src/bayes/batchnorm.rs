@@ -1,4 +1,4 @@
-//! Bayesian BatchNorm2d / BatchNorm1d (SPEC section 2): the normalisation and the running
+//! Bayesian BatchNorm2d / BatchNorm1d (docs/design.md section 2): the normalisation and the running
 //! statistics stay deterministic and shared by all samples; only the affine scale (`weight`) and
 //! shift (`bias`) carry the posterior.
 //!

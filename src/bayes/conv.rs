@@ -1,4 +1,5 @@
-//! Bayesian 2-d convolution (SPEC section 2: Conv2d with any stride, padding, dilation, groups).
+//! Bayesian 2-d convolution (docs/design.md section 2: Conv2d with any stride, padding, dilation,
+//! groups).
 //!
 //! Point numerics are `conv2d` as in tch's `nn::Conv2D` / PyTorch's `nn.Conv2d`.
 //!

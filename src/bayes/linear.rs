@@ -1,4 +1,4 @@
-//! Bayesian fully connected layer (SPEC section 2: Linear with any posterior family).
+//! Bayesian fully connected layer (docs/design.md section 2: Linear with any posterior family).
 //!
 //! Point numerics are PyTorch's `F.linear` (`x W^T + b`), as tch's `nn::Linear`.
 //!

@@ -1,6 +1,6 @@
-//! The Bayesian core (SPEC sections 2 and 3; SEED.md's plug-and-play API): posterior families,
-//! Bayesian layers, conversion of pretrained models, forward modes incl. parallel MC, the prior
-//! regulariser and a parameter-group SGD.
+//! The Bayesian core (BayesAdapter, Deng et al. 2020, with ScalableBDL's plug-and-play API;
+//! docs/design.md sections 2-6): posterior families, Bayesian layers, conversion of pretrained
+//! models, forward modes incl. parallel MC, the prior regulariser and a parameter-group SGD.
 //!
 //! # Design note (stable API; others build on these names)
 //!

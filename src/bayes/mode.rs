@@ -1,4 +1,4 @@
-//! Forward modes and the per-forward context (SPEC section 2, "Modes").
+//! Forward modes and the per-forward context (docs/design.md section 3).
 //!
 //! A [`ForwardMode`] says how weights are drawn; a [`Ctx`] is built from it for one forward and
 //! handed to every layer. Activations are [`Act`]s: a tensor plus an optional MC sample axis.

@@ -1,10 +1,11 @@
-//! Parameter-group SGD with schedules (SPEC section 3, "Two groups"), PyTorch semantics.
+//! Parameter-group SGD with schedules (docs/design.md section 6), PyTorch semantics.
 //!
 //! Written on tch tensors (no_grad in-place updates) rather than tch's `COptimizer`, so each
 //! [`ParamGroup`] (means, psi, members, low-rank factors) has its own learning rate, momentum,
 //! Nesterov flag, weight decay and schedule, and so the update is readable next to the prior
 //! (psi-SGD is this SGD on the psi group). Weight decay defaults to 0: the prior regulariser
-//! already decays every parameter, and the reference's double decay (SPEC section 7) is a bug.
+//! already decays every parameter, and the reference's double decay (docs/design.md section 6) is
+//! a bug.
 //!
 //! The optimiser snapshots the VarStore's trainable variables at construction: build it after
 //! conversion. Groups without a config are not updated (frozen).

@@ -1,4 +1,4 @@
-//! Posterior families for one learnable tensor (SPEC section 2, the table of families).
+//! Posterior families for one learnable tensor (docs/design.md section 2, the table of families).
 //!
 //! A [`BayesParam`] is one named tensor of a layer (`layer4.2.conv1.weight`) in one of four
 //! states: point, mean-field Gaussian (`sigma = exp(psi)`, not softplus), ensemble (S member
@@ -57,7 +57,7 @@ pub struct PosteriorConfig {
     pub psi_init: (f64, f64),
     /// Rank r of the low-rank factors.
     pub rank: usize,
-    /// Prior std `sp` of the multiplicative low-rank noise (SPEC 2: 0.2).
+    /// Prior std `sp` of the multiplicative low-rank noise (docs/design.md section 2: 0.2).
     pub low_rank_sp: f64,
 }
 

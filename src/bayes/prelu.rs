@@ -1,5 +1,5 @@
-//! Bayesian PReLU (SPEC section 2): `y = x` for `x > 0`, `a * x` otherwise, with the slope `a`
-//! (one per channel, or one shared) carrying the posterior.
+//! Bayesian PReLU (docs/design.md section 2): `y = x` for `x > 0`, `a * x` otherwise, with the
+//! slope `a` (one per channel, or one shared) carrying the posterior.
 //!
 //! # Shapes
 //! - input `[B, C, ...]` or `[B, S, C, ...]`; slopes `[P]` with P = 1 or C.

@@ -1,5 +1,5 @@
-//! The prior regulariser (SPEC section 3): an isotropic Gaussian prior N(0, 1/(λN)) whose KL per
-//! datum is added to the gradients after `backward()`, never to the loss.
+//! The prior regulariser (docs/design.md section 5): an isotropic Gaussian prior N(0, 1/(λN))
+//! whose KL per datum is added to the gradients after `backward()`, never to the loss.
 //!
 //! Per VarStore variable (classified by name, see [`crate::bayes::ParamGroup`]):
 //! - mean-field `mu` (a `weight` with a `weight_psi` sibling): `grad += λ mu`, or `λ (mu - mu0)`
@@ -13,7 +13,7 @@
 //! Non-trainable variables (BatchNorm running statistics) and variables without a gradient (not
 //! in the graph of the last backward) are skipped. Because the regulariser already decays every
 //! trainable tensor, the optimiser's own weight decay must be 0 for these groups: the reference
-//! applied it twice (SPEC section 7); [`crate::bayes::optim::Sgd`] defaults to 0.
+//! applied it twice (docs/design.md section 6); [`crate::bayes::optim::Sgd`] defaults to 0.
 
 use super::posterior::{SUFFIX_LR_A, SUFFIX_LR_B, SUFFIX_MEMBERS, SUFFIX_PSI};
 use crate::{Error, Result};

@@ -1,6 +1,6 @@
-//! Which layers to convert (SPEC section 1 step 2; the `--layers` flag): `all`, `last-block`, or a
-//! comma-separated list of module paths (`layer4.2` selects every layer under it, `fc` the layer
-//! itself) and globs (`layer4.*.conv*`; `*` matches any run of characters, dots included).
+//! Which layers to convert (docs/design.md section 4; the `--layers` flag): `all`, `last-block`,
+//! or a comma-separated list of module paths (`layer4.2` selects every layer under it, `fc` the
+//! layer itself) and globs (`layer4.*.conv*`; `*` matches any run of characters, dots included).
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! `libre convert`: turn chosen layers of a pretrained model into a variational posterior whose
-//! mean is the pretrained weight (SPEC section 2), and save it as a checkpoint.
+//! mean is the pretrained weight (docs/design.md section 2), and save it as a checkpoint.
 
 use super::Output;
 use libre::bayes::{Family, LayerSelection, PosteriorConfig};

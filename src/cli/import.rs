@@ -1,6 +1,6 @@
 //! `libre import`: PyTorch checkpoints (zip or legacy `torch.save`), safetensors, `.npz` and
 //! `.npy` files to a safetensors file with the original tensor names and dtypes, without Python
-//! (DATA.md "Reading PyTorch checkpoints without Python"; the library's [`libre::import`] does
+//! (docs/design.md section 12; the library's [`libre::import`] does
 //! the work). The output is written atomically: on any error nothing is written.
 use super::Output;
 use anyhow::bail;

@@ -1,5 +1,5 @@
-//! `libre metrics`: detection metrics from a CSV of scores (SPEC section 6; the `libre-reports`
-//! crate does the work).
+//! `libre metrics`: detection metrics from a CSV of scores (docs/design.md section 9; the
+//! `libre-reports` crate does the work).
 //!
 //! The CSV has a header; label 1 = adversarial (positive), 0 = clean; higher score = more
 //! suspicious. With `--group-by COL` the metrics are computed per value of that column. With

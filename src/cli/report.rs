@@ -1,6 +1,6 @@
 //! `libre report RUN_DIR`: (re-)render a report directory from the CSV tables of a run
-//! (SPEC section 6; the `libre-reports` crate does the work, see its `tables` module for the
-//! CSV schema). The report is written to a temporary directory and renamed into place.
+//! (docs/design.md section 9; the `libre-reports` crate does the work, see its `tables` module
+//! for the CSV schema). The report is written to a temporary directory and renamed into place.
 use super::Output;
 use libre_reports::bootstrap::BootstrapConfig;
 use libre_reports::report::{render_run, ReportOptions};

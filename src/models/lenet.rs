@@ -1,4 +1,4 @@
-//! advertorch's MNIST LeNet5 (DATA.md "Architectures"; the zoo's 98.90% model), keys `conv1`,
+//! advertorch's MNIST LeNet5 (docs/design.md section 11; the zoo's 98.90% model), keys `conv1`,
 //! `conv2`, `linear1`, `linear2`: conv 1->32 k3 p1, ReLU, max-pool 2; conv 32->64 k3 p1, ReLU,
 //! max-pool 2; flatten (C, H, W order) 3136; linear 3136->200, ReLU; linear 200->10. Raw [0, 1]
 //! pixels, no normalisation.

@@ -1,6 +1,6 @@
-//! Models with PyTorch parameter names whose layers can be converted to Bayesian ones (SPEC
-//! sections 1-2): LeNet5 (advertorch keys), DigitCNN (ccexam keys), an MLP, ResNet-18/34/50
-//! (torchvision names, optional CIFAR stem) and WRN-28-10.
+//! Models with PyTorch parameter names whose layers can be converted to Bayesian ones
+//! (docs/design.md sections 2 and 11): LeNet5 (advertorch keys), DigitCNN (ccexam keys), an MLP,
+//! ResNet-18/34/50 (torchvision names, optional CIFAR stem) and WRN-28-10.
 //!
 //! A model is a struct of named sub-modules (a [`Net`]) wrapped with its `nn::VarStore` and
 //! [`ModelConfig`] in a [`Model`], used through the object-safe [`BayesModel`] trait. Inputs are

@@ -1,7 +1,8 @@
 //! ResNet-18/34/50 with torchvision's parameter names (`conv1`, `bn1`, `layer1.0.conv1`,
 //! `layer1.0.downsample.0`, ..., `fc`), so a torchvision state_dict loads 1:1; optional CIFAR stem
-//! (3x3 stride-1 `conv1`, no max-pool). SPEC section 4: LiBRe converts the last bottleneck
-//! (`layer4.2`, `last-block`); the shortcut, pooling and head then carry the sample axis.
+//! (3x3 stride-1 `conv1`, no max-pool). LiBRe (Deng et al., CVPR 2021; docs/design.md section 4)
+//! converts the last bottleneck (`layer4.2`, `last-block`); the shortcut, pooling and head then
+//! carry the sample axis.
 //!
 //! # Shapes
 //! `[B, 3, H, W]` -> stem -> layer1..4 -> global average pool `[B, (S,) C]` -> fc `[B, (S,) K]`.

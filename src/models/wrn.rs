@@ -1,4 +1,4 @@
-//! Wide ResNet 28-10 (the BayesAdapter CIFAR-10 model, SPEC section 3 recipes), pre-activation
+//! Wide ResNet 28-10 (the BayesAdapter CIFAR-10 model, docs/design.md section 6), pre-activation
 //! blocks with the common PyTorch names (`conv1`, `block{1,2,3}.layer.{i}.bn1/conv1/bn2/conv2/
 //! convShortcut`, `bn1`, `fc`); dropout rate 0 (libre disables dropout anyway).
 //!
