@@ -29,6 +29,14 @@ pub enum Error {
     Torch(#[from] tch::TchError),
     #[error("safetensors: {0}")]
     SafeTensors(#[from] safetensors::SafeTensorError),
+    /// An attack's own error (its settings, the victim, shapes), unchanged.
+    #[error(transparent)]
+    Attack(#[from] libre_attacks::AttackError),
+    /// A metrics, CSV table or report error, unchanged.
+    #[error(transparent)]
+    Report(#[from] libre_reports::ReportError),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 impl Error {

@@ -129,7 +129,7 @@ pub fn metrics_of(probs: &Tensor, labels: &[i64]) -> Result<ClassificationMetric
     let flat: Vec<f32> = Vec::<f32>::try_from(probs.to_kind(Kind::Float).contiguous().view([-1]))?;
     let view = ndarray::ArrayView2::from_shape((n, k), &flat)
         .map_err(|e| Error::Shape(format!("predictive [{n}, {k}]: {e}")))?;
-    ClassificationMetrics::compute(view, labels).map_err(|e| Error::invalid(e.to_string()))
+    Ok(ClassificationMetrics::compute(view, labels)?)
 }
 
 /// Default curve points up to S: 1, 2, 5, 10, 20, 50, 100, ... and S itself.

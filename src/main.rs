@@ -147,9 +147,27 @@ fn remove_temporaries_on_signals() {
 fn main() {
     ensure_passive_omp_wait();
     remove_temporaries_on_signals();
-    let matches = Cli::command().get_matches();
+    // Consumers of --json get a final error line on every failure, usage errors included.
+    let json_error = |msg: &str| {
+        if std::env::args().any(|a| a == "--json") {
+            println!(
+                "{}",
+                serde_json::json!({ "type": "error", "data": { "message": msg } })
+            );
+        }
+    };
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            if e.use_stderr() {
+                json_error(e.to_string().lines().next().unwrap_or_default());
+            }
+            e.exit()
+        }
+    };
     if let Err(msg) = check_resume_flags(&matches) {
         eprintln!("libre: {msg}");
+        json_error(&msg);
         std::process::exit(2);
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -157,11 +175,7 @@ fn main() {
     if let Err(e) = run(cli) {
         eprintln!("libre: {e:#}");
         if json {
-            // Consumers of --json always get a final line, also on failure.
-            println!(
-                "{}",
-                serde_json::json!({ "type": "error", "data": { "message": format!("{e:#}") } })
-            );
+            json_error(&format!("{e:#}"));
         }
         let code = if e.downcast_ref::<cli::CheckFailed>().is_some() {
             1

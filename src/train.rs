@@ -279,6 +279,7 @@ fn save_epoch(run: &RunDir, epoch: usize, model: &dyn BayesModel, opt: &Sgd) -> 
         .prefix(".tmp-epoch-")
         .tempdir_in(&epochs)
         .map_err(|e| Error::io("temp dir", e))?;
+    let _cleanup = crate::cleanup::track(tmp.path());
     crate::checkpoint::save(tmp.path().join("model.safetensors"), model)?;
     let state = opt.state_tensors();
     let views: Vec<(String, Tensor)> = state;
@@ -291,6 +292,7 @@ fn save_epoch(run: &RunDir, epoch: usize, model: &dyn BayesModel, opt: &Sgd) -> 
         .map_err(|e| Error::io(format!("rename into {}", dir.display()), e))?;
     // Swap the `last` symlink atomically.
     let link_tmp = run.file(".last.tmp");
+    let _cleanup_link = crate::cleanup::track(&link_tmp);
     let _ = std::fs::remove_file(&link_tmp);
     std::os::unix::fs::symlink(
         Path::new("epochs").join(format!("epoch-{epoch}")),
@@ -431,13 +433,7 @@ pub fn fit(
         let train_secs = t0.elapsed().as_secs_f64();
         let (mut eval_top1, mut eval_nll, mut eval_ece) = (None, None, None);
         if let Some(ev) = eval_ds {
-            let mode = if bayesian {
-                ForwardMode::ParallelMc {
-                    samples: cfg.eval_samples,
-                }
-            } else {
-                ForwardMode::Deterministic
-            };
+            let mode = crate::models::mode_for(model, cfg.eval_samples);
             let opts = EvalOptions {
                 mode,
                 batch_size: 500,

@@ -138,15 +138,8 @@ fn convert(m: &ZooModel, pkg: &Path, out: &Path) -> Result<()> {
     let raw = scratch.path().join("weights.pt");
     std::fs::write(&raw, &bytes).map_err(|e| Error::io("write temp weights", e))?;
     let sd = crate::import::load_state_dict(&raw)?;
-    let cfg = match m.arch {
-        "lenet5" => crate::models::ModelConfig::lenet5(),
-        "digitcnn" => crate::models::ModelConfig::digitcnn(),
-        other => {
-            return Err(Error::invalid(format!(
-                "zoo: no preset for architecture {other}"
-            )))
-        }
-    };
-    let model = crate::checkpoint::from_state_dict(cfg, sd.into_inner(), tch::Device::Cpu)?;
+    let sd = sd.into_inner();
+    let cfg = crate::checkpoint::state_dict_config(m.arch, &sd)?;
+    let model = crate::checkpoint::from_state_dict(cfg, sd, tch::Device::Cpu)?;
     crate::checkpoint::save(out, model.as_ref())
 }

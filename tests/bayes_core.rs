@@ -495,7 +495,7 @@ fn bad_inputs_name_the_problem() {
 fn wide_resnet_builds_converts_and_runs() {
     let _rng = rng_lock();
     let cfg = ModelConfig {
-        arch: "wrn28-10".into(),
+        arch: libre::models::Arch::Wrn28x10,
         num_classes: 10,
         in_channels: 3,
         image_size: 8,

@@ -110,3 +110,160 @@ fn report_errors_suggest_only_its_own_flags() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("--group-by"), "{e}");
 }
+
+/// The failure classes of the hardening issue, one invocation each: exit 2, a message that names
+/// the cause, no panic, nothing created at the output path, and with --json a final error line.
+#[test]
+fn bad_invocations_fail_cleanly_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    let st = dir.path().join("x.safetensors");
+    let st = st.to_str().unwrap();
+    let lenet = ["--weights", "zoo:lenet5-mnist"];
+    let train = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<&str> = vec!["train", "--model", "lenet5", "--data", "mnist:train"];
+        v.extend(["--limit", "64", "--out", o]);
+        v.extend(extra);
+        v.into_iter().map(String::from).collect()
+    };
+    let finetune = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<&str> = vec!["finetune", "--weights", "zoo:lenet5-mnist"];
+        v.extend([
+            "--posterior",
+            "mean-field",
+            "--data",
+            "mnist:train",
+            "--limit",
+            "64",
+        ]);
+        v.extend(["--out", o]);
+        v.extend(extra);
+        v.into_iter().map(String::from).collect()
+    };
+    let owned = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (train(&["--batch-size", "0"]), "--batch-size"),
+        (finetune(&["--batch-size", "0"]), "--batch-size"),
+        (train(&["--epochs", "0"]), "epochs"),
+        (train(&["--lr", "NaN"]), "lr"),
+        (
+            owned(&[
+                "train",
+                "--model",
+                "lenet7",
+                "--data",
+                "mnist:train",
+                "--out",
+                o,
+            ]),
+            "lenet7",
+        ),
+        // usage errors (clap's) also end with the JSON error line
+        (train(&["--epochs", "1", "--epochs", "2"]), "--epochs"),
+        (finetune(&["--mc-samples", "0"]), "samples"),
+        (
+            owned(&[
+                "train",
+                "--model",
+                "lenet5",
+                "--data",
+                "mnist:nope",
+                "--out",
+                o,
+            ]),
+            "mnist",
+        ),
+        (owned(&["train", "--resume", o]), o),
+        (
+            owned(&[&["attack"][..], &lenet, &["--data", "mnist:test[0:4]"]].concat())
+                .into_iter()
+                .chain(owned(&[
+                    "--attack",
+                    "fgsm",
+                    "--eps",
+                    "0.1",
+                    "--mc-samples",
+                    "0",
+                ]))
+                .chain(owned(&["--out", st]))
+                .collect(),
+            "--mc-samples",
+        ),
+        (
+            owned(&[&["attack"][..], &lenet, &["--data", "mnist:test[0:4]"]].concat())
+                .into_iter()
+                .chain(owned(&["--attack", "pgd", "--eps", "inf", "--out", st]))
+                .collect(),
+            "--eps",
+        ),
+        (
+            owned(
+                &[
+                    &["eval"][..],
+                    &lenet,
+                    &["--data", "mnist:test[0:4]", "--batch-size", "0"],
+                ]
+                .concat(),
+            ),
+            "--batch-size",
+        ),
+        (
+            owned(&[
+                "metrics",
+                "--scores",
+                "/nonexistent.csv",
+                "--bootstrap",
+                "1000000000",
+            ]),
+            "bootstrap",
+        ),
+        (
+            owned(
+                &[
+                    &["convert"][..],
+                    &lenet,
+                    &["--posterior", "low-rank", "--rank", "0", "--out", st],
+                ]
+                .concat(),
+            ),
+            "rank",
+        ),
+        (
+            owned(
+                &[
+                    &["convert"][..],
+                    &lenet,
+                    &["--posterior", "gaussian", "--out", st],
+                ]
+                .concat(),
+            ),
+            "gaussian",
+        ),
+        (
+            owned(&["eval", "--weights", "/", "--data", "mnist:test"]),
+            "/",
+        ),
+        (
+            owned(&["import", "/nonexistent.pt", "--out", st]),
+            "nonexistent",
+        ),
+    ];
+    for (args, cause) in &cases {
+        let run = libre().arg("--json").args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        let shown = args.join(" ");
+        assert_eq!(run.status.code(), Some(2), "{shown}: {err}");
+        assert!(!err.contains("panicked"), "{shown}: {err}");
+        assert!(
+            err.contains(cause),
+            "{shown}: the message does not name {cause}: {err}"
+        );
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+            .unwrap_or_else(|e| panic!("{shown}: last stdout line is not JSON ({e}): {stdout}"));
+        assert_eq!(last["type"], "error", "{shown}: {stdout}");
+        assert!(!out.exists(), "{shown} created {o}");
+        assert!(!std::path::Path::new(st).exists(), "{shown} created {st}");
+    }
+}

@@ -89,8 +89,8 @@ fn mode_for(
     model: &dyn libre::models::BayesModel,
     s: Option<usize>,
 ) -> anyhow::Result<ForwardMode> {
-    let samples = libre::detect::detector::samples_for(model, s)?;
-    Ok(libre::detect::detector::mode_for(model, samples))
+    let samples = libre::models::samples_for(model, s)?;
+    Ok(libre::models::mode_for(model, samples))
 }
 
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {

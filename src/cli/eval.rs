@@ -45,18 +45,13 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
     let (model, _meta) = libre::checkpoint::load_or_build(&path, args.model.as_deref(), device)?;
     let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
-    let bayesian = model.posterior().is_some();
     let mode = if args.deterministic {
         ForwardMode::Deterministic
     } else {
         // A DNN gives one prediction: more samples are an error naming the fix, not a
         // "Bayes ensemble" of identical copies.
-        let s = libre::detect::detector::samples_for(model.as_ref(), args.mc_samples)?;
-        if bayesian {
-            ForwardMode::ParallelMc { samples: s }
-        } else {
-            ForwardMode::Deterministic
-        }
+        let s = libre::models::samples_for(model.as_ref(), args.mc_samples)?;
+        libre::models::mode_for(model.as_ref(), s)
     };
     let curve = if args.curve {
         eval::default_curve(mode.samples())

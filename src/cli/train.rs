@@ -6,7 +6,7 @@ use libre::bayes::prior::PriorConfig;
 use libre::bayes::{Family, LayerSelection, McSampling, PosteriorConfig};
 use libre::detect::objective::customary_eps;
 use libre::detect::{LibreConfig, ObjectiveKind};
-use libre::models::{BayesModel, ModelConfig};
+use libre::models::{Arch, BayesModel, ModelConfig};
 use libre::run::{Provenance, RunDir};
 use libre::train::{self, Augment, EpochLog, TrainConfig, TrainObserver, UncertaintyReg};
 use serde_json::json;
@@ -380,34 +380,24 @@ pub fn run_train(args: TrainArgs, out: Output) -> anyhow::Result<()> {
         let k = ds
             .num_classes()
             .ok_or_else(|| anyhow::anyhow!("{} has no labels", ds.name))? as i64;
-        let mc = match arch.as_str() {
-            "lenet5" => ModelConfig {
-                num_classes: k,
-                in_channels: ch as i64,
-                image_size: h as i64,
-                ..ModelConfig::lenet5()
-            },
-            "digitcnn" => ModelConfig {
-                num_classes: k,
-                in_channels: ch as i64,
-                image_size: h as i64,
-                ..ModelConfig::digitcnn()
-            },
-            "mlp" => ModelConfig::mlp(ch as i64, h as i64, vec![512, 256], k),
-            a if a.starts_with("resnet") => {
-                let depth: usize = a[6..]
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("unknown --model {a}"))?;
-                let mut m = ModelConfig::resnet(depth, k, h as i64, args.cifar_stem);
-                m.in_channels = ch as i64;
-                m
-            }
-            a => ModelConfig {
-                arch: a.to_string(),
-                num_classes: k,
-                in_channels: ch as i64,
-                image_size: h as i64,
-                ..ModelConfig::default()
+        let (ch, h) = (ch as i64, h as i64);
+        let mc = match arch.parse::<Arch>()? {
+            Arch::Mlp => ModelConfig::mlp(ch, h, vec![512, 256], k),
+            a => match a.resnet_depth() {
+                Some(depth) => ModelConfig {
+                    in_channels: ch,
+                    ..ModelConfig::resnet(depth, k, h, args.cifar_stem)
+                },
+                None => ModelConfig {
+                    arch: a,
+                    num_classes: k,
+                    in_channels: ch,
+                    image_size: h,
+                    ..match a {
+                        Arch::DigitCnn => ModelConfig::digitcnn(),
+                        _ => ModelConfig::default(),
+                    }
+                },
             },
         };
         // Seeded before the model is built, so its initial weights are reproducible too.

@@ -84,10 +84,12 @@ pub(super) fn open(path: &Path) -> Result<Dataset> {
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
                 .collect();
-            if let Some((i, x)) = v.iter().enumerate().find(|(_, &x)| x < 0) {
+            // i64::MAX is refused too: the class count, 1 + the largest label, must fit.
+            if let Some((i, x)) = v.iter().enumerate().find(|(_, &x)| x < 0 || x == i64::MAX) {
+                let why = if *x < 0 { "negative" } else { "too large" };
                 return Err(Error::bad_file(
                     path,
-                    format!("label {x} at index {i} is negative"),
+                    format!("label {x} at index {i} is {why}"),
                 ));
             }
             Some(v)
@@ -227,6 +229,19 @@ mod tests {
         let e = open(&p).unwrap_err().to_string();
         assert!(e.contains("image 0") && e.contains("[0, 1]"), "{e}");
     }
+
+    #[test]
+    fn label_i64_max_is_an_error() {
+        // 1 + the largest label is the class count: i64::MAX overflowed computing it.
+        let _rng = crate::rng_lock();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("b.safetensors");
+        let imgs = Tensor::zeros([1, 1, 2, 2], (Kind::Uint8, tch::Device::Cpu));
+        let labels = Tensor::from_slice(&[i64::MAX]);
+        write_batch_file(&p, &imgs, Some(&labels), HashMap::new()).unwrap();
+        let e = open(&p).unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+    }
 }
 
 /// Writes a batch file incrementally, so a command can stream a data set of any size through it
@@ -236,6 +251,8 @@ mod tests {
 /// interrupted run leaves nothing behind.
 pub struct BatchFileWriter {
     tmp: tempfile::NamedTempFile,
+    /// Keeps `tmp` on the signal handler's list until the writer is finished or dropped.
+    _cleanup: crate::cleanup::Tracked,
     out: std::io::BufWriter<std::fs::File>,
     path: std::path::PathBuf,
     n: usize,
@@ -259,7 +276,7 @@ impl BatchFileWriter {
                         "data_offsets": [0, img_bytes] },
             "labels": { "dtype": "I64", "shape": [n], "data_offsets": [img_bytes, img_bytes + 8 * n] },
         });
-        let mut h = serde_json::to_vec(&header).map_err(|e| Error::invalid(e.to_string()))?;
+        let mut h = serde_json::to_vec(&header)?;
         h.resize(h.len().div_ceil(8) * 8, b' '); // 8-byte alignment, as the safetensors crate does
         let dir = path
             .parent()
@@ -277,6 +294,7 @@ impl BatchFileWriter {
             .and_then(|_| out.write_all(&h))
             .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
         Ok(BatchFileWriter {
+            _cleanup: crate::cleanup::track(tmp.path()),
             tmp,
             out,
             path: path.to_path_buf(),

@@ -9,8 +9,8 @@ use super::calibrate::Calibration;
 use super::classic::{Classic, ClassicMeta};
 use super::scores::{self, Prediction, Score};
 use crate::bayes::mode::McDropout;
-use crate::bayes::{Family, ForwardMode};
-use crate::models::{BayesModel, PosteriorMeta};
+use crate::bayes::ForwardMode;
+use crate::models::{mode_for, samples_for, BayesModel};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -53,55 +53,6 @@ pub struct Detector {
     pub meta: Option<DetectorMeta>,
     /// A fitted classic detector scoring with the model's features.
     pub classic: Option<Classic>,
-}
-
-/// The MC sample count for a model: 1 for a DNN (asking for more is an error), the requested or
-/// the posterior's own S for a Bayesian model (an ensemble cannot give more than its members).
-pub fn samples_for(model: &dyn BayesModel, requested: Option<usize>) -> Result<usize> {
-    if let Some(d) = model.mc_dropout() {
-        // Any number of dropout masks can be drawn.
-        return match requested {
-            Some(0) => Err(Error::invalid("--mc-samples must be at least 1")),
-            Some(s) => Ok(s),
-            None => Ok(d.samples),
-        };
-    }
-    samples_for_posterior(model.posterior(), &model.config().arch, requested)
-}
-
-/// [`samples_for`] from a checkpoint's metadata alone (no model needs to be built).
-pub fn samples_for_posterior(
-    posterior: Option<&PosteriorMeta>,
-    arch: &str,
-    requested: Option<usize>,
-) -> Result<usize> {
-    match (posterior, requested) {
-        (_, Some(0)) => Err(Error::invalid("--mc-samples must be at least 1")),
-        (None, Some(s)) if s > 1 => Err(Error::invalid(format!(
-            "--mc-samples {s}: this {arch} is a deterministic network (no posterior), so it gives \
-             one prediction; convert or fine-tune it first for a Bayes ensemble"
-        ))),
-        (None, _) => Ok(1),
-        (Some(p), Some(s)) => {
-            if p.config.family != Family::MeanField && s > p.config.samples {
-                return Err(Error::invalid(format!(
-                    "--mc-samples {s}: the {} posterior has only {} members",
-                    p.config.family, p.config.samples
-                )));
-            }
-            Ok(s)
-        }
-        (Some(p), None) => Ok(p.config.samples),
-    }
-}
-
-/// The forward mode that gives `samples` predictions (deterministic for one sample of a DNN).
-pub fn mode_for(model: &dyn BayesModel, samples: usize) -> ForwardMode {
-    if model.posterior().is_none() && model.mc_dropout().is_none() {
-        ForwardMode::Deterministic
-    } else {
-        ForwardMode::ParallelMc { samples }
-    }
 }
 
 impl Detector {

@@ -146,7 +146,7 @@ fn capabilities_of(
         let p = crate::zoo::checkpoint_path(m);
         if !p.exists() {
             // Zoo models are point networks; they are fetched when the run starts.
-            let s = crate::detect::detector::samples_for_posterior(None, weights, requested)?;
+            let s = crate::models::samples_for_posterior(None, weights, requested)?;
             return Ok((s, None));
         }
         p
@@ -176,9 +176,9 @@ fn capabilities_of(
             r => Ok((r.unwrap_or(d.samples), classic)),
         };
     }
-    let s = crate::detect::detector::samples_for_posterior(
+    let s = crate::models::samples_for_posterior(
         meta.posterior.as_ref(),
-        &meta.model.arch,
+        meta.model.arch.name(),
         requested,
     )?;
     Ok((s, classic))

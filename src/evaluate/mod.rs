@@ -322,7 +322,7 @@ fn run_cell(
         .into_inner()
         .map_err(|e| Error::invalid(format!("cell {id}: {e}")))?;
     crate::cache::write_atomic(&dir.join(format!("{id}.csv")), &bytes)?;
-    let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::invalid(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&meta)?;
     crate::cache::write_atomic(&dir.join(format!("{id}.json")), &json)
 }
 
@@ -389,10 +389,8 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
     }
     std::fs::write(tables.join("scores.csv"), &scores)
         .map_err(|e| Error::io("writing scores.csv", e))?;
-    rtables::write_rows(&tables.join("classification.csv"), &classification)
-        .map_err(|e| Error::invalid(e.to_string()))?;
-    rtables::write_rows(&tables.join("reliability.csv"), &reliability)
-        .map_err(|e| Error::invalid(e.to_string()))?;
+    rtables::write_rows(&tables.join("classification.csv"), &classification)?;
+    rtables::write_rows(&tables.join("reliability.csv"), &reliability)?;
     let opts = libre_reports::report::ReportOptions {
         title: plan.title.clone(),
         subset: match plan.subset {
@@ -409,8 +407,7 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
     };
     let render = out.join(".render");
     let _ = std::fs::remove_dir_all(&render);
-    libre_reports::report::render_run(&tables, &render, &opts)
-        .map_err(|e| Error::invalid(crate::error::chain(&e)))?;
+    libre_reports::report::render_run(&tables, &render, &opts)?;
     // timing.csv and summary.json.
     let mut timing =
         String::from("cell,model,attack,eps,n,attack_ms_per_image,score_ms_per_image\n");
@@ -460,8 +457,7 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
         None => html + &sec,
     };
     std::fs::write(&index, html).map_err(|e| Error::io("writing index.html", e))?;
-    let detection: Vec<rtables::DetectionRow> = rtables::read_rows(&render.join("detection.csv"))
-        .map_err(|e| Error::invalid(e.to_string()))?;
+    let detection: Vec<rtables::DetectionRow> = rtables::read_rows(&render.join("detection.csv"))?;
     let experiment = std::fs::read(out.join("experiment.toml")).unwrap_or_default();
     let summary = serde_json::json!({
         "title": plan.title, "data": plan.data, "seed": plan.seed,
@@ -476,7 +472,7 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
         })).collect::<Vec<_>>(),
         "detection": detection,
     });
-    let sj = serde_json::to_vec_pretty(&summary).map_err(|e| Error::invalid(e.to_string()))?;
+    let sj = serde_json::to_vec_pretty(&summary)?;
     std::fs::write(render.join("summary.json"), sj)
         .map_err(|e| Error::io("writing summary.json", e))?;
     for f in ["scores.csv", "classification.csv", "reliability.csv"] {

@@ -24,12 +24,91 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+/// The architectures libre builds; serialised by name (`"lenet5"`, `"wrn28-10"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Arch {
+    #[serde(rename = "lenet5")]
+    Lenet5,
+    #[serde(rename = "digitcnn")]
+    DigitCnn,
+    #[serde(rename = "mlp")]
+    Mlp,
+    #[serde(rename = "resnet18")]
+    ResNet18,
+    #[serde(rename = "resnet34")]
+    ResNet34,
+    #[serde(rename = "resnet50")]
+    ResNet50,
+    #[serde(rename = "wrn28-10")]
+    Wrn28x10,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 7] = [
+        Arch::Lenet5,
+        Arch::DigitCnn,
+        Arch::Mlp,
+        Arch::ResNet18,
+        Arch::ResNet34,
+        Arch::ResNet50,
+        Arch::Wrn28x10,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Lenet5 => "lenet5",
+            Arch::DigitCnn => "digitcnn",
+            Arch::Mlp => "mlp",
+            Arch::ResNet18 => "resnet18",
+            Arch::ResNet34 => "resnet34",
+            Arch::ResNet50 => "resnet50",
+            Arch::Wrn28x10 => "wrn28-10",
+        }
+    }
+
+    /// The ResNet depth (18, 34, 50), for the ResNets.
+    pub fn resnet_depth(self) -> Option<usize> {
+        match self {
+            Arch::ResNet18 => Some(18),
+            Arch::ResNet34 => Some(34),
+            Arch::ResNet50 => Some(50),
+            _ => None,
+        }
+    }
+
+    /// Nets that flatten a fixed-size map before the head: inputs must be exactly `image_size`.
+    pub fn fixed_size(self) -> bool {
+        matches!(self, Arch::Lenet5 | Arch::DigitCnn | Arch::Mlp)
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Arch> {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown architecture '{s}' (--model): available {}",
+                    ARCHS.join(", ")
+                ))
+            })
+    }
+}
+
 /// Architecture and its options; serialised into every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ModelConfig {
     /// `lenet5`, `digitcnn`, `mlp`, `resnet18`, `resnet34`, `resnet50`, `wrn28-10`.
-    pub arch: String,
+    pub arch: Arch,
     pub num_classes: i64,
     pub in_channels: i64,
     /// Square input side (fixed for lenet5/digitcnn/mlp; nominal for the convolutional nets).
@@ -56,7 +135,7 @@ impl ModelConfig {
     /// advertorch's MNIST LeNet5: raw pixels.
     pub fn lenet5() -> Self {
         ModelConfig {
-            arch: "lenet5".into(),
+            arch: Arch::Lenet5,
             num_classes: 10,
             in_channels: 1,
             image_size: 28,
@@ -69,7 +148,7 @@ impl ModelConfig {
     /// ccexam's DigitCNN for MNIST: mean 0.1307, std 0.3081.
     pub fn digitcnn() -> Self {
         ModelConfig {
-            arch: "digitcnn".into(),
+            arch: Arch::DigitCnn,
             normalization: Some((vec![0.1307], vec![0.3081])),
             ..ModelConfig::lenet5()
         }
@@ -78,7 +157,7 @@ impl ModelConfig {
     /// An MLP on flattened pixels.
     pub fn mlp(in_channels: i64, image_size: i64, hidden: Vec<i64>, num_classes: i64) -> Self {
         ModelConfig {
-            arch: "mlp".into(),
+            arch: Arch::Mlp,
             num_classes,
             in_channels,
             image_size,
@@ -91,7 +170,12 @@ impl ModelConfig {
     /// A torchvision ResNet (`depth` 18, 34 or 50) on RGB input.
     pub fn resnet(depth: usize, num_classes: i64, image_size: i64, cifar_stem: bool) -> Self {
         ModelConfig {
-            arch: format!("resnet{depth}"),
+            arch: match depth {
+                18 => Arch::ResNet18,
+                34 => Arch::ResNet34,
+                50 => Arch::ResNet50,
+                d => panic!("no ResNet-{d}: 18, 34 or 50"),
+            },
             num_classes,
             in_channels: 3,
             image_size,
@@ -109,20 +193,13 @@ impl ModelConfig {
 
     /// Checks the options before a model is built.
     pub fn validate(&self) -> Result<()> {
-        if !ARCHS.contains(&self.arch.as_str()) {
-            return Err(Error::invalid(format!(
-                "unknown architecture '{}' (--model): available {}",
-                self.arch,
-                ARCHS.join(", ")
-            )));
-        }
         if self.num_classes < 1 || self.in_channels < 1 || self.image_size < 1 {
             return Err(Error::invalid(format!(
                 "{}: num_classes {}, in_channels {}, image_size {} must all be >= 1",
                 self.arch, self.num_classes, self.in_channels, self.image_size
             )));
         }
-        if matches!(self.arch.as_str(), "lenet5" | "digitcnn") && self.image_size % 4 != 0 {
+        if matches!(self.arch, Arch::Lenet5 | Arch::DigitCnn) && self.image_size % 4 != 0 {
             return Err(Error::invalid(format!(
                 "{}: image_size {} must be a multiple of 4",
                 self.arch, self.image_size
@@ -145,7 +222,7 @@ impl ModelConfig {
 
     /// Whether the net requires inputs of exactly `image_size` (a flatten before the head).
     pub fn fixed_size(&self) -> bool {
-        matches!(self.arch.as_str(), "lenet5" | "digitcnn" | "mlp")
+        self.arch.fixed_size()
     }
 }
 
@@ -578,16 +655,69 @@ impl<N: Net> BayesModel for Model<N> {
     }
 }
 
+// How a prediction is made, decided in one place for eval, attack, detect, evaluate and the
+// evaluation inside training: how many samples a model can give, and the forward that gives them.
+
+/// The MC sample count for a model: 1 for a DNN (asking for more is an error), the requested or
+/// the posterior's own S for a Bayesian model (an ensemble cannot give more than its members).
+pub fn samples_for(model: &dyn BayesModel, requested: Option<usize>) -> Result<usize> {
+    if let Some(d) = model.mc_dropout() {
+        // Any number of dropout masks can be drawn.
+        return match requested {
+            Some(0) => Err(Error::invalid("--mc-samples must be at least 1")),
+            Some(s) => Ok(s),
+            None => Ok(d.samples),
+        };
+    }
+    samples_for_posterior(model.posterior(), model.config().arch.name(), requested)
+}
+
+/// [`samples_for`] from a checkpoint's metadata alone (no model needs to be built).
+pub fn samples_for_posterior(
+    posterior: Option<&PosteriorMeta>,
+    arch: &str,
+    requested: Option<usize>,
+) -> Result<usize> {
+    match (posterior, requested) {
+        (_, Some(0)) => Err(Error::invalid("--mc-samples must be at least 1")),
+        (None, Some(s)) if s > 1 => Err(Error::invalid(format!(
+            "--mc-samples {s}: this {arch} is a deterministic network (no posterior), so it gives \
+             one prediction; convert or fine-tune it first for a Bayes ensemble"
+        ))),
+        (None, _) => Ok(1),
+        (Some(p), Some(s)) => {
+            if p.config.family != Family::MeanField && s > p.config.samples {
+                return Err(Error::invalid(format!(
+                    "--mc-samples {s}: the {} posterior has only {} members",
+                    p.config.family, p.config.samples
+                )));
+            }
+            Ok(s)
+        }
+        (Some(p), None) => Ok(p.config.samples),
+    }
+}
+
+/// The forward mode that gives `samples` predictions (deterministic for one sample of a DNN).
+pub fn mode_for(model: &dyn BayesModel, samples: usize) -> ForwardMode {
+    if model.posterior().is_none() && model.mc_dropout().is_none() {
+        ForwardMode::Deterministic
+    } else {
+        ForwardMode::ParallelMc { samples }
+    }
+}
+
 /// Builds a freshly initialised point model of `cfg.arch` on `device`.
 pub fn build(cfg: &ModelConfig, device: Device) -> Result<Box<dyn BayesModel>> {
     cfg.validate()?;
-    Ok(match cfg.arch.as_str() {
-        "lenet5" => Box::new(Model::new(cfg, device, LeNet5::new)?),
-        "digitcnn" => Box::new(Model::new(cfg, device, DigitCnn::new)?),
-        "mlp" => Box::new(Model::new(cfg, device, Mlp::new)?),
-        "resnet18" | "resnet34" | "resnet50" => Box::new(Model::new(cfg, device, ResNet::new)?),
-        "wrn28-10" => Box::new(Model::new(cfg, device, WideResNet::new)?),
-        other => unreachable!("validated arch {other}"),
+    Ok(match cfg.arch {
+        Arch::Lenet5 => Box::new(Model::new(cfg, device, LeNet5::new)?),
+        Arch::DigitCnn => Box::new(Model::new(cfg, device, DigitCnn::new)?),
+        Arch::Mlp => Box::new(Model::new(cfg, device, Mlp::new)?),
+        Arch::ResNet18 | Arch::ResNet34 | Arch::ResNet50 => {
+            Box::new(Model::new(cfg, device, ResNet::new)?)
+        }
+        Arch::Wrn28x10 => Box::new(Model::new(cfg, device, WideResNet::new)?),
     })
 }
 

@@ -7,7 +7,7 @@
 //! # Shapes
 //! `[B, 3, H, W]` -> stem -> layer1..4 -> global average pool `[B, (S,) C]` -> fc `[B, (S,) K]`.
 
-use super::{ModelConfig, Net};
+use super::{Arch, ModelConfig, Net};
 use crate::bayes::{
     batch_norm2d, conv2d, linear, Act, BatchNorm, BatchNormConfig, BayesLayer, Conv2d, ConvConfig,
     Ctx, Linear, LinearConfig,
@@ -146,10 +146,10 @@ pub struct ResNet {
 
 impl ResNet {
     pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
-        let (blocks, bottleneck) = match cfg.arch.as_str() {
-            "resnet18" => ([2, 2, 2, 2], false),
-            "resnet34" => ([3, 4, 6, 3], false),
-            "resnet50" => ([3, 4, 6, 3], true),
+        let (blocks, bottleneck) = match cfg.arch {
+            Arch::ResNet18 => ([2, 2, 2, 2], false),
+            Arch::ResNet34 => ([3, 4, 6, 3], false),
+            Arch::ResNet50 => ([3, 4, 6, 3], true),
             a => return Err(Error::invalid(format!("not a ResNet architecture: {a}"))),
         };
         let conv1 = if cfg.cifar_stem {
