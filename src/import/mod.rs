@@ -142,11 +142,40 @@ pub struct RawTensor {
 }
 
 impl RawTensor {
-    fn to_tensor(&self) -> std::result::Result<Tensor, tch::TchError> {
-        let size: Vec<i64> = self.shape.iter().map(|&d| d as i64).collect();
-        Tensor::f_from_data_size(&self.data, &size, self.dtype.kind())
+    fn to_tensor(&self) -> std::result::Result<Tensor, String> {
+        // `Tensor::f_from_data_size` copies numel * element-size bytes without checking the
+        // slice: check here that the bytes match the shape (and that every dim fits libtorch's
+        // i64) so no decoder bug can turn into an out-of-bounds read.
+        let size = self
+            .shape
+            .iter()
+            .map(|&d| i64::try_from(d).ok())
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(|| format!("shape {:?} has a dimension beyond i64", self.shape))?;
+        let want = self
+            .shape
+            .iter()
+            .try_fold(self.dtype.size(), |n, &d| n.checked_mul(d));
+        if want != Some(self.data.len()) {
+            return Err(format!(
+                "shape {:?} of {} does not match its {} bytes of data",
+                self.shape,
+                self.dtype.name(),
+                self.data.len()
+            ));
+        }
+        Tensor::f_from_data_size(&self.data, &size, self.dtype.kind()).map_err(|e| e.to_string())
     }
 }
+
+/// The most bytes a strided view may expand to when it reads storage elements more than once
+/// (stride 0 or overlapping strides, as `Tensor.expand` saves them). A view that reads each
+/// element at most once is bounded by its storage, hence by the file; without this cap a few
+/// bytes claiming shape `[1 << 40]` with stride 0 would allocate a terabyte.
+pub(crate) const MAX_EXPANDED_BYTES: usize = 1 << 28;
+
+/// The most bytes reserved up front for a zip member from the size its header claims.
+pub(crate) const ZIP_SIZE_HINT_CAP: u64 = 1 << 26;
 
 /// Copies the elements of a strided view (`offset`, `shape`, `strides` in elements) of `src` into
 /// a C-ordered buffer, checking that the view stays inside `src`.
@@ -157,10 +186,20 @@ pub(crate) fn gather_strided(
     shape: &[usize],
     strides: &[usize],
 ) -> std::result::Result<Vec<u8>, String> {
-    let numel: usize = shape.iter().product();
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} has more elements than fit in memory"))?;
     let src_numel = src.len() / elt;
     if numel == 0 {
         return Ok(Vec::new());
+    }
+    if numel > src_numel && numel.saturating_mul(elt) > MAX_EXPANDED_BYTES {
+        return Err(format!(
+            "view shape {shape:?} (stride {strides:?}) repeats the storage's {src_numel} \
+             elements into {numel}, more than the {} MiB allowed for an expanded tensor",
+            MAX_EXPANDED_BYTES >> 20
+        ));
     }
     let last = shape.iter().zip(strides).try_fold(offset, |acc, (&d, &s)| {
         acc.checked_add((d - 1).checked_mul(s)?)
@@ -211,11 +250,13 @@ pub(crate) fn gather_strided(
             }
             ax -= 1;
             idx[ax] += 1;
-            pos += strides[ax];
+            // Wrapping: past the end of an axis of size 1 with a huge (unused) stride, `pos`
+            // leaves usize for a moment; the subtraction below brings it back exactly.
+            pos = pos.wrapping_add(strides[ax]);
             if idx[ax] < shape[ax] {
                 break;
             }
-            pos -= strides[ax] * shape[ax];
+            pos = pos.wrapping_sub(strides[ax].wrapping_mul(shape[ax]));
             idx[ax] = 0;
         }
     }
@@ -433,6 +474,17 @@ pub fn load_state_dict(path: &Path) -> Result<StateDict> {
 pub fn load_state_dict_with(path: &Path, opts: &ImportOptions) -> Result<StateDict> {
     let bytes =
         std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    load_state_dict_bytes(path, bytes, opts)
+}
+
+/// [`load_state_dict_with`] on a file's bytes already in memory; `path` only names the file in
+/// errors, gives the `.safetensors` extension hint and the tensor name of a `.npy` file. The
+/// fuzz targets (docs/fuzzing.md) call this, the same code the CLI runs.
+pub fn load_state_dict_bytes(
+    path: &Path,
+    bytes: Vec<u8>,
+    opts: &ImportOptions,
+) -> Result<StateDict> {
     let format = detect_format(path, &bytes)?;
     let bad = |msg: String| Error::bad_file(path, msg);
     let sel = torch::Select {
@@ -641,5 +693,41 @@ mod tests {
             .is_empty());
         let e = gather_strided(&src, 4, 1, &[2, 3], &[3, 1]).unwrap_err();
         assert!(e.contains("past the storage"), "{e}");
+    }
+
+    #[test]
+    fn gather_refuses_huge_expansions_and_overflowing_shapes() {
+        let one = bytes_i32(&[7]);
+        // Stride 0 repeats one element 2^40 times: refused before allocating 4 TiB.
+        let e = gather_strided(&one, 4, 0, &[1 << 40], &[0]).unwrap_err();
+        assert!(e.contains("expanded tensor"), "{e}");
+        // A shape whose element count wraps around usize.
+        let e = gather_strided(&one, 4, 0, &[1 << 33, 1 << 33], &[0, 0]).unwrap_err();
+        assert!(e.contains("more elements"), "{e}");
+        assert_eq!(
+            gather_strided(&one, 4, 0, &[3], &[0]).unwrap(),
+            bytes_i32(&[7, 7, 7])
+        );
+        // A size-1 axis may carry any stride: it is never stepped over (this overflowed).
+        let src = bytes_i32(&[0, 1, 2, 3, 4, 5]);
+        assert_eq!(
+            gather_strided(&src, 4, 0, &[1, 3], &[usize::MAX, 2]).unwrap(),
+            bytes_i32(&[0, 2, 4])
+        );
+    }
+
+    #[test]
+    fn to_tensor_checks_the_data_against_the_shape() {
+        let raw = |shape: Vec<usize>, n: usize| RawTensor {
+            dtype: DType::F32,
+            shape,
+            data: vec![0; n],
+        };
+        // libtorch would copy 16 bytes out of a 4-byte buffer.
+        let e = raw(vec![4], 4).to_tensor().unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
+        let e = raw(vec![0, usize::MAX], 0).to_tensor().unwrap_err();
+        assert!(e.contains("beyond i64"), "{e}");
+        assert_eq!(raw(vec![2, 2], 16).to_tensor().unwrap().size(), [2, 2]);
     }
 }

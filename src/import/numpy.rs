@@ -155,8 +155,12 @@ fn finish_array(
     fortran: bool,
     what: &str,
 ) -> Result<RawTensor, String> {
-    let numel: usize = shape.iter().product();
-    let need = numel * dtype.size();
+    // Checked: the shape comes from the file, and its product must not wrap around to a size
+    // the data seems to cover.
+    let need = shape
+        .iter()
+        .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("{what}: shape {shape:?} is too large for memory"))?;
     if raw.len() < need {
         return Err(format!(
             "{what}: truncated data: shape {shape:?} of {} needs {need} bytes, found {}",
@@ -172,7 +176,8 @@ fn finish_array(
         // Column-major: the first index varies fastest.
         let mut strides = vec![1usize; shape.len()];
         for i in 1..shape.len() {
-            strides[i] = strides[i - 1] * shape[i - 1];
+            // Saturating: only an empty array (never gathered) can overflow here.
+            strides[i] = strides[i - 1].saturating_mul(shape[i - 1]);
         }
         gather_strided(&raw, dtype.size(), 0, &shape, &strides)?
     } else {
@@ -280,7 +285,8 @@ pub fn read_npz<R: Read + std::io::Seek>(reader: R) -> Result<Vec<(String, RawTe
         let Some(stem) = name.strip_suffix(".npy") else {
             return Err(format!("npz member {name:?} is not a .npy file"));
         };
-        let mut buf = Vec::with_capacity(f.size() as usize);
+        // The header's size claim is only a hint: capped, as in `torch::load_zip`.
+        let mut buf = Vec::with_capacity(f.size().min(super::ZIP_SIZE_HINT_CAP) as usize);
         f.read_to_end(&mut buf)
             .map_err(|e| format!("npz member {name:?}: {e}"))?;
         let t = read_npy(&buf).map_err(|e| format!("npz member {name:?}: {e}"))?;
@@ -351,5 +357,21 @@ mod tests {
         assert!(read_npy(b"PK\x03\x04xxxxxxxx")
             .unwrap_err()
             .contains("magic"));
+    }
+
+    #[test]
+    fn npy_shape_overflow_is_an_error() {
+        // 2^40 x 2^40 x 4 bytes wraps around usize: the product must not pass as "0 bytes".
+        let e = read_npy(&npy(
+            "<f4",
+            false,
+            "(1099511627776, 1099511627776, 16)",
+            &[],
+        ))
+        .unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        // An empty Fortran array with huge other dims (its strides overflowed).
+        let t = read_npy(&npy("<f4", true, "(0, 1099511627776, 1099511627776)", &[])).unwrap();
+        assert!(t.data.is_empty());
     }
 }

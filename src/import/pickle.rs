@@ -116,30 +116,108 @@ pub enum Value {
 
 impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        let budget = std::cell::Cell::new(DEBUG_MAX_NODES);
+        Shown {
+            v: self,
+            depth: 0,
+            budget: &budget,
+        }
+        .fmt(f)
+    }
+}
+
+/// How much of a value `{:?}` prints: error messages quote values from untrusted files, and a
+/// pickle of a few KB can describe a tree nested thousands deep or a DAG with billions of paths
+/// (memoised values shared at every level), so printing stops at these limits with `...`.
+const DEBUG_MAX_DEPTH: usize = 8;
+const DEBUG_MAX_NODES: usize = 256;
+const DEBUG_MAX_ITEMS: usize = 16;
+
+/// A value formatted at most [`DEBUG_MAX_DEPTH`] deep and [`DEBUG_MAX_NODES`] values in all.
+struct Shown<'a> {
+    v: &'a Value,
+    depth: usize,
+    budget: &'a std::cell::Cell<usize>,
+}
+
+impl<'a> Shown<'a> {
+    fn sub(&self, v: &'a Value) -> Shown<'a> {
+        Shown {
+            v,
+            depth: self.depth + 1,
+            budget: self.budget,
+        }
+    }
+
+    fn items<'b>(
+        &'b self,
+        it: impl Iterator<Item = &'a Value> + 'b,
+    ) -> impl Iterator<Item = Shown<'a>> + 'b {
+        it.take(DEBUG_MAX_ITEMS).map(|v| self.sub(v))
+    }
+}
+
+impl fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.depth >= DEBUG_MAX_DEPTH || self.budget.get() == 0 {
+            return f.write_str("...");
+        }
+        self.budget.set(self.budget.get() - 1);
+        match self.v {
             Value::None => write!(f, "None"),
             Value::Bool(b) => write!(f, "{}", if *b { "True" } else { "False" }),
             Value::Int(i) => write!(f, "{i}"),
             Value::Float(x) => write!(f, "{x:?}"),
+            Value::Str(s) if s.len() > 64 => write!(f, "<str of {} bytes>", s.len()),
             Value::Str(s) => write!(f, "{s:?}"),
             Value::Bytes(b) => write!(f, "{b:?}"),
-            Value::Tuple(t) => f.debug_tuple("").field(&**t).finish(),
-            Value::List(l) => f.debug_list().entries(l.borrow().iter()).finish(),
-            Value::Dict(d) => f
-                .debug_map()
-                .entries(d.borrow().iter().map(|(k, v)| (k, v)))
+            Value::Tuple(t) => {
+                let mut d = f.debug_tuple("");
+                for v in self.items(t.iter()) {
+                    d.field(&v);
+                }
+                d.finish()
+            }
+            Value::List(l) => f
+                .debug_list()
+                .entries(self.items(l.borrow().iter()))
                 .finish(),
-            Value::Set(s) => f.debug_set().entries(s.borrow().iter()).finish(),
+            Value::Dict(d) => {
+                let d = d.borrow();
+                let mut m = f.debug_map();
+                for (k, v) in d.iter().take(DEBUG_MAX_ITEMS) {
+                    m.entry(&self.sub(k), &self.sub(v));
+                }
+                m.finish()
+            }
+            Value::Set(s) => f
+                .debug_set()
+                .entries(self.items(s.borrow().iter()))
+                .finish(),
             Value::Global { module, name } => write!(f, "{module}.{name}"),
             Value::Object(o) => {
                 let o = o.borrow();
-                write!(f, "{:?}{:?}", o.callable, o.args)?;
+                write!(f, "{:?}{:?}", self.sub(&o.callable), self.sub(&o.args))?;
                 if let Some(s) = &o.state {
-                    write!(f, ".__setstate__({s:?})")?;
+                    write!(f, ".__setstate__({:?})", self.sub(s))?;
                 }
                 Ok(())
             }
-            Value::PersId(p) => write!(f, "persid({p:?})"),
+            Value::PersId(p) => write!(f, "persid({:?})", self.sub(p)),
+        }
+    }
+}
+
+impl Drop for Value {
+    /// Frees nested values with a work list instead of recursion: the derived drop glue would
+    /// recurse once per nesting level, and a pickle of N bytes can nest N/2 levels deep (`)`
+    /// then TUPLE1 over and over), enough to overflow the stack on a file of a few hundred KB.
+    fn drop(&mut self) {
+        let mut work = Vec::new();
+        self.take_children(&mut work);
+        while let Some(mut v) = work.pop() {
+            v.take_children(&mut work);
+            // `v` is dropped here with no children left, so its own drop finds nothing to do.
         }
     }
 }
@@ -218,6 +296,120 @@ impl Value {
     fn tuple(v: Vec<Value>) -> Value {
         Value::Tuple(Rc::new(v))
     }
+
+    /// Moves the children of a container that nobody else shares into `out` (for [`Drop`]).
+    fn take_children(&mut self, out: &mut Vec<Value>) {
+        match self {
+            Value::Tuple(t) => {
+                if let Some(t) = Rc::get_mut(t) {
+                    out.append(t);
+                }
+            }
+            Value::List(l) | Value::Set(l) => {
+                if let Some(l) = Rc::get_mut(l) {
+                    out.append(l.get_mut());
+                }
+            }
+            Value::Dict(d) => {
+                if let Some(d) = Rc::get_mut(d) {
+                    for (k, v) in d.get_mut().drain(..) {
+                        out.push(k);
+                        out.push(v);
+                    }
+                }
+            }
+            Value::Object(o) => {
+                if let Some(o) = Rc::get_mut(o) {
+                    let o = o.get_mut();
+                    out.push(std::mem::replace(&mut o.callable, Value::None));
+                    out.push(std::mem::replace(&mut o.args, Value::None));
+                    out.extend(o.state.take());
+                    for (k, v) in o.dict_items.drain(..) {
+                        out.push(k);
+                        out.push(v);
+                    }
+                    out.append(&mut o.list_items);
+                }
+            }
+            Value::PersId(p) => {
+                if let Some(p) = Rc::get_mut(p) {
+                    out.push(std::mem::replace(p, Value::None));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The identity of a mutable container (list, set, dict, object), `None` for other values.
+    fn container_id(&self) -> Option<*const ()> {
+        match self {
+            Value::List(l) | Value::Set(l) => Some(Rc::as_ptr(l) as *const ()),
+            Value::Dict(d) => Some(Rc::as_ptr(d) as *const ()),
+            Value::Object(o) => Some(Rc::as_ptr(o) as *const ()),
+            _ => None,
+        }
+    }
+}
+
+/// Does any of `items` contain `target` (at any depth)? Storing them in `target` would then
+/// make a cycle. Python allows self-containing lists and dicts, but no state_dict, NumPy array
+/// or MNIST split has one, and refusing them keeps the value tree finite for every walker and
+/// free of `Rc` cycles, which would leak. The search is iterative; `budget` (shared by the
+/// whole pickle) bounds the values visited, so a file re-inserting a large shared value many
+/// times fails instead of taking quadratic time.
+fn contains(target: &Value, items: &[&Value], budget: &mut usize) -> Result<bool, String> {
+    let Some(id) = target.container_id() else {
+        return Ok(false);
+    };
+    let mut seen: std::collections::HashSet<*const ()> = std::collections::HashSet::new();
+    let mut todo: Vec<Value> = items.iter().map(|&v| v.clone()).collect();
+    while let Some(v) = todo.pop() {
+        let children: Vec<Value> = match &v {
+            Value::Tuple(t) => {
+                if !seen.insert(Rc::as_ptr(t) as *const ()) {
+                    continue;
+                }
+                t.as_ref().clone()
+            }
+            Value::PersId(p) => vec![p.as_ref().clone()],
+            Value::List(_) | Value::Set(_) | Value::Dict(_) | Value::Object(_) => {
+                let me = v.container_id().expect("a container");
+                if me == id {
+                    return Ok(true);
+                }
+                if !seen.insert(me) {
+                    continue;
+                }
+                match &v {
+                    Value::List(l) | Value::Set(l) => l.borrow().clone(),
+                    Value::Dict(d) => d
+                        .borrow()
+                        .iter()
+                        .flat_map(|(k, v)| [k.clone(), v.clone()])
+                        .collect(),
+                    Value::Object(o) => {
+                        let o = o.borrow();
+                        let mut c = vec![o.callable.clone(), o.args.clone()];
+                        c.extend(o.state.clone());
+                        c.extend(
+                            o.dict_items
+                                .iter()
+                                .flat_map(|(k, v)| [k.clone(), v.clone()]),
+                        );
+                        c.extend(o.list_items.iter().cloned());
+                        c
+                    }
+                    _ => unreachable!(),
+                }
+            }
+            _ => continue,
+        };
+        *budget = budget.checked_sub(1 + children.len()).ok_or(
+            "the pickle shares values too often to check it for cycles (not a state_dict)",
+        )?;
+        todo.extend(children);
+    }
+    Ok(false)
 }
 
 const MAX_MEMO_GAP: usize = 1 << 24;
@@ -314,6 +506,27 @@ impl Unpickler {
         }
     }
 
+    /// Fails if storing `items` in `target` would make a value contain itself.
+    fn acyclic(
+        &self,
+        at: usize,
+        op: &str,
+        target: &Value,
+        items: &[&Value],
+        budget: &mut usize,
+    ) -> PResult<()> {
+        match contains(target, items, budget) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(self.err(
+                at,
+                format!(
+                    "{op}: a container would contain itself (cyclic pickles are not supported)"
+                ),
+            )),
+            Err(e) => Err(self.err(at, format!("{op}: {e}"))),
+        }
+    }
+
     fn len_u32(&mut self, op_at: usize, what: &str) -> PResult<usize> {
         Ok(u32::from_le_bytes(self.take_n::<4>(op_at, what)?) as usize)
     }
@@ -328,6 +541,10 @@ impl Unpickler {
         let mut stack: Vec<Value> = Vec::new();
         let mut marks: Vec<usize> = Vec::new();
         let mut memo: HashMap<u64, Value> = HashMap::new();
+        // Values the cycle checks may visit in this pickle (see `contains`): far above what
+        // real files need (each container costs the file a few bytes and is visited once per
+        // enclosing container), small enough to bound the time on crafted ones.
+        let mut budget = self.data.len().saturating_mul(16).saturating_add(1 << 20);
 
         macro_rules! pop {
             ($at:expr, $op:expr) => {
@@ -571,16 +788,22 @@ impl Unpickler {
                 b'a' => {
                     let v = pop!(at, "APPEND");
                     let target = top!(at, "APPEND");
+                    self.acyclic(at, "APPEND", &target, &[&v], &mut budget)?;
                     append(&target, vec![v]).map_err(|e| self.err(at, format!("APPEND: {e}")))?;
                 }
                 b'e' => {
                     let items = pop_mark!(at, "APPENDS");
                     let target = top!(at, "APPENDS");
+                    let refs: Vec<&Value> = items.iter().collect();
+                    self.acyclic(at, "APPENDS", &target, &refs, &mut budget)?;
                     append(&target, items).map_err(|e| self.err(at, format!("APPENDS: {e}")))?;
                 }
                 0x90 => {
                     let items = pop_mark!(at, "ADDITEMS");
-                    match top!(at, "ADDITEMS") {
+                    let target = top!(at, "ADDITEMS");
+                    let refs: Vec<&Value> = items.iter().collect();
+                    self.acyclic(at, "ADDITEMS", &target, &refs, &mut budget)?;
+                    match &target {
                         Value::Set(s) => s.borrow_mut().extend(items),
                         other => {
                             return Err(self.err(
@@ -594,12 +817,15 @@ impl Unpickler {
                     let v = pop!(at, "SETITEM");
                     let k = pop!(at, "SETITEM");
                     let target = top!(at, "SETITEM");
+                    self.acyclic(at, "SETITEM", &target, &[&k, &v], &mut budget)?;
                     set_items(&target, vec![(k, v)])
                         .map_err(|e| self.err(at, format!("SETITEM: {e}")))?;
                 }
                 b'u' => {
                     let items = pop_mark!(at, "SETITEMS");
                     let target = top!(at, "SETITEMS");
+                    let refs: Vec<&Value> = items.iter().collect();
+                    self.acyclic(at, "SETITEMS", &target, &refs, &mut budget)?;
                     let kv = pairs(items).map_err(|e| self.err(at, format!("SETITEMS: {e}")))?;
                     set_items(&target, kv).map_err(|e| self.err(at, format!("SETITEMS: {e}")))?;
                 }
@@ -722,7 +948,10 @@ impl Unpickler {
                     let state = pop!(at, "BUILD");
                     let target = top!(at, "BUILD");
                     match target {
-                        Value::Object(o) => o.borrow_mut().state = Some(state),
+                        Value::Object(ref o) => {
+                            self.acyclic(at, "BUILD", &target, &[&state], &mut budget)?;
+                            o.borrow_mut().state = Some(state);
+                        }
                         // An OrderedDict's state holds instance attributes (torch's
                         // `_metadata`), not items: dropping it loses no tensors.
                         Value::Dict(_) | Value::List(_) | Value::Set(_) => {}
@@ -1027,7 +1256,7 @@ mod tests {
     fn codecs_encode_gives_bytes() {
         // pickle.dumps(b'\xff\x00', protocol=2) in Python 3
         let p = b"\x80\x02c_codecs\nencode\nq\x00X\x03\x00\x00\x00\xc3\xbf\x00q\x01X\x06\x00\x00\x00latin1q\x02\x86q\x03Rq\x04.";
-        assert!(matches!(loads(p.to_vec()).unwrap(), Value::Bytes(b) if *b == [0xff, 0]));
+        assert!(matches!(loads(p.to_vec()).unwrap(), Value::Bytes(ref b) if **b == [0xff, 0]));
     }
 
     #[test]
@@ -1045,6 +1274,53 @@ mod tests {
             assert!(e.msg.contains("truncated"), "{n}: {e}");
         }
         assert_eq!(loads(full).unwrap().as_str(), Some("hello"));
+    }
+
+    #[test]
+    fn cyclic_containers_are_refused() {
+        // l = []; l.append(l)
+        let e = loads(b"\x80\x02]q\x00h\x00a.".to_vec()).unwrap_err();
+        assert!(e.msg.contains("APPEND") && e.msg.contains("itself"), "{e}");
+        // d = {}; d[1] = [d]
+        let e = loads(b"\x80\x02}q\x00K\x01]h\x00as.".to_vec()).unwrap_err();
+        assert!(e.msg.contains("SETITEM") && e.msg.contains("itself"), "{e}");
+        // o = C(); o.__setstate__([o])
+        let e = loads(b"\x80\x02cm\nC\n)Rq\x00]h\x00ab.".to_vec()).unwrap_err();
+        assert!(e.msg.contains("BUILD") && e.msg.contains("itself"), "{e}");
+        // Sharing without a cycle is fine: x = []; [x, x]
+        let v = loads(b"\x80\x02]q\x00]h\x00ah\x00a.".to_vec()).unwrap();
+        assert_eq!(v.as_seq().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn deep_nesting_drops_and_prints_without_recursion() {
+        // A million nested 1-tuples: the derived drop glue recursed once per level and overflowed
+        // the stack; printing recursed the same way.
+        let mut p = b"\x80\x02)".to_vec();
+        p.extend(std::iter::repeat_n(0x85u8, 1_000_000));
+        p.push(b'.');
+        let v = loads(p).unwrap();
+        let shown = format!("{v:?}");
+        assert!(
+            shown.len() < 200 && shown.ends_with("...,),),),),),),),)"),
+            "{shown}"
+        );
+        drop(v);
+    }
+
+    #[test]
+    fn printing_a_shared_dag_is_bounded() {
+        // x0 = []; x(k+1) = [xk] * 16, 20 levels: 16^20 paths through 21 lists.
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..20 {
+            p.push(b'(');
+            p.extend(b"h\x00".repeat(16));
+            p.extend(b"lq\x00");
+        }
+        p.push(b'.');
+        let v = loads(p).unwrap();
+        // At most DEBUG_MAX_NODES values, each with DEBUG_MAX_ITEMS entries, are printed.
+        assert!(format!("{v:?}").len() < 50_000);
     }
 
     #[test]

@@ -135,9 +135,22 @@ fn storage_ref(pid: &Value) -> Result<StorageRef, String> {
     })
 }
 
+/// How many wrappers (`nn.Parameter`, tensor subclasses) may sit around a tensor: real files
+/// have one or two; a crafted pickle could nest them deep enough to overflow the stack.
+const MAX_TENSOR_WRAPPERS: usize = 8;
+
 /// `Some(tensor)` if `v` is a pickled tensor, `None` if it is something else.
 fn tensor_ref(v: &Value) -> Option<Result<TensorRef, String>> {
+    wrapped_tensor_ref(v, 0)
+}
+
+fn wrapped_tensor_ref(v: &Value, depth: usize) -> Option<Result<TensorRef, String>> {
     let Value::Object(o) = v else { return None };
+    if depth > MAX_TENSOR_WRAPPERS {
+        return Some(Err(format!(
+            "more than {MAX_TENSOR_WRAPPERS} nested nn.Parameter / tensor subclass wrappers"
+        )));
+    }
     let o = o.borrow();
     let (module, name) = o.callable.as_global()?;
     let args = o.args.as_seq().unwrap_or_default();
@@ -148,7 +161,7 @@ fn tensor_ref(v: &Value) -> Option<Result<TensorRef, String>> {
         // nn.Parameter(data, requires_grad, hooks[, state]): the data is a tensor.
         ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
             Some(match args.first() {
-                Some(inner) => tensor_ref(inner)
+                Some(inner) => wrapped_tensor_ref(inner, depth + 1)
                     .unwrap_or_else(|| Err("nn.Parameter around a non-tensor".into())),
                 None => Err("nn.Parameter without data".into()),
             })
@@ -165,7 +178,7 @@ fn tensor_ref(v: &Value) -> Option<Result<TensorRef, String>> {
                 dict_items: Vec::new(),
                 list_items: Vec::new(),
             })));
-            tensor_ref(&inner)
+            wrapped_tensor_ref(&inner, depth + 1)
         }
         _ => None,
     }
@@ -344,16 +357,16 @@ fn select_state_dict(root: &Value, sel: &Select) -> Result<Selected, String> {
 fn materialise(name: &str, t: &TensorRef, storage: &[u8], swap: bool) -> Result<RawTensor, String> {
     let elt = t.storage.dtype.size();
     let root_numel = storage.len() / elt;
-    if t.storage.view_offset + t.storage.numel > root_numel {
-        return Err(format!(
-            "truncated storage {:?}: tensor {name:?} needs {} elements, the file holds {}",
-            t.storage.key,
-            t.storage.view_offset + t.storage.numel,
-            root_numel
-        ));
-    }
-    let view =
-        &storage[t.storage.view_offset * elt..(t.storage.view_offset + t.storage.numel) * elt];
+    let end = match t.storage.view_offset.checked_add(t.storage.numel) {
+        Some(end) if end <= root_numel => end,
+        _ => {
+            return Err(format!(
+                "truncated storage {:?}: tensor {name:?} needs {} + {} elements, the file holds {}",
+                t.storage.key, t.storage.view_offset, t.storage.numel, root_numel
+            ))
+        }
+    };
+    let view = &storage[t.storage.view_offset * elt..end * elt];
     let mut data = gather_strided(view, elt, t.offset, &t.size, &t.stride)
         .map_err(|e| format!("tensor {name:?} (storage {:?}): {e}", t.storage.key))?;
     if swap {
@@ -385,7 +398,9 @@ pub fn load_zip<R: Read + Seek>(reader: R, sel: &Select) -> Result<Loaded, Strin
     let root = pkl_name.strip_suffix("data.pkl").unwrap_or("").to_string();
     let read = |zip: &mut zip::ZipArchive<R>, name: &str| -> Result<Vec<u8>, String> {
         let mut f = zip.by_name(name).map_err(|e| format!("{name}: {e}"))?;
-        let mut buf = Vec::with_capacity(f.size() as usize);
+        // The size is the zip header's claim: a hint, capped so a forged one cannot make us
+        // reserve gigabytes up front (the real data still grows the buffer as it is read).
+        let mut buf = Vec::with_capacity(f.size().min(super::ZIP_SIZE_HINT_CAP) as usize);
         f.read_to_end(&mut buf)
             .map_err(|e| format!("{name}: {e}"))?;
         Ok(buf)
@@ -492,7 +507,10 @@ pub fn load_legacy(data: Vec<u8>, sel: &Select) -> Result<Loaded, String> {
             .checked_mul(dtype.size())
             .ok_or_else(|| format!("storage {key:?}: absurd size {numel}"))?;
         let start = pos + 8;
-        let body = buf.get(start..start + nbytes).ok_or_else(|| {
+        let body = start
+            .checked_add(nbytes)
+            .and_then(|end| buf.get(start..end));
+        let body = body.ok_or_else(|| {
             format!(
                 "truncated storage {key:?}: {numel} elements of {} = {nbytes} bytes announced at \
                  byte {start}, only {} left",
@@ -518,4 +536,61 @@ pub fn load_legacy(data: Vec<u8>, sel: &Select) -> Result<Loaded, String> {
         tensors,
         source_key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[test]
+    fn storage_sizes_near_usize_max_are_errors() {
+        // legacy_two_dicts.pt: storage "0" is announced as 4 floats [0.25, -0.75, 1.5, 3.0].
+        let mut f = include_bytes!("../../tests/fixtures/import/legacy_two_dicts.pt").to_vec();
+        let mut head = 4u64.to_le_bytes().to_vec();
+        head.extend(0.25f32.to_le_bytes());
+        let at = f.windows(12).position(|w| w == head).expect("storage 0");
+        // numel * 4 fits usize, start + numel * 4 does not (this overflowed).
+        f[at..at + 8].copy_from_slice(&(u64::MAX / 4).to_le_bytes());
+        let model = Select {
+            key: Some("model".into()),
+        };
+        let e = load_legacy(f, &model).err().unwrap();
+        assert!(e.contains("truncated storage"), "{e}");
+
+        // A legacy view at an offset near usize::MAX (this overflowed).
+        let t = TensorRef {
+            storage: StorageRef {
+                key: "0".into(),
+                dtype: DType::F32,
+                view_offset: usize::MAX,
+                numel: 2,
+            },
+            offset: 0,
+            size: vec![1],
+            stride: vec![1],
+        };
+        let e = materialise("w", &t, &[0; 16], false).unwrap_err();
+        assert!(e.contains("truncated storage"), "{e}");
+    }
+
+    #[test]
+    fn deeply_wrapped_parameters_are_an_error() {
+        // nn.Parameter(nn.Parameter(...)) nested 10,000 deep recursed once per level.
+        let mut v = Value::None;
+        for _ in 0..10_000 {
+            v = Value::Object(Rc::new(RefCell::new(super::super::pickle::Object {
+                callable: Value::Global {
+                    module: Rc::from("torch._utils"),
+                    name: Rc::from("_rebuild_parameter"),
+                },
+                args: Value::Tuple(Rc::new(vec![v])),
+                state: None,
+                dict_items: Vec::new(),
+                list_items: Vec::new(),
+            })));
+        }
+        let e = tensor_ref(&v).unwrap().unwrap_err();
+        assert!(e.contains("nested"), "{e}");
+    }
 }
