@@ -103,8 +103,12 @@ pub struct FinetuneArgs {
     /// Centre the prior of the means at the pretrained weights (MOPED).
     #[arg(long)]
     pub moped: bool,
-    /// Training-time sampling: per-example, per-batch, local-reparam, flipout.
-    #[arg(long, default_value = "per-example")]
+    /// How a mean-field posterior is sampled in training: local-reparam (the default: each
+    /// example gets its own output distribution at Linear and Conv2d, Kingma et al. 2015, with
+    /// per-example weight draws for the other layers; the fastest), per-example (a weight draw per
+    /// example everywhere: the same distribution, about 10x slower), flipout, per-batch.
+    /// Ensembles and low-rank posteriors route members per example whatever this says.
+    #[arg(long, default_value = "local-reparam")]
     pub sampling: String,
     /// Enable the uncertainty regulariser with this noise eps (e.g. 0.1).
     #[arg(long)]
