@@ -76,8 +76,7 @@ pub fn evaluate(
     let mut per_sample = Vec::new();
     let _g = tch::no_grad_guard();
     let mut done = 0;
-    for batch in ds.batches(opts.batch_size) {
-        let (x, _) = batch?;
+    ds.for_each_batch(opts.batch_size, &mut |_, x, _| {
         let logits = model.forward_mc(&x, &opts.mode)?; // [B, S, K]
         let p = logits.softmax(-1, Kind::Float).to_device(tch::Device::Cpu); // [B, S, K]
         probs.push(p.mean_dim(1, false, Kind::Float)); // [B, K]
@@ -86,7 +85,8 @@ pub fn evaluate(
         }
         done += x.size()[0] as usize;
         progress(done);
-    }
+        Ok(())
+    })?;
     let probs = Tensor::cat(&probs, 0); // [N, K]
     let metrics = metrics_of(&probs, labels)?;
     let mut curve = Vec::new();

@@ -206,19 +206,6 @@ fn epoch_seed(seed: i64, epoch: usize) -> i64 {
     seed.wrapping_mul(1_000_003).wrapping_add(epoch as i64)
 }
 
-/// Gather a shuffled batch from the data set.
-fn gather(ds: &Dataset, idx: &[usize]) -> Result<(Tensor, Tensor)> {
-    // One image at a time: cheap for memory-mapped files; image folders decode per image here.
-    let mut xs = Vec::new();
-    let mut ys = Vec::new();
-    for &i in idx {
-        let (x, y) = ds.batch(i, i + 1)?;
-        xs.push(x);
-        ys.push(y);
-    }
-    Ok((Tensor::cat(&xs, 0), Tensor::cat(&ys, 0)))
-}
-
 fn augment(x: &Tensor, how: Augment) -> Tensor {
     match how {
         Augment::None => x.shallow_clone(),
@@ -376,7 +363,7 @@ pub fn fit(
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
         let (mut dp_sum, mut dc_sum, mut d_batches, mut dc_seen) = (0.0f64, 0.0f64, 0usize, false);
         for chunk in perm.chunks(cfg.batch_size) {
-            let (x, y) = gather(train, chunk)?;
+            let (x, y) = train.gather(chunk)?;
             let x = augment(&x, cfg.augment).to_device(device);
             let y = y.to_device(device);
             let (logits, mut loss) = if let Some(l) = &cfg.libre {

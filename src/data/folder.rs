@@ -56,8 +56,7 @@ pub(super) fn open(dir: &Path) -> Result<Dataset> {
             "contains no images (.png, .jpg, .jpeg, .bmp)",
         ));
     }
-    let first = image::open(&files[0])
-        .map_err(|e| Error::bad_file(&files[0], format!("cannot decode image: {e}")))?;
+    let first = decode(&files[0])?;
     let c = if first.color().channel_count() <= 2 {
         1
     } else {
@@ -114,14 +113,40 @@ fn ordered_classes(list: &Path, found: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The most bytes one image may take decoded. A folder image is a classifier input, yet a JPEG
+/// header of a few hundred bytes can claim 65535 x 65535 pixels: the fuzzer (docs/fuzzing.md)
+/// found a 537-byte file that decoded to ~300 MB, then became a 1.2 GB float tensor. 64 MiB is a
+/// 4096 x 4096 RGB image (256 MiB once float32); the decoders check it before allocating.
+const MAX_DECODED_BYTES: u64 = 1 << 26;
+
+/// Decodes one image (the format from its extension, as `image::open`), within
+/// [`MAX_DECODED_BYTES`].
+fn decode(f: &Path) -> Result<image::DynamicImage> {
+    let bad = |e: image::ImageError| {
+        let why = match e {
+            image::ImageError::Limits(_) => format!(
+                "cannot decode image: its header claims more than the {} MiB a folder image may \
+                 take decoded ({e})",
+                MAX_DECODED_BYTES >> 20
+            ),
+            e => format!("cannot decode image: {e}"),
+        };
+        Error::bad_file(f, why)
+    };
+    let mut reader = image::ImageReader::open(f).map_err(|e| bad(e.into()))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    reader.decode().map_err(bad)
+}
+
 /// Decode `files` into float32 `[B, C, H, W]` in `[0, 1]`.
 pub(super) fn decode_batch(files: &[PathBuf], shape: [usize; 3]) -> Result<Tensor> {
     let [c, h, w] = shape;
     let decoded: Vec<Result<Vec<u8>>> = files
         .par_iter()
         .map(|f| {
-            let img = image::open(f)
-                .map_err(|e| Error::bad_file(f, format!("cannot decode image: {e}")))?;
+            let img = decode(f)?;
             if img.height() as usize != h || img.width() as usize != w {
                 return Err(Error::bad_file(
                     f,
@@ -211,6 +236,18 @@ mod tests {
     }
 
     #[test]
+    fn oversized_image_is_an_error_before_decoding() {
+        // The fuzzer's 537-byte JPEG (fuzz/corpus/image_folder/crash-jpeg-oversized): its header
+        // claims an image of ~300 MB; batching it allocated a 1.2 GB float tensor.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        let jpg = include_bytes!("../../fuzz/corpus/image_folder/crash-jpeg-oversized");
+        std::fs::write(d.path().join("a").join("x.jpg"), jpg).unwrap();
+        let e = open(d.path()).unwrap_err().to_string();
+        assert!(e.contains("x.jpg") && e.contains("64 MiB"), "{e}");
+    }
+
+    #[test]
     fn class_list_sets_the_order_and_is_checked() {
         let d = tempfile::tempdir().unwrap();
         for cls in ["cat", "dog", "emu"] {
@@ -237,5 +274,42 @@ mod tests {
             let e = open(d.path()).unwrap_err().to_string();
             assert!(e.contains(want) && e.contains("classes.txt"), "{e}");
         }
+    }
+
+    #[test]
+    fn gather_and_prefetched_batches_equal_plain_batches() {
+        let d = tempfile::tempdir().unwrap();
+        for (cls, v) in [("a", 10u8), ("b", 100u8), ("c", 200u8)] {
+            std::fs::create_dir(d.path().join(cls)).unwrap();
+            for j in 0..3u8 {
+                image::GrayImage::from_pixel(4, 4, image::Luma([v + j]))
+                    .save(d.path().join(cls).join(format!("{j}.png")))
+                    .unwrap();
+            }
+        }
+        let ds = open(d.path()).unwrap();
+        let (all, labels) = ds.batch(0, 9).unwrap();
+        let (x, y) = ds.gather(&[7, 0, 4]).unwrap();
+        let idx = Tensor::from_slice(&[7i64, 0, 4]);
+        assert!(x.equal(&all.index_select(0, &idx)) && y.equal(&labels.index_select(0, &idx)));
+        assert!(ds
+            .gather(&[9])
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
+        let mut seen = vec![];
+        ds.for_each_batch(4, &mut |s, x, y| {
+            let n = x.size()[0];
+            assert!(
+                x.equal(&all.narrow(0, s as i64, n)) && y.equal(&labels.narrow(0, s as i64, n))
+            );
+            seen.push((s, n));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [(0, 4), (4, 4), (8, 1)]);
+        // The consumer's error stops the stream and comes back.
+        let e = ds.for_each_batch(4, &mut |_, _, _| Err(Error::invalid("stop")));
+        assert_eq!(e.unwrap_err().to_string(), "stop");
     }
 }

@@ -344,6 +344,64 @@ impl Dataset {
         Ok((images, labels))
     }
 
+    /// Calls `f(first_index, images, labels)` on consecutive batches of `batch_size`, decoding the
+    /// next batch on a second thread while `f` works on this one (a channel of one batch bounds
+    /// the memory), so a forward never waits on decoding: image folders decode in parallel ahead,
+    /// batch files convert their pixels ahead. Stops at the first error, of either side.
+    pub fn for_each_batch(
+        &self,
+        batch_size: usize,
+        f: &mut dyn FnMut(usize, Tensor, Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let bs = batch_size.max(1);
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for s in (0..self.len).step_by(bs) {
+                    let b = self
+                        .batch(s, (s + bs).min(self.len))
+                        .map(|(x, y)| (s, x, y));
+                    if tx.send(b).is_err() {
+                        break; // the consumer stopped
+                    }
+                }
+            });
+            for b in rx {
+                let (s, x, y) = b?;
+                f(s, x, y)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The images and labels at `idx` (a shuffled training batch): image folders decode the
+    /// batch's files in parallel, other storage copies image by image (cheap: memory).
+    pub fn gather(&self, idx: &[usize]) -> Result<(Tensor, Tensor)> {
+        if let Some(&i) = idx.iter().find(|&&i| i >= self.len) {
+            return Err(Error::invalid(format!(
+                "index {i} out of range for {} images",
+                self.len
+            )));
+        }
+        if let Storage::Folder(files) = &self.storage {
+            let picked: Vec<PathBuf> = idx.iter().map(|&i| files[i].clone()).collect();
+            let x = folder::decode_batch(&picked, self.shape)?;
+            let y: Vec<i64> = match &self.labels {
+                Some(l) => idx.iter().map(|&i| l[i]).collect(),
+                None => vec![-1; idx.len()],
+            };
+            return Ok((x, Tensor::from_slice(&y)));
+        }
+        let mut xs = Vec::with_capacity(idx.len());
+        let mut ys = Vec::with_capacity(idx.len());
+        for &i in idx {
+            let (x, y) = self.batch(i, i + 1)?;
+            xs.push(x);
+            ys.push(y);
+        }
+        Ok((Tensor::cat(&xs, 0), Tensor::cat(&ys, 0)))
+    }
+
     /// Iterate over consecutive batches of `batch_size` (the last one may be smaller).
     pub fn batches(
         &self,

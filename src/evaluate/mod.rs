@@ -220,9 +220,10 @@ fn run_cell(
     let mut probs_all: Vec<Tensor> = Vec::new();
     let labels = ds.labels().expect("checked").to_vec();
     let bs = plan.batch_size;
-    for (bi, start) in (0..ds.len()).step_by(bs).enumerate() {
-        let end = (start + bs).min(ds.len());
-        let (x, y) = ds.batch(start, end)?;
+    // The next batch decodes on a second thread while this one is attacked and scored.
+    ds.for_each_batch(bs, &mut |start, x, y| {
+        let bi = start / bs;
+        let end = start + x.size()[0] as usize;
         let (x, y) = (x.to_device(device), y.to_device(device));
         let batch_seed = seed.wrapping_add(bi as u64);
         tch::manual_seed(batch_seed as i64);
@@ -295,7 +296,8 @@ fn run_cell(
         correct += ok.iter().filter(|&&b| b).count();
         clean_correct_n += clean_ok.iter().filter(|&&b| b).count();
         progress.images(end - start);
-    }
+        Ok(())
+    })?;
     let (classification, reliability) = if cell.attack.is_none() {
         let probs = Tensor::cat(&probs_all, 0);
         let cm = crate::eval::metrics_of(&probs, &labels[..n])?;
