@@ -85,5 +85,18 @@ fn main() {
         };
         let ms = time(m.as_ref(), &x, &mode, if seq { 1 } else { reps });
         println!("{name}: {ms:.1} ms ({:.2}x)", ms / base);
+        if !seq && sel == "last-block" {
+            // The same forward through the grouped-conv oracle (fast paths off), then the DNN
+            // again: side by side under the same load.
+            libre::bayes::conv::set_fast_paths(false);
+            let off = time(m.as_ref(), &x, &mode, reps);
+            libre::bayes::conv::set_fast_paths(true);
+            let again = time(dnn.as_ref(), &x, &ForwardMode::Deterministic, reps);
+            println!(
+                "    fast paths off: {off:.1} ms ({:.2}x); DNN again {again:.1} ms; fast/off {:.2}",
+                off / base,
+                ms / off
+            );
+        }
     }
 }

@@ -65,6 +65,17 @@ pub struct Conv2d {
     pub cfg: ConvConfig,
     pub weight: BayesParam,
     pub bias: Option<BayesParam>,
+    /// The centre-tap weights of an ensemble laid out for the matmul, kept between forwards while
+    /// the members are unchanged (see [`Conv2d::centre_weights`]).
+    packed: std::sync::Mutex<Option<Packed>>,
+}
+
+/// Centre-tap weights packed for one weight version.
+#[derive(Debug)]
+struct Packed {
+    /// Storage, in-place version (optimiser steps and loads bump it), S and layout of the source.
+    key: (usize, i64, i64, bool),
+    t: Tensor,
 }
 
 /// Builds a point conv under `p` with PyTorch's default init (bound 1/sqrt(fan_in)).
@@ -86,6 +97,7 @@ pub fn conv2d(p: &nn::Path, c_in: i64, c_out: i64, k: i64, cfg: ConvConfig) -> C
         out_channels: c_out,
         kernel: k,
         cfg,
+        packed: std::sync::Mutex::new(None),
     }
 }
 
@@ -226,18 +238,16 @@ impl Conv2d {
             return None;
         }
         let (s, out, cin, n) = (w.size()[0], self.out_channels, self.in_channels, size[0]);
-        let wc = w.select(3, k / 2).select(3, k / 2); // [S, out, C]
+        let shared_input = samples.is_none();
+        let wc = self.centre_weights(w, shared_input);
         let y = match samples {
             // [B, C] x [C, S*out] -> [B, S, out]
-            None => x
-                .reshape([n, cin])
-                .matmul(&wc.reshape([s * out, cin]).tr())
-                .reshape([n, s, out]),
+            None => x.reshape([n, cin]).matmul(&wc).reshape([n, s, out]),
             // [S, B, C] x [S, C, out] -> [S, B, out] -> [B, S, out]
             Some(_) => x
                 .reshape([n, s, cin])
                 .transpose(0, 1)
-                .bmm(&wc.transpose(1, 2))
+                .bmm(&wc)
                 .transpose(0, 1),
         };
         let y = match b {
@@ -245,6 +255,39 @@ impl Conv2d {
             None => y,
         };
         Some(y.reshape([n, s, out, 1, 1]))
+    }
+
+    /// The centre tap of `w` `[S, out, C, k, k]` as `[C, S*out]` (`shared_input`) or `[S, C, out]`,
+    /// contiguous. An ensemble's members change only when trained or loaded, so outside autograd
+    /// (detection, evaluation: the packed tensor needs no graph) the layout is made once per
+    /// version of the members, not on every forward; sampled weights are new on every forward.
+    fn centre_weights(&self, w: &Tensor, shared_input: bool) -> Tensor {
+        let k = self.kernel;
+        let (s, out, cin) = (w.size()[0], self.out_channels, self.in_channels);
+        let pack = || {
+            let wc = w.select(3, k / 2).select(3, k / 2); // [S, out, C]
+            if shared_input {
+                wc.reshape([s * out, cin]).tr().contiguous()
+            } else {
+                wc.transpose(1, 2).contiguous()
+            }
+        };
+        if self.weight.family() != super::Family::Ensemble {
+            return pack();
+        }
+        let key = (w.data_ptr() as usize, w.internal_version(), s, shared_input);
+        let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.as_ref().filter(|p| p.key == key) {
+            return p.t.shallow_clone();
+        }
+        let t = pack();
+        // A packed tensor in an autograd graph (an attack's forward) is not kept: the next
+        // backward would meet a freed graph.
+        *cache = (!t.requires_grad()).then(|| Packed {
+            key,
+            t: t.shallow_clone(),
+        });
+        t
     }
 
     /// `[N, S, C, H, W]` with weights `[S, out, C/g, k, k]` -> `[N, S, out, H', W']` by one conv
