@@ -442,27 +442,7 @@ pub fn load_or_build(
 
 /// Whether `path` is a safetensors file with libre's metadata (cheap: reads the header only).
 pub fn is_libre_checkpoint(path: &Path) -> bool {
-    use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut n = [0u8; 8];
-    if f.read_exact(&mut n).is_err() {
-        return false;
-    }
-    let n = u64::from_le_bytes(n);
-    // safetensors caps its header at 100 MB; anything larger is not one.
-    if n > 100_000_000 {
-        return false;
-    }
-    let mut h = vec![0u8; n as usize];
-    if f.read_exact(&mut h).is_err() {
-        return false;
-    }
-    serde_json::from_slice::<serde_json::Value>(&h)
-        .ok()
-        .and_then(|v| v.get("__metadata__")?.get(META_KEY).cloned())
-        .is_some()
+    matches!(read_extra(path, META_KEY), Ok(Some(_)))
 }
 
 pub fn from_state_dict(

@@ -97,7 +97,7 @@ impl std::str::FromStr for Arch {
             .ok_or_else(|| {
                 Error::invalid(format!(
                     "unknown architecture '{s}' (--model): available {}",
-                    ARCHS.join(", ")
+                    Arch::ALL.map(Arch::name).join(", ")
                 ))
             })
     }
@@ -126,10 +126,6 @@ impl Default for ModelConfig {
         ModelConfig::lenet5()
     }
 }
-
-pub const ARCHS: &[&str] = &[
-    "lenet5", "digitcnn", "mlp", "resnet18", "resnet34", "resnet50", "wrn28-10",
-];
 
 impl ModelConfig {
     /// advertorch's MNIST LeNet5: raw pixels.
