@@ -3,7 +3,7 @@
 //! own test binary because the switch is process-wide.
 
 use libre::bayes::conv::set_fast_paths;
-use libre::bayes::{Family, ForwardMode, LayerSelection, PosteriorConfig};
+use libre::bayes::{Family, ForwardMode, LayerSelection, McDraws, PosteriorConfig};
 use libre::models::{self, ModelConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -76,4 +76,104 @@ fn centre_tap_matmul_equals_the_grouped_conv() {
         y.sum(Kind::Float).backward();
         assert!(xg.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
+}
+
+/// The correlation over the samples of logit 0 between examples 0 and 1 of `[B, S, K]`.
+fn corr(y: &Tensor) -> f64 {
+    let a = y.select(0, 0).select(1, 0);
+    let b = y.select(0, 1).select(1, 0);
+    let (a, b) = (&a - a.mean(Kind::Float), &b - b.mean(Kind::Float));
+    (&a * &b).mean(Kind::Float).double_value(&[])
+        / (a.std(false).double_value(&[]) * b.std(false).double_value(&[]))
+}
+
+/// Per-example mean and standard deviation over the sample axis of `[B, S, K]` logits.
+fn moments(y: &Tensor) -> (Tensor, Tensor) {
+    (y.mean_dim(1, false, Kind::Float), y.std_dim(1, true, false))
+}
+
+/// Runs `m`'s parallel MC forward with `draws`, seeded.
+fn mc(m: &mut dyn models::BayesModel, x: &Tensor, s: usize, draws: McDraws) -> Tensor {
+    m.set_mc_draws(draws);
+    tch::manual_seed(11);
+    tch::no_grad(|| m.forward_mc(x, &ForwardMode::ParallelMc { samples: s })).unwrap()
+}
+
+/// Local reparameterisation draws each example's outputs from the distribution a weight sample
+/// gives it, so the per-example predictive must match the weight-sample forward's (only the
+/// correlation between examples differs). An all-mean-field MLP: every layer is a Linear, so
+/// every layer takes the local path, and the ReLUs make the logits non-Gaussian.
+#[test]
+fn local_reparam_draws_the_per_example_predictive_of_weight_samples() {
+    tch::manual_seed(0);
+    let cfg = ModelConfig::mlp(1, 8, vec![32, 16], 5);
+    let mut m = models::build(&cfg, Device::Cpu).unwrap();
+    let mut pc = PosteriorConfig::new(Family::MeanField, 20);
+    pc.psi_init = (-2.0, -1.5); // sigma 0.14-0.22: noise that moves the logits
+    m.convert(&LayerSelection::All, &pc).unwrap();
+    let x = Tensor::rand([3, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let s = 20_000;
+    let (yw, yl) = (
+        mc(m.as_mut(), &x, s, McDraws::Weights),
+        mc(m.as_mut(), &x, s, McDraws::LocalReparam),
+    );
+    assert_eq!(yl.size(), [3, s as i64, 5]);
+    let ((mw, sw), (ml, sl)) = (moments(&yw), moments(&yl));
+    // The noise is substantial, so agreement below is not between two near-point forwards.
+    assert!(sw.min().double_value(&[]) > 0.05, "weight-sample std {sw}");
+    // Means within 5 standard errors, standard deviations within 5 %.
+    let se = (&sw * &sw / s as f64 + &sl * &sl / s as f64).sqrt();
+    let z = ((&mw - &ml).abs() / se).max().double_value(&[]);
+    assert!(z < 5.0, "means differ by {z} standard errors:\n{mw}\n{ml}");
+    let r = (&sl / &sw - 1.0).abs().max().double_value(&[]);
+    assert!(r < 0.05, "std ratio off by {r}:\n{sw}\n{sl}");
+    // Different examples get independent draws (a weight sample shared by the batch correlates
+    // them): the correlation of the first logit between examples 0 and 1 is near 0 locally.
+    assert!(corr(&yl).abs() < 0.05, "local draws correlated: {}", corr(&yl));
+    assert!(corr(&yw) > 0.1, "weight samples uncorrelated: {}", corr(&yw));
+}
+
+/// On ResNet-18's 1x1 maps the local path of a mean-field last block: the same per-example
+/// predictive as weight samples, the means' forward when sigma is ~0, and input gradients.
+#[test]
+fn local_reparam_on_1x1_maps_matches_weight_samples() {
+    tch::manual_seed(0);
+    let cfg = ModelConfig::resnet(18, 10, 32, false);
+    let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let mut m = models::build(&cfg, Device::Cpu).unwrap();
+    let mut pc = PosteriorConfig::new(Family::MeanField, 20);
+    pc.psi_init = (-3.0, -2.5);
+    // One 3x3 conv on a 1x1 map: its weight draws (2.4 M per sample) keep the oracle affordable.
+    let sel: LayerSelection = "layer4.1.conv2".parse().unwrap();
+    m.convert(&sel, &pc).unwrap();
+    let s = 300;
+    let (yw, yl) = (
+        mc(m.as_mut(), &x, s, McDraws::Weights),
+        mc(m.as_mut(), &x, s, McDraws::LocalReparam),
+    );
+    let ((mw, sw), (ml, sl)) = (moments(&yw), moments(&yl));
+    assert!(sw.min().double_value(&[]) > 1e-3, "weight-sample std {sw}");
+    let se = (&sw * &sw / s as f64 + &sl * &sl / s as f64).sqrt();
+    let z = ((&mw - &ml).abs() / se).max().double_value(&[]);
+    assert!(z < 5.0, "means differ by {z} standard errors:\n{mw}\n{ml}");
+    let r = (&sl / &sw - 1.0).abs().max().double_value(&[]);
+    assert!(r < 0.3, "std ratio off by {r}:\n{sw}\n{sl}");
+    // The local path ran: its draws are independent between examples.
+    let (cl, cw) = (corr(&yl), corr(&yw));
+    assert!(cl.abs() < 0.25 && cw > 0.5, "correlations: local {cl}, weights {cw}");
+
+    // sigma ~ 1e-13: every draw is the means' forward.
+    let mut m0 = models::build(&cfg, Device::Cpu).unwrap();
+    pc.psi_init = (-30.0, -29.9);
+    m0.convert(&"last-block".parse().unwrap(), &pc).unwrap();
+    let y0 = mc(m0.as_mut(), &x, 4, McDraws::LocalReparam);
+    let det = tch::no_grad(|| m0.forward_mc(&x, &ForwardMode::Deterministic)).unwrap();
+    assert!(max_diff(&y0, &det.expand([2, 4, 10], false)) <= 1e-4);
+    // Attacks differentiate through it.
+    let xg = x.copy().set_requires_grad(true);
+    let y = m0
+        .forward_mc(&xg, &ForwardMode::ParallelMc { samples: 4 })
+        .unwrap();
+    y.sum(Kind::Float).backward();
+    assert!(xg.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }

@@ -15,8 +15,11 @@
 //!   the same numbers but oneDNN re-lays all S weights on every call and multiplies the k*k - 1
 //!   taps that see only padding (issue 14 measured 407 ms against 79 ms for ResNet-50, S = 20).
 //!   [`set_fast_paths`] switches it off, so the grouped conv stays the oracle of the tests.
+//! - Mean-field weights with [`super::McDraws::LocalReparam`] on a 1x1 map: the output of each
+//!   example and sample is drawn from its Gaussian over the centre tap (two matmuls), instead of
+//!   drawing S weight tensors.
 
-use super::linear::add_opt;
+use super::linear::{add_opt, local_reparam_mc};
 use super::mode::{apply_routed, rademacher, unify, Act, Ctx, McSampling, Multi};
 use super::posterior::BayesParam;
 use super::{BayesLayer, LayerKind};
@@ -142,6 +145,11 @@ impl Conv2d {
                     return Ok(Act::new(y));
                 }
             }
+            if let Some(s) = ctx.local_reparam_samples() {
+                if let Some(y) = self.local_reparam_1x1(x, s) {
+                    return Ok(Act::with(y, Some(s)));
+                }
+            }
         }
         let g = self.cfg.groups;
         if let Some(ids) = ctx.ensemble_routes(&self.weight, x)? {
@@ -213,6 +221,37 @@ impl Conv2d {
         })
     }
 
+    /// Whether only the centre tap of the kernel meets data and the output map is 1x1: a 1x1
+    /// input map with "same" padding and no groups.
+    fn centre_tap_only(&self, x: &Tensor) -> bool {
+        let c = &self.cfg;
+        let (k, d) = (self.kernel, c.dilation);
+        let size = x.size();
+        let (h, wd) = (size[size.len() - 2], size[size.len() - 1]);
+        c.groups == 1 && (h, wd) == (1, 1) && k % 2 == 1 && d * (k - 1) == 2 * c.padding
+    }
+
+    /// A mean-field conv on a 1x1 map in a parallel MC forward drawn by local
+    /// reparameterisation ([`super::McDraws::LocalReparam`]): with one output position it is
+    /// exact, as for a Linear layer over the centre tap. `None` for other layers and shapes.
+    /// Output `[B, S, out, 1, 1]`.
+    fn local_reparam_1x1(&self, x: &Act, s: i64) -> Option<Tensor> {
+        let (mu, sigma) = self.weight.gaussian()?;
+        if !self.centre_tap_only(&x.t) {
+            return None;
+        }
+        let k = self.kernel;
+        let centre = |t: &Tensor| t.select(3, k / 2).select(2, k / 2); // [out, C]
+        let n = x.t.size()[0];
+        let xf = match x.samples {
+            None => x.t.reshape([n, self.in_channels]),
+            Some(xs) => x.t.reshape([n, xs, self.in_channels]),
+        };
+        let bias = self.bias.as_ref().map(|b| (b.mean(), b.gaussian()));
+        let y = local_reparam_mc(&xf, x.samples, s, &centre(&mu), &centre(&sigma), bias);
+        Some(y.reshape([n, s, self.out_channels, 1, 1]))
+    }
+
     /// The S-weight conv of a 1x1 map as a matmul over the centre tap (see the module docs), or
     /// `None` where that is not the same computation: groups, a map larger than 1x1, or padding
     /// that lets other taps meet data (then the output would not be 1x1 either).
@@ -225,18 +264,10 @@ impl Conv2d {
         w: &Tensor,
         b: Option<&Tensor>,
     ) -> Option<Tensor> {
-        let c = &self.cfg;
-        let (k, d) = (self.kernel, c.dilation);
-        let size = x.size();
-        let (h, wd) = (size[size.len() - 2], size[size.len() - 1]);
-        if !FAST_PATHS.load(Ordering::Relaxed)
-            || c.groups != 1
-            || (h, wd) != (1, 1)
-            || k % 2 == 0
-            || d * (k - 1) != 2 * c.padding
-        {
+        if !FAST_PATHS.load(Ordering::Relaxed) || !self.centre_tap_only(x) {
             return None;
         }
+        let size = x.size();
         let (s, out, cin, n) = (w.size()[0], self.out_channels, self.in_channels, size[0]);
         let shared_input = samples.is_none();
         let wc = self.centre_weights(w, shared_input);

@@ -87,6 +87,13 @@ impl Linear {
                     return Ok(Act::new(y));
                 }
             }
+            if let (Some(s), Some((mu, sigma))) =
+                (ctx.local_reparam_samples(), self.weight.gaussian())
+            {
+                let bias = self.bias.as_ref().map(|b| (b.mean(), b.gaussian()));
+                let y = local_reparam_mc(&x.t, x.samples, s, &mu, &sigma, bias);
+                return Ok(Act::with(y, Some(s)));
+            }
         }
         if let Some(ids) = ctx.ensemble_routes(&self.weight, x)? {
             let n = self.weight.components().unwrap_or(1);
@@ -172,6 +179,41 @@ impl Linear {
                 Ok(Some(add_opt(y, b)))
             }
             _ => Ok(None),
+        }
+    }
+}
+
+/// A parallel MC forward of a mean-field affine map by local reparameterisation
+/// ([`super::McDraws::LocalReparam`]): S independent output draws per example from
+/// `N(x mu^T + b_mu, x^2 (sigma^2)^T + b_sigma^2)`.
+///
+/// `x`: `[B, in]` (`samples` None: the input is shared by the S samples, so both matmuls run on
+/// B rows only) or `[B, S, in]`; `mu`, `sigma`: `[out, in]`; `bias`: its mean `[out]` and, when
+/// mean-field, its sigma. Output `[B, S, out]`.
+pub(crate) fn local_reparam_mc(
+    x: &Tensor,
+    samples: Option<i64>,
+    s: i64,
+    mu: &Tensor,
+    sigma: &Tensor,
+    bias: Option<(Tensor, Option<(Tensor, Tensor)>)>,
+) -> Tensor {
+    let mean = x.linear(mu, bias.as_ref().map(|b| &b.0));
+    let var_b = bias.and_then(|b| b.1.map(|(_, s)| &s * &s));
+    let var = (x * x).linear(&(sigma * sigma), var_b.as_ref());
+    let std = (var + 1e-16).sqrt();
+    match samples {
+        // [B, out] -> [B, 1, out] broadcast against S draws [B, S, out].
+        None => {
+            let (mean, std) = (mean.unsqueeze(1), std.unsqueeze(1));
+            let mut shape = mean.size();
+            shape[1] = s;
+            let eps = Tensor::randn(&shape, (mean.kind(), mean.device()));
+            mean + std * eps
+        }
+        Some(_) => {
+            let eps = Tensor::randn_like(&mean);
+            mean + std * eps
         }
     }
 }

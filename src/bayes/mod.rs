@@ -48,7 +48,7 @@ pub mod select;
 pub use batchnorm::{batch_norm1d, batch_norm2d, BatchNorm, BatchNormConfig};
 pub use conv::{conv2d, Conv2d, ConvConfig};
 pub use linear::{linear, Linear, LinearConfig};
-pub use mode::{Act, Ctx, ForwardMode, McSampling, Routing, TrainSampling};
+pub use mode::{Act, Ctx, ForwardMode, McDraws, McSampling, Routing, TrainSampling};
 pub use posterior::{BayesParam, Family, ParamGroup, ParamState, PosteriorConfig};
 pub use prelu::{prelu, PRelu};
 pub use select::LayerSelection;

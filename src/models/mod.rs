@@ -18,7 +18,7 @@ pub use mlp::Mlp;
 pub use resnet::ResNet;
 pub use wrn::WideResNet;
 
-use crate::bayes::mode::McDropout;
+use crate::bayes::mode::{McDraws, McDropout};
 use crate::bayes::{Act, BayesLayer, Ctx, Family, ForwardMode, LayerSelection, PosteriorConfig};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -299,6 +299,10 @@ pub trait BayesModel {
     /// the valid names, for a block the model does not have.
     fn set_mc_dropout(&mut self, d: Option<McDropout>) -> Result<()>;
     fn mc_dropout(&self) -> Option<&McDropout>;
+
+    /// How parallel MC forwards draw mean-field layers ([`McDraws`]; default: weight samples).
+    fn set_mc_draws(&mut self, d: McDraws);
+    fn mc_draws(&self) -> McDraws;
 }
 
 /// A [`Net`] with its VarStore and config.
@@ -309,6 +313,7 @@ pub struct Model<N: Net> {
     norm: Option<(Tensor, Tensor)>,
     posterior: Option<PosteriorMeta>,
     mc_dropout: Option<McDropout>,
+    mc_draws: McDraws,
     /// Floats of all block activations of one image (measured once), for the memory check of
     /// parallel MC forwards.
     act_floats: std::sync::OnceLock<u64>,
@@ -344,6 +349,7 @@ impl<N: Net> Model<N> {
             norm,
             posterior: None,
             mc_dropout: None,
+            mc_draws: McDraws::default(),
             act_floats: std::sync::OnceLock::new(),
         })
     }
@@ -440,6 +446,7 @@ impl<N: Net> Model<N> {
         }
         let mut ctx = Ctx::new(mode, x.size()[0])?;
         ctx.set_dropout(self.mc_dropout.clone());
+        ctx.set_draws(self.mc_draws);
         if taps {
             ctx.record_taps();
         }
@@ -648,6 +655,14 @@ impl<N: Net> BayesModel for Model<N> {
 
     fn mc_dropout(&self) -> Option<&McDropout> {
         self.mc_dropout.as_ref()
+    }
+
+    fn set_mc_draws(&mut self, d: McDraws) {
+        self.mc_draws = d;
+    }
+
+    fn mc_draws(&self) -> McDraws {
+        self.mc_draws
     }
 }
 
