@@ -1,7 +1,7 @@
 //! CLI conventions: help, version, exit codes, JSON Lines, data specs.
 
 mod common;
-use common::libre;
+use common::{json_result, libre, ok};
 
 #[test]
 fn help_lists_every_subcommand() {
@@ -261,4 +261,53 @@ fn messages_name_the_flag_at_fault() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("linear1"));
+}
+
+/// `--mc-draws local-reparam`: a mean-field LeNet5 head (both Linear layers take the local path)
+/// gives the same accuracy as weight samples within MC noise, the output says which draws ran,
+/// and a bad value is refused naming the choices.
+#[test]
+fn eval_with_local_reparam_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let mf = dir.path().join("mf.safetensors");
+    ok(libre()
+        .args(["-q", "convert", "--weights", "zoo:lenet5-mnist"])
+        .args(["--posterior", "mean-field", "--layers", "linear1,linear2"])
+        .arg("--out")
+        .arg(&mf)
+        .output()
+        .unwrap());
+    let eval = |draws: &str| {
+        json_result(
+            libre()
+                .args([
+                    "--json",
+                    "eval",
+                    "--data",
+                    "mnist:test[0:500]",
+                    "--mc-samples",
+                    "20",
+                ])
+                .args(["--mc-draws", draws, "--weights"])
+                .arg(&mf)
+                .output()
+                .unwrap(),
+        )
+    };
+    let (w, l) = (eval("weights"), eval("local-reparam"));
+    assert_eq!(w["mc_draws"], "weights");
+    assert_eq!(l["mc_draws"], "local-reparam");
+    let (tw, tl) = (w["top1"].as_f64().unwrap(), l["top1"].as_f64().unwrap());
+    assert!(tw > 0.9 && (tw - tl).abs() <= 0.02, "top-1 {tw} vs {tl}");
+    // Different draws, not the same forward under another name.
+    assert_ne!(w["nll"], l["nll"]);
+    let o = libre()
+        .args(["eval", "--data", "mnist:test[0:10]", "--mc-draws", "local"])
+        .arg("--weights")
+        .arg(&mf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("'weights' or 'local-reparam'"), "{err}");
 }

@@ -56,6 +56,12 @@ pub struct Args {
     /// Bayesian model; deterministic for a DNN).
     #[arg(long)]
     pub mc_samples: Option<usize>,
+    /// How a mean-field posterior draws in the parallel MC forward: weights (S weight samples
+    /// shared by the batch, the reference's estimator) or local-reparam (each example's outputs
+    /// drawn from their Gaussian where that is exact: Linear layers and convs on 1x1 maps; same
+    /// per-example predictive, independent across examples, much faster for big last blocks).
+    #[arg(long, default_value = "weights", value_name = "DRAWS", value_parser = super::parse_mc_draws)]
+    pub mc_draws: libre::bayes::McDraws,
     /// Adaptive ("mimicry") attack: ascend the attack loss minus C times the detector score
     /// (--score), both from one forward.
     #[arg(long, value_name = "C")]
@@ -167,13 +173,14 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let device = super::resolve_device(&args.device, &out)?;
     let target_path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
     // A detector file brings its MC dropout and fitted classic detector (adaptive attacks on it).
-    let det = match &args.model {
+    let mut det = match &args.model {
         Some(a) if !libre::checkpoint::is_libre_checkpoint(&target_path) => {
             let (m, _) = libre::checkpoint::load_or_build(&target_path, Some(a), device)?;
             libre::detect::Detector::new(m, None)?
         }
         _ => libre::detect::Detector::load(&target_path, device, None)?,
     };
+    det.model.set_mc_draws(args.mc_draws);
     let target = &det.model;
     let surrogate = match &args.surrogate {
         Some(s) => {
@@ -245,6 +252,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     }
     meta.insert("data".to_string(), args.data.clone());
     meta.insert("seed".to_string(), args.seed.to_string());
+    meta.insert("mc_draws".to_string(), args.mc_draws.to_string());
     if let (Some(c), Some(sc)) = (args.adaptive, score) {
         meta.insert("adaptive_c".to_string(), c.to_string());
         meta.insert("adaptive_score".to_string(), sc.to_string());

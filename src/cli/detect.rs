@@ -34,6 +34,12 @@ pub struct CalibrateArgs {
     /// MC samples of the forward [default: the posterior's S; 1 for a DNN].
     #[arg(long)]
     pub mc_samples: Option<usize>,
+    /// How a mean-field posterior draws in the parallel MC forward: weights (S weight samples
+    /// shared by the batch, the reference's estimator) or local-reparam (each example's outputs
+    /// drawn from their Gaussian where that is exact: Linear layers and convs on 1x1 maps; same
+    /// per-example predictive, independent across examples, much faster for big last blocks).
+    #[arg(long, default_value = "weights", value_name = "DRAWS", value_parser = super::parse_mc_draws)]
+    pub mc_draws: libre::bayes::McDraws,
     /// Images per forward.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
@@ -262,6 +268,12 @@ pub struct DetectArgs {
     /// MC samples of the forward [default: the detector's; 1 for a DNN].
     #[arg(long)]
     pub mc_samples: Option<usize>,
+    /// How a mean-field posterior draws in the parallel MC forward: weights (S weight samples
+    /// shared by the batch, the reference's estimator) or local-reparam (each example's outputs
+    /// drawn from their Gaussian where that is exact: Linear layers and convs on 1x1 maps; same
+    /// per-example predictive, independent across examples, much faster for big last blocks).
+    #[arg(long, default_value = "weights", value_name = "DRAWS", value_parser = super::parse_mc_draws)]
+    pub mc_draws: libre::bayes::McDraws,
     /// Images per forward.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
@@ -330,6 +342,7 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
         _ => args.mc_samples,
     };
     let mut det = Detector::load(&path, device, requested)?;
+    det.model.set_mc_draws(args.mc_draws);
     build_detector(&args, &mut det, device, &out)?;
     let score: Score = match &args.score {
         Some(s) => s.parse()?,
@@ -372,7 +385,8 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
     det.save(&args.out, &meta)?;
     let secs = t0.elapsed().as_secs_f64();
     let data = json!({
-        "out": args.out, "score": score, "samples": det.samples, "threshold": cal.threshold,
+        "out": args.out, "score": score, "samples": det.samples, "mc_draws": args.mc_draws,
+        "threshold": cal.threshold,
         "target_fpr": cal.target_fpr, "achieved_fpr": cal.achieved_fpr,
         "achieved_fpr_ci95": cal.achieved_fpr_ci95, "n": cal.n, "data": args.data,
         "seconds": secs,
@@ -579,7 +593,8 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     }
     let device = super::resolve_device(&args.device, &out)?;
     let path = libre::zoo::resolve(&weights, &mut super::fetch_note(&out))?;
-    let det = Detector::load(&path, device, args.mc_samples)?;
+    let mut det = Detector::load(&path, device, args.mc_samples)?;
+    det.model.set_mc_draws(args.mc_draws);
     let shown: Vec<Score> = match &args.score {
         Some(s) => scores::parse_list(s)?,
         // The detector's own score first (its first column is what flags).
@@ -781,7 +796,8 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
                 "inputs": args.inputs, "inputs_digest": input::digest(&segs),
                 "weights_sha256": weights_sha,
                 "scores": shown, "flag_score": flag_score, "threshold": threshold,
-                "samples": det.samples, "batch_size": args.batch_size, "seed": args.seed,
+                "samples": det.samples, "mc_draws": args.mc_draws,
+                "batch_size": args.batch_size, "seed": args.seed,
                 "skip_bad": args.skip_bad, "resize": args.resize,
                 "convert_channels": args.convert_channels, "format": format_name(fmt),
             });
@@ -815,7 +831,8 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     let rate = (n - skipped) as f64 / secs.max(1e-9);
     let summary = json!({
         "n": n, "flagged": flagged, "skipped": skipped, "score": flag_score,
-        "threshold": threshold, "samples": det.samples, "images_per_s": rate, "seconds": secs,
+        "threshold": threshold, "samples": det.samples, "mc_draws": args.mc_draws,
+        "images_per_s": rate, "seconds": secs,
         "out": out_path, "shard": shard,
     });
     out.note(format!(

@@ -23,6 +23,12 @@ pub struct Args {
     /// Number of MC samples of the Bayes ensemble (default: the checkpoint's S; a DNN: 1).
     #[arg(long, conflicts_with = "deterministic")]
     pub mc_samples: Option<usize>,
+    /// How a mean-field posterior draws in the parallel MC forward: weights (S weight samples
+    /// shared by the batch, the reference's estimator) or local-reparam (each example's outputs
+    /// drawn from their Gaussian where that is exact: Linear layers and convs on 1x1 maps; same
+    /// per-example predictive, independent across examples, much faster for big last blocks).
+    #[arg(long, default_value = "weights", value_name = "DRAWS", value_parser = super::parse_mc_draws)]
+    pub mc_draws: libre::bayes::McDraws,
     /// Evaluate the posterior mean (the DNN) instead of the ensemble.
     #[arg(long)]
     pub deterministic: bool,
@@ -43,7 +49,9 @@ pub struct Args {
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let device = super::resolve_device(&args.device, &out)?;
     let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
-    let (model, _meta) = libre::checkpoint::load_or_build(&path, args.model.as_deref(), device)?;
+    let (mut model, _meta) =
+        libre::checkpoint::load_or_build(&path, args.model.as_deref(), device)?;
+    model.set_mc_draws(args.mc_draws);
     let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
     let mode = if args.deterministic {
         ForwardMode::Deterministic
@@ -71,11 +79,15 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     pb.finish_and_clear();
     let m = &res.metrics;
     let mode_name = match &mode {
-        ForwardMode::ParallelMc { samples } => format!("Bayes ensemble, S = {samples}"),
+        ForwardMode::ParallelMc { samples } => match args.mc_draws {
+            libre::bayes::McDraws::Weights => format!("Bayes ensemble, S = {samples}"),
+            d => format!("Bayes ensemble, S = {samples}, {d} draws"),
+        },
         _ => "deterministic".to_string(),
     };
     let data = json!({
         "weights": args.weights, "data": args.data, "n": m.n, "mode": mode_name,
+        "mc_draws": args.mc_draws,
         "top1": m.top1, "top5": m.top5, "nll": m.nll, "brier": m.brier, "ece": m.ece,
         "curve": res.curve, "seconds": res.seconds, "device": libre::device::name(device),
     });

@@ -89,6 +89,11 @@ pub fn resolve_device(spec: &str, out: &Output) -> anyhow::Result<tch::Device> {
     Ok(d)
 }
 
+/// clap's parser of `--mc-draws`.
+pub fn parse_mc_draws(s: &str) -> Result<libre::bayes::McDraws, libre::Error> {
+    s.parse()
+}
+
 /// A fetch note printer for library calls that may download.
 pub fn fetch_note(out: &Output) -> impl FnMut(&str) + '_ {
     move |m: &str| out.note(m)
