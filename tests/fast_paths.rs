@@ -129,8 +129,16 @@ fn local_reparam_draws_the_per_example_predictive_of_weight_samples() {
     assert!(r < 0.05, "std ratio off by {r}:\n{sw}\n{sl}");
     // Different examples get independent draws (a weight sample shared by the batch correlates
     // them): the correlation of the first logit between examples 0 and 1 is near 0 locally.
-    assert!(corr(&yl).abs() < 0.05, "local draws correlated: {}", corr(&yl));
-    assert!(corr(&yw) > 0.1, "weight samples uncorrelated: {}", corr(&yw));
+    assert!(
+        corr(&yl).abs() < 0.05,
+        "local draws correlated: {}",
+        corr(&yl)
+    );
+    assert!(
+        corr(&yw) > 0.1,
+        "weight samples uncorrelated: {}",
+        corr(&yw)
+    );
 }
 
 /// On ResNet-18's 1x1 maps the local path of a mean-field last block: the same per-example
@@ -160,7 +168,10 @@ fn local_reparam_on_1x1_maps_matches_weight_samples() {
     assert!(r < 0.3, "std ratio off by {r}:\n{sw}\n{sl}");
     // The local path ran: its draws are independent between examples.
     let (cl, cw) = (corr(&yl), corr(&yw));
-    assert!(cl.abs() < 0.25 && cw > 0.5, "correlations: local {cl}, weights {cw}");
+    assert!(
+        cl.abs() < 0.25 && cw > 0.5,
+        "correlations: local {cl}, weights {cw}"
+    );
 
     // sigma ~ 1e-13: every draw is the means' forward.
     let mut m0 = models::build(&cfg, Device::Cpu).unwrap();
