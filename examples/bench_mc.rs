@@ -1,6 +1,7 @@
 //! Parallel-MC inference cost as a ratio to one DNN forward (issue 3 benchmark; docs/design.md
 //! section 13 has the reference's ratios): ResNet-50, S = 20, (a) last block as an ensemble,
-//! (b) last block mean-field, (c) the whole net mean-field, sequential.
+//! (b) last block mean-field, (c) the whole net mean-field, sequential; the mean-field cases also
+//! with `--mc-draws local-reparam`.
 //!
 //! `[BENCH_THREADS=n] cargo run --release --example bench_mc -- [batch] [size] [reps]`
 //! (defaults 16, 32, 5).
@@ -85,6 +86,16 @@ fn main() {
         };
         let ms = time(m.as_ref(), &x, &mode, if seq { 1 } else { reps });
         println!("{name}: {ms:.1} ms ({:.2}x)", ms / base);
+        if !seq && fam == Family::MeanField {
+            // The same posterior with local reparameterisation where it is exact.
+            m.set_mc_draws(libre::bayes::McDraws::LocalReparam);
+            let local = time(m.as_ref(), &x, &mode, reps);
+            m.set_mc_draws(libre::bayes::McDraws::Weights);
+            println!(
+                "    --mc-draws local-reparam: {local:.1} ms ({:.2}x)",
+                local / base
+            );
+        }
         if !seq && sel == "last-block" {
             // The same forward through the grouped-conv oracle (fast paths off), then the DNN
             // again: side by side under the same load.

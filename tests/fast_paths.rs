@@ -7,12 +7,20 @@ use libre::bayes::{Family, ForwardMode, LayerSelection, McDraws, PosteriorConfig
 use libre::models::{self, ModelConfig};
 use tch::{Device, Kind, Tensor};
 
+/// The fast-path switch and libtorch's generator are process-wide: the tests of this binary take
+/// turns.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
 #[test]
 fn centre_tap_matmul_equals_the_grouped_conv() {
+    let _serial = serial();
     tch::manual_seed(0);
     let cfg = ModelConfig::resnet(18, 10, 32, false);
     let x = Tensor::rand([4, 3, 32, 32], (Kind::Float, Device::Cpu));
@@ -105,6 +113,7 @@ fn mc(m: &mut dyn models::BayesModel, x: &Tensor, s: usize, draws: McDraws) -> T
 /// every layer takes the local path, and the ReLUs make the logits non-Gaussian.
 #[test]
 fn local_reparam_draws_the_per_example_predictive_of_weight_samples() {
+    let _serial = serial();
     tch::manual_seed(0);
     let cfg = ModelConfig::mlp(1, 8, vec![32, 16], 5);
     let mut m = models::build(&cfg, Device::Cpu).unwrap();
@@ -145,6 +154,7 @@ fn local_reparam_draws_the_per_example_predictive_of_weight_samples() {
 /// predictive as weight samples, the means' forward when sigma is ~0, and input gradients.
 #[test]
 fn local_reparam_on_1x1_maps_matches_weight_samples() {
+    let _serial = serial();
     tch::manual_seed(0);
     let cfg = ModelConfig::resnet(18, 10, 32, false);
     let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
@@ -187,4 +197,59 @@ fn local_reparam_on_1x1_maps_matches_weight_samples() {
         .unwrap();
     y.sum(Kind::Float).backward();
     assert!(xg.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+}
+
+/// BatchNorm folded into the preceding conv for inference (and 1x1 maps as matmuls) equals the
+/// unfused forward, follows the running statistics when a training forward updates them, and
+/// passes input gradients.
+#[test]
+fn folded_batchnorm_equals_the_unfused_forward() {
+    let _serial = serial();
+    tch::manual_seed(0);
+    for (depth, size) in [(18, 32), (50, 32), (18, 64)] {
+        let cfg = ModelConfig::resnet(depth, 10, size, false);
+        let m = models::build(&cfg, Device::Cpu).unwrap();
+        // Statistics and affines away from the identity, so a wrong fold shows.
+        tch::no_grad(|| {
+            for (n, mut t) in m.var_store().variables() {
+                if n.contains("bn") || n.contains("downsample.1") {
+                    if n.ends_with("running_var") {
+                        let _ = t.copy_(&(t.rand_like() + 0.5));
+                    } else if !n.ends_with("num_batches_tracked") {
+                        let _ = t.g_add_(&(t.randn_like() * 0.2));
+                    }
+                }
+            }
+        });
+        let x = Tensor::rand([3, 3, size, size], (Kind::Float, Device::Cpu));
+        let det = ForwardMode::Deterministic;
+        let run = |fast: bool| {
+            set_fast_paths(fast);
+            let y = tch::no_grad(|| m.forward_mc(&x, &det)).unwrap();
+            set_fast_paths(true);
+            y
+        };
+        let _ = run(true); // folds
+        let (y, y_ref) = (run(true), run(false));
+        let d = max_diff(&y, &y_ref);
+        let scale = y_ref.abs().max().double_value(&[]);
+        assert!(
+            scale > 0.1,
+            "ResNet-{depth}: logits too small to compare ({scale})"
+        );
+        assert!(d <= 1e-5 * scale.max(1.0), "ResNet-{depth} {size} px: {d}");
+        // A training forward moves the running statistics in place: the fold follows.
+        let _ = m
+            .forward_mc(&(x.rand_like() * 2.0), &ForwardMode::DeterministicTrain)
+            .unwrap();
+        let (y2, y2_ref) = (run(true), run(false));
+        assert!(max_diff(&y2, &y_ref) > 1e-4, "the statistics did not move");
+        assert!(
+            max_diff(&y2, &y2_ref) <= 1e-5 * scale.max(1.0),
+            "ResNet-{depth}: stale fold"
+        );
+        let xg = x.copy().set_requires_grad(true);
+        m.forward_mc(&xg, &det).unwrap().sum(Kind::Float).backward();
+        assert!(xg.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
 }

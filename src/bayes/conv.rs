@@ -71,13 +71,56 @@ pub struct Conv2d {
     /// The centre-tap weights of an ensemble laid out for the matmul, kept between forwards while
     /// the members are unchanged (see [`Conv2d::centre_weights`]).
     packed: std::sync::Mutex<Option<Packed>>,
+    /// The weights with the following BatchNorm folded in, for inference (see
+    /// [`Conv2d::forward_bn`]).
+    folded: std::sync::Mutex<Option<Folded>>,
+}
+
+/// A point conv with its BatchNorm folded in, for one version of the tensors involved.
+#[derive(Debug)]
+struct Folded {
+    /// The conv weight (and bias) and the BatchNorm's weight, bias, running mean and variance
+    /// and batch counter.
+    src: Sources,
+    w: Tensor,
+    b: Tensor,
+    /// The centre tap `[out, C]` (odd kernels), for 1x1 maps.
+    centre: Option<Tensor>,
+}
+
+/// Tensors a cached layout was made from, with their in-place versions (optimiser steps, loads
+/// and BatchNorm updates bump them). Holding the tensors keeps their storage alive, so no other
+/// tensor can take their address while the cache is kept.
+#[derive(Debug)]
+struct Sources(Vec<(Tensor, i64)>);
+
+impl Sources {
+    fn of(ts: &[&Tensor]) -> Sources {
+        Sources(
+            ts.iter()
+                .map(|t| (t.shallow_clone(), t.internal_version()))
+                .collect(),
+        )
+    }
+
+    /// The same tensors (by storage) at the same versions.
+    fn matches(&self, ts: &[&Tensor]) -> bool {
+        self.0.len() == ts.len()
+            && self
+                .0
+                .iter()
+                .zip(ts)
+                .all(|((a, v), b)| a.data_ptr() == b.data_ptr() && *v == b.internal_version())
+    }
 }
 
 /// Centre-tap weights packed for one weight version.
 #[derive(Debug)]
 struct Packed {
-    /// Storage, in-place version (optimiser steps and loads bump it), S and layout of the source.
-    key: (usize, i64, i64, bool),
+    /// The members tensor and its version.
+    src: Sources,
+    /// S and the layout.
+    key: (i64, bool),
     t: Tensor,
 }
 
@@ -101,6 +144,7 @@ pub fn conv2d(p: &nn::Path, c_in: i64, c_out: i64, k: i64, cfg: ConvConfig) -> C
         kernel: k,
         cfg,
         packed: std::sync::Mutex::new(None),
+        folded: std::sync::Mutex::new(None),
     }
 }
 
@@ -221,6 +265,83 @@ impl Conv2d {
         })
     }
 
+    /// This conv followed by `bn`. For inference (a forward that does not train) of two point
+    /// layers, one conv whose weight and bias absorb BatchNorm's running-statistics affine
+    /// (`w * g / sqrt(var + eps)`, `(b - mean) * g / sqrt(var + eps) + beta`), as PyTorch's
+    /// inference optimisation does; on a 1x1 map with "same" padding a matmul over the centre
+    /// tap. That removes one pass over the activations per BatchNorm and the k*k - 1 taps that
+    /// meet only padding. The folded tensors are made once per version of the six tensors
+    /// (optimiser steps, loads and BatchNorm updates bump the versions) without a graph: input
+    /// gradients flow (attacks), parameter gradients need a training forward, which takes the
+    /// unfused path. [`set_fast_paths`]`(false)` gives the unfused oracle.
+    pub fn forward_bn(&self, bn: &super::BatchNorm, x: &Act, ctx: &Ctx) -> Result<Act> {
+        let fold = FAST_PATHS.load(Ordering::Relaxed)
+            && !ctx.train()
+            && self.is_point()
+            && bn.weight.is_point()
+            && bn.bias.is_point()
+            && bn.channels == self.out_channels;
+        if !fold {
+            return bn.forward(&self.forward(x, ctx)?, ctx);
+        }
+        let cdim = if x.samples.is_some() { 2 } else { 1 };
+        let size = x.t.size();
+        if size.len() != cdim + 3 || size[cdim] != self.in_channels {
+            // The unfused forward names the problem.
+            return bn.forward(&self.forward(x, ctx)?, ctx);
+        }
+        let (w, b, centre) = self.folded_with(bn);
+        let centre = centre.filter(|_| self.centre_tap_only(&x.t));
+        Ok(x.map_flat(|t| match &centre {
+            // [N, C] x [out, C]^T -> [N, out, 1, 1]
+            Some(c) => {
+                let n = t.size()[0];
+                t.reshape([n, self.in_channels])
+                    .linear(c, Some(&b))
+                    .reshape([n, self.out_channels, 1, 1])
+            }
+            None => self.conv(t, &w, Some(&b), self.cfg.groups),
+        }))
+    }
+
+    /// The folded weight, bias and centre tap for the current versions of this conv's and
+    /// `bn`'s tensors.
+    fn folded_with(&self, bn: &super::BatchNorm) -> (Tensor, Tensor, Option<Tensor>) {
+        let (w, b) = (self.weight.mean(), self.bias.as_ref().map(|b| b.mean()));
+        let (g, beta) = (bn.weight.mean(), bn.bias.mean());
+        // libtorch's batch_norm updates the running statistics without bumping their versions;
+        // every training forward increments num_batches_tracked in place, which does.
+        let mut src = vec![&w, &g, &beta, &bn.running_mean, &bn.running_var];
+        src.push(&bn.num_batches_tracked);
+        src.extend(b.as_ref());
+        let mut cache = self.folded.lock().unwrap_or_else(|e| e.into_inner());
+        if !cache.as_ref().is_some_and(|f| f.src.matches(&src)) {
+            *cache = Some(tch::no_grad(|| {
+                let scale = &g / (&bn.running_var + bn.cfg.eps).sqrt(); // [out]
+                let wf = &w * scale.reshape([-1, 1, 1, 1]);
+                let shift = match &b {
+                    Some(b) => b - &bn.running_mean,
+                    None => -&bn.running_mean,
+                };
+                let k = self.kernel;
+                let centre = (k % 2 == 1 && self.cfg.groups == 1)
+                    .then(|| wf.select(3, k / 2).select(2, k / 2).contiguous());
+                Folded {
+                    src: Sources::of(&src),
+                    b: shift * &scale + &beta,
+                    w: wf,
+                    centre,
+                }
+            }));
+        }
+        let f = cache.as_ref().expect("just filled");
+        (
+            f.w.shallow_clone(),
+            f.b.shallow_clone(),
+            f.centre.as_ref().map(|c| c.shallow_clone()),
+        )
+    }
+
     /// Whether only the centre tap of the kernel meets data and the output map is 1x1: a 1x1
     /// input map with "same" padding and no groups.
     fn centre_tap_only(&self, x: &Tensor) -> bool {
@@ -306,15 +427,19 @@ impl Conv2d {
         if self.weight.family() != super::Family::Ensemble {
             return pack();
         }
-        let key = (w.data_ptr() as usize, w.internal_version(), s, shared_input);
+        let key = (s, shared_input);
         let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = cache.as_ref().filter(|p| p.key == key) {
+        if let Some(p) = cache
+            .as_ref()
+            .filter(|p| p.key == key && p.src.matches(&[w]))
+        {
             return p.t.shallow_clone();
         }
         let t = pack();
         // A packed tensor in an autograd graph (an attack's forward) is not kept: the next
         // backward would meet a freed graph.
         *cache = (!t.requires_grad()).then(|| Packed {
+            src: Sources::of(&[w]),
             key,
             t: t.shallow_clone(),
         });

@@ -88,13 +88,14 @@ impl Block {
     }
 
     fn forward(&self, x: &Act, ctx: &Ctx) -> Result<Act> {
-        let a = self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?.relu();
-        let mut a = self.bn2.forward(&self.conv2.forward(&a, ctx)?, ctx)?;
+        // Each conv + BatchNorm pair runs folded into one conv for inference (Conv2d::forward_bn).
+        let a = self.conv1.forward_bn(&self.bn1, x, ctx)?.relu();
+        let mut a = self.conv2.forward_bn(&self.bn2, &a, ctx)?;
         if let Some((c3, b3)) = &self.conv3 {
-            a = b3.forward(&c3.forward(&a.relu(), ctx)?, ctx)?;
+            a = c3.forward_bn(b3, &a.relu(), ctx)?;
         }
         let id = match &self.downsample {
-            Some((c, b)) => b.forward(&c.forward(x, ctx)?, ctx)?,
+            Some((c, b)) => c.forward_bn(b, x, ctx)?,
             None => x.shallow_clone(),
         };
         // [B, S, C, H, W] + [B, C, H, W] broadcasts when only one side is Bayesian.
@@ -198,7 +199,7 @@ impl ResNet {
 
 impl Net for ResNet {
     fn forward(&self, x: Act, ctx: &Ctx) -> Result<Act> {
-        let mut a = self.bn1.forward(&self.conv1.forward(&x, ctx)?, ctx)?.relu();
+        let mut a = self.conv1.forward_bn(&self.bn1, &x, ctx)?.relu();
         if !self.cifar_stem {
             a = a.max_pool2d(3, 2, 1);
         }
