@@ -3,7 +3,10 @@
 //! own test binary because the switch is process-wide.
 
 use libre::bayes::conv::set_fast_paths;
-use libre::bayes::{Family, ForwardMode, LayerSelection, McDraws, PosteriorConfig};
+use libre::bayes::{
+    Family, ForwardMode, LayerSelection, McDraws, McSampling, PosteriorConfig, Routing,
+    TrainSampling,
+};
 use libre::models::{self, ModelConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -252,4 +255,66 @@ fn folded_batchnorm_equals_the_unfused_forward() {
         m.forward_mc(&xg, &det).unwrap().sum(Kind::Float).backward();
         assert!(xg.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
+}
+
+/// A LiBRe training forward (each example routed through one member) on 1x1 maps: the centre-tap
+/// bmm gives the grouped conv's logits and member gradients.
+#[test]
+fn routed_training_forward_on_1x1_maps_equals_the_grouped_conv() {
+    let _serial = serial();
+    tch::manual_seed(0);
+    let cfg = ModelConfig::resnet(18, 10, 32, false);
+    let mut m = models::build(&cfg, Device::Cpu).unwrap();
+    m.convert(
+        &LayerSelection::LastBlock,
+        &PosteriorConfig::new(Family::Ensemble, 4),
+    )
+    .unwrap();
+    tch::no_grad(|| {
+        for (n, mut t) in m.var_store().variables() {
+            if n.ends_with("_members") {
+                let _ = t.g_add_(&(t.randn_like() * 0.05));
+            }
+        }
+    });
+    let x = Tensor::rand([6, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let mode = ForwardMode::Train(TrainSampling {
+        sampling: McSampling::PerExample,
+        routing: Routing::Given(vec![0, 3, 1, 3, 2, 0]),
+    });
+    let members = |m: &dyn models::BayesModel| {
+        m.var_store()
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| n.ends_with("conv2.weight_members"))
+            .map(|(_, t)| t)
+            .next()
+            .expect("an ensemble conv")
+    };
+    let run = |fast: bool| {
+        set_fast_paths(fast);
+        m.var_store().variables().values().for_each(|t| {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        });
+        let y = m.forward_mc(&x, &mode).unwrap();
+        y.square().sum(Kind::Float).backward();
+        set_fast_paths(true);
+        (y.detach(), members(m.as_ref()).grad().copy())
+    };
+    let ((y, g), (y_ref, g_ref)) = (run(true), run(false));
+    assert_eq!(y.size(), [6, 1, 10]);
+    assert!(
+        max_diff(&y, &y_ref) <= 1e-5,
+        "logits {}",
+        max_diff(&y, &y_ref)
+    );
+    let scale = g_ref.abs().max().double_value(&[]);
+    assert!(scale > 0.0);
+    assert!(
+        max_diff(&g, &g_ref) <= 1e-5 * scale.max(1.0),
+        "member gradients"
+    );
 }

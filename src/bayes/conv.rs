@@ -205,9 +205,21 @@ impl Conv2d {
             };
             // [S, M, C, H, W] -> [M, S*C, H, W], one conv with S*g groups -> [S, M, out, H', W']
             let (out, cg, k) = (self.out_channels, self.in_channels / g, self.kernel);
+            let centre = FAST_PATHS.load(Ordering::Relaxed) && self.centre_tap_only(&x.t);
             let y = apply_routed(&x.t, &ids, n, &mut |xp| {
                 let sz = xp.size();
                 let m = sz[1];
+                if centre {
+                    // 1x1 maps: [S, M, C] bmm [S, C, out] over the centre tap, as at inference
+                    // (sampled or trained weights: laid out anew each forward).
+                    let wc = w.select(3, k / 2).select(3, k / 2).transpose(1, 2);
+                    let y = xp.reshape([n, m, self.in_channels]).bmm(&wc);
+                    let y = match &b {
+                        Some(b) => y + b.unsqueeze(1),
+                        None => y,
+                    };
+                    return Ok(y.reshape([n, m, out, 1, 1]));
+                }
                 let xin = xp.transpose(0, 1).reshape([m, n * sz[2], sz[3], sz[4]]);
                 let wf = w.reshape([n * out, cg, k, k]);
                 let bf = b.as_ref().map(|b| b.reshape([n * out]));
