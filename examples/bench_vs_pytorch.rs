@@ -1,0 +1,169 @@
+//! The libre side of the libre-versus-PyTorch speed comparison (`scripts/bench_vs_pytorch.sh`
+//! runs it interleaved with `scripts/bench_vs_pytorch.py`, which builds the same cases in plain
+//! PyTorch).
+//!
+//! `[BENCH_THREADS=n] [BENCH_WARMUP=w] bench_vs_pytorch CASE REPS [BATCH]` builds CASE with random
+//! weights (speed only), runs `w` warm-up forwards (default 1) and prints one line per timed
+//! forward on stdout, `CASE MILLISECONDS`; a description of the case goes to stderr.
+//!
+//! CASE is `NET-SIZE:VARIANT`:
+//! - NET `lenet5` (advertorch's MNIST LeNet5, input `[B, 1, SIZE, SIZE]`), `resnet18`, `resnet34`,
+//!   `resnet50` (torchvision layout, ImageNet stem, 1000 classes, input `[B, 3, SIZE, SIZE]`) or
+//!   `resnet18c` / `resnet50c` (CIFAR stem: 3x3 stride-1 `conv1`, no max-pool, 10 classes);
+//! - VARIANT `dnn` (the point net, `ForwardMode::Deterministic`), `ens-last` (the last block
+//!   before the head as an S = 20 ensemble, LiBRe), `mf-last` (the last block mean-field, S = 20),
+//!   `mf-all` (every layer mean-field, S = 20), all three as one parallel MC forward
+//!   (`ForwardMode::ParallelMc`, docs/design.md section 3), or `mf-all-seq` (every layer
+//!   mean-field, 20 sequential forwards with one weight sample each, `ForwardMode::SequentialMc`).
+//!
+//! The input is `Tensor::rand` after `tch::manual_seed(0)`; every forward runs under
+//! `tch::no_grad`. Batch norm uses its running statistics (eval mode) in every variant.
+
+use libre::bayes::{Family, ForwardMode, PosteriorConfig};
+use libre::models::{self, ModelConfig};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// MC samples / ensemble members of every Bayesian variant.
+const S: usize = 20;
+
+/// A parsed CASE: the architecture, the input shape, the conversion and the forward mode.
+struct Case {
+    cfg: ModelConfig,
+    input: [i64; 4],
+    convert: Option<(Family, &'static str)>,
+    mode: ForwardMode,
+}
+
+fn parse_case(case: &str, batch: i64) -> Result<Case, String> {
+    let usage = || {
+        format!(
+            "bad case {case:?}: expected NET-SIZE:VARIANT, NET lenet5|resnet18|resnet34|resnet50 \
+             (suffix c: CIFAR stem), VARIANT dnn|ens-last|mf-last|mf-all|mf-all-seq \
+             (e.g. resnet50-32:ens-last)"
+        )
+    };
+    let (net, variant) = case.split_once(':').ok_or_else(usage)?;
+    let (arch, size) = net.rsplit_once('-').ok_or_else(usage)?;
+    let size: i64 = size.parse().map_err(|_| usage())?;
+    let (cfg, channels) = match arch {
+        "lenet5" => {
+            let cfg = ModelConfig {
+                image_size: size,
+                ..ModelConfig::lenet5()
+            };
+            (cfg, 1)
+        }
+        _ => {
+            let (name, cifar) = match arch.strip_suffix('c') {
+                Some(n) => (n, true),
+                None => (arch, false),
+            };
+            let depth = match name {
+                "resnet18" => 18,
+                "resnet34" => 34,
+                "resnet50" => 50,
+                _ => return Err(usage()),
+            };
+            let classes = if cifar { 10 } else { 1000 };
+            (ModelConfig::resnet(depth, classes, size, cifar), 3)
+        }
+    };
+    let par = ForwardMode::ParallelMc { samples: S };
+    let (convert, mode) = match variant {
+        "dnn" => (None, ForwardMode::Deterministic),
+        "ens-last" => (Some((Family::Ensemble, "last-block")), par),
+        "mf-last" => (Some((Family::MeanField, "last-block")), par),
+        "mf-all" => (Some((Family::MeanField, "all")), par),
+        "mf-all-seq" => (
+            Some((Family::MeanField, "all")),
+            ForwardMode::SequentialMc { samples: S },
+        ),
+        _ => return Err(usage()),
+    };
+    Ok(Case {
+        cfg,
+        input: [batch, channels, size, size],
+        convert,
+        mode,
+    })
+}
+
+fn env_usize(name: &str, default: usize) -> Result<usize, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a non-negative integer")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 2 || args.len() > 3 || args[0] == "--help" || args[0] == "-h" {
+        return Err(
+            "usage: bench_vs_pytorch CASE REPS [BATCH]   (e.g. resnet50-32:ens-last 5 16)".into(),
+        );
+    }
+    let case_name = args[0].as_str();
+    let reps: usize = args[1]
+        .parse()
+        .map_err(|_| format!("REPS {:?} is not a number", args[1]))?;
+    let batch: i64 = match args.get(2) {
+        Some(b) => b
+            .parse()
+            .ok()
+            .filter(|&b| b > 0)
+            .ok_or_else(|| format!("BATCH {b:?} is not a positive number"))?,
+        None => 16,
+    };
+    // BENCH_THREADS=n pins libtorch's intra-op threads, as in examples/bench_mc.rs.
+    if let Ok(n) = std::env::var("BENCH_THREADS") {
+        let n: i32 = n
+            .parse()
+            .map_err(|_| format!("BENCH_THREADS={n:?} is not a number"))?;
+        tch::set_num_threads(n);
+    }
+    let warmup = env_usize("BENCH_WARMUP", 1)?;
+    let case = parse_case(case_name, batch)?;
+    let device = Device::Cpu;
+    tch::manual_seed(0);
+    let mut m = models::build(&case.cfg, device).map_err(|e| format!("build: {e}"))?;
+    let mut converted = 0;
+    if let Some((family, sel)) = case.convert {
+        let sel = sel.parse().map_err(|e| format!("layer selection: {e}"))?;
+        converted = m
+            .convert(&sel, &PosteriorConfig::new(family, S))
+            .map_err(|e| format!("convert: {e}"))?
+            .len();
+    }
+    let x = Tensor::rand(case.input, (Kind::Float, device));
+    eprintln!(
+        "libre {case_name}: input {:?}, {converted} Bayesian layers, mode {:?}, threads {}, \
+         warm-up {warmup}, reps {reps}",
+        case.input,
+        case.mode,
+        tch::get_num_threads()
+    );
+    let forward = || {
+        tch::no_grad(|| m.forward_mc(&x, &case.mode))
+            .map(|_| ())
+            .map_err(|e| format!("forward: {e}"))
+    };
+    for _ in 0..warmup {
+        forward()?;
+    }
+    for _ in 0..reps {
+        let t = Instant::now();
+        forward()?;
+        println!("{case_name} {:.3}", t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench_vs_pytorch: {e}");
+        std::process::exit(2);
+    }
+}
