@@ -278,8 +278,17 @@ impl BayesParam {
             ParamState::MeanField { mu, psi } => {
                 let mut shape = vec![n];
                 shape.extend(mu.size());
-                let eps = Tensor::randn(&shape, (mu.kind(), mu.device()));
-                mu.unsqueeze(0) + psi.exp().unsqueeze(0) * eps
+                let mut eps = Tensor::randn(&shape, (mu.kind(), mu.device()));
+                let sigma = psi.exp().unsqueeze(0);
+                if sigma.requires_grad() {
+                    mu.unsqueeze(0) + sigma * eps
+                } else {
+                    // Outside autograd (evaluation, detection) in place: the same numbers without
+                    // two more S-fold temporaries (drawing ResNet-50's last block 20 times is
+                    // memory-bound).
+                    let _ = eps.g_mul_(&sigma).g_add_(&mu.unsqueeze(0));
+                    eps
+                }
             }
             ParamState::Ensemble { members } => {
                 let s = members.size()[0];
