@@ -186,7 +186,19 @@ pub fn save_with(
 
 /// Reads the tensors (ordered by name) and the metadata of a libre checkpoint.
 pub fn read(path: impl AsRef<Path>) -> Result<(CheckpointMeta, Vec<(String, Tensor)>)> {
-    let path = path.as_ref();
+    let (meta, tensors, _) = read_all(path.as_ref())?;
+    Ok((meta, tensors))
+}
+
+/// [`read`] plus every safetensors metadata entry (the extra ones of [`save_with`] among them),
+/// from one read of the file.
+fn read_all(
+    path: &Path,
+) -> Result<(
+    CheckpointMeta,
+    Vec<(String, Tensor)>,
+    HashMap<String, String>,
+)> {
     let bytes =
         std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let bad = |m: String| Error::bad_file(path, m);
@@ -225,7 +237,7 @@ pub fn read(path: impl AsRef<Path>) -> Result<(CheckpointMeta, Vec<(String, Tens
         })
         .collect::<Result<_>>()?;
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((meta, tensors))
+    Ok((meta, tensors, header.metadata().clone().unwrap_or_default()))
 }
 
 /// The `extra/` tensors of a file written by [`save_with`], by name without the prefix.
@@ -333,9 +345,33 @@ pub fn load(
     path: impl AsRef<Path>,
     device: Device,
 ) -> Result<(Box<dyn BayesModel>, CheckpointMeta)> {
+    let l = load_full(path, device)?;
+    Ok((l.model, l.meta))
+}
+
+/// A checkpoint with what [`save_with`] stored beside the model, from one read of the file.
+pub struct Loaded {
+    pub model: Box<dyn BayesModel>,
+    pub meta: CheckpointMeta,
+    /// The extra metadata entries by key (e.g. a detector's settings).
+    pub extra: HashMap<String, String>,
+    /// The `extra/` tensors by name without the prefix, on the CPU.
+    pub extra_tensors: HashMap<String, Tensor>,
+}
+
+/// [`load`] that also returns the file's extra metadata and extra tensors (a detector file reads
+/// its model, settings and fitted state in one read instead of three).
+pub fn load_full(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     let path = path.as_ref();
-    let (meta, mut tensors) = read(path)?;
-    tensors.retain(|(n, _)| !n.starts_with(EXTRA_PREFIX));
+    let (meta, tensors, mut extra) = read_all(path)?;
+    extra.remove(META_KEY);
+    let (extra_tensors, tensors): (Vec<_>, Vec<_>) = tensors
+        .into_iter()
+        .partition(|(n, _)| n.starts_with(EXTRA_PREFIX));
+    let extra_tensors = extra_tensors
+        .into_iter()
+        .map(|(n, t)| (n[EXTRA_PREFIX.len()..].to_string(), t))
+        .collect();
     let mut model = models::build(&meta.model, device)
         .map_err(|e| Error::bad_file(path, format!("metadata describes no valid model: {e}")))?;
     if let Some(p) = &meta.posterior {
@@ -344,7 +380,12 @@ pub fn load(
             .map_err(|e| Error::bad_file(path, format!("replaying the conversion: {e}")))?;
     }
     copy_into(model.as_ref(), &tensors, &path.display().to_string())?;
-    Ok((model, meta))
+    Ok(Loaded {
+        model,
+        meta,
+        extra,
+        extra_tensors,
+    })
 }
 
 /// Loads a checkpoint into an existing model of the same architecture and posterior.
@@ -460,4 +501,49 @@ pub fn from_state_dict(
     }
     copy_into(model.as_ref(), &tensors, "state_dict")?;
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One read gives the model, the extra metadata and the extra tensors `save_with` stored; a
+    /// damaged file is refused naming it.
+    #[test]
+    fn load_full_returns_what_save_with_stored() {
+        let _rng = crate::rng_lock();
+        tch::manual_seed(0);
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("d.safetensors");
+        let model = models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
+        let t = Tensor::from_slice(&[1.5f64, -2.0]);
+        save_with(
+            &p,
+            model.as_ref(),
+            &[("k", "v".to_string())],
+            &[("a/b".to_string(), t.shallow_clone())],
+        )
+        .unwrap();
+        let l = load_full(&p, Device::Cpu).unwrap();
+        assert_eq!(l.meta, CheckpointMeta::of(model.as_ref()));
+        assert_eq!(l.extra, HashMap::from([("k".to_string(), "v".to_string())]));
+        assert_eq!(l.extra_tensors.len(), 1);
+        assert!(l.extra_tensors["a/b"].equal(&t));
+        for ((n, a), (m, b)) in sorted_vars(model.as_ref())
+            .iter()
+            .zip(&sorted_vars(l.model.as_ref()))
+        {
+            assert!(n == m && a.equal(b), "{n}");
+        }
+        // What the three separate readers return, from the same file.
+        assert_eq!(read_extra(&p, "k").unwrap().as_deref(), Some("v"));
+        assert!(read_extra_tensors(&p).unwrap()["a/b"].equal(&t));
+
+        std::fs::write(&p, b"not a safetensors file").unwrap();
+        let e = load_full(&p, Device::Cpu).err().unwrap().to_string();
+        assert!(
+            e.contains("d.safetensors") && e.contains("not a safetensors file"),
+            "{e}"
+        );
+    }
 }

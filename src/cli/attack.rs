@@ -267,8 +267,10 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     for (bi, batch) in ds.batches(args.batch_size).enumerate() {
         let (x, y) = batch?;
         let (x, y) = (x.to_device(device), y.to_device(device));
-        // Check the shapes once through the library (a clear error, not a panic inside the attack).
-        let _ = target.forward_mc(&x.narrow(0, 0, 1), &ForwardMode::Deterministic)?;
+        // Check the shapes through the library (a clear error, not a panic inside the attack):
+        // the model's cached tap shapes at this input size, one dummy forward for the whole run.
+        let s = x.size();
+        libre::models::tap_shapes_at(target.as_ref(), [s[1], s[2], s[3]])?;
         let goal = if let Some(t) = args.target_class {
             if t < 0 || t >= k {
                 anyhow::bail!("--target-class {t} out of range for a {k}-class model");

@@ -6,7 +6,7 @@
 //! model, and `libre detect` also reads the calibration.
 
 use super::calibrate::Calibration;
-use super::classic::{Classic, ClassicMeta};
+use super::classic::{Classic, ClassicMeta, Pass};
 use super::scores::{self, Prediction, Score};
 use crate::bayes::mode::McDropout;
 use crate::bayes::ForwardMode;
@@ -68,11 +68,17 @@ impl Detector {
     }
 
     /// Loads a checkpoint or detector file; a detector file's S is used unless overridden.
+    /// The file is read once: the model, the detector settings and a classic detector's state.
     pub fn load(path: &Path, device: Device, requested: Option<usize>) -> Result<Detector> {
-        let (mut model, _) = crate::checkpoint::load(path, device)?;
-        let meta = match crate::checkpoint::read_extra(path, DETECTOR_KEY)? {
+        let crate::checkpoint::Loaded {
+            mut model,
+            extra,
+            extra_tensors,
+            ..
+        } = crate::checkpoint::load_full(path, device)?;
+        let meta = match extra.get(DETECTOR_KEY) {
             Some(json) => {
-                let m: DetectorMeta = serde_json::from_str(&json).map_err(|e| {
+                let m: DetectorMeta = serde_json::from_str(json).map_err(|e| {
                     Error::bad_file(path, format!("bad '{DETECTOR_KEY}' metadata: {e}"))
                 })?;
                 if m.format != DETECTOR_FORMAT {
@@ -96,8 +102,7 @@ impl Detector {
         }
         let classic = match meta.as_ref().and_then(|m| m.classic.clone()) {
             Some(cm) => {
-                let t = crate::checkpoint::read_extra_tensors(path)?;
-                let t = t
+                let t = extra_tensors
                     .into_iter()
                     .filter_map(|(n, v)| {
                         n.strip_prefix("classic/")
@@ -162,7 +167,9 @@ impl Detector {
         }
     }
 
-    /// The prediction and the requested scores of a batch, from one forward without gradients.
+    /// The prediction and the requested scores of a batch, from one forward without gradients
+    /// (a classic detector's: its deterministic forward with taps, whose logits give the
+    /// prediction; KD-BU adds its MC-dropout forward, Mahalanobis' noise its moved inputs).
     ///
     /// # Shapes
     /// `x`: `[B, C, H, W]` in [0, 1] -> prediction `[B]`, one `[B]` tensor per score.
@@ -175,15 +182,31 @@ impl Detector {
             .copied()
             .filter(|s| s.classic().is_none())
             .collect();
-        let (pred, mut plain_out) = tch::no_grad(|| {
-            let (logits, feats) = self.model.forward_mc_with_features(x, &self.mode())?;
-            scores::compute(&logits, &feats, &plain)
+        let classic = self
+            .classic
+            .as_ref()
+            .filter(|_| scores.iter().any(|s| s.classic().is_some()));
+        let (pred, mut plain_out, pass) = tch::no_grad(|| match classic {
+            Some(_) => {
+                let pass = Pass::of(self.model.as_ref(), x)?;
+                // The classic detector's forward is deterministic (`mode`): S = 1, so no plain
+                // score reads the features (feature variance needs S >= 2) and the logits stand in.
+                let (pred, out) = scores::compute(&pass.logits, &pass.logits, &plain)?;
+                Ok((pred, out, Some(pass)))
+            }
+            None => {
+                let (logits, feats) = self.model.forward_mc_with_features(x, &self.mode())?;
+                let (pred, out) = scores::compute(&logits, &feats, &plain)?;
+                Ok::<_, Error>((pred, out, None))
+            }
         })?;
         plain_out.reverse();
         let mut out = Vec::with_capacity(scores.len());
         for s in scores {
-            out.push(match (s.classic(), &self.classic) {
-                (Some(_), Some(c)) => c.score(self.model.as_ref(), x)?.to_kind(tch::Kind::Float),
+            out.push(match (s.classic(), classic, &pass) {
+                (Some(_), Some(c), Some(p)) => c
+                    .score(self.model.as_ref(), x, p)?
+                    .to_kind(tch::Kind::Float),
                 _ => plain_out.pop().expect("one per plain score"),
             });
         }

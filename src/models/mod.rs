@@ -394,14 +394,7 @@ impl<N: Net> Model<N> {
         let per_image = match self.act_floats.get() {
             Some(v) => *v,
             None => {
-                let c = &self.cfg;
-                let x = Tensor::zeros(
-                    [1, c.in_channels, c.image_size, c.image_size],
-                    (Kind::Float, self.vs.device()),
-                );
-                let (_, _, taps) =
-                    tch::no_grad(|| self.run(&x, &ForwardMode::Deterministic, true))?;
-                let v = taps.iter().map(|t| t.value.numel() as u64).sum();
+                let v = tap_shapes(self)?.iter().map(TapShape::numel).sum();
                 *self.act_floats.get_or_init(|| v)
             }
         };
@@ -631,11 +624,7 @@ impl<N: Net> BayesModel for Model<N> {
         if let Some(d) = &d {
             d.validate()?;
             let c = &self.cfg;
-            let x = Tensor::zeros(
-                [1, c.in_channels, c.image_size, c.image_size],
-                (Kind::Float, Device::Cpu),
-            );
-            let (_, _, taps) = tch::no_grad(|| self.run(&x, &ForwardMode::Deterministic, true))?;
+            let taps = tap_shapes(self)?;
             let names: Vec<&str> = taps
                 .iter()
                 .map(|t| t.name.as_str())
@@ -739,6 +728,73 @@ impl std::fmt::Debug for dyn BayesModel {
             .field("posterior", &self.posterior())
             .finish()
     }
+}
+
+// Tap shapes, measured once (issue 14): a net's blocks and their activation sizes are fixed by
+// its architecture, so MC dropout's block check, the parallel-MC memory check, the classic
+// detectors' block list and the attack command's input check share one dummy forward per net and
+// input size instead of running one each call.
+
+/// One tap of the deterministic forward of a single image: its name and its shape without the
+/// batch and sample axes (LeNet5 at 28 px: `conv1` `[32, 14, 14]`, ..., `logits` `[10]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapShape {
+    pub name: String,
+    pub shape: Vec<i64>,
+}
+
+impl TapShape {
+    /// Floats of the activation per image and sample.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product::<i64>() as u64
+    }
+}
+
+/// [`tap_shapes_at`] at the model's own input size.
+pub fn tap_shapes(model: &dyn BayesModel) -> Result<std::sync::Arc<[TapShape]>> {
+    let c = model.config();
+    tap_shapes_at(model, [c.in_channels, c.image_size, c.image_size])
+}
+
+/// The taps of `model` on one `[C, H, W]` image, in forward order and ending with `logits`: one
+/// deterministic forward of a zero image the first time, then from a process-wide cache keyed
+/// by the architecture options, every variable's name and shape (two nets built under one
+/// config by [`Model::new`] still get their own entry) and the input size. A refused input is
+/// an error each time (the model's message), never cached.
+pub fn tap_shapes_at(
+    model: &dyn BayesModel,
+    input: [i64; 3],
+) -> Result<std::sync::Arc<[TapShape]>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<[TapShape]>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut vars: Vec<String> = model
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(n, t)| format!("{n}{:?}", t.size()))
+        .collect();
+    vars.sort_unstable();
+    let key = format!("{:?} {input:?} {}", model.config(), vars.join(","));
+    let lock = || cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = lock().get(&key) {
+        return Ok(v.clone());
+    }
+    // Outside the lock: a forward may take a while, and concurrent first calls agree anyway.
+    let x = Tensor::zeros(
+        [1, input[0], input[1], input[2]],
+        (Kind::Float, model.var_store().device()),
+    );
+    let (_, taps) = tch::no_grad(|| model.forward_taps(&x, &ForwardMode::Deterministic))?;
+    let shapes: Arc<[TapShape]> = taps
+        .into_iter()
+        .map(|t| TapShape {
+            shape: t.value.size()[2..].to_vec(),
+            name: t.name,
+        })
+        .collect();
+    Ok(lock().entry(key).or_insert(shapes).clone())
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub mod mahalanobis;
 use crate::bayes::mode::McDropout;
 use crate::bayes::ForwardMode;
 use crate::data::Dataset;
-use crate::models::BayesModel;
+use crate::models::{BayesModel, Tap};
 use crate::{Error, Result};
 use kd::KernelDensity;
 use lid::lid_batch;
@@ -170,45 +170,75 @@ pub struct Classic {
     combiner: Option<LogisticCombiner>,
 }
 
-/// Per-tap features of a batch from the deterministic forward: `[B, D]` each (sample axis
-/// dropped; maps averaged over space when `pool`, else flattened), and the logits `[B, K]`.
+/// The deterministic forward a fitted classic detector scores from, run once per batch: the
+/// logits `[B, 1, K]` (the prediction of [`crate::detect::Detector`]) and every tap (the
+/// detector's features), so the prediction and the score need no forward each.
+pub struct Pass {
+    pub logits: Tensor,
+    taps: Vec<Tap>,
+}
+
+impl Pass {
+    /// One deterministic forward of `x` with its taps (differentiable in `x` unless called under
+    /// `no_grad`).
+    pub fn of(model: &dyn BayesModel, x: &Tensor) -> Result<Pass> {
+        let (logits, taps) = model.forward_taps(x, &ForwardMode::Deterministic)?;
+        Ok(Pass { logits, taps })
+    }
+
+    /// The features at `names`: `[B, D]` double each (sample axis dropped; maps averaged over
+    /// space when `pool`, else flattened).
+    fn features(&self, names: &[String], pool: bool) -> Result<Vec<Tensor>> {
+        names
+            .iter()
+            .map(|name| {
+                let t =
+                    self.taps.iter().find(|t| &t.name == name).ok_or_else(|| {
+                        Error::invalid(format!("the model has no block '{name}'"))
+                    })?;
+                let v = t.value.select(1, 0); // [B, ...]
+                let v = if v.dim() > 2 && pool {
+                    v.flatten(2, -1).mean_dim(2, false, Kind::Float)
+                } else {
+                    v.flatten(1, -1)
+                };
+                Ok(v.to_kind(Kind::Double))
+            })
+            .collect()
+    }
+}
+
+/// Per-tap features of a batch from one deterministic forward (see [`Pass::features`]), and the
+/// logits `[B, K]`.
 fn tap_features(
     model: &dyn BayesModel,
     x: &Tensor,
     taps: &[String],
     pool: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    let (logits, all) = model.forward_taps(x, &ForwardMode::Deterministic)?;
-    let mut out = Vec::with_capacity(taps.len());
-    for name in taps {
-        let t = all
-            .iter()
-            .find(|t| &t.name == name)
-            .ok_or_else(|| Error::invalid(format!("the model has no block '{name}'")))?;
-        let v = t.value.select(1, 0); // [B, ...]
-        let v = if v.dim() > 2 && pool {
-            v.flatten(2, -1).mean_dim(2, false, Kind::Float)
-        } else {
-            v.flatten(1, -1)
-        };
-        out.push(v.to_kind(Kind::Double));
-    }
-    Ok((logits.select(1, 0), out))
+    let pass = Pass::of(model, x)?;
+    let f = pass.features(taps, pool)?;
+    Ok((pass.logits.select(1, 0), f))
 }
 
-/// The block names of a model (its taps without the logits).
+/// The block names of a model (its taps without the logits), from the model's cached tap shapes.
 pub fn block_names(model: &dyn BayesModel) -> Result<Vec<String>> {
-    let c = model.config();
-    let x = Tensor::zeros(
-        [1, c.in_channels, c.image_size, c.image_size],
-        (Kind::Float, model.var_store().device()),
-    );
-    let (_, taps) = tch::no_grad(|| model.forward_taps(&x, &ForwardMode::Deterministic))?;
-    Ok(taps
-        .into_iter()
-        .map(|t| t.name)
+    Ok(crate::models::tap_shapes(model)?
+        .iter()
+        .map(|t| t.name.clone())
         .filter(|n| n != "logits")
         .collect())
+}
+
+/// Whether two float32 tensors hold the same bits (unlike `==`, -0.0 and 0.0 differ), i.e. a
+/// forward of either gives the same result.
+fn same_bits(a: &Tensor, b: &Tensor) -> bool {
+    a.size() == b.size()
+        && a.kind() == Kind::Float
+        && b.kind() == Kind::Float
+        && a.detach()
+            .view_dtype(Kind::Int)
+            .equal(&b.detach().view_dtype(Kind::Int))
 }
 
 /// Runs `f` over `ds` in batches on `device`, collecting `[n, ...]` CPU tensors per output.
@@ -339,7 +369,9 @@ impl Classic {
         if let (true, Some(((adv, adv_name), (clean, clean_name)))) = (wants_lr, lr) {
             let raw = |ds: &Dataset| -> Result<Tensor> {
                 let v = collect(ds, batch_size, device, &mut |x, _| {
-                    Ok(vec![tch::no_grad(|| c.raw_features(model, x))?])
+                    Ok(vec![tch::no_grad(|| {
+                        c.raw_features(model, x, Some(&Pass::of(model, x)?))
+                    })?])
                 })?;
                 Ok(v.into_iter().next().expect("one output"))
             };
@@ -361,15 +393,42 @@ impl Classic {
     }
 
     /// The per-example inputs of the final score, `[B, F]` double: KD's log-density (and BU),
-    /// the per-tap LIDs, or the per-tap Mahalanobis confidences. Differentiable in `x` unless
-    /// called under `no_grad`.
-    fn raw_features(&self, model: &dyn BayesModel, x: &Tensor) -> Result<Tensor> {
+    /// the per-tap LIDs, or the per-tap Mahalanobis confidences.
+    ///
+    /// Scoring (`pass`: the deterministic forward of `x`, run without gradients) reads the taps
+    /// from `pass`. Differentiated (`pass` None: an adaptive attack) the detector runs its own
+    /// forwards, apart from the logits' and, for Mahalanobis, one per tap: forwards shared by
+    /// several differentiated terms sum their gradients inside the network instead of at the
+    /// input, and that other round-off changes the adversarial images the attacks craft.
+    ///
+    /// Forwards beyond the deterministic one, each a different computation: KD-BU's MC-dropout
+    /// forward (every tap from the first dropped block on differs in it, the head input KD reads
+    /// and the logits of the prediction included), and with Mahalanobis' `noise` one forward for
+    /// every tap's gradient plus one per tap at its own moved input.
+    fn raw_features(
+        &self,
+        model: &dyn BayesModel,
+        x: &Tensor,
+        pass: Option<&Pass>,
+    ) -> Result<Tensor> {
         let cfg = &self.meta.config;
         let taps = &self.meta.taps;
+        if cfg.kind == ClassicKind::Mahalanobis {
+            let confs = self.mahalanobis_confidences(model, x, pass)?;
+            return Ok(Tensor::stack(&confs, 1));
+        }
+        let own;
+        let pass = match pass {
+            Some(p) => p,
+            None => {
+                own = Pass::of(model, x)?;
+                &own
+            }
+        };
         match cfg.kind {
             ClassicKind::Kd | ClassicKind::KdBu => {
-                let (logits, f) = tap_features(model, x, taps, false)?;
-                let pred = logits.detach().argmax(-1, false);
+                let f = pass.features(taps, false)?;
+                let pred = pass.logits.select(1, 0).detach().argmax(-1, false);
                 let kd = self
                     .kd
                     .as_ref()
@@ -387,7 +446,7 @@ impl Classic {
                 Ok(Tensor::stack(&[kd.to_device(bu.device()), bu], 1))
             }
             ClassicKind::Lid => {
-                let (_, f) = tap_features(model, x, taps, false)?;
+                let f = pass.features(taps, false)?;
                 let lids = f
                     .iter()
                     .zip(&self.reference)
@@ -395,51 +454,80 @@ impl Classic {
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::stack(&lids, 1))
             }
-            ClassicKind::Mahalanobis => {
-                let confs = (0..taps.len())
-                    .map(|l| self.mahalanobis_confidence(model, x, l))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::stack(&confs, 1))
-            }
+            ClassicKind::Mahalanobis => unreachable!("returned above"),
         }
     }
 
-    /// Lee et al.'s confidence at tap `l`: max over classes of minus half the squared
+    /// Lee et al.'s confidence at every tap: max over classes of minus half the squared
     /// Mahalanobis distance, after moving the input by `noise` along the sign of the gradient
-    /// that raises it (clean inputs gain more than adversarial ones).
-    fn mahalanobis_confidence(
+    /// that raises that tap's confidence (clean inputs gain more than adversarial ones). `pass`
+    /// as in [`Classic::raw_features`].
+    fn mahalanobis_confidences(
         &self,
         model: &dyn BayesModel,
         x: &Tensor,
-        l: usize,
-    ) -> Result<Tensor> {
-        let g = &self.gauss[l];
-        let tap = std::slice::from_ref(&self.meta.taps[l]);
+        pass: Option<&Pass>,
+    ) -> Result<Vec<Tensor>> {
+        let taps = &self.meta.taps;
         let noise = self.meta.config.noise;
+        let at = |l: usize, xm: &Tensor| -> Result<Tensor> {
+            let (_, f) = tap_features(model, xm, std::slice::from_ref(&taps[l]), true)?;
+            Ok(self.gauss[l].confidence(&f[0]).0)
+        };
+        if noise == 0.0 {
+            // No move: every tap reads `x` clamped to [0, 1] (differentiated: in a forward of
+            // its own, see `raw_features`).
+            let Some(pass) = pass else {
+                return (0..taps.len())
+                    .map(|l| at(l, &(x + x.zeros_like()).clamp(0.0, 1.0)))
+                    .collect();
+            };
+            // Without gradients one forward serves every tap: `pass` itself when the clamp
+            // changes no bit of `x` (pixels in [0, 1]), else one of the clamped input.
+            let xm = (x + x.zeros_like()).clamp(0.0, 1.0);
+            let f = if same_bits(&xm, x) {
+                pass.features(taps, true)?
+            } else {
+                tap_features(model, &xm, taps, true)?.1
+            };
+            return Ok(f
+                .iter()
+                .zip(&self.gauss)
+                .map(|(f, g)| g.confidence(f).0)
+                .collect());
+        }
         // The pre-processing step is a fixed function of the input for the detector; an adaptive
         // attacker differentiates the confidence at the moved input and treats the move as
-        // constant (BPDA, Athalye et al. 2018).
-        let moved = if noise > 0.0 {
-            let grad = tch::with_grad(|| -> Result<Tensor> {
-                let xg = x.detach().set_requires_grad(true);
-                let (_, f) = tap_features(model, &xg, tap, true)?;
-                let conf = g.confidence(&f[0]).0.sum(Kind::Double);
-                Ok(Tensor::run_backward(&[conf], &[&xg], false, false).remove(0))
-            })?;
-            (grad.sign() * noise).detach()
-        } else {
-            x.zeros_like()
-        };
-        let xm = (x + moved).clamp(0.0, 1.0);
-        let (_, f) = tap_features(model, &xm, tap, true)?;
-        Ok(g.confidence(&f[0]).0)
+        // constant (BPDA, Athalye et al. 2018). Every tap's gradient comes from one forward of
+        // the detached input and one backward per tap: a tap's confidence reaches only its own
+        // part of the graph, so each gradient is bit for bit the one a forward of its own gives.
+        let grads = tch::with_grad(|| -> Result<Vec<Tensor>> {
+            let xg = x.detach().set_requires_grad(true);
+            let f = Pass::of(model, &xg)?.features(taps, true)?;
+            let n = f.len();
+            Ok(f.iter()
+                .zip(&self.gauss)
+                .enumerate()
+                .map(|(l, (f, g))| {
+                    let conf = g.confidence(f).0.sum(Kind::Double);
+                    Tensor::run_backward(&[conf], &[&xg], l + 1 < n, false).remove(0)
+                })
+                .collect())
+        })?;
+        // Each tap's moved input is its own: one forward each.
+        grads
+            .iter()
+            .enumerate()
+            .map(|(l, grad)| at(l, &(x + (grad.sign() * noise).detach()).clamp(0.0, 1.0)))
+            .collect()
     }
 
     /// The detection score of a batch, `[B]` (higher = more suspicious): the logistic
     /// regression's probability of "adversarial" when fitted, else minus the density (KD) or
-    /// the last tap's confidence (Mahalanobis).
-    pub fn score(&self, model: &dyn BayesModel, x: &Tensor) -> Result<Tensor> {
-        let raw = tch::no_grad(|| self.raw_features(model, x))?;
+    /// the last tap's confidence (Mahalanobis). `pass` is the deterministic forward of `x`
+    /// ([`Pass::of`]), whose logits can give the prediction too.
+    pub fn score(&self, model: &dyn BayesModel, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let raw = tch::no_grad(|| self.raw_features(model, x, Some(pass)))?;
         match &self.combiner {
             Some(c) => {
                 let p = c.predict_proba(&to_array2(&raw)?);
@@ -450,9 +538,10 @@ impl Classic {
     }
 
     /// [`Classic::score`] as a differentiable function of `x` (for adaptive attacks): the same
-    /// value up to round-off, the logistic regression evaluated with tensor ops.
+    /// value up to round-off, the logistic regression evaluated with tensor ops. The detector's
+    /// own forwards (see [`Classic::raw_features`]).
     pub fn score_tensor(&self, model: &dyn BayesModel, x: &Tensor) -> Result<Tensor> {
-        let raw = self.raw_features(model, x)?;
+        let raw = self.raw_features(model, x, None)?;
         match &self.combiner {
             Some(c) => {
                 let t = |v: &[f64]| Tensor::from_slice(v).to_device(raw.device());
@@ -536,4 +625,235 @@ fn to_array2(t: &Tensor) -> Result<ndarray::Array2<f64>> {
     let (n, f) = (t.size()[0] as usize, t.size()[1] as usize);
     let v = Vec::<f64>::try_from(t.view([-1]))?;
     ndarray::Array2::from_shape_vec((n, f), v).map_err(|e| Error::Shape(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bayes::{Family, LayerSelection, McDraws, PosteriorConfig};
+    use crate::detect::{Detector, Score};
+    use crate::models::{ModelConfig, PosteriorMeta};
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use tch::nn;
+
+    /// A model that counts its forwards (every forward is one of the two calls counted here;
+    /// `forward_mc` goes through `forward_mc_with_features`).
+    struct Counting {
+        inner: Box<dyn BayesModel>,
+        forwards: Rc<Cell<usize>>,
+    }
+
+    impl BayesModel for Counting {
+        fn config(&self) -> &ModelConfig {
+            self.inner.config()
+        }
+        fn var_store(&self) -> &nn::VarStore {
+            self.inner.var_store()
+        }
+        fn var_store_mut(&mut self) -> &mut nn::VarStore {
+            self.inner.var_store_mut()
+        }
+        fn forward_mc_with_features(
+            &self,
+            x: &Tensor,
+            mode: &ForwardMode,
+        ) -> Result<(Tensor, Tensor)> {
+            self.forwards.set(self.forwards.get() + 1);
+            self.inner.forward_mc_with_features(x, mode)
+        }
+        fn forward_taps(&self, x: &Tensor, mode: &ForwardMode) -> Result<(Tensor, Vec<Tap>)> {
+            self.forwards.set(self.forwards.get() + 1);
+            self.inner.forward_taps(x, mode)
+        }
+        fn layer_paths(&self) -> Vec<String> {
+            self.inner.layer_paths()
+        }
+        fn layer_families(&self) -> Vec<(String, Family)> {
+            self.inner.layer_families()
+        }
+        fn last_block(&self) -> Vec<String> {
+            self.inner.last_block()
+        }
+        fn convert(&mut self, sel: &LayerSelection, cfg: &PosteriorConfig) -> Result<Vec<String>> {
+            self.inner.convert(sel, cfg)
+        }
+        fn to_deterministic(&mut self) -> Result<()> {
+            self.inner.to_deterministic()
+        }
+        fn posterior(&self) -> Option<&PosteriorMeta> {
+            self.inner.posterior()
+        }
+        fn set_mc_dropout(&mut self, d: Option<McDropout>) -> Result<()> {
+            self.inner.set_mc_dropout(d)
+        }
+        fn mc_dropout(&self) -> Option<&McDropout> {
+            self.inner.mc_dropout()
+        }
+        fn set_mc_draws(&mut self, d: McDraws) {
+            self.inner.set_mc_draws(d)
+        }
+        fn mc_draws(&self) -> McDraws {
+            self.inner.mc_draws()
+        }
+    }
+
+    /// A batch file of `n` random 28 px digits labelled `i % 10`, opened as a data set.
+    fn random_set(dir: &std::path::Path, name: &str, n: i64) -> Dataset {
+        let p = dir.join(format!("{name}.safetensors"));
+        let x = Tensor::rand([n, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let y = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(10);
+        crate::data::write_batch_file(&p, &x, Some(&y), HashMap::new()).unwrap();
+        crate::data::open(p.to_str().unwrap(), None, &mut |_| {}).unwrap()
+    }
+
+    /// Scoring a batch with a fitted classic detector (its score and a plain one) runs the
+    /// deterministic forward once, plus only the forwards that compute something else (KD-BU's
+    /// MC dropout, Mahalanobis' moved inputs); the scores and the prediction are bit for bit
+    /// those of separate forwards (the detector's own and the plain prediction's).
+    #[test]
+    fn scoring_runs_one_deterministic_forward_per_batch() {
+        let _rng = crate::rng_lock();
+        tch::manual_seed(0);
+        let tmp = tempfile::tempdir().unwrap();
+        let fit = random_set(tmp.path(), "fit", 40);
+        let adv = random_set(tmp.path(), "adv", 20);
+        let clean = random_set(tmp.path(), "clean", 20);
+        let x = Tensor::rand([6, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let forwards = Rc::new(Cell::new(0));
+        let drop = McDropout {
+            layers: vec!["conv2".into(), "linear1".into()],
+            p: 0.5,
+            samples: 4,
+        };
+        let cfg = |kind, noise| ClassicConfig {
+            k: 5,
+            reference: 30,
+            noise,
+            dropout: (kind == ClassicKind::KdBu).then(|| drop.clone()),
+            ..ClassicConfig::new(kind)
+        };
+        // (settings, logistic regression, forwards per scored batch, per differentiated score)
+        let cases = [
+            (cfg(ClassicKind::Kd, 0.0), false, 1, 1),
+            (cfg(ClassicKind::KdBu, 0.0), true, 2, 2),
+            (cfg(ClassicKind::Lid, 0.0), true, 1, 1),
+            (cfg(ClassicKind::Mahalanobis, 0.0), false, 1, 1),
+            (cfg(ClassicKind::Mahalanobis, 0.0), true, 1, 3),
+            (cfg(ClassicKind::Mahalanobis, 0.01), true, 1 + 1 + 3, 1 + 3),
+        ];
+        for (cfg, lr, per_batch, differentiated) in cases {
+            let what = format!("{} (noise {}, lr {lr})", cfg.kind.name(), cfg.noise);
+            let inner = crate::models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
+            let mut model = Counting {
+                inner,
+                forwards: forwards.clone(),
+            };
+            crate::models::tap_shapes(&model).unwrap(); // measured (and cached) beforehand
+            forwards.set(0);
+            let c = Classic::fit(
+                &mut model,
+                &cfg,
+                (&fit, "fit"),
+                lr.then_some(((&adv, "adv"), (&clean, "clean"))),
+                16,
+                Device::Cpu,
+            )
+            .unwrap();
+            // 40 fit images in 3 batches of 16 (one forward each), the logistic regression's
+            // 20 + 20 in 2 + 2, scored like a batch.
+            let lr_batches = if lr { 4 } else { 0 };
+            assert_eq!(forwards.get(), 3 + lr_batches * per_batch, "fit: {what}");
+            let taps = c.meta.taps.len();
+            let mut det = Detector::new(Box::new(model), None).unwrap();
+            if cfg.kind == ClassicKind::KdBu {
+                det.samples = drop.samples;
+            }
+            det.classic = Some(c);
+            let score = Score::of_classic(cfg.kind);
+
+            forwards.set(0);
+            tch::manual_seed(1);
+            let (pred, s) = det.score(&x, &[Score::Msp, score]).unwrap();
+            assert_eq!(forwards.get(), per_batch, "{what}");
+
+            // The same numbers from separate forwards: the plain prediction's, and the detector
+            // reading its own (as a differentiated score does).
+            let c = det.classic.as_ref().unwrap();
+            let model = det.model.as_ref();
+            let (logits, feats) = model
+                .forward_mc_with_features(&x, &ForwardMode::Deterministic)
+                .unwrap();
+            let (pred2, msp) =
+                crate::detect::scores::compute(&logits, &feats, &[Score::Msp]).unwrap();
+            assert!(
+                pred.class.equal(&pred2.class) && pred.probs.equal(&pred2.probs),
+                "{what}"
+            );
+            assert!(s[0].equal(&msp[0]), "{what}");
+            tch::manual_seed(1);
+            let own = tch::no_grad(|| c.raw_features(model, &x, None)).unwrap();
+            tch::manual_seed(1);
+            let pass = tch::no_grad(|| Pass::of(model, &x)).unwrap();
+            let shared = tch::no_grad(|| c.raw_features(model, &x, Some(&pass))).unwrap();
+            assert!(own.equal(&shared), "{what}");
+            assert_eq!(
+                own.size(),
+                [
+                    6,
+                    if cfg.kind == ClassicKind::KdBu {
+                        2
+                    } else {
+                        taps as i64
+                    }
+                ]
+            );
+
+            // Differentiated (adaptive attacks): the detector's own forwards, one per tap for
+            // Mahalanobis (see `raw_features`).
+            forwards.set(0);
+            let xg = x.copy().set_requires_grad(true);
+            let st = c.score_tensor(model, &xg).unwrap();
+            assert_eq!(forwards.get(), differentiated, "{what}");
+            assert!(st.requires_grad(), "{what}");
+        }
+    }
+
+    /// The block names come from the cached tap shapes: one dummy forward per net at most.
+    #[test]
+    fn block_names_are_measured_once() {
+        let _rng = crate::rng_lock();
+        let forwards = Rc::new(Cell::new(0));
+        let model = Counting {
+            inner: crate::models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap(),
+            forwards: forwards.clone(),
+        };
+        assert_eq!(block_names(&model).unwrap(), ["conv1", "conv2", "linear1"]);
+        assert!(forwards.get() <= 1);
+        let after_first = forwards.get();
+        assert_eq!(block_names(&model).unwrap(), ["conv1", "conv2", "linear1"]);
+        assert_eq!(forwards.get(), after_first);
+        let shapes = crate::models::tap_shapes(&model).unwrap();
+        let got: Vec<(&str, &[i64])> = shapes
+            .iter()
+            .map(|t| (t.name.as_str(), t.shape.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("conv1", &[32, 14, 14][..]),
+                ("conv2", &[64, 7, 7][..]),
+                ("linear1", &[200][..]),
+                ("logits", &[10][..])
+            ]
+        );
+        assert_eq!(forwards.get(), after_first);
+        // A refused input size is an error every time (not cached), naming what the net takes.
+        for _ in 0..2 {
+            let e = crate::models::tap_shapes_at(&model, [1, 32, 32])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("expected input [B, 1, 28, 28]"), "{e}");
+        }
+    }
 }
