@@ -217,7 +217,7 @@ fn folded_batchnorm_equals_the_unfused_forward() {
             for (n, mut t) in m.var_store().variables() {
                 if n.contains("bn") || n.contains("downsample.1") {
                     if n.ends_with("running_var") {
-                        let _ = t.copy_(&(t.rand_like() + 0.5));
+                        t.copy_(&(t.rand_like() + 0.5));
                     } else if !n.ends_with("num_batches_tracked") {
                         let _ = t.g_add_(&(t.randn_like() * 0.2));
                     }

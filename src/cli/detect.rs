@@ -203,6 +203,9 @@ fn build_detector(
                     .unwrap_or_default()
             ));
             let t0 = std::time::Instant::now();
+            // KD-BU's dropout masks (and any other draw of the fit) come from libtorch's
+            // generator: seeded, so the same command writes the same detector.
+            tch::manual_seed(args.seed);
             let c = Classic::fit(
                 det.model.as_mut(),
                 &cfg,
