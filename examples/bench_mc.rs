@@ -49,6 +49,23 @@ fn main() {
         tch::get_num_threads()
     );
     println!("DNN forward: {base:.1} ms");
+    // Folded BatchNorm and 1x1 matmuls against the plain forward, interleaved A B A B.
+    let (mut fused, mut plain) = (vec![], vec![]);
+    for _ in 0..reps.max(3) {
+        fused.push(time(dnn.as_ref(), &x, &ForwardMode::Deterministic, 1));
+        libre::bayes::conv::set_fast_paths(false);
+        plain.push(time(dnn.as_ref(), &x, &ForwardMode::Deterministic, 1));
+        libre::bayes::conv::set_fast_paths(true);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (v[0], v[v.len() / 2])
+    };
+    let ((fmin, fmed), (pmin, pmed)) = (med(&mut fused), med(&mut plain));
+    println!(
+        "    DNN folded min {fmin:.1} / median {fmed:.1} ms; unfused (fast paths off) {pmin:.1} / \
+         {pmed:.1} ms"
+    );
     let cases = [
         (
             "(a) last block ensemble, parallel",

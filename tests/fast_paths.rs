@@ -211,7 +211,7 @@ fn folded_batchnorm_equals_the_unfused_forward() {
     tch::manual_seed(0);
     for (depth, size) in [(18, 32), (50, 32), (18, 64)] {
         let cfg = ModelConfig::resnet(depth, 10, size, false);
-        let m = models::build(&cfg, Device::Cpu).unwrap();
+        let mut m = models::build(&cfg, Device::Cpu).unwrap();
         // Statistics and affines away from the identity, so a wrong fold shows.
         tch::no_grad(|| {
             for (n, mut t) in m.var_store().variables() {
@@ -254,6 +254,31 @@ fn folded_batchnorm_equals_the_unfused_forward() {
         let xg = x.copy().set_requires_grad(true);
         m.forward_mc(&xg, &det).unwrap().sum(Kind::Float).backward();
         assert!(xg.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // An ensemble last block over these statistics: its BatchNorms' S affines and the
+        // normalisation run as one scale and shift per member.
+        m.convert(
+            &LayerSelection::LastBlock,
+            &PosteriorConfig::new(Family::Ensemble, 3),
+        )
+        .unwrap();
+        tch::no_grad(|| {
+            for (n, mut t) in m.var_store().variables() {
+                if n.ends_with("_members") {
+                    let _ = t.g_add_(&(t.randn_like() * 0.1));
+                }
+            }
+        });
+        let par = ForwardMode::ParallelMc { samples: 3 };
+        let run = |fast: bool| {
+            set_fast_paths(fast);
+            let y = tch::no_grad(|| m.forward_mc(&x, &par)).unwrap();
+            set_fast_paths(true);
+            y
+        };
+        let (y, y_ref) = (run(true), run(false));
+        assert!(y.std_dim(1, false, false).max().double_value(&[]) > 1e-3);
+        let d = max_diff(&y, &y_ref);
+        assert!(d <= 1e-5 * scale.max(1.0), "ResNet-{depth} ensemble: {d}");
     }
 }
 

@@ -135,6 +135,20 @@ impl BatchNorm {
         };
         Ok(match unify(w, Some(b)) {
             Multi::One(w, b) => x.map_flat(|t| self.bn(t, Some(&w), b.as_ref(), train)),
+            Multi::Shared(w, b) if !train && super::conv::fast_paths() => {
+                // Running statistics: normalisation and the S affines are one scale and shift per
+                // sample and channel, applied in one pass (the plain path below makes three).
+                let s = w.size()[0];
+                let b = b.expect("batchnorm bias");
+                let scale = w / (&self.running_var + self.cfg.eps).sqrt(); // [S, C]
+                let shift = b - &self.running_mean * &scale;
+                let xt = match x.samples {
+                    Some(_) => x.t.shallow_clone(),
+                    None => x.t.unsqueeze(1),
+                };
+                let y = view(shift, &[1, s]).addcmul(&xt, &view(scale, &[1, s]));
+                Act::with(y, Some(s))
+            }
             Multi::Shared(w, b) => {
                 let s = w.size()[0];
                 let n = x.map_flat(|t| self.bn(t, None, None, train));

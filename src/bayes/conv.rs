@@ -36,6 +36,11 @@ pub fn set_fast_paths(on: bool) -> bool {
     FAST_PATHS.swap(on, Ordering::Relaxed)
 }
 
+/// Whether the fast paths are on (see [`set_fast_paths`]).
+pub fn fast_paths() -> bool {
+    FAST_PATHS.load(Ordering::Relaxed)
+}
+
 /// Options of a [`Conv2d`] layer.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvConfig {
