@@ -19,7 +19,7 @@
 //!   example and sample is drawn from its Gaussian over the centre tap (two matmuls), instead of
 //!   drawing S weight tensors.
 
-use super::linear::{add_opt, local_reparam_mc};
+use super::linear::{add_opt, local_reparam};
 use super::mode::{apply_routed, rademacher, unify, Act, Ctx, McSampling, Multi};
 use super::posterior::BayesParam;
 use super::{BayesLayer, LayerKind};
@@ -39,6 +39,12 @@ pub fn set_fast_paths(on: bool) -> bool {
 /// Whether the fast paths are on (see [`set_fast_paths`]).
 pub fn fast_paths() -> bool {
     FAST_PATHS.load(Ordering::Relaxed)
+}
+
+/// The centre tap of a kernel tensor `[..., k, k]` (odd k): `[...]`, a view.
+fn kernel_centre(w: &Tensor) -> Tensor {
+    let k = w.size()[w.dim() - 1];
+    w.select(-1, k / 2).select(-1, k / 2)
 }
 
 /// Options of a [`Conv2d`] layer.
@@ -217,7 +223,7 @@ impl Conv2d {
                 if centre {
                     // 1x1 maps: [S, M, C] bmm [S, C, out] over the centre tap, as at inference
                     // (sampled or trained weights: laid out anew each forward).
-                    let wc = w.select(3, k / 2).select(3, k / 2).transpose(1, 2);
+                    let wc = kernel_centre(&w).transpose(1, 2);
                     let y = xp.reshape([n, m, self.in_channels]).bmm(&wc);
                     let y = match &b {
                         Some(b) => y + b.unsqueeze(1),
@@ -341,8 +347,8 @@ impl Conv2d {
                     None => -&bn.running_mean,
                 };
                 let k = self.kernel;
-                let centre = (k % 2 == 1 && self.cfg.groups == 1)
-                    .then(|| wf.select(3, k / 2).select(2, k / 2).contiguous());
+                let centre =
+                    (k % 2 == 1 && self.cfg.groups == 1).then(|| kernel_centre(&wf).contiguous());
                 Folded {
                     src: Sources::of(&src),
                     b: shift * &scale + &beta,
@@ -378,15 +384,20 @@ impl Conv2d {
         if !self.centre_tap_only(&x.t) {
             return None;
         }
-        let k = self.kernel;
-        let centre = |t: &Tensor| t.select(3, k / 2).select(2, k / 2); // [out, C]
         let n = x.t.size()[0];
         let xf = match x.samples {
             None => x.t.reshape([n, self.in_channels]),
             Some(xs) => x.t.reshape([n, xs, self.in_channels]),
         };
         let bias = self.bias.as_ref().map(|b| (b.mean(), b.gaussian()));
-        let y = local_reparam_mc(&xf, x.samples, s, &centre(&mu), &centre(&sigma), bias);
+        let shared_by = x.samples.is_none().then_some(s);
+        let y = local_reparam(
+            &xf,
+            &kernel_centre(&mu),
+            &kernel_centre(&sigma),
+            bias,
+            shared_by,
+        );
         Some(y.reshape([n, s, self.out_channels, 1, 1]))
     }
 
@@ -431,10 +442,9 @@ impl Conv2d {
     /// (detection, evaluation: the packed tensor needs no graph) the layout is made once per
     /// version of the members, not on every forward; sampled weights are new on every forward.
     fn centre_weights(&self, w: &Tensor, shared_input: bool) -> Tensor {
-        let k = self.kernel;
         let (s, out, cin) = (w.size()[0], self.out_channels, self.in_channels);
         let pack = || {
-            let wc = w.select(3, k / 2).select(3, k / 2); // [S, out, C]
+            let wc = kernel_centre(w); // [S, out, C]
             if shared_input {
                 wc.reshape([s * out, cin]).tr().contiguous()
             } else {

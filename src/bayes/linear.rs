@@ -91,7 +91,7 @@ impl Linear {
                 (ctx.local_reparam_samples(), self.weight.gaussian())
             {
                 let bias = self.bias.as_ref().map(|b| (b.mean(), b.gaussian()));
-                let y = local_reparam_mc(&x.t, x.samples, s, &mu, &sigma, bias);
+                let y = local_reparam(&x.t, &mu, &sigma, bias, x.samples.is_none().then_some(s));
                 return Ok(Act::with(y, Some(s)));
             }
         }
@@ -158,11 +158,7 @@ impl Linear {
         match scheme {
             McSampling::LocalReparam => {
                 let bias = self.bias.as_ref().map(|b| (b.mean(), b.gaussian()));
-                let mean = x.linear(&mu, bias.as_ref().map(|b| &b.0));
-                let var_b = bias.and_then(|b| b.1.map(|(_, s)| &s * &s));
-                let var = (x * x).linear(&(&sigma * &sigma), var_b.as_ref());
-                let eps = Tensor::randn_like(&mean);
-                Ok(Some(mean + (var + 1e-16).sqrt() * eps))
+                Ok(Some(local_reparam(x, &mu, &sigma, bias, None)))
             }
             McSampling::Flipout => {
                 let bsz = x.size()[0];
@@ -183,39 +179,35 @@ impl Linear {
     }
 }
 
-/// A parallel MC forward of a mean-field affine map by local reparameterisation
-/// ([`super::McDraws::LocalReparam`]): S independent output draws per example from
-/// `N(x mu^T + b_mu, x^2 (sigma^2)^T + b_sigma^2)`.
+/// Local reparameterisation (Kingma, Salimans & Welling 2015) of `x W^T + b` under a mean-field
+/// weight (and bias): one draw per row of `x` from `N(x mu^T + b_mu, x^2 (sigma^2)^T + b_sigma^2)`.
 ///
-/// `x`: `[B, in]` (`samples` None: the input is shared by the S samples, so both matmuls run on
-/// B rows only) or `[B, S, in]`; `mu`, `sigma`: `[out, in]`; `bias`: its mean `[out]` and, when
-/// mean-field, its sigma. Output `[B, S, out]`.
-pub(crate) fn local_reparam_mc(
+/// `x`: `[..., in]`; `mu`, `sigma`: `[out, in]`; `bias`: its mean `[out]` and, when mean-field,
+/// its sigma. Output `[..., out]`. With `shared_by` = S, `x` `[B, in]` is the input of S samples
+/// ([`super::McDraws::LocalReparam`]): both matmuls run on the B rows once and the output is S
+/// independent draws `[B, S, out]`.
+pub(crate) fn local_reparam(
     x: &Tensor,
-    samples: Option<i64>,
-    s: i64,
     mu: &Tensor,
     sigma: &Tensor,
     bias: Option<(Tensor, Option<(Tensor, Tensor)>)>,
+    shared_by: Option<i64>,
 ) -> Tensor {
     let mean = x.linear(mu, bias.as_ref().map(|b| &b.0));
     let var_b = bias.and_then(|b| b.1.map(|(_, s)| &s * &s));
     let var = (x * x).linear(&(sigma * sigma), var_b.as_ref());
     let std = (var + 1e-16).sqrt();
-    match samples {
-        // [B, out] -> [B, 1, out] broadcast against S draws [B, S, out].
-        None => {
-            let (mean, std) = (mean.unsqueeze(1), std.unsqueeze(1));
-            let mut shape = mean.size();
-            shape[1] = s;
-            let eps = Tensor::randn(&shape, (mean.kind(), mean.device()));
-            mean + std * eps
-        }
-        Some(_) => {
-            let eps = Tensor::randn_like(&mean);
-            mean + std * eps
-        }
+    let (mean, std) = match shared_by {
+        // [B, out] -> [B, 1, out], broadcast against S draws [B, S, out].
+        Some(_) => (mean.unsqueeze(1), std.unsqueeze(1)),
+        None => (mean, std),
+    };
+    let mut shape = mean.size();
+    if let Some(s) = shared_by {
+        shape[1] = s;
     }
+    let eps = Tensor::randn(&shape, (mean.kind(), mean.device()));
+    mean + std * eps
 }
 
 pub(crate) fn add_opt(y: Tensor, b: Option<Tensor>) -> Tensor {
