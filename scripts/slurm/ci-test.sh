@@ -27,13 +27,18 @@ chmod 755 "$D"
 pids=()
 cleanup() {
     local rc=$?
-    [ -f "$D/ctld.pid" ] && kill "$(cat "$D/ctld.pid")" 2>/dev/null || true
-    [ -f "$D/d.pid" ] && kill "$(cat "$D/d.pid")" 2>/dev/null || true
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    local daemons=("${pids[@]}")
+    for f in "$D/ctld.pid" "$D/d.pid"; do [ -f "$f" ] && daemons+=("$(cat "$f")"); done
+    for p in "${daemons[@]}"; do kill "$p" 2>/dev/null || true; done
     if [ $rc -ne 0 ]; then
         for f in "$D"/log/*.log; do [ -f "$f" ] && { echo "== $f" >&2; tail -n 30 "$f" >&2; }; done
     fi
-    rm -rf "$D"
+    # slurmctld writes its state files while it shuts down: wait (up to 10 s) until the daemons
+    # are gone before removing their directory, and never let the clean-up decide the result.
+    for p in "${daemons[@]}"; do
+        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    done
+    rm -rf "$D" 2>/dev/null || { sleep 1; rm -rf "$D" 2>/dev/null; } || echo "note: could not remove $D" >&2
     exit $rc
 }
 trap cleanup EXIT
