@@ -29,6 +29,8 @@ fn fgsm(weights: &std::path::Path, ds: &Dataset, dir: &std::path::Path, dev: Dev
 }
 
 fn main() {
+    // The allocator settings of the `libre` binary (LIBRE_MALLOC_TUNING=0 turns them off).
+    eprintln!("allocator: {:?}", libre::alloc::keep_freed_memory());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rounds: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(3);
     if let Ok(n) = std::env::var("BENCH_THREADS") {

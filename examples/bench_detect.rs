@@ -53,6 +53,8 @@ fn compare(name: &str, dnn: &Detector, bnn: &Detector, x: &Tensor, rounds: usize
 }
 
 fn main() {
+    // The allocator settings of the `libre` binary (LIBRE_MALLOC_TUNING=0 turns them off).
+    eprintln!("allocator: {:?}", libre::alloc::keep_freed_memory());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let libre_ck = args
         .first()

@@ -162,6 +162,9 @@ fn run() -> Result<(), String> {
 }
 
 fn main() {
+    // The same allocator settings as the `libre` binary (LIBRE_MALLOC_TUNING=0 turns them off).
+    let tuning = libre::alloc::keep_freed_memory();
+    eprintln!("allocator: {tuning:?}");
     if let Err(e) = run() {
         eprintln!("bench_vs_pytorch: {e}");
         std::process::exit(2);

@@ -22,6 +22,10 @@
 #                  (ens-last, mf-last) below 224 px; `all`: at 224 px too; 0: never
 #   E2E [1]        end-to-end: `libre eval` against a PyTorch loop on the 10,000 MNIST test
 #                  digits, zoo LeNet5 as a DNN and with linear1 as a 20-member ensemble
+#   PT_MALLOC [0]  1: run PyTorch with the glibc allocator thresholds the libre binary sets for
+#                  itself (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ = 1 GiB, src/alloc.rs),
+#                  so the comparison isolates the rest; 0: PyTorch as users run it. The libre side
+#                  always has them unless LIBRE_MALLOC_TUNING=0 is exported
 #   CHECK [0]      1: first check that the PyTorch implementations agree (--check, ~2 minutes)
 #   BENCH_VENV     [${XDG_CACHE_HOME:-$HOME/.cache}/libre/bench-venv], created once with
 #                  torch==2.11.0, torchvision==0.26.0 and numpy from PyPI (~4.7 GB; the PyPI
@@ -48,6 +52,7 @@ SLOW_REPS=${SLOW_REPS:-1}
 BATCH=${BATCH:-16}
 PT_OPT=${PT_OPT:-1}
 E2E=${E2E:-1}
+PT_MALLOC=${PT_MALLOC:-0}
 CHECK=${CHECK:-0}
 WAIT_POLICY=${WAIT_POLICY:-PASSIVE}
 VENV=${BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/libre/bench-venv}
@@ -70,7 +75,10 @@ for v in ROUNDS REPS SLOW_REPS BATCH BENCH_THREADS BENCH_WARMUP; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 0 ] || die "$v=${!v} is not a number"
 done
 case $PT_OPT in 0 | 1 | all) ;; *) die "PT_OPT=$PT_OPT: 0, 1 or all" ;; esac
-case $E2E$CHECK in [01][01]) ;; *) die "E2E and CHECK are 0 or 1" ;; esac
+case $E2E$CHECK$PT_MALLOC in [01][01][01]) ;; *) die "E2E, CHECK and PT_MALLOC are 0 or 1" ;; esac
+# PT_ENV: the environment of every PyTorch process (env(1) arguments).
+PT_ENV=(env)
+[ "$PT_MALLOC" = 1 ] && PT_ENV+=(MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824)
 [ "$ROUNDS" -ge 1 ] && [ "$REPS" -ge 1 ] && [ "$SLOW_REPS" -ge 1 ] && [ "$BATCH" -ge 1 ] \
   && [ "$BENCH_THREADS" -ge 1 ] \
   || die "ROUNDS, REPS, SLOW_REPS, BATCH and BENCH_THREADS must be >= 1"
@@ -151,10 +159,10 @@ for case in $CASES; do
   echo "case $case: $ROUNDS rounds x $reps reps" >&2
   for ((r = 1; r <= ROUNDS; r++)); do
     run libre "$case" "$LIBRE_BENCH" "$case" "$reps" "$BATCH"
-    run pytorch "$case" "$PY" scripts/bench_vs_pytorch.py "$case" "$reps" "$BATCH" --impl ref
+    run pytorch "$case" "${PT_ENV[@]}" "$PY" scripts/bench_vs_pytorch.py "$case" "$reps" "$BATCH" --impl ref
     if [[ $case == *:ens-last || $case == *:mf-last ]] \
       && { [ "$PT_OPT" = all ] || { [ "$PT_OPT" = 1 ] && [[ $case != *-224:* ]]; }; }; then
-      run pytorch-opt "$case" "$PY" scripts/bench_vs_pytorch.py "$case" "$reps" "$BATCH" --impl opt
+      run pytorch-opt "$case" "${PT_ENV[@]}" "$PY" scripts/bench_vs_pytorch.py "$case" "$reps" "$BATCH" --impl opt
     fi
   done
 done
@@ -180,7 +188,7 @@ import json, sys
 d = [json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]["data"]
 print("libre", sys.argv[2], d["seconds"], d["n"] / d["seconds"], d["top1"])' \
         "$TMP/out" "e2e:lenet5:$variant" >>"$TMP/e2e" || die "could not read libre eval's JSON"
-      "$PY" scripts/bench_vs_pytorch.py --e2e "$w" "$data" >"$TMP/out" 2>"$TMP/err" \
+      "${PT_ENV[@]}" "$PY" scripts/bench_vs_pytorch.py --e2e "$w" "$data" >"$TMP/out" 2>"$TMP/err" \
         || { tail -n 20 "$TMP/err" >&2; die "bench_vs_pytorch.py --e2e $w failed"; }
       awk '{ print "pytorch", $0 }' "$TMP/out" >>"$TMP/e2e"
     done
@@ -199,6 +207,13 @@ echo "threads: BENCH_THREADS=$BENCH_THREADS for both (tch::set_num_threads / tor
 echo "protocol: $ROUNDS rounds per case, libre then PyTorch (then PyTorch best-effort), one process" \
   "each: $BENCH_WARMUP warm-up + $REPS timed forwards ($SLOW_REPS for 224 px and mean-field ResNets);" \
   "batch $BATCH, S = 20, random weights, no_grad, batch norm in eval mode; ${elapsed} s in all"
+if [ "$PT_MALLOC" = 1 ]; then
+  alloc_pt="PyTorch with the same (PT_MALLOC=1)"
+else
+  alloc_pt="PyTorch with glibc's defaults (PT_MALLOC=0)"
+fi
+echo "allocator: libre ${LIBRE_MALLOC_TUNING:+(LIBRE_MALLOC_TUNING=$LIBRE_MALLOC_TUNING) }keeps freed" \
+  "memory unless LIBRE_MALLOC_TUNING=0 (src/alloc.rs); $alloc_pt"
 if [ "$E2E" = 1 ] && [ -z "${OMP_WAIT_POLICY:-}" ]; then
   echo "note: the libre binary (end-to-end rows) re-executes itself with OMP_WAIT_POLICY=PASSIVE" \
     "when the variable is unset (src/main.rs); the example and PyTorch run with libgomp's default"

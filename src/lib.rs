@@ -5,6 +5,7 @@
 //! over this API):
 //! - [`cache`]: the user cache, sha256-verified downloads through the registries' own clients,
 //!   atomic installs.
+//! - [`alloc`]: glibc thresholds so freed activation memory is reused, not re-faulted.
 //! - [`device`]: `--device auto|cpu|cuda[:N]`, registering libtorch's CUDA backend on demand.
 //! - [`data`]: data set specs (`mnist:test`, `folder:DIR`, `FILE.safetensors`, ...) and loaders.
 //! - [`import`]: PyTorch checkpoints (zip and legacy pickle formats) without Python.
@@ -18,6 +19,7 @@
 //! Images enter every API as `[N, C, H, W]` float pixels in `[0, 1]`; normalisation lives inside
 //! the models.
 
+pub mod alloc;
 pub mod bayes;
 pub mod cache;
 /// Temporaries removed by the binary's signal handler (re-exported from the reports crate, the

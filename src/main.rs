@@ -146,6 +146,7 @@ fn remove_temporaries_on_signals() {
 
 fn main() {
     ensure_passive_omp_wait();
+    libre::alloc::keep_freed_memory();
     remove_temporaries_on_signals();
     // Consumers of --json get a final error line on every failure, usage errors included.
     let json_error = |msg: &str| {

@@ -22,6 +22,9 @@ pub struct Provenance {
     pub threads: i64,
     #[serde(default)]
     pub omp_wait_policy: Option<String>,
+    /// Whether glibc was told to keep freed activation memory ([`crate::alloc`]).
+    #[serde(default)]
+    pub malloc_tuning: Option<crate::alloc::AllocTuning>,
 }
 
 impl Provenance {
@@ -37,6 +40,7 @@ impl Provenance {
                 .unwrap_or(0),
             threads: tch::get_num_threads() as i64,
             omp_wait_policy: std::env::var("OMP_WAIT_POLICY").ok(),
+            malloc_tuning: crate::alloc::current(),
         }
     }
 }

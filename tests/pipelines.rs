@@ -296,12 +296,28 @@ fn bad_data_gives_errors_that_name_the_problem() {
 }
 
 /// The binary runs libtorch with the passive OpenMP wait policy unless the user chose one
-/// (busy-waiting threads make every forward ~10x slower under other load), and records it.
+/// (busy-waiting threads make every forward ~10x slower under other load), keeps freed activation
+/// memory unless the user set glibc's allocator variables (src/alloc.rs), and records both.
 #[test]
-fn passive_omp_wait_policy_unless_the_user_chose_one() {
+fn passive_omp_wait_policy_and_allocator_tuning_unless_the_user_chose() {
     let dir = tempfile::tempdir().unwrap();
-    for (env, want) in [(None, "PASSIVE"), (Some("ACTIVE"), "ACTIVE")] {
-        let run = dir.path().join(want);
+    let cases = [
+        (None, None, "PASSIVE", "applied"),
+        (
+            Some("ACTIVE"),
+            Some(("LIBRE_MALLOC_TUNING", "0")),
+            "ACTIVE",
+            "user-choice",
+        ),
+        (
+            None,
+            Some(("MALLOC_TRIM_THRESHOLD_", "131072")),
+            "PASSIVE",
+            "user-choice",
+        ),
+    ];
+    for (i, (omp, malloc, want_omp, want_malloc)) in cases.into_iter().enumerate() {
+        let run = dir.path().join(format!("run{i}"));
         let mut c = libre();
         c.args([
             "-q", "train", "--model", "mlp", "--data", "mnist5k", "--limit", "64",
@@ -309,9 +325,16 @@ fn passive_omp_wait_policy_unless_the_user_chose_one() {
         .args(["--epochs", "1", "--out"])
         .arg(&run)
         .env_remove("OMP_WAIT_POLICY")
-        .env_remove("LIBRE_OMP_REEXEC");
-        if let Some(v) = env {
+        .env_remove("LIBRE_OMP_REEXEC")
+        .env_remove("LIBRE_MALLOC_TUNING")
+        .env_remove("MALLOC_MMAP_THRESHOLD_")
+        .env_remove("MALLOC_TRIM_THRESHOLD_")
+        .env_remove("GLIBC_TUNABLES");
+        if let Some(v) = omp {
             c.env("OMP_WAIT_POLICY", v);
+        }
+        if let Some((k, v)) = malloc {
+            c.env(k, v);
         }
         let out = c.output().unwrap();
         assert!(
@@ -321,7 +344,10 @@ fn passive_omp_wait_policy_unless_the_user_chose_one() {
         );
         let cfg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
-        assert_eq!(cfg["provenance"]["omp_wait_policy"], want);
+        assert_eq!(cfg["provenance"]["omp_wait_policy"], want_omp);
+        if cfg!(all(target_os = "linux", target_env = "gnu")) {
+            assert_eq!(cfg["provenance"]["malloc_tuning"], want_malloc, "case {i}");
+        }
     }
 }
 
