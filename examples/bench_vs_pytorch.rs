@@ -18,6 +18,11 @@
 //!
 //! The input is `Tensor::rand` after `tch::manual_seed(0)`; every forward runs under
 //! `tch::no_grad`. Batch norm uses its running statistics (eval mode) in every variant.
+//!
+//! `BENCH_DEVICE` (`cpu` by default, `cuda` or `cuda:N`) picks the device through
+//! `libre::device::resolve` (which registers libtorch's CUDA backend, docs/design.md section 13);
+//! on CUDA every timed forward ends with a device synchronisation. `BENCH_CUDNN_BENCHMARK=1` turns
+//! on cuDNN's autotuner (the reference's GPU timings ran with it; give it warm-up forwards).
 
 use libre::bayes::{Family, ForwardMode, PosteriorConfig};
 use libre::models::{self, ModelConfig};
@@ -126,7 +131,19 @@ fn run() -> Result<(), String> {
     }
     let warmup = env_usize("BENCH_WARMUP", 1)?;
     let case = parse_case(case_name, batch)?;
-    let device = Device::Cpu;
+    let device = match std::env::var("BENCH_DEVICE") {
+        Ok(d) => libre::device::resolve(d.parse().map_err(|e| format!("BENCH_DEVICE: {e}"))?)
+            .map_err(|e| format!("BENCH_DEVICE: {e}"))?,
+        Err(_) => Device::Cpu,
+    };
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    if std::env::var("BENCH_CUDNN_BENCHMARK").is_ok_and(|v| v == "1") {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     tch::manual_seed(0);
     let mut m = models::build(&case.cfg, device).map_err(|e| format!("build: {e}"))?;
     let mut converted = 0;
@@ -139,21 +156,25 @@ fn run() -> Result<(), String> {
     }
     let x = Tensor::rand(case.input, (Kind::Float, device));
     eprintln!(
-        "libre {case_name}: input {:?}, {converted} Bayesian layers, mode {:?}, threads {}, \
-         warm-up {warmup}, reps {reps}",
+        "libre {case_name}: input {:?}, {converted} Bayesian layers, mode {:?}, device {}, \
+         threads {}, warm-up {warmup}, reps {reps}",
         case.input,
         case.mode,
+        libre::device::name(device),
         tch::get_num_threads()
     );
     let forward = || {
-        tch::no_grad(|| m.forward_mc(&x, &case.mode))
+        let r = tch::no_grad(|| m.forward_mc(&x, &case.mode))
             .map(|_| ())
-            .map_err(|e| format!("forward: {e}"))
+            .map_err(|e| format!("forward: {e}"));
+        sync();
+        r
     };
     for _ in 0..warmup {
         forward()?;
     }
     for _ in 0..reps {
+        sync();
         let t = Instant::now();
         forward()?;
         println!("{case_name} {:.3}", t.elapsed().as_secs_f64() * 1e3);

@@ -10,7 +10,9 @@ NET-SIZE:VARIANT with NET lenet5 | resnet18 | resnet34 | resnet50 (suffix c: CIF
 classes) and VARIANT dnn | ens-last | mf-last | mf-all | mf-all-seq, S = 20, random weights (speed
 only), input torch.rand after torch.manual_seed(0), every forward under torch.no_grad() (not
 inference_mode, as libre's tch::no_grad), batch norm in eval mode (running statistics). Env:
-BENCH_THREADS (torch.set_num_threads), BENCH_WARMUP (warm-up forwards, default 1).
+BENCH_THREADS (torch.set_num_threads), BENCH_WARMUP (warm-up forwards, default 1), BENCH_DEVICE
+(cpu by default, cuda or cuda:N: the model and input move there and every timed forward ends with
+torch.cuda.synchronize(), as on the libre side), BENCH_CUDNN_BENCHMARK=1 (cuDNN's autotuner on).
 
 Implementations (--impl):
   ref  what a ScalableBDL user runs (github.com/thudzj/ScalableBDL, branch `efficient`,
@@ -255,9 +257,9 @@ class Bayes(nn.Module):
         mu, psi = getattr(self, name + "_mu"), getattr(self, name + "_psi")
         if self.impl == "opt":
             sigma = self.packed(name + "_sigma", lambda: psi.exp())
-            return torch.randn(n, *mu.shape).mul_(sigma).add_(mu)
+            return torch.randn(n, *mu.shape, device=mu.device).mul_(sigma).add_(mu)
         # MulExpAddFunction: eps.mul_(psi.exp()).add_(mu)
-        return torch.empty(n, *mu.shape).normal_(0, 1).mul_(psi.exp()).add_(mu)
+        return torch.empty(n, *mu.shape, device=mu.device).normal_(0, 1).mul_(psi.exp()).add_(mu)
 
     def packed(self, key, make):
         """A derived tensor computed once (weights are fixed at inference)."""
@@ -452,19 +454,28 @@ def bench(args):
     if threads:
         torch.set_num_threads(int(threads))
     warmup = int(os.environ.get("BENCH_WARMUP", "1"))
+    device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"BENCH_DEVICE={device} asked for, but torch sees no CUDA device")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.backends.cudnn.benchmark = os.environ.get("BENCH_CUDNN_BENCHMARK") == "1"
     torch.manual_seed(0)
     net, channels, size, fwd = build_case(args.case, args.impl)
-    x = torch.rand(args.batch, channels, size, size)
+    net.to(device)
+    x = torch.rand(args.batch, channels, size, size).to(device)
     nbayes = sum(isinstance(m, Bayes) for m in net.modules())
     print(f"pytorch {args.case} ({args.impl}): {type(net).__module__}.{type(net).__name__}, "
-          f"input {list(x.shape)}, {nbayes} Bayesian layers, threads {torch.get_num_threads()}, "
-          f"warm-up {warmup}, reps {args.reps}, torch {torch.__version__}", file=sys.stderr)
+          f"input {list(x.shape)}, {nbayes} Bayesian layers, device {device}, "
+          f"threads {torch.get_num_threads()}, warm-up {warmup}, reps {args.reps}, "
+          f"torch {torch.__version__}", file=sys.stderr)
     with torch.no_grad():
         for _ in range(warmup):
             fwd(x)
+        sync()
         for _ in range(args.reps):
             t = time.perf_counter()
             fwd(x)
+            sync()
             print(f"{args.case} {(time.perf_counter() - t) * 1e3:.3f}", flush=True)
 
 

@@ -30,6 +30,11 @@
 #   BENCH_VENV     [${XDG_CACHE_HOME:-$HOME/.cache}/libre/bench-venv], created once with
 #                  torch==2.11.0, torchvision==0.26.0 and numpy from PyPI (~4.7 GB; the PyPI
 #                  wheel is the CUDA build, run on the CPU here)
+#   BENCH_DEVICE [cpu]  cpu, cuda or cuda:N for both sides (forward cases only; E2E is CPU)
+#   BENCH_PY       a Python with torch 2.11 to use instead of the venv (nothing is installed),
+#                  e.g. /opt/torch/.venv/bin/python on the lent GPU machines
+#   BENCH_BIN      a built examples/bench_vs_pytorch to use instead of building one (no cargo:
+#                  the GPU machines have no Rust toolchain; scripts/gpu_bench.sh sets both)
 #   RAW_OUT        a file to keep every timed forward in (`side case ms` lines); not kept otherwise
 #
 # Writes nothing into the repository except target/ (cargo); temporary files go to $TMPDIR.
@@ -60,6 +65,7 @@ LIBRE_CACHE=${LIBRE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/libre}
 export LIBRE_CACHE
 export BENCH_THREADS=${BENCH_THREADS:-2}
 export BENCH_WARMUP=${BENCH_WARMUP:-1}
+export BENCH_DEVICE=${BENCH_DEVICE:-cpu}
 export OMP_NUM_THREADS=$BENCH_THREADS MKL_NUM_THREADS=$BENCH_THREADS
 export PYTHONDONTWRITEBYTECODE=1
 case $WAIT_POLICY in
@@ -92,7 +98,9 @@ venv_ok() {
 import numpy, torch
 assert torch.__version__.split("+")[0] == "2.11.0", torch.__version__' 2>/dev/null
 }
-if ! venv_ok; then
+if [ -n "${BENCH_PY:-}" ]; then
+  "$BENCH_PY" -c 'import torch' || die "BENCH_PY=$BENCH_PY does not import torch"
+elif ! venv_ok; then
   echo "creating $VENV (torch==2.11.0, torchvision==0.26.0, numpy from PyPI; ~4.7 GB, once)" >&2
   rm -rf "$VENV"
   mkdir -p "$(dirname "$VENV")"
@@ -102,19 +110,26 @@ if ! venv_ok; then
   touch "$VENV/.complete"
   venv_ok || die "$VENV does not import torch 2.11.0"
 fi
-PY="$VENV/bin/python"
+PY=${BENCH_PY:-$VENV/bin/python}
 
 # --- 2. the libre side -------------------------------------------------------------------------
 # .cargo/config.toml points LIBTORCH at .libtorch (made by `make libtorch`); without it use the
 # cached libtorch directly rather than create the link in the repository.
-if [ ! -e .libtorch ] && [ -z "${LIBTORCH:-}" ]; then
-  LIBTORCH=$(scripts/fetch-libtorch.sh --print-dir) || die "scripts/fetch-libtorch.sh failed"
-  export LIBTORCH
+if [ -z "${BENCH_BIN:-}" ] || [ "$E2E" = 1 ]; then
+  if [ ! -e .libtorch ] && [ -z "${LIBTORCH:-}" ]; then
+    LIBTORCH=$(scripts/fetch-libtorch.sh --print-dir) || die "scripts/fetch-libtorch.sh failed"
+    export LIBTORCH
+  fi
 fi
-echo "building examples/bench_vs_pytorch.rs (cargo build --release --example bench_vs_pytorch)" >&2
-cargo build --release --example bench_vs_pytorch >&2 \
-  || die "cargo build --release --example bench_vs_pytorch failed"
-LIBRE_BENCH="$ROOT/target/release/examples/bench_vs_pytorch"
+if [ -n "${BENCH_BIN:-}" ]; then
+  [ -x "$BENCH_BIN" ] || die "BENCH_BIN=$BENCH_BIN is not an executable"
+  LIBRE_BENCH=$(cd "$(dirname "$BENCH_BIN")" && pwd)/$(basename "$BENCH_BIN")
+else
+  echo "building examples/bench_vs_pytorch.rs (cargo build --release --example bench_vs_pytorch)" >&2
+  cargo build --release --example bench_vs_pytorch >&2 \
+    || die "cargo build --release --example bench_vs_pytorch failed"
+  LIBRE_BENCH="$ROOT/target/release/examples/bench_vs_pytorch"
+fi
 if [ "$E2E" = 1 ]; then
   echo "building the libre binary (cargo build --release --bin libre)" >&2
   cargo build --release --bin libre >&2 || die "cargo build --release --bin libre failed"
@@ -181,7 +196,7 @@ if [ "$E2E" = 1 ]; then
     for w in "$weights" "$TMP/lenet5-ens.safetensors"; do
       variant=dnn
       [ "$w" = "$weights" ] || variant=ens-last
-      "$LIBRE" eval --json -q --weights "$w" --data mnist:test >"$TMP/out" 2>"$TMP/err" \
+      "$LIBRE" eval --json -q --device cpu --weights "$w" --data mnist:test >"$TMP/out" 2>"$TMP/err" \
         || { tail -n 20 "$TMP/err" >&2; die "libre eval --weights $w failed"; }
       "$PY" -c '
 import json, sys
@@ -202,6 +217,11 @@ elapsed=$(($(date +%s) - start))
 echo
 echo "libre vs PyTorch, CPU, interleaved (libre $rev; torch $torch_version, torchvision $tv_version)"
 echo "machine: ${cpu:-unknown CPU}, nproc $(nproc); load average (1/5/15 min) before $load_before, after $load_after"
+if [ "$BENCH_DEVICE" != cpu ]; then
+  gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)
+  echo "device: BENCH_DEVICE=$BENCH_DEVICE for both forward sides (${gpu:-nvidia-smi unavailable});" \
+    "timed forwards end with a device synchronisation"
+fi
 echo "threads: BENCH_THREADS=$BENCH_THREADS for both (tch::set_num_threads / torch.set_num_threads," \
   "OMP_NUM_THREADS=$OMP_NUM_THREADS); OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset (libgomp default)} for both"
 echo "protocol: $ROUNDS rounds per case, libre then PyTorch (then PyTorch best-effort), one process" \
