@@ -343,3 +343,57 @@ fn routed_training_forward_on_1x1_maps_equals_the_grouped_conv() {
         "member gradients"
     );
 }
+
+/// Separable max pooling (inference) equals libtorch's max_pool2d value for value, for LeNet5's
+/// 2x2 and the ResNet stem's padded 3x3 stride 2, on even and odd maps, with ties and NaN; with a
+/// gradient the plain op runs (its backward sends a tied window's gradient to one element).
+#[test]
+fn separable_max_pool_equals_max_pool2d() {
+    use libre::bayes::mode::max_pool2d;
+    let _serial = serial();
+    tch::manual_seed(0);
+    let plain = |x: &Tensor, k, s, p| x.max_pool2d([k, k], [s, s], [p, p], [1, 1], false);
+    for (shape, k, s, p) in [
+        ([3, 4, 24, 24], 2, 2, 0),
+        ([3, 4, 7, 9], 2, 2, 0),
+        ([2, 5, 112, 112], 3, 2, 1),
+        ([2, 5, 7, 10], 3, 2, 1),
+        ([2, 5, 9, 9], 3, 1, 1),
+    ] {
+        // Rounded values give ties inside windows; a NaN must propagate as libtorch's does.
+        let x = (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 2.0).round();
+        let _ = x.get(0).get(0).get(1).get(1).fill_(f64::NAN);
+        let want = plain(&x, k, s, p);
+        let got = max_pool2d(&x, k, s, p);
+        assert_eq!(got.size(), want.size(), "{shape:?} k{k} s{s} p{p}");
+        assert!(
+            got.isnan().equal(&want.isnan())
+                && got
+                    .nan_to_num(0., 0., 0.)
+                    .equal(&want.nan_to_num(0., 0., 0.)),
+            "{shape:?} k{k} s{s} p{p}: values differ"
+        );
+    }
+    // A window larger than the map is libtorch's error, not a silent empty tensor.
+    let small = Tensor::rand([1, 1, 2, 2], (Kind::Float, Device::Cpu));
+    assert!(std::panic::catch_unwind(|| max_pool2d(&small, 3, 2, 0)).is_err());
+
+    // Under a gradient: the plain op's backward (one element per tied window).
+    let x = Tensor::zeros([1, 1, 4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    max_pool2d(&x, 2, 2, 0).sum(Kind::Float).backward();
+    let g = x.grad();
+    assert_eq!(g.sum(Kind::Float).double_value(&[]), 4.0);
+    assert_eq!(g.eq(1.0).sum(Kind::Int64).int64_value(&[]), 4, "{g}");
+
+    // LeNet5 end to end: the fast forward equals the oracle's.
+    let mut m = models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
+    let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let run = |m: &mut Box<dyn models::BayesModel>, fast: bool| {
+        set_fast_paths(fast);
+        let y = tch::no_grad(|| m.forward_mc(&x, &ForwardMode::Deterministic)).unwrap();
+        set_fast_paths(true);
+        y
+    };
+    let (fast, oracle) = (run(&mut m, true), run(&mut m, false));
+    assert!(fast.equal(&oracle));
+}
