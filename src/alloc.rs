@@ -27,7 +27,7 @@ pub enum AllocTuning {
     /// Both thresholds raised.
     Applied,
     /// Left alone: the user set glibc's own `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`
-    /// (or `GLIBC_TUNABLES`), or `LIBRE_MALLOC_TUNING=0`.
+    /// (or `GLIBC_TUNABLES`), or `LIBRE_MALLOC_TUNING=0` (also `false`, `off`, `no`).
     UserChoice,
     /// Not glibc (musl, macOS): nothing to do, or `mallopt` refused a value.
     Unsupported,
@@ -56,14 +56,16 @@ pub fn current() -> Option<AllocTuning> {
 
 /// Whether the environment (read through `get`) holds the user's own allocator choice.
 fn user_chose(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
-    get("LIBRE_MALLOC_TUNING").is_some_and(|v| v == "0")
-        || [
-            "MALLOC_MMAP_THRESHOLD_",
-            "MALLOC_TRIM_THRESHOLD_",
-            "GLIBC_TUNABLES",
-        ]
-        .iter()
-        .any(|k| get(k).is_some())
+    get("LIBRE_MALLOC_TUNING").is_some_and(|v| {
+        let v = v.to_string_lossy().to_ascii_lowercase();
+        matches!(v.trim(), "0" | "false" | "off" | "no")
+    }) || [
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "GLIBC_TUNABLES",
+    ]
+    .iter()
+    .any(|k| get(k).is_some())
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -104,6 +106,8 @@ mod tests {
         assert!(!user_chose(env(&[])));
         assert!(!user_chose(env(&[("LIBRE_MALLOC_TUNING", "1")])));
         assert!(user_chose(env(&[("LIBRE_MALLOC_TUNING", "0")])));
+        assert!(user_chose(env(&[("LIBRE_MALLOC_TUNING", "Off")])));
+        assert!(user_chose(env(&[("LIBRE_MALLOC_TUNING", "false")])));
         assert!(user_chose(env(&[("MALLOC_MMAP_THRESHOLD_", "65536")])));
         assert!(user_chose(env(&[("MALLOC_TRIM_THRESHOLD_", "0")])));
         assert!(user_chose(env(&[(
