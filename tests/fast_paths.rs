@@ -21,6 +21,26 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
+/// Runs `f` with the fast paths on or off (the oracle), then switches them back on.
+fn with_fast_paths<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    set_fast_paths(on);
+    let out = f();
+    set_fast_paths(true);
+    out
+}
+
+/// Adds `scale` x N(0, 1) in place to the variables whose names `pick` accepts: members that
+/// differ, so a mix-up of the sample axis shows (also an optimiser-like in-place step).
+fn perturb(m: &dyn models::BayesModel, pick: impl Fn(&str) -> bool, scale: f64) {
+    tch::no_grad(|| {
+        for (n, mut t) in m.var_store().variables() {
+            if pick(&n) {
+                let _ = t.g_add_(&(t.randn_like() * scale));
+            }
+        }
+    });
+}
+
 #[test]
 fn centre_tap_matmul_equals_the_grouped_conv() {
     let _serial = serial();
@@ -41,20 +61,17 @@ fn centre_tap_matmul_equals_the_grouped_conv() {
         )
         .unwrap();
         // Members that differ, so a mix-up of the sample axis would show.
-        tch::no_grad(|| {
-            for (n, mut t) in m.var_store().variables() {
-                if n.ends_with("_members") || n.ends_with("_psi") || n.contains("_lr_") {
-                    let _ = t.g_add_(&(t.randn_like() * 0.05));
-                }
-            }
-        });
+        perturb(
+            m.as_ref(),
+            |n| n.ends_with("_members") || n.ends_with("_psi") || n.contains("_lr_"),
+            0.05,
+        );
         let mode = ForwardMode::ParallelMc { samples: 5 };
         let run = |fast: bool| {
-            set_fast_paths(fast);
-            tch::manual_seed(3); // the same weight draws for a sampling posterior
-            let out = tch::no_grad(|| m.forward_mc_with_features(&x, &mode)).unwrap();
-            set_fast_paths(true);
-            out
+            with_fast_paths(fast, || {
+                tch::manual_seed(3); // the same weight draws for a sampling posterior
+                tch::no_grad(|| m.forward_mc_with_features(&x, &mode)).unwrap()
+            })
         };
         let _ = run(true); // packs an ensemble's centre taps (kept while the members are unchanged)
         let ((y_fast, f_fast), (y_ref, f_ref)) = (run(true), run(false));
@@ -68,13 +85,7 @@ fn centre_tap_matmul_equals_the_grouped_conv() {
         assert!(y_fast.std_dim(1, false, false).max().double_value(&[]) > 1e-4);
         // A step on the members (in place, as the optimiser does) is seen by the next forward:
         // the packed layout belongs to the old version.
-        tch::no_grad(|| {
-            for (n, mut t) in m.var_store().variables() {
-                if n.ends_with("_members") {
-                    let _ = t.g_add_(&(t.randn_like() * 0.05));
-                }
-            }
-        });
+        perturb(m.as_ref(), |n| n.ends_with("_members"), 0.05);
         let ((y2, _), (y2_ref, _)) = (run(true), run(false));
         assert!(
             max_diff(&y2, &y2_ref) <= 1e-5,
@@ -226,12 +237,8 @@ fn folded_batchnorm_equals_the_unfused_forward() {
         });
         let x = Tensor::rand([3, 3, size, size], (Kind::Float, Device::Cpu));
         let det = ForwardMode::Deterministic;
-        let run = |fast: bool| {
-            set_fast_paths(fast);
-            let y = tch::no_grad(|| m.forward_mc(&x, &det)).unwrap();
-            set_fast_paths(true);
-            y
-        };
+        let run =
+            |fast: bool| with_fast_paths(fast, || tch::no_grad(|| m.forward_mc(&x, &det)).unwrap());
         let _ = run(true); // folds
         let (y, y_ref) = (run(true), run(false));
         let d = max_diff(&y, &y_ref);
@@ -261,20 +268,10 @@ fn folded_batchnorm_equals_the_unfused_forward() {
             &PosteriorConfig::new(Family::Ensemble, 3),
         )
         .unwrap();
-        tch::no_grad(|| {
-            for (n, mut t) in m.var_store().variables() {
-                if n.ends_with("_members") {
-                    let _ = t.g_add_(&(t.randn_like() * 0.1));
-                }
-            }
-        });
+        perturb(m.as_ref(), |n| n.ends_with("_members"), 0.1);
         let par = ForwardMode::ParallelMc { samples: 3 };
-        let run = |fast: bool| {
-            set_fast_paths(fast);
-            let y = tch::no_grad(|| m.forward_mc(&x, &par)).unwrap();
-            set_fast_paths(true);
-            y
-        };
+        let run =
+            |fast: bool| with_fast_paths(fast, || tch::no_grad(|| m.forward_mc(&x, &par)).unwrap());
         let (y, y_ref) = (run(true), run(false));
         assert!(y.std_dim(1, false, false).max().double_value(&[]) > 1e-3);
         let d = max_diff(&y, &y_ref);
@@ -295,13 +292,7 @@ fn routed_training_forward_on_1x1_maps_equals_the_grouped_conv() {
         &PosteriorConfig::new(Family::Ensemble, 4),
     )
     .unwrap();
-    tch::no_grad(|| {
-        for (n, mut t) in m.var_store().variables() {
-            if n.ends_with("_members") {
-                let _ = t.g_add_(&(t.randn_like() * 0.05));
-            }
-        }
-    });
+    perturb(m.as_ref(), |n| n.ends_with("_members"), 0.05);
     let x = Tensor::rand([6, 3, 32, 32], (Kind::Float, Device::Cpu));
     let mode = ForwardMode::Train(TrainSampling {
         sampling: McSampling::PerExample,
@@ -317,17 +308,17 @@ fn routed_training_forward_on_1x1_maps_equals_the_grouped_conv() {
             .expect("an ensemble conv")
     };
     let run = |fast: bool| {
-        set_fast_paths(fast);
-        m.var_store().variables().values().for_each(|t| {
-            let mut g = t.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        });
-        let y = m.forward_mc(&x, &mode).unwrap();
-        y.square().sum(Kind::Float).backward();
-        set_fast_paths(true);
-        (y.detach(), members(m.as_ref()).grad().copy())
+        with_fast_paths(fast, || {
+            m.var_store().variables().values().for_each(|t| {
+                let mut g = t.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            });
+            let y = m.forward_mc(&x, &mode).unwrap();
+            y.square().sum(Kind::Float).backward();
+            (y.detach(), members(m.as_ref()).grad().copy())
+        })
     };
     let ((y, g), (y_ref, g_ref)) = (run(true), run(false));
     assert_eq!(y.size(), [6, 1, 10]);
@@ -386,14 +377,13 @@ fn separable_max_pool_equals_max_pool2d() {
     assert_eq!(g.eq(1.0).sum(Kind::Int64).int64_value(&[]), 4, "{g}");
 
     // LeNet5 end to end: the fast forward equals the oracle's.
-    let mut m = models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
+    let m = models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
     let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let run = |m: &mut Box<dyn models::BayesModel>, fast: bool| {
-        set_fast_paths(fast);
-        let y = tch::no_grad(|| m.forward_mc(&x, &ForwardMode::Deterministic)).unwrap();
-        set_fast_paths(true);
-        y
+    let run = |fast: bool| {
+        with_fast_paths(fast, || {
+            tch::no_grad(|| m.forward_mc(&x, &ForwardMode::Deterministic)).unwrap()
+        })
     };
-    let (fast, oracle) = (run(&mut m, true), run(&mut m, false));
+    let (fast, oracle) = (run(true), run(false));
     assert!(fast.equal(&oracle));
 }
