@@ -155,6 +155,8 @@ pub fn save_with(
     tensors: &[(String, Tensor)],
 ) -> Result<()> {
     let path = path.as_ref();
+    // bf16 weights would lose the float32 values for good.
+    crate::models::require_f32(model, &format!("writing {}", path.display()))?;
     let mut vars = sorted_vars(model);
     vars.extend(
         tensors

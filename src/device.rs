@@ -118,6 +118,51 @@ pub fn name(d: Device) -> String {
     }
 }
 
+/// Errors unless `d` can run `p`: a small matmul and convolution at that precision, so a device
+/// without the kernels fails here with its name rather than in the middle of a run.
+pub fn check_precision(d: Device, p: crate::precision::Precision) -> Result<()> {
+    let k = p.kind();
+    let ok = tch::no_grad(|| {
+        let x = tch::Tensor::ones([1, 1, 3, 3], (k, d)).f_conv2d(
+            &tch::Tensor::ones([2, 1, 3, 3], (k, d)),
+            None::<tch::Tensor>,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+        )?;
+        x.reshape([2, 9]).f_matmul(&tch::Tensor::ones([9, 2], (k, d)))
+    });
+    ok.map(|_| ()).map_err(|e| {
+        Error::invalid(format!(
+            "precision {p} is not available on {}: {e}",
+            name(d)
+        ))
+    })
+}
+
+/// Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16, what oneDNN uses);
+/// elsewhere libtorch emulates bf16 in float32 and it is slower than float32.
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("flags"))
+                    .is_some_and(|l| {
+                        l.split_whitespace()
+                            .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+                    })
+            })
+            .unwrap_or(false)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Bytes of memory the device can still give, when known: the kernel's `MemAvailable` for the
 /// CPU (Linux); None elsewhere (CUDA reports its own out-of-memory errors, which tch returns).
 pub fn available_bytes(d: Device) -> Option<u64> {

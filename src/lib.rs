@@ -34,6 +34,7 @@ pub mod eval;
 pub mod evaluate;
 pub mod import;
 pub mod models;
+pub mod precision;
 pub mod run;
 pub mod shard;
 pub mod train;

@@ -94,6 +94,29 @@ pub fn parse_mc_draws(s: &str) -> Result<libre::bayes::McDraws, libre::Error> {
     s.parse()
 }
 
+/// clap's parser of `--precision`.
+pub fn parse_precision(s: &str) -> Result<libre::precision::Precision, libre::Error> {
+    s.parse()
+}
+
+/// Puts `model` at precision `p`, with a note where bf16 will be slow (a CPU without native bf16).
+pub fn set_precision(
+    model: &mut dyn libre::models::BayesModel,
+    p: libre::precision::Precision,
+    out: &Output,
+) -> anyhow::Result<()> {
+    model.set_precision(p)?;
+    if p == libre::precision::Precision::Bf16
+        && model.var_store().device() == tch::Device::Cpu
+        && !libre::device::cpu_has_native_bf16()
+    {
+        out.note(
+            "this CPU has no AVX512-BF16 / AMX: libtorch emulates bf16, expect it slower than f32",
+        );
+    }
+    Ok(())
+}
+
 /// A fetch note printer for library calls that may download.
 pub fn fetch_note(out: &Output) -> impl FnMut(&str) + '_ {
     move |m: &str| out.note(m)

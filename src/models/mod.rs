@@ -20,6 +20,7 @@ pub use wrn::WideResNet;
 
 use crate::bayes::mode::{McDraws, McDropout};
 use crate::bayes::{Act, BayesLayer, Ctx, Family, ForwardMode, LayerSelection, PosteriorConfig};
+use crate::precision::Precision;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
@@ -303,6 +304,12 @@ pub trait BayesModel {
     /// How parallel MC forwards draw mean-field layers ([`McDraws`]; default: weight samples).
     fn set_mc_draws(&mut self, d: McDraws);
     fn mc_draws(&self) -> McDraws;
+
+    /// Computes in `p` from now on ([`Precision`]): bf16 casts the weights (keeping their float32
+    /// values, restored exactly by going back to f32). Inference only: converting, saving and
+    /// training need f32, and refuse otherwise. Errors for bf16 on a device without bf16 kernels.
+    fn set_precision(&mut self, p: Precision) -> Result<()>;
+    fn precision(&self) -> Precision;
 }
 
 /// A [`Net`] with its VarStore and config.
@@ -314,6 +321,9 @@ pub struct Model<N: Net> {
     posterior: Option<PosteriorMeta>,
     mc_dropout: Option<McDropout>,
     mc_draws: McDraws,
+    precision: Precision,
+    /// The float32 weights while the model computes in another precision.
+    masters: crate::precision::Masters,
     /// Floats of all block activations of one image (measured once), for the memory check of
     /// parallel MC forwards.
     act_floats: std::sync::OnceLock<u64>,
@@ -350,8 +360,15 @@ impl<N: Net> Model<N> {
             posterior: None,
             mc_dropout: None,
             mc_draws: McDraws::default(),
+            precision: Precision::F32,
+            masters: Default::default(),
             act_floats: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Errors unless the model computes in float32 (what `what` needs).
+    fn require_f32(&self, what: &str) -> Result<()> {
+        require_f32(self, what)
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -434,6 +451,8 @@ impl<N: Net> Model<N> {
             Some((m, s)) => (x - m) / s,
             None => x,
         };
+        // Normalised in float32, then the model's precision; outputs come back as float32.
+        let x = x.to_kind(self.precision.kind());
         if let ForwardMode::ParallelMc { samples } = mode {
             self.check_mc_memory(x.size()[0] as u64, *samples as u64)?;
         }
@@ -454,10 +473,14 @@ impl<N: Net> Model<N> {
                 .into_iter()
                 .map(|(n, a)| Tap {
                     name: n,
-                    value: a.into_samples(s),
+                    value: a.into_samples(s).to_kind(Kind::Float),
                 })
                 .collect();
-            Ok((out.into_samples(s), feats.into_samples(s), taps))
+            Ok((
+                out.into_samples(s).to_kind(Kind::Float),
+                feats.into_samples(s).to_kind(Kind::Float),
+                taps,
+            ))
         };
         let ForwardMode::SequentialMc { samples } = mode else {
             return pass(mode.samples() as i64);
@@ -524,6 +547,7 @@ impl<N: Net> BayesModel for Model<N> {
 
     fn convert(&mut self, sel: &LayerSelection, cfg: &PosteriorConfig) -> Result<Vec<String>> {
         cfg.validate()?;
+        self.require_f32("converting layers")?;
         if cfg.family == Family::Point {
             return Err(Error::invalid(
                 "conversion to 'point': use to_deterministic instead",
@@ -608,6 +632,7 @@ impl<N: Net> BayesModel for Model<N> {
     }
 
     fn to_deterministic(&mut self) -> Result<()> {
+        self.require_f32("converting layers")?;
         let vs = &self.vs;
         for l in self.net.layers_mut() {
             l.to_deterministic(vs)?;
@@ -653,10 +678,43 @@ impl<N: Net> BayesModel for Model<N> {
     fn mc_draws(&self) -> McDraws {
         self.mc_draws
     }
+
+    fn set_precision(&mut self, p: Precision) -> Result<()> {
+        if p == self.precision {
+            return Ok(());
+        }
+        if p != Precision::F32 {
+            crate::device::check_precision(self.vs.device(), p)?;
+        }
+        if self.precision != Precision::F32 {
+            self.masters.restore(&mut self.vs);
+            self.precision = Precision::F32;
+        }
+        if p != Precision::F32 {
+            self.masters.cast(&mut self.vs, p.kind());
+            self.precision = p;
+        }
+        Ok(())
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
 }
 
 // How a prediction is made, decided in one place for eval, attack, detect, evaluate and the
 // evaluation inside training: how many samples a model can give, and the forward that gives them.
+
+/// Errors unless `model` computes in float32: `what` (saving, converting, training) needs its
+/// float32 weights.
+pub fn require_f32(model: &dyn BayesModel, what: &str) -> Result<()> {
+    match model.precision() {
+        Precision::F32 => Ok(()),
+        p => Err(Error::invalid(format!(
+            "{what} needs the model at f32 precision (it computes in {p}): set_precision(F32) first"
+        ))),
+    }
+}
 
 /// The MC sample count for a model: 1 for a DNN (asking for more is an error), the requested or
 /// the posterior's own S for a Bayesian model (an ensemble cannot give more than its members).
