@@ -9,6 +9,7 @@ use libre::detect::detector::{DetectorMeta, DETECTOR_FORMAT};
 use libre::detect::input::{self, ImagePolicy};
 use libre::detect::parts;
 use libre::detect::{scores, Detector, Score};
+use libre::precision::Precision;
 use libre::shard::Shard;
 use serde_json::{json, Map, Value};
 use std::io::{IsTerminal, Write};
@@ -92,6 +93,11 @@ pub struct CalibrateArgs {
     /// Mahalanobis input pre-processing magnitude (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub noise: f64,
+    /// Numeric precision of the forward: f32, or bf16 (bfloat16 weights and activations, float32
+    /// scores; 2-3x faster matmuls on CPUs with AMX / AVX512-BF16 and on CUDA GPUs). Recorded in
+    /// the detector: `libre detect` scores at it (docs/design.md section 14).
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    pub precision: libre::precision::Precision,
 }
 
 fn comma_list(s: &Option<String>) -> Vec<String> {
@@ -286,6 +292,10 @@ pub struct DetectArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Numeric precision of the forward, f32 or bf16 [default: the one the detector was
+    /// calibrated at; its threshold holds only there, so another needs --threshold].
+    #[arg(long, value_parser = super::parse_precision)]
+    pub precision: Option<libre::precision::Precision>,
     /// Run part K of N (K from 0): a contiguous range of the input batches. Needs --out; the
     /// part is written to OUT with `{shard}` replaced by K, or `.K-of-N` before the extension,
     /// plus a manifest; `libre detect merge` joins the parts. Without it, a Slurm job array's
@@ -310,6 +320,30 @@ pub enum DetectCmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// The precision `libre detect` scores at: the one asked for, else the calibration's. A
+/// calibrated threshold is refused at another precision (the scores move), as is bf16 for a
+/// classic detector (fitted on f32 features).
+fn detect_precision(
+    det: &Detector,
+    asked: Option<Precision>,
+    own_threshold: bool,
+) -> anyhow::Result<Precision> {
+    let calibrated = det.meta.as_ref().map(|m| m.precision);
+    let p = asked.or(calibrated).unwrap_or_default();
+    if let (Some(c), false) = (calibrated, own_threshold) {
+        if c != p {
+            anyhow::bail!(
+                "--precision {p}: this detector was calibrated at {c} and its threshold holds only \
+                 there; recalibrate with `libre calibrate --precision {p}`, or pass --threshold"
+            );
+        }
+    }
+    if det.classic.is_some() && p != Precision::F32 {
+        anyhow::bail!("--precision {p}: classic detectors are fitted and scored at f32");
+    }
+    Ok(p)
 }
 
 fn input_shape(d: &Detector) -> [usize; 3] {
@@ -353,7 +387,14 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
         None => det.default_score(),
     };
     det.check_score(score)?;
+    if det.classic.is_some() && args.precision != Precision::F32 {
+        anyhow::bail!(
+            "--precision {}: classic detectors are fitted and scored at f32",
+            args.precision
+        );
+    }
     let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
+    super::set_precision(det.model.as_mut(), args.precision, &out)?;
     let want = input_shape(&det);
     let pb = out.progress(ds.len() as u64, "calibrate");
     let mut clean = Vec::with_capacity(ds.len());
@@ -384,11 +425,15 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
         calibration_scores: sorted,
         mc_dropout: det.model.mc_dropout().cloned(),
         classic: det.classic.as_ref().map(|c| c.meta.clone()),
+        precision: args.precision,
     };
+    // The file keeps the float32 weights; the precision is in `meta`.
+    det.model.set_precision(Precision::F32)?;
     det.save(&args.out, &meta)?;
     let secs = t0.elapsed().as_secs_f64();
     let data = json!({
         "out": args.out, "score": score, "samples": det.samples, "mc_draws": args.mc_draws,
+        "precision": args.precision,
         "threshold": cal.threshold,
         "target_fpr": cal.target_fpr, "achieved_fpr": cal.achieved_fpr,
         "achieved_fpr_ci95": cal.achieved_fpr_ci95, "n": cal.n, "data": args.data,
@@ -598,6 +643,8 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     let path = libre::zoo::resolve(&weights, &mut super::fetch_note(&out))?;
     let mut det = Detector::load(&path, device, args.mc_samples)?;
     det.model.set_mc_draws(args.mc_draws);
+    let precision = detect_precision(&det, args.precision, args.threshold.is_some())?;
+    super::set_precision(det.model.as_mut(), precision, &out)?;
     let shown: Vec<Score> = match &args.score {
         Some(s) => scores::parse_list(s)?,
         // The detector's own score first (its first column is what flags).
@@ -799,7 +846,7 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
                 "inputs": args.inputs, "inputs_digest": input::digest(&segs),
                 "weights_sha256": weights_sha,
                 "scores": shown, "flag_score": flag_score, "threshold": threshold,
-                "samples": det.samples, "mc_draws": args.mc_draws,
+                "samples": det.samples, "mc_draws": args.mc_draws, "precision": precision,
                 "batch_size": args.batch_size, "seed": args.seed,
                 "skip_bad": args.skip_bad, "resize": args.resize,
                 "convert_channels": args.convert_channels, "format": format_name(fmt),
@@ -835,7 +882,7 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     let summary = json!({
         "n": n, "flagged": flagged, "skipped": skipped, "score": flag_score,
         "threshold": threshold, "samples": det.samples, "mc_draws": args.mc_draws,
-        "images_per_s": rate, "seconds": secs,
+        "precision": precision, "images_per_s": rate, "seconds": secs,
         "out": out_path, "shard": shard,
     });
     out.note(format!(

@@ -11,6 +11,7 @@ use super::scores::{self, Prediction, Score};
 use crate::bayes::mode::McDropout;
 use crate::bayes::ForwardMode;
 use crate::models::{mode_for, samples_for, BayesModel};
+use crate::precision::Precision;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -44,6 +45,10 @@ pub struct DetectorMeta {
     /// A fitted classic detector (its state is in the file's `extra/` tensors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classic: Option<ClassicMeta>,
+    /// The precision the calibration scores were computed at (files before it: f32). The
+    /// threshold holds at this precision only, so `libre detect` scores at it.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// A model ready to score: its forward mode is fixed by the sample count.
@@ -213,7 +218,8 @@ impl Detector {
         Ok((pred, out))
     }
 
-    /// Writes the model and `meta` as a detector file (atomically).
+    /// Writes the model and `meta` as a detector file (atomically). The model must be at f32
+    /// (see [`BayesModel::set_precision`]); `meta.precision` records what it scored at.
     pub fn save(&self, path: &Path, meta: &DetectorMeta) -> Result<()> {
         let json = serde_json::to_string(meta)
             .map_err(|e| Error::invalid(format!("encoding detector metadata: {e}")))?;
