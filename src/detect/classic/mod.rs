@@ -696,6 +696,12 @@ mod tests {
         fn mc_draws(&self) -> McDraws {
             self.inner.mc_draws()
         }
+        fn set_precision(&mut self, p: crate::precision::Precision) -> Result<()> {
+            self.inner.set_precision(p)
+        }
+        fn precision(&self) -> crate::precision::Precision {
+            self.inner.precision()
+        }
     }
 
     /// A batch file of `n` random 28 px digits labelled `i % 10`, opened as a data set.
