@@ -23,6 +23,8 @@
 //! `libre::device::resolve` (which registers libtorch's CUDA backend, docs/design.md section 13);
 //! on CUDA every timed forward ends with a device synchronisation. `BENCH_CUDNN_BENCHMARK=1` turns
 //! on cuDNN's autotuner (the reference's GPU timings ran with it; give it warm-up forwards).
+//! `BENCH_PRECISION=bf16` runs the forward in bfloat16 (`BayesModel::set_precision`, float32
+//! input and outputs; docs/design.md section 14).
 
 use libre::bayes::{Family, ForwardMode, PosteriorConfig};
 use libre::models::{self, ModelConfig};
@@ -154,10 +156,16 @@ fn run() -> Result<(), String> {
             .map_err(|e| format!("convert: {e}"))?
             .len();
     }
+    let precision: libre::precision::Precision = match std::env::var("BENCH_PRECISION") {
+        Ok(p) => p.parse().map_err(|e| format!("BENCH_PRECISION: {e}"))?,
+        Err(_) => Default::default(),
+    };
+    m.set_precision(precision)
+        .map_err(|e| format!("precision: {e}"))?;
     let x = Tensor::rand(case.input, (Kind::Float, device));
     eprintln!(
         "libre {case_name}: input {:?}, {converted} Bayesian layers, mode {:?}, device {}, \
-         threads {}, warm-up {warmup}, reps {reps}",
+         precision {precision}, threads {}, warm-up {warmup}, reps {reps}",
         case.input,
         case.mode,
         libre::device::name(device),

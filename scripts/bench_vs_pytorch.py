@@ -12,7 +12,9 @@ only), input torch.rand after torch.manual_seed(0), every forward under torch.no
 inference_mode, as libre's tch::no_grad), batch norm in eval mode (running statistics). Env:
 BENCH_THREADS (torch.set_num_threads), BENCH_WARMUP (warm-up forwards, default 1), BENCH_DEVICE
 (cpu by default, cuda or cuda:N: the model and input move there and every timed forward ends with
-torch.cuda.synchronize(), as on the libre side), BENCH_CUDNN_BENCHMARK=1 (cuDNN's autotuner on).
+torch.cuda.synchronize(), as on the libre side), BENCH_CUDNN_BENCHMARK=1 (cuDNN's autotuner on),
+BENCH_PRECISION=bf16 (the model and input cast to torch.bfloat16, logits cast back to float32: what
+libre's bf16 forward does).
 
 Implementations (--impl):
   ref  what a ScalableBDL user runs (github.com/thudzj/ScalableBDL, branch `efficient`,
@@ -257,9 +259,10 @@ class Bayes(nn.Module):
         mu, psi = getattr(self, name + "_mu"), getattr(self, name + "_psi")
         if self.impl == "opt":
             sigma = self.packed(name + "_sigma", lambda: psi.exp())
-            return torch.randn(n, *mu.shape, device=mu.device).mul_(sigma).add_(mu)
+            return torch.randn(n, *mu.shape, device=mu.device, dtype=mu.dtype).mul_(sigma).add_(mu)
         # MulExpAddFunction: eps.mul_(psi.exp()).add_(mu)
-        return torch.empty(n, *mu.shape, device=mu.device).normal_(0, 1).mul_(psi.exp()).add_(mu)
+        return (torch.empty(n, *mu.shape, device=mu.device, dtype=mu.dtype).normal_(0, 1)
+                .mul_(psi.exp()).add_(mu))
 
     def packed(self, key, make):
         """A derived tensor computed once (weights are fixed at inference)."""
@@ -463,9 +466,17 @@ def bench(args):
     net, channels, size, fwd = build_case(args.case, args.impl)
     net.to(device)
     x = torch.rand(args.batch, channels, size, size).to(device)
+    precision = os.environ.get("BENCH_PRECISION", "f32")
+    if precision == "bf16":
+        net.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
+        inner = fwd
+        fwd = lambda x: inner(x).float()  # noqa: E731
+    elif precision != "f32":
+        raise RuntimeError(f"BENCH_PRECISION={precision}: expected f32 or bf16")
     nbayes = sum(isinstance(m, Bayes) for m in net.modules())
     print(f"pytorch {args.case} ({args.impl}): {type(net).__module__}.{type(net).__name__}, "
-          f"input {list(x.shape)}, {nbayes} Bayesian layers, device {device}, "
+          f"input {list(x.shape)}, {nbayes} Bayesian layers, device {device}, precision {precision}, "
           f"threads {torch.get_num_threads()}, warm-up {warmup}, reps {args.reps}, "
           f"torch {torch.__version__}", file=sys.stderr)
     with torch.no_grad():

@@ -31,6 +31,8 @@
 #                  torch==2.11.0, torchvision==0.26.0 and numpy from PyPI (~4.7 GB; the PyPI
 #                  wheel is the CUDA build, run on the CPU here)
 #   BENCH_DEVICE [cpu]  cpu, cuda or cuda:N for both sides (forward cases only; E2E is CPU)
+#   BENCH_PRECISION [f32]  f32 or bf16 for both sides' forward cases (libre: set_precision; PyTorch:
+#                  model and input cast to bfloat16); E2E stays f32
 #   BENCH_PY       a Python with torch 2.11 to use instead of the venv (nothing is installed),
 #                  e.g. /opt/torch/.venv/bin/python on the lent GPU machines
 #   BENCH_BIN      a built examples/bench_vs_pytorch to use instead of building one (no cargo:
@@ -66,6 +68,8 @@ export LIBRE_CACHE
 export BENCH_THREADS=${BENCH_THREADS:-2}
 export BENCH_WARMUP=${BENCH_WARMUP:-1}
 export BENCH_DEVICE=${BENCH_DEVICE:-cpu}
+export BENCH_PRECISION=${BENCH_PRECISION:-f32}
+case $BENCH_PRECISION in f32 | bf16) ;; *) echo "BENCH_PRECISION: f32 or bf16, got $BENCH_PRECISION" >&2; exit 2 ;; esac
 export OMP_NUM_THREADS=$BENCH_THREADS MKL_NUM_THREADS=$BENCH_THREADS
 export PYTHONDONTWRITEBYTECODE=1
 case $WAIT_POLICY in
@@ -222,6 +226,7 @@ if [ "$BENCH_DEVICE" != cpu ]; then
   echo "device: BENCH_DEVICE=$BENCH_DEVICE for both forward sides (${gpu:-nvidia-smi unavailable});" \
     "timed forwards end with a device synchronisation"
 fi
+echo "precision: BENCH_PRECISION=$BENCH_PRECISION for both forward sides"
 echo "threads: BENCH_THREADS=$BENCH_THREADS for both (tch::set_num_threads / torch.set_num_threads," \
   "OMP_NUM_THREADS=$OMP_NUM_THREADS); OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset (libgomp default)} for both"
 echo "protocol: $ROUNDS rounds per case, libre then PyTorch (then PyTorch best-effort), one process" \
