@@ -24,7 +24,7 @@
 //! on CUDA every timed forward ends with a device synchronisation. `BENCH_CUDNN_BENCHMARK=1` turns
 //! on cuDNN's autotuner (the reference's GPU timings ran with it; give it warm-up forwards).
 //! `BENCH_PRECISION=bf16` runs the forward in bfloat16 (`BayesModel::set_precision`, float32
-//! input and outputs; docs/design.md section 14).
+//! input and outputs; docs/design.md section 15).
 
 use libre::bayes::{Family, ForwardMode, PosteriorConfig};
 use libre::models::{self, ModelConfig};

@@ -1,4 +1,4 @@
-//! Numeric precision of inference forwards (docs/design.md section 14).
+//! Numeric precision of inference forwards (docs/design.md section 15).
 //!
 //! A model computes in float32 unless told otherwise. [`Precision::Bf16`] runs an inference
 //! forward in bfloat16: the weights are cast once (the float32 values are kept aside and

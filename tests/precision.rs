@@ -1,4 +1,4 @@
-//! bf16 inference (docs/design.md section 14): a bf16 forward stays close to the float32 one on
+//! bf16 inference (docs/design.md section 15): a bf16 forward stays close to the float32 one on
 //! every model family, returns float32, and going back to f32 restores the weights and the f32
 //! outputs bit for bit; saving and converting refuse a bf16 model; `libre calibrate --precision
 //! bf16` records the precision and keeps float32 weights, and `libre detect` honours it.
