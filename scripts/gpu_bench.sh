@@ -8,14 +8,15 @@
 # For each shape of the reference's H200 timings (ResNet-50 batch 32 and 128 at 224 px, batch 256
 # at 32 px) it runs scripts/bench_vs_pytorch.sh on the GPU: the DNN, the last block as a 20-member
 # ensemble (LiBRe) and as mean-field, libre and PyTorch (reference style and best-effort)
-# interleaved, cuDNN autotuner on for both (as the reference's timings), fp32. Tables go to stdout
-# and $OUT/gpu_bench.txt, every timed forward to $OUT/raw-*.txt ($OUT: the device tool's output
+# interleaved, cuDNN autotuner on for both (as the reference's timings), at each precision of
+# PRECISIONS (fp32 as the reference, then bf16 on both sides). Tables go to stdout and
+# $OUT/gpu_bench.txt, every timed forward to $OUT/raw-*.txt ($OUT: the device tool's output
 # folder; ./gpu-bench-out elsewhere).
 #
 # Env: BENCH_PY [/opt/torch/.venv/bin/python], BENCH_BIN [target/release/examples/bench_vs_pytorch],
 #      BENCH_DEVICE [cuda], ROUNDS [3], REPS [20] timed forwards per process, BENCH_WARMUP [5],
 #      SHAPES ["32:resnet50-224 128:resnet50-224 256:resnet50-32"] (BATCH:NET-SIZE),
-#      VARIANTS ["dnn ens-last mf-last"].
+#      VARIANTS ["dnn ens-last mf-last"], PRECISIONS ["f32 bf16"].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { echo "gpu_bench.sh: $*" >&2; exit 1; }
@@ -33,13 +34,18 @@ export ROUNDS=${ROUNDS:-3} REPS=${REPS:-20} BENCH_WARMUP=${BENCH_WARMUP:-5}
 export SLOW_REPS=$REPS
 SHAPES=${SHAPES:-32:resnet50-224 128:resnet50-224 256:resnet50-32}
 VARIANTS=${VARIANTS:-dnn ens-last mf-last}
+PRECISIONS=${PRECISIONS:-f32 bf16}
 OUTDIR=${OUT:-$PWD/gpu-bench-out}
 mkdir -p "$OUTDIR"
 : >"$OUTDIR/gpu_bench.txt"
-for spec in $SHAPES; do
-  batch=${spec%%:*} net=${spec#*:}
-  cases=$(for v in $VARIANTS; do printf '%s:%s ' "$net" "$v"; done)
-  echo "== $net, batch $batch" | tee -a "$OUTDIR/gpu_bench.txt"
-  BATCH=$batch CASES=$cases RAW_OUT="$OUTDIR/raw-$net-b$batch.txt" scripts/bench_vs_pytorch.sh \
-    | tee -a "$OUTDIR/gpu_bench.txt" || die "bench_vs_pytorch.sh failed on $net batch $batch"
+for precision in $PRECISIONS; do
+  for spec in $SHAPES; do
+    batch=${spec%%:*} net=${spec#*:}
+    cases=$(for v in $VARIANTS; do printf '%s:%s ' "$net" "$v"; done)
+    echo "== $net, batch $batch, $precision" | tee -a "$OUTDIR/gpu_bench.txt"
+    BENCH_PRECISION=$precision BATCH=$batch CASES=$cases \
+      RAW_OUT="$OUTDIR/raw-$net-b$batch-$precision.txt" scripts/bench_vs_pytorch.sh \
+      | tee -a "$OUTDIR/gpu_bench.txt" \
+      || die "bench_vs_pytorch.sh failed on $net batch $batch $precision"
+  done
 done

@@ -107,6 +107,13 @@ fn bf16_forward_is_close_returns_f32_and_restores_exactly() {
         assert!(dy <= 0.05 * dyr + 1e-3, "{what}: logits {dy} vs scale {dyr}");
         assert!(df <= 0.05 * dfr + 1e-3, "{what}: features {df} vs scale {dfr}");
         assert!(dy > 0.0, "{what}: the bf16 forward did not run in bf16");
+        if post.is_some_and(|(f, _)| f == Family::MeanField) {
+            // Its sampled forward at bf16 (draws made in float32 and cast): finite float32 logits.
+            let (ys, _) = forward(m.as_ref(), &x, &ForwardMode::ParallelMc { samples: 4 });
+            assert_eq!(ys.size(), [shape[0], 4, 10]);
+            assert_eq!(ys.kind(), Kind::Float);
+            assert!(ys.isfinite().all().int64_value(&[]) == 1, "{what}");
+        }
         // Saving or converting a bf16 model would lose the float32 weights: refused.
         let dir = tempfile::tempdir().unwrap();
         let e = libre::checkpoint::save(dir.path().join("m.safetensors"), m.as_ref())

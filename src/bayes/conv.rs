@@ -499,12 +499,12 @@ impl Conv2d {
                 let mean = self.conv(x, &mu, bias.as_ref().map(|b| &b.0), g);
                 let var_b = bias.and_then(|b| b.1.map(|(_, s)| &s * &s));
                 let var = self.conv(&(x * x), &(&sigma * &sigma), var_b.as_ref(), g);
-                let eps = Tensor::randn_like(&mean);
+                let eps = crate::precision::randn(&mean.size(), &mean);
                 Ok(Some(mean + (var + 1e-16).sqrt() * eps))
             }
             McSampling::Flipout => {
                 let bsz = x.size()[0];
-                let delta = &sigma * Tensor::randn_like(&mu);
+                let delta = &sigma * crate::precision::randn(&mu.size(), &mu);
                 // Signs per example and channel.
                 let s_in = rademacher(&[bsz, self.in_channels, 1, 1], x);
                 let s_out = rademacher(&[bsz, self.out_channels, 1, 1], x);

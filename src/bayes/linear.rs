@@ -162,7 +162,7 @@ impl Linear {
             }
             McSampling::Flipout => {
                 let bsz = x.size()[0];
-                let delta = &sigma * Tensor::randn_like(&mu);
+                let delta = &sigma * crate::precision::randn(&mu.size(), &mu);
                 let s_in = rademacher(&[bsz, self.in_dim], x);
                 let s_out = rademacher(&[bsz, self.out_dim], x);
                 let y = x.linear(&mu, None::<Tensor>)
@@ -206,7 +206,7 @@ pub(crate) fn local_reparam(
     if let Some(s) = shared_by {
         shape[1] = s;
     }
-    let eps = Tensor::randn(&shape, (mean.kind(), mean.device()));
+    let eps = crate::precision::randn(&shape, &mean);
     mean + std * eps
 }
 

@@ -278,7 +278,7 @@ impl BayesParam {
             ParamState::MeanField { mu, psi } => {
                 let mut shape = vec![n];
                 shape.extend(mu.size());
-                let mut eps = Tensor::randn(&shape, (mu.kind(), mu.device()));
+                let mut eps = crate::precision::randn(&shape, mu);
                 let sigma = psi.exp().unsqueeze(0);
                 if sigma.requires_grad() {
                     mu.unsqueeze(0) + sigma * eps
