@@ -131,7 +131,8 @@ pub fn check_precision(d: Device, p: crate::precision::Precision) -> Result<()> 
             [1, 1],
             1,
         )?;
-        x.reshape([2, 9]).f_matmul(&tch::Tensor::ones([9, 2], (k, d)))
+        x.reshape([2, 9])
+            .f_matmul(&tch::Tensor::ones([9, 2], (k, d)))
     });
     ok.map(|_| ()).map_err(|e| {
         Error::invalid(format!(
@@ -148,12 +149,10 @@ pub fn cpu_has_native_bf16() -> bool {
     {
         std::fs::read_to_string("/proc/cpuinfo")
             .map(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("flags"))
-                    .is_some_and(|l| {
-                        l.split_whitespace()
-                            .any(|f| f == "avx512_bf16" || f == "amx_bf16")
-                    })
+                s.lines().find(|l| l.starts_with("flags")).is_some_and(|l| {
+                    l.split_whitespace()
+                        .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+                })
             })
             .unwrap_or(false)
     }

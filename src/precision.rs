@@ -5,9 +5,10 @@
 //! restored exactly when the model goes back to float32), the normalised input is cast on entry
 //! and the logits, features and taps are float32 again on exit, so every score and metric is
 //! computed in float32 from bfloat16 activations. On CPUs with AMX or AVX512-BF16 (Sapphire
-//! Rapids and later) and on CUDA GPUs, oneDNN and cuBLAS run bf16 matmuls and convolutions 2-3x
-//! faster than float32; elsewhere bf16 is emulated and slower. A detection threshold is only valid
-//! at the precision it was calibrated at, so detector files record it.
+//! Rapids and later) oneDNN runs large bf16 matmuls and convolutions about 3x faster than float32
+//! (docs/results.md, "bf16 inference"), and GPUs have bf16 tensor-core kernels; on other CPUs bf16
+//! is emulated and slower. A detection threshold is only valid at the precision it was
+//! calibrated at, so detector files record it.
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -150,7 +151,9 @@ mod tests {
         tch::manual_seed(5);
         let c = randn(&[1000], &like.to_kind(Kind::BFloat16));
         assert_eq!(c.kind(), Kind::BFloat16);
-        assert!(c.to_kind(Kind::Float).equal(&b.to_kind(Kind::BFloat16).to_kind(Kind::Float)));
+        assert!(c
+            .to_kind(Kind::Float)
+            .equal(&b.to_kind(Kind::BFloat16).to_kind(Kind::Float)));
     }
 
     #[test]

@@ -98,14 +98,24 @@ fn bf16_forward_is_close_returns_f32_and_restores_exactly() {
         m.set_precision(Precision::Bf16).unwrap();
         assert_eq!(m.precision(), Precision::Bf16);
         let (y16, f16) = forward(m.as_ref(), &x, &mode);
-        assert_eq!(y16.kind(), Kind::Float, "{what}: logits come back as float32");
+        assert_eq!(
+            y16.kind(),
+            Kind::Float,
+            "{what}: logits come back as float32"
+        );
         assert_eq!(f16.kind(), Kind::Float, "{what}");
         assert_eq!(y16.size(), y32.size(), "{what}");
         // bf16 keeps 8 significant bits: a few parts in a hundred of the output's scale.
         let (dy, dyr) = (max_abs(&(&y16 - &y32)), max_abs(&y32));
         let (df, dfr) = (max_abs(&(&f16 - &f32_)), max_abs(&f32_));
-        assert!(dy <= 0.05 * dyr + 1e-3, "{what}: logits {dy} vs scale {dyr}");
-        assert!(df <= 0.05 * dfr + 1e-3, "{what}: features {df} vs scale {dfr}");
+        assert!(
+            dy <= 0.05 * dyr + 1e-3,
+            "{what}: logits {dy} vs scale {dyr}"
+        );
+        assert!(
+            df <= 0.05 * dfr + 1e-3,
+            "{what}: features {df} vs scale {dfr}"
+        );
         assert!(dy > 0.0, "{what}: the bf16 forward did not run in bf16");
         if post.is_some_and(|(f, _)| f == Family::MeanField) {
             // Its sampled forward at bf16 (draws made in float32 and cast): finite float32 logits.
@@ -130,7 +140,10 @@ fn bf16_forward_is_close_returns_f32_and_restores_exactly() {
             assert!(v.equal(t), "{what}: {n} not restored exactly");
         }
         let (y, f) = forward(m.as_ref(), &x, &mode);
-        assert!(y.equal(&y32) && f.equal(&f32_), "{what}: f32 outputs changed");
+        assert!(
+            y.equal(&y32) && f.equal(&f32_),
+            "{what}: f32 outputs changed"
+        );
     }
 }
 
@@ -149,12 +162,18 @@ fn bf16_attack_gradients_and_input_checks_still_work() {
     assert!(max_abs(&g) > 0.0);
     // The API still takes float32 pixels only.
     let e = m
-        .forward_mc(&x.detach().to_kind(Kind::BFloat16), &ForwardMode::Deterministic)
+        .forward_mc(
+            &x.detach().to_kind(Kind::BFloat16),
+            &ForwardMode::Deterministic,
+        )
         .unwrap_err()
         .to_string();
     assert!(e.contains("float32"), "{e}");
     m.set_precision(Precision::F32).unwrap();
-    assert_eq!(m.var_store().variables()["linear1.weight"].kind(), Kind::Float);
+    assert_eq!(
+        m.var_store().variables()["linear1.weight"].kind(),
+        Kind::Float
+    );
 }
 
 /// `libre calibrate --precision bf16` records bf16 and writes the float32 weights it read;
@@ -206,8 +225,38 @@ fn calibrate_records_bf16_and_detect_honours_it() {
     );
     let r = json_result(detect(&["--precision", "f32", "--threshold", "0.5"]));
     assert_eq!(r["precision"], "f32");
+    // Classic detectors are fitted in float32: refused before any fitting, nothing written.
+    let kd = dir.path().join("kd.safetensors");
     let out = libre()
-        .args(["eval", "--weights", "zoo:lenet5-mnist", "--data", "mnist:test[0:10]"])
+        .args([
+            "calibrate",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--detector",
+            "kd",
+        ])
+        .args([
+            "--fit-data",
+            "mnist:train[0:100]",
+            "--data",
+            "mnist:test[0:100]",
+        ])
+        .args(["--device", "cpu", "--precision", "bf16", "--out"])
+        .arg(&kd)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("classic detectors (kd)"), "{e}");
+    assert!(!kd.exists());
+    let out = libre()
+        .args([
+            "eval",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--data",
+            "mnist:test[0:10]",
+        ])
         .args(["--device", "cpu", "--precision", "f16"])
         .output()
         .unwrap();

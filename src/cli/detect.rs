@@ -94,7 +94,7 @@ pub struct CalibrateArgs {
     #[arg(long, default_value_t = 0.0)]
     pub noise: f64,
     /// Numeric precision of the forward: f32, or bf16 (bfloat16 weights and activations, float32
-    /// scores; 2-3x faster matmuls on CPUs with AMX / AVX512-BF16 and on CUDA GPUs). Recorded in
+    /// scores; large matmuls about 3x faster on CPUs with AMX / AVX512-BF16). Recorded in
     /// the detector: `libre detect` scores at it (docs/design.md section 15).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: libre::precision::Precision,
@@ -378,6 +378,16 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
         "mc-dropout" | "bu" | "kd-bu" => None, // a DNN: the samples are dropout masks
         _ => args.mc_samples,
     };
+    // Checked before a classic detector's fitting, which can take minutes.
+    if args.precision != Precision::F32
+        && !matches!(args.detector.as_str(), "libre" | "mc-dropout" | "bu")
+    {
+        anyhow::bail!(
+            "--precision {}: classic detectors ({}) are fitted and scored at f32",
+            args.precision,
+            args.detector
+        );
+    }
     let mut det = Detector::load(&path, device, requested)?;
     det.model.set_mc_draws(args.mc_draws);
     build_detector(&args, &mut det, device, &out)?;
@@ -387,12 +397,6 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
         None => det.default_score(),
     };
     det.check_score(score)?;
-    if det.classic.is_some() && args.precision != Precision::F32 {
-        anyhow::bail!(
-            "--precision {}: classic detectors are fitted and scored at f32",
-            args.precision
-        );
-    }
     let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
     super::set_precision(det.model.as_mut(), args.precision, &out)?;
     let want = input_shape(&det);

@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Numeric precision of the forward: f32, or bf16 (bfloat16 weights and activations, float32
-    /// scores; 2-3x faster matmuls on CPUs with AMX / AVX512-BF16 and on CUDA GPUs; docs/design.md
+    /// scores; large matmuls about 3x faster on CPUs with AMX / AVX512-BF16; docs/design.md
     /// section 15).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: libre::precision::Precision,
