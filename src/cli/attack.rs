@@ -89,6 +89,11 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Numeric precision of the target's (and surrogate's) forward and backward: f32, or bf16 to
+    /// attack a model deployed at bf16 (input gradients come back as float32; the clean and
+    /// robust accuracies are measured at this precision; docs/design.md section 15).
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    pub precision: libre::precision::Precision,
 }
 
 fn mode_for(
@@ -181,11 +186,20 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         _ => libre::detect::Detector::load(&target_path, device, None)?,
     };
     det.model.set_mc_draws(args.mc_draws);
+    if det.classic.is_some() && args.precision != libre::precision::Precision::F32 {
+        anyhow::bail!(
+            "--precision {}: classic detectors are fitted and scored at f32",
+            args.precision
+        );
+    }
+    super::set_precision(det.model.as_mut(), args.precision, &out)?;
     let target = &det.model;
     let surrogate = match &args.surrogate {
         Some(s) => {
             let p = libre::zoo::resolve_flag("--surrogate", s, &mut super::fetch_note(&out))?;
-            Some(libre::checkpoint::load(&p, device)?.0)
+            let mut m = libre::checkpoint::load(&p, device)?.0;
+            m.set_precision(args.precision)?;
+            Some(m)
         }
         None => None,
     };
@@ -253,6 +267,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     meta.insert("data".to_string(), args.data.clone());
     meta.insert("seed".to_string(), args.seed.to_string());
     meta.insert("mc_draws".to_string(), args.mc_draws.to_string());
+    meta.insert("precision".to_string(), args.precision.to_string());
     if let (Some(c), Some(sc)) = (args.adaptive, score) {
         meta.insert("adaptive_c".to_string(), c.to_string());
         meta.insert("adaptive_score".to_string(), sc.to_string());
@@ -300,7 +315,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         "n": report.n, "clean_accuracy": report.clean_accuracy, "robust_accuracy": report.robust_accuracy,
         "success_rate": report.success_rate, "mean_linf": report.mean_linf, "max_linf": report.max_linf,
         "mean_l2": report.mean_l2, "max_l2": report.max_l2, "time_per_image_ms": per_image_ms,
-        "transfer_from": args.surrogate,
+        "transfer_from": args.surrogate, "precision": args.precision,
     });
     out.result(data, || {
         format!(
