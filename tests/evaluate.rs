@@ -224,6 +224,13 @@ eps = [0.3]
             good.replace("zoo:lenet5-mnist", "missing.safetensors"),
             "line 4",
         ),
+        (
+            good.replace(
+                "scores = [\"msp\"]",
+                "scores = [\"msp\"]\nprecision = \"f16\"",
+            ),
+            "line 6",
+        ),
     ] {
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, &bad).unwrap();

@@ -305,5 +305,60 @@ fn attack_at_bf16_follows_the_f32_gradient() {
     let same = same.double_value(&[]);
     assert!(same > 0.9, "only {same} of the pixels agree");
     // ... but not all (99.3 % when written): the gradient was computed at bf16.
-    assert!(same < 1.0, "the bf16 attack equals the f32 one: it did not run at bf16");
+    assert!(
+        same < 1.0,
+        "the bf16 attack equals the f32 one: it did not run at bf16"
+    );
+}
+
+/// An evaluation plan's model may be attacked and scored at bf16: its cells record it, and its
+/// clean and adversarial accuracies stay within a few images of the same model at f32.
+#[test]
+fn evaluate_runs_a_model_at_bf16() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = r#"data = "mnist:test[0:64]"
+seed = 1
+batch_size = 32
+[[model]]
+name = "dnn32"
+weights = "zoo:lenet5-mnist"
+scores = ["msp"]
+[[model]]
+name = "dnn16"
+weights = "zoo:lenet5-mnist"
+scores = ["msp"]
+precision = "bf16"
+[[attack]]
+name = "fgsm"
+eps = [0.1]
+"#;
+    let exp = dir.path().join("exp.toml");
+    std::fs::write(&exp, plan).unwrap();
+    let out = dir.path().join("out");
+    let o = libre()
+        .args(["-q", "evaluate", "--device", "cpu", "--out"])
+        .arg(&out)
+        .arg(&exp)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut acc = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(out.join("cells")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            let model = v["model"].as_str().unwrap().to_string();
+            let want = if model == "dnn16" { "bf16" } else { "f32" };
+            assert_eq!(v["precision"], want, "{}", p.display());
+            let key = (v["attack"].to_string(), model);
+            acc.insert(key, v["accuracy"].as_f64().unwrap());
+        }
+    }
+    assert_eq!(acc.len(), 4, "{acc:?}");
+    for attack in ["null", "\"fgsm\""] {
+        let a = acc[&(attack.to_string(), "dnn32".to_string())];
+        let b = acc[&(attack.to_string(), "dnn16".to_string())];
+        assert!((a - b).abs() <= 3.0 / 64.0, "{attack}: f32 {a} vs bf16 {b}");
+    }
 }

@@ -53,6 +53,10 @@ pub struct ModelSpec {
     pub scores: Spanned<Vec<String>>,
     #[serde(default)]
     pub mc_samples: Option<usize>,
+    /// `f32` (default) or `bf16`: the precision the model is attacked and scored at
+    /// (docs/design.md section 15).
+    #[serde(default)]
+    pub precision: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +104,13 @@ pub struct ModelPlan {
     /// The classic detector fitted into the weights file, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub classic: Option<crate::detect::classic::ClassicKind>,
+    /// The precision it is attacked and scored at.
+    #[serde(skip_serializing_if = "is_f32")]
+    pub precision: crate::precision::Precision,
+}
+
+fn is_f32(p: &crate::precision::Precision) -> bool {
+    *p == crate::precision::Precision::F32
 }
 
 /// One validated attack configuration (an adaptive C is its own configuration).
@@ -259,12 +270,31 @@ impl Experiment {
             if scores.is_empty() {
                 return Err(at(m.scores.span(), format!("model '{name}' has no scores")));
             }
+            let precision = match &m.precision {
+                Some(p) => {
+                    let v: crate::precision::Precision = p
+                        .get_ref()
+                        .parse()
+                        .map_err(|err: Error| at(p.span(), err.to_string()))?;
+                    if classic.is_some() && v != crate::precision::Precision::F32 {
+                        return Err(at(
+                            p.span(),
+                            format!(
+                                "model '{name}': classic detectors are fitted and scored at f32"
+                            ),
+                        ));
+                    }
+                    v
+                }
+                None => Default::default(),
+            };
             models.push(ModelPlan {
                 name: name.clone(),
                 weights: m.weights.get_ref().clone(),
                 scores,
                 samples,
                 classic,
+                precision,
             });
         }
         let mut attacks: Vec<AttackPlan> = Vec::new();

@@ -90,6 +90,9 @@ pub struct CellMeta {
     pub classification: Option<ClassificationRow>,
     pub reliability: Vec<ReliabilityRow>,
     pub libre_version: String,
+    /// The precision the model was attacked and scored at (cells before it: f32).
+    #[serde(default)]
+    pub precision: crate::precision::Precision,
 }
 
 fn stable_hash(s: &str) -> u64 {
@@ -149,7 +152,8 @@ pub fn run_cells(
         let m = &plan.models[cell.model];
         if !loaded.contains_key(&m.name) {
             let path = crate::zoo::resolve(&m.weights, on_fetch)?;
-            let det = Detector::load(&path, device, Some(m.samples))?;
+            let mut det = Detector::load(&path, device, Some(m.samples))?;
+            det.model.set_precision(m.precision)?;
             loaded.insert(m.name.clone(), Loaded { det });
         }
         let det = &loaded[&m.name].det;
@@ -319,6 +323,7 @@ fn run_cell(
         classification,
         reliability,
         libre_version: crate::VERSION.to_string(),
+        precision: m.precision,
     };
     let bytes = w
         .into_inner()
