@@ -306,6 +306,7 @@ pub fn fit(
     obs: &mut dyn TrainObserver,
 ) -> Result<Vec<EpochLog>> {
     cfg.validate()?;
+    crate::models::require_f32(model, "training")?;
     let k = model.config().num_classes as usize;
     if train.labels().is_none() {
         return Err(Error::invalid(format!(

@@ -186,13 +186,8 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         _ => libre::detect::Detector::load(&target_path, device, None)?,
     };
     det.model.set_mc_draws(args.mc_draws);
-    if det.classic.is_some() && args.precision != libre::precision::Precision::F32 {
-        anyhow::bail!(
-            "--precision {}: classic detectors are fitted and scored at f32",
-            args.precision
-        );
-    }
-    super::set_precision(det.model.as_mut(), args.precision, &out)?;
+    det.set_precision(args.precision)?;
+    super::note_precision(args.precision, device, &out);
     let target = &det.model;
     let surrogate = match &args.surrogate {
         Some(s) => {

@@ -323,8 +323,7 @@ pub enum DetectCmd {
 }
 
 /// The precision `libre detect` scores at: the one asked for, else the calibration's. A
-/// calibrated threshold is refused at another precision (the scores move), as is bf16 for a
-/// classic detector (fitted on f32 features).
+/// calibrated threshold is refused at another precision (the scores move).
 fn detect_precision(
     det: &Detector,
     asked: Option<Precision>,
@@ -339,9 +338,6 @@ fn detect_precision(
                  there; recalibrate with `libre calibrate --precision {p}`, or pass --threshold"
             );
         }
-    }
-    if det.classic.is_some() && p != Precision::F32 {
-        anyhow::bail!("--precision {p}: classic detectors are fitted and scored at f32");
     }
     Ok(p)
 }
@@ -379,9 +375,7 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
         _ => args.mc_samples,
     };
     // Checked before a classic detector's fitting, which can take minutes.
-    if args.precision != Precision::F32
-        && !matches!(args.detector.as_str(), "libre" | "mc-dropout" | "bu")
-    {
+    if args.precision != Precision::F32 && args.detector.parse::<ClassicKind>().is_ok() {
         anyhow::bail!(
             "--precision {}: classic detectors ({}) are fitted and scored at f32",
             args.precision,
@@ -398,7 +392,8 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
     };
     det.check_score(score)?;
     let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
-    super::set_precision(det.model.as_mut(), args.precision, &out)?;
+    det.set_precision(args.precision)?;
+    super::note_precision(args.precision, device, &out);
     let want = input_shape(&det);
     let pb = out.progress(ds.len() as u64, "calibrate");
     let mut clean = Vec::with_capacity(ds.len());
@@ -648,7 +643,8 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     let mut det = Detector::load(&path, device, args.mc_samples)?;
     det.model.set_mc_draws(args.mc_draws);
     let precision = detect_precision(&det, args.precision, args.threshold.is_some())?;
-    super::set_precision(det.model.as_mut(), precision, &out)?;
+    det.set_precision(precision)?;
+    super::note_precision(precision, device, &out);
     let shown: Vec<Score> = match &args.score {
         Some(s) => scores::parse_list(s)?,
         // The detector's own score first (its first column is what flags).

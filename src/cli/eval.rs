@@ -57,7 +57,8 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let (mut model, _meta) =
         libre::checkpoint::load_or_build(&path, args.model.as_deref(), device)?;
     model.set_mc_draws(args.mc_draws);
-    super::set_precision(model.as_mut(), args.precision, &out)?;
+    model.set_precision(args.precision)?;
+    super::note_precision(args.precision, device, &out);
     let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
     let mode = if args.deterministic {
         ForwardMode::Deterministic

@@ -99,22 +99,17 @@ pub fn parse_precision(s: &str) -> Result<libre::precision::Precision, libre::Er
     s.parse()
 }
 
-/// Puts `model` at precision `p`, with a note where bf16 will be slow (a CPU without native bf16).
-pub fn set_precision(
-    model: &mut dyn libre::models::BayesModel,
-    p: libre::precision::Precision,
-    out: &Output,
-) -> anyhow::Result<()> {
-    model.set_precision(p)?;
+/// A note where a model put at precision `p` on `device` will be slow: bf16 on a CPU without
+/// native bf16.
+pub fn note_precision(p: libre::precision::Precision, device: tch::Device, out: &Output) {
     if p == libre::precision::Precision::Bf16
-        && model.var_store().device() == tch::Device::Cpu
+        && device == tch::Device::Cpu
         && !libre::device::cpu_has_native_bf16()
     {
         out.note(
             "this CPU has no AVX512-BF16 / AMX: libtorch emulates bf16, expect it slower than f32",
         );
     }
-    Ok(())
 }
 
 /// A fetch note printer for library calls that may download.

@@ -128,6 +128,17 @@ impl Detector {
         Ok(d)
     }
 
+    /// Scores at precision `p` from now on ([`BayesModel::set_precision`]). A fitted classic
+    /// detector is refused at anything but f32: its densities were fitted on float32 features.
+    pub fn set_precision(&mut self, p: Precision) -> Result<()> {
+        if self.classic.is_some() && p != Precision::F32 {
+            return Err(Error::invalid(format!(
+                "precision {p}: classic detectors are fitted and scored at f32"
+            )));
+        }
+        self.model.set_precision(p)
+    }
+
     /// Errors (naming the alternatives) unless this detector can give `s`: an uncertainty score
     /// the model's samples allow, or the score of its fitted classic detector.
     pub fn check_score(&self, s: Score) -> Result<()> {

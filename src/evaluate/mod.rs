@@ -153,7 +153,7 @@ pub fn run_cells(
         if !loaded.contains_key(&m.name) {
             let path = crate::zoo::resolve(&m.weights, on_fetch)?;
             let mut det = Detector::load(&path, device, Some(m.samples))?;
-            det.model.set_precision(m.precision)?;
+            det.set_precision(m.precision)?;
             loaded.insert(m.name.clone(), Loaded { det });
         }
         let det = &loaded[&m.name].det;

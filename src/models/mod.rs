@@ -366,11 +366,6 @@ impl<N: Net> Model<N> {
         })
     }
 
-    /// Errors unless the model computes in float32 (what `what` needs).
-    fn require_f32(&self, what: &str) -> Result<()> {
-        require_f32(self, what)
-    }
-
     fn check_input(&self, x: &Tensor) -> Result<()> {
         let size = x.size();
         let c = &self.cfg;
@@ -547,7 +542,7 @@ impl<N: Net> BayesModel for Model<N> {
 
     fn convert(&mut self, sel: &LayerSelection, cfg: &PosteriorConfig) -> Result<Vec<String>> {
         cfg.validate()?;
-        self.require_f32("converting layers")?;
+        require_f32(self, "converting layers")?;
         if cfg.family == Family::Point {
             return Err(Error::invalid(
                 "conversion to 'point': use to_deterministic instead",
@@ -632,7 +627,7 @@ impl<N: Net> BayesModel for Model<N> {
     }
 
     fn to_deterministic(&mut self) -> Result<()> {
-        self.require_f32("converting layers")?;
+        require_f32(self, "converting layers")?;
         let vs = &self.vs;
         for l in self.net.layers_mut() {
             l.to_deterministic(vs)?;
