@@ -9,15 +9,24 @@
 //! CASE is `NET-SIZE:VARIANT`:
 //! - NET `lenet5` (advertorch's MNIST LeNet5, input `[B, 1, SIZE, SIZE]`), `resnet18`, `resnet34`,
 //!   `resnet50` (torchvision layout, ImageNet stem, 1000 classes, input `[B, 3, SIZE, SIZE]`) or
-//!   `resnet18c` / `resnet50c` (CIFAR stem: 3x3 stride-1 `conv1`, no max-pool, 10 classes);
+//!   `resnet18c` / `resnet50c` (CIFAR stem: 3x3 stride-1 `conv1`, no max-pool, 10 classes) or
+//!   `resnet18c1` / `resnet50c1` (the same with one input channel, `[B, 1, SIZE, SIZE]`: what
+//!   `libre train --model resnet18 --cifar-stem` builds for Fashion-MNIST);
 //! - VARIANT `dnn` (the point net, `ForwardMode::Deterministic`), `ens-last` (the last block
 //!   before the head as an S = 20 ensemble, LiBRe), `mf-last` (the last block mean-field, S = 20),
 //!   `mf-all` (every layer mean-field, S = 20), all three as one parallel MC forward
 //!   (`ForwardMode::ParallelMc`, docs/design.md section 3), or `mf-all-seq` (every layer
-//!   mean-field, 20 sequential forwards with one weight sample each, `ForwardMode::SequentialMc`).
+//!   mean-field, 20 sequential forwards with one weight sample each, `ForwardMode::SequentialMc`);
+//! - or a training step, forward + backward + SGD update, batch norm in training mode:
+//!   `dnn-train` (cross-entropy, `libre train`'s optimiser, `train::pretrain_groups`) or
+//!   `ens-last-train` (one LiBRe step, `detect::objective::step`: the last block an S = 20
+//!   ensemble, the anchored objective with the data set's default noise, the B clean images
+//!   through one routed member each and copies of half of them clean and perturbed, 2.5 B
+//!   routed images in all; `train::libre_groups`). The timed unit is one optimiser step of BATCH
+//!   clean images; labels are `Tensor::randint`.
 //!
-//! The input is `Tensor::rand` after `tch::manual_seed(0)`; every forward runs under
-//! `tch::no_grad`. Batch norm uses its running statistics (eval mode) in every variant.
+//! The input is `Tensor::rand` after `tch::manual_seed(0)`; every forward variant runs under
+//! `tch::no_grad` with batch norm on its running statistics (eval mode).
 //!
 //! `BENCH_DEVICE` (`cpu` by default, `cuda` or `cuda:N`) picks the device through
 //! `libre::device::resolve` (which registers libtorch's CUDA backend, docs/design.md section 13);
@@ -26,8 +35,11 @@
 //! `BENCH_PRECISION=bf16` runs the forward in bfloat16 (`BayesModel::set_precision`, float32
 //! input and outputs; docs/design.md section 15).
 
+use libre::bayes::optim::Sgd;
 use libre::bayes::{Family, ForwardMode, PosteriorConfig};
-use libre::models::{self, ModelConfig};
+use libre::detect::objective::{self, customary_eps, LibreConfig, ObjectiveKind};
+use libre::models::{self, BayesModel, ModelConfig};
+use libre::train;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -40,13 +52,24 @@ struct Case {
     input: [i64; 4],
     convert: Option<(Family, &'static str)>,
     mode: ForwardMode,
+    train: Option<Training>,
+}
+
+/// What a training case steps.
+#[derive(Clone, Copy, PartialEq)]
+enum Training {
+    /// Cross-entropy on the point net (`ForwardMode::DeterministicTrain`).
+    Dnn,
+    /// One LiBRe step through the routed last-block ensemble.
+    Libre,
 }
 
 fn parse_case(case: &str, batch: i64) -> Result<Case, String> {
     let usage = || {
         format!(
             "bad case {case:?}: expected NET-SIZE:VARIANT, NET lenet5|resnet18|resnet34|resnet50 \
-             (suffix c: CIFAR stem), VARIANT dnn|ens-last|mf-last|mf-all|mf-all-seq \
+             (suffix c: CIFAR stem, c1: CIFAR stem and one input channel), VARIANT \
+             dnn|ens-last|mf-last|mf-all|mf-all-seq|dnn-train|ens-last-train \
              (e.g. resnet50-32:ens-last)"
         )
     };
@@ -62,9 +85,12 @@ fn parse_case(case: &str, batch: i64) -> Result<Case, String> {
             (cfg, 1)
         }
         _ => {
-            let (name, cifar) = match arch.strip_suffix('c') {
-                Some(n) => (n, true),
-                None => (arch, false),
+            let (name, cifar, channels) = if let Some(n) = arch.strip_suffix("c1") {
+                (n, true, 1)
+            } else if let Some(n) = arch.strip_suffix('c') {
+                (n, true, 3)
+            } else {
+                (arch, false, 3)
             };
             let depth = match name {
                 "resnet18" => 18,
@@ -73,10 +99,15 @@ fn parse_case(case: &str, batch: i64) -> Result<Case, String> {
                 _ => return Err(usage()),
             };
             let classes = if cifar { 10 } else { 1000 };
-            (ModelConfig::resnet(depth, classes, size, cifar), 3)
+            let cfg = ModelConfig {
+                in_channels: channels,
+                ..ModelConfig::resnet(depth, classes, size, cifar)
+            };
+            (cfg, channels)
         }
     };
     let par = ForwardMode::ParallelMc { samples: S };
+    let mut train = None;
     let (convert, mode) = match variant {
         "dnn" => (None, ForwardMode::Deterministic),
         "ens-last" => (Some((Family::Ensemble, "last-block")), par),
@@ -86,6 +117,18 @@ fn parse_case(case: &str, batch: i64) -> Result<Case, String> {
             Some((Family::MeanField, "all")),
             ForwardMode::SequentialMc { samples: S },
         ),
+        "dnn-train" => {
+            train = Some(Training::Dnn);
+            (None, ForwardMode::DeterministicTrain)
+        }
+        "ens-last-train" => {
+            train = Some(Training::Libre);
+            // The step builds its own routed mode; this one is only printed.
+            (
+                Some((Family::Ensemble, "last-block")),
+                ForwardMode::Train(Default::default()),
+            )
+        }
         _ => return Err(usage()),
     };
     Ok(Case {
@@ -93,6 +136,7 @@ fn parse_case(case: &str, batch: i64) -> Result<Case, String> {
         input: [batch, channels, size, size],
         convert,
         mode,
+        train,
     })
 }
 
@@ -171,20 +215,63 @@ fn run() -> Result<(), String> {
         libre::device::name(device),
         tch::get_num_threads()
     );
-    let forward = || {
-        let r = tch::no_grad(|| m.forward_mc(&x, &case.mode))
-            .map(|_| ())
-            .map_err(|e| format!("forward: {e}"));
-        sync();
-        r
+    let mut unit: Box<dyn FnMut() -> Result<(), String>> = match case.train {
+        None => Box::new(|| {
+            let r = tch::no_grad(|| m.forward_mc(&x, &case.mode))
+                .map(|_| ())
+                .map_err(|e| format!("forward: {e}"));
+            sync();
+            r
+        }),
+        Some(kind) => {
+            if precision != libre::precision::Precision::F32 {
+                return Err("training cases run at f32 only (BENCH_PRECISION)".into());
+            }
+            let y = Tensor::randint(case.cfg.num_classes, [batch], (Kind::Int64, device));
+            let steps = warmup + reps;
+            let groups = match kind {
+                Training::Dnn => train::pretrain_groups(0.05, 5e-4, steps),
+                Training::Libre => {
+                    train::libre_groups(Family::Ensemble, 0.05, 1e-4, 1e-4, S, steps)
+                }
+            };
+            let mut opt =
+                Sgd::new(m.var_store(), &groups).map_err(|e| format!("optimiser: {e}"))?;
+            let shape = [
+                case.input[1] as usize,
+                case.input[2] as usize,
+                case.input[3] as usize,
+            ];
+            let lcfg = LibreConfig::for_attack_eps(ObjectiveKind::Anchored, customary_eps(shape));
+            let model: &dyn BayesModel = m.as_ref();
+            Box::new(move || {
+                let loss = match kind {
+                    Training::Dnn => model
+                        .forward_mc(&x, &ForwardMode::DeterministicTrain)
+                        .map_err(|e| format!("forward: {e}"))?
+                        .squeeze_dim(1)
+                        .cross_entropy_for_logits(&y),
+                    Training::Libre => {
+                        objective::step(model, &x, &y, &lcfg)
+                            .map_err(|e| format!("LiBRe step: {e}"))?
+                            .loss
+                    }
+                };
+                opt.zero_grad();
+                loss.backward();
+                opt.step();
+                sync();
+                Ok(())
+            })
+        }
     };
     for _ in 0..warmup {
-        forward()?;
+        unit()?;
     }
     for _ in 0..reps {
         sync();
         let t = Instant::now();
-        forward()?;
+        unit()?;
         println!("{case_name} {:.3}", t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(())

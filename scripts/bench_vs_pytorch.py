@@ -7,9 +7,13 @@
 
 CASE, REPS and BATCH mean what they mean for examples/bench_vs_pytorch.rs (the libre side):
 NET-SIZE:VARIANT with NET lenet5 | resnet18 | resnet34 | resnet50 (suffix c: CIFAR stem, 10
-classes) and VARIANT dnn | ens-last | mf-last | mf-all | mf-all-seq, S = 20, random weights (speed
-only), input torch.rand after torch.manual_seed(0), every forward under torch.no_grad() (not
-inference_mode, as libre's tch::no_grad), batch norm in eval mode (running statistics). Env:
+classes; c1: the same with one input channel, Fashion-MNIST's shape) and VARIANT dnn | ens-last |
+mf-last | mf-all | mf-all-seq, S = 20, random weights (speed only), input torch.rand after
+torch.manual_seed(0), every forward under torch.no_grad() (not inference_mode, as libre's
+tch::no_grad), batch norm in eval mode (running statistics); or VARIANT dnn-train |
+ens-last-train (ResNets): one training step per timed unit, forward + backward + SGD update, batch
+norm in training mode, labels torch.randint (scripts/libre_train_torch.py; --impl ref routes the
+LiBRe ensemble as the reference's code does, opt sorts the images by member). Env:
 BENCH_THREADS (torch.set_num_threads), BENCH_WARMUP (warm-up forwards, default 1), BENCH_DEVICE
 (cpu by default, cuda or cuda:N: the model and input move there and every timed forward ends with
 torch.cuda.synchronize(), as on the libre side), BENCH_CUDNN_BENCHMARK=1 (cuDNN's autotuner on),
@@ -134,13 +138,13 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, layers, num_classes=1000, cifar_stem=False):
+    def __init__(self, block, layers, num_classes=1000, cifar_stem=False, in_channels=3):
         super().__init__()
         self.cin = 64
         if cifar_stem:
-            self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         else:
-            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if cifar_stem else nn.MaxPool2d(3, stride=2, padding=1)
@@ -215,7 +219,13 @@ def build_net(arch, size, use_torchvision):
     """(model, input channels). use_torchvision: torchvision's ResNet when it is installed."""
     if arch == "lenet5":
         return LeNet5(size), 1
-    name, cifar = (arch[:-1], True) if arch.endswith("c") else (arch, False)
+    channels = 3
+    if arch.endswith("c1"):
+        name, cifar, channels = arch[:-2], True, 1
+    elif arch.endswith("c"):
+        name, cifar = arch[:-1], True
+    else:
+        name, cifar = arch, False
     if name not in RESNETS:
         raise ValueError(f"unknown net {arch!r}")
     classes = 10 if cifar else 1000
@@ -227,7 +237,7 @@ def build_net(arch, size, use_torchvision):
         except ImportError:
             pass
     block, layers = RESNETS[name]
-    return ResNet(block, layers, classes, cifar), 3
+    return ResNet(block, layers, classes, cifar, channels), channels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,6 +426,7 @@ def to_bayesian(module, family, impl):
 
 
 VARIANTS = ("dnn", "ens-last", "mf-last", "mf-all", "mf-all-seq")
+TRAIN_VARIANTS = ("dnn-train", "ens-last-train")
 
 
 def parse_case(case):
@@ -425,8 +436,11 @@ def parse_case(case):
         size = int(size)
     except ValueError:
         raise ValueError(f"bad case {case!r}: expected NET-SIZE:VARIANT") from None
-    if variant not in VARIANTS:
-        raise ValueError(f"bad case {case!r}: VARIANT is one of {', '.join(VARIANTS)}")
+    if variant not in VARIANTS + TRAIN_VARIANTS:
+        raise ValueError(f"bad case {case!r}: VARIANT is one of "
+                         f"{', '.join(VARIANTS + TRAIN_VARIANTS)}")
+    if variant in TRAIN_VARIANTS and arch == "lenet5":
+        raise ValueError(f"bad case {case!r}: the training variants are for ResNets")
     return arch, size, variant
 
 
@@ -463,6 +477,8 @@ def bench(args):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.backends.cudnn.benchmark = os.environ.get("BENCH_CUDNN_BENCHMARK") == "1"
     torch.manual_seed(0)
+    if parse_case(args.case)[2] in TRAIN_VARIANTS:
+        return bench_train(args, device, sync, warmup)
     net, channels, size, fwd = build_case(args.case, args.impl)
     net.to(device)
     x = torch.rand(args.batch, channels, size, size).to(device)
@@ -488,6 +504,33 @@ def bench(args):
             fwd(x)
             sync()
             print(f"{args.case} {(time.perf_counter() - t) * 1e3:.3f}", flush=True)
+
+
+def bench_train(args, device, sync, warmup):
+    """Training steps (scripts/libre_train_torch.py): one timed unit = one optimiser step."""
+    import libre_train_torch
+
+    if os.environ.get("BENCH_PRECISION", "f32") != "f32":
+        raise RuntimeError("training cases run at f32 only (BENCH_PRECISION)")
+    arch, size, variant = parse_case(args.case)
+    net, channels = build_net(arch, size, variant == "dnn-train")
+    net.to(device)
+    x = torch.rand(args.batch, channels, size, size).to(device)
+    y = torch.randint(net.fc.out_features, (args.batch,)).to(device)
+    step = libre_train_torch.make_step(net, variant, args.impl, channels, size,
+                                       warmup + args.reps)
+    net.to(device)  # the routed layers' members
+    print(f"pytorch {args.case} ({args.impl}): {type(net).__module__}.{type(net).__name__}, "
+          f"input {list(x.shape)}, device {device}, threads {torch.get_num_threads()}, "
+          f"warm-up {warmup}, reps {args.reps}, torch {torch.__version__}", file=sys.stderr)
+    for _ in range(warmup):
+        step(x, y)
+    sync()
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        step(x, y)
+        sync()
+        print(f"{args.case} {(time.perf_counter() - t) * 1e3:.3f}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------

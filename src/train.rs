@@ -354,6 +354,7 @@ pub fn fit(
         (Some(s), true) => ForwardMode::Train(TrainSampling {
             sampling: s,
             routing: Routing::Random,
+            rows: None,
         }),
         _ => ForwardMode::DeterministicTrain,
     };

@@ -227,6 +227,7 @@ fn per_example_sampling_gives_each_example_its_own_weights() {
         ForwardMode::Train(TrainSampling {
             sampling: s,
             routing: Routing::Random,
+            rows: None,
         })
     };
     let mut m = models::build(&cfg, Device::Cpu).unwrap();
@@ -262,6 +263,7 @@ fn per_example_sampling_gives_each_example_its_own_weights() {
     let mode = ForwardMode::Train(TrainSampling {
         sampling: McSampling::PerExample,
         routing: Routing::Given(ids.clone()),
+        rows: None,
     });
     let routed = e.forward_mc(&x, &mode).unwrap();
     let all = e
@@ -274,6 +276,7 @@ fn per_example_sampling_gives_each_example_its_own_weights() {
     let fixed = ForwardMode::Train(TrainSampling {
         sampling: McSampling::PerExample,
         routing: Routing::Fixed(1),
+        rows: None,
     });
     let y = e.forward_mc(&x, &fixed).unwrap();
     assert!(max_diff(&y.squeeze_dim(1), &all.select(1, 1)) < 1e-4);
@@ -282,6 +285,7 @@ fn per_example_sampling_gives_each_example_its_own_weights() {
         &ForwardMode::Train(TrainSampling {
             sampling: McSampling::PerExample,
             routing: Routing::Given(vec![0, 1]),
+            rows: None,
         }),
     );
     assert!(e_bad
@@ -326,6 +330,7 @@ fn training_schemes_match_the_exact_output_distribution() {
         let mode = ForwardMode::Train(TrainSampling {
             sampling: s,
             routing: Routing::Random,
+            rows: None,
         });
         let ys: Vec<Tensor> = (0..400)
             .map(|_| {

@@ -377,6 +377,7 @@ fn routed_ensemble_forward_matches_the_per_member_oracle() {
     let routed = ForwardMode::Train(TrainSampling {
         sampling: McSampling::PerExample,
         routing: Routing::Given(ids.clone()),
+        rows: None,
     });
     let grads = |m: &dyn BayesModel| -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = m
@@ -406,6 +407,7 @@ fn routed_ensemble_forward_matches_the_per_member_oracle() {
         let mode = ForwardMode::Train(TrainSampling {
             sampling: McSampling::PerExample,
             routing: Routing::Fixed(k as usize),
+            rows: None,
         });
         let (yi, fi) = m
             .forward_mc_with_features(&x.narrow(0, i as i64, 1), &mode)

@@ -96,6 +96,14 @@ impl BatchNorm {
 
     /// The forward under the context's mode.
     pub fn forward(&self, x: &Act, ctx: &Ctx) -> Result<Act> {
+        let point = self.weight.is_point() && self.bias.is_point();
+        // The first Bayesian layer turns distinct input rows into the batch (TrainSampling::rows).
+        let expanded = if point {
+            None
+        } else {
+            Some(ctx.expand_rows(x)?)
+        };
+        let x = expanded.as_ref().unwrap_or(x);
         let size = x.t.size();
         let cdim = if x.samples.is_some() { 2 } else { 1 };
         let rank_ok = match self.spatial {
@@ -116,8 +124,18 @@ impl BatchNorm {
             let _guard = tch::no_grad_guard();
             let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
         }
-        let point = self.weight.is_point() && self.bias.is_point();
         if point {
+            if let (true, Some(copies)) = (train, ctx.batch_copies(x.t.device())) {
+                // Before the expansion: the statistics (and the running averages) of the batch,
+                // copies counted, from the distinct rows plus the copies; outputs for the
+                // distinct rows. A copy's output equals its row's, so the forward and its
+                // gradient are those of the batch norm over the expanded batch.
+                let u = size[0];
+                let all = Tensor::cat(&[x.t.shallow_clone(), x.t.index_select(0, &copies)], 0);
+                let (w, b) = (self.weight.mean(), self.bias.mean());
+                let y = self.bn(&all, Some(&w), Some(&b), true).narrow(0, 0, u);
+                return Ok(Act::with(y, x.samples));
+            }
             return Ok(x.map_flat(|t| {
                 self.bn(t, Some(&self.weight.mean()), Some(&self.bias.mean()), train)
             }));

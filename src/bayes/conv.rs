@@ -20,7 +20,7 @@
 //!   drawing S weight tensors.
 
 use super::linear::{add_opt, local_reparam};
-use super::mode::{apply_routed, rademacher, unify, Act, Ctx, McSampling, Multi};
+use super::mode::{apply_routed, apply_segmented, rademacher, unify, Act, Ctx, McSampling, Multi};
 use super::posterior::BayesParam;
 use super::{BayesLayer, LayerKind};
 use crate::{Error, Result};
@@ -178,6 +178,13 @@ impl Conv2d {
 
     /// The forward under the context's mode.
     pub fn forward(&self, x: &Act, ctx: &Ctx) -> Result<Act> {
+        // The first Bayesian layer turns distinct input rows into the batch (TrainSampling::rows).
+        let expanded = if self.is_point() {
+            None
+        } else {
+            Some(ctx.expand_rows(x)?)
+        };
+        let x = expanded.as_ref().unwrap_or(x);
         let size = x.t.size();
         let cdim = if x.samples.is_some() { 2 } else { 1 };
         if size.len() != cdim + 3 || size[cdim] != self.in_channels {
@@ -214,23 +221,31 @@ impl Conv2d {
                 Some(b) => Some(b.draw(n)?), // [S, out]
                 None => None,
             };
-            // [S, M, C, H, W] -> [M, S*C, H, W], one conv with S*g groups -> [S, M, out, H', W']
             let (out, cg, k) = (self.out_channels, self.in_channels / g, self.kernel);
-            let centre = FAST_PATHS.load(Ordering::Relaxed) && self.centre_tap_only(&x.t);
+            if FAST_PATHS.load(Ordering::Relaxed) {
+                // One plain op per member over its examples (apply_segmented); on 1x1 maps a
+                // matmul over the centre tap (trained weights: sliced anew each forward).
+                let centre = self.centre_tap_only(&x.t);
+                let ws = if centre { kernel_centre(&w) } else { w }.unbind(0);
+                let bs = b.map(|b| b.unbind(0));
+                let y = apply_segmented(&x.t, &ids, n, &mut |m, xm| {
+                    let bm = bs.as_ref().map(|b| &b[m]);
+                    Ok(if centre {
+                        let rows = xm.size()[0];
+                        xm.reshape([rows, self.in_channels])
+                            .linear(&ws[m], bm)
+                            .reshape([rows, out, 1, 1])
+                    } else {
+                        self.conv(xm, &ws[m], bm, g)
+                    })
+                })?;
+                return Ok(Act::new(y));
+            }
+            // The oracle: [S, M, C, H, W] -> [M, S*C, H, W], one conv with S*g groups ->
+            // [S, M, out, H', W'] (on 1x1 maps the same).
             let y = apply_routed(&x.t, &ids, n, &mut |xp| {
                 let sz = xp.size();
                 let m = sz[1];
-                if centre {
-                    // 1x1 maps: [S, M, C] bmm [S, C, out] over the centre tap, as at inference
-                    // (sampled or trained weights: laid out anew each forward).
-                    let wc = kernel_centre(&w).transpose(1, 2);
-                    let y = xp.reshape([n, m, self.in_channels]).bmm(&wc);
-                    let y = match &b {
-                        Some(b) => y + b.unsqueeze(1),
-                        None => y,
-                    };
-                    return Ok(y.reshape([n, m, out, 1, 1]));
-                }
                 let xin = xp.transpose(0, 1).reshape([m, n * sz[2], sz[3], sz[4]]);
                 let wf = w.reshape([n * out, cg, k, k]);
                 let bf = b.as_ref().map(|b| b.reshape([n * out]));

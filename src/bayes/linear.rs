@@ -71,6 +71,13 @@ pub fn linear(p: &nn::Path, in_dim: i64, out_dim: i64, cfg: LinearConfig) -> Lin
 impl Linear {
     /// The forward under the context's mode.
     pub fn forward(&self, x: &Act, ctx: &Ctx) -> Result<Act> {
+        // The first Bayesian layer turns distinct input rows into the batch (TrainSampling::rows).
+        let expanded = if self.is_point() {
+            None
+        } else {
+            Some(ctx.expand_rows(x)?)
+        };
+        let x = expanded.as_ref().unwrap_or(x);
         let last = *x.t.size().last().unwrap_or(&0);
         if last != self.in_dim {
             return Err(Error::Shape(format!(

@@ -46,6 +46,8 @@ impl PRelu {
             return Ok(x.map_flat(|t| t.prelu(&w)));
         }
         ctx.note_bayes();
+        // The first Bayesian layer turns distinct input rows into the batch (TrainSampling::rows).
+        let x = &ctx.expand_rows(x)?;
         let trail = size.len() - cdim - 1;
         let view = |t: Tensor, lead: &[i64]| {
             let mut shape = lead.to_vec();

@@ -274,29 +274,44 @@ pub fn step(
     let pairs_clean = cfg.objective.pairs_clean();
     // Routed batch: [clean (B) | clean copies through a second member (h, optional) | perturbed
     // through member 1 (h) | perturbed through member 2 (h)].
-    let mut inputs = vec![x.shallow_clone()];
     let mut ids = vec![r.shallow_clone()];
     if pairs_clean {
         let r_head = r.narrow(0, 0, h);
         let shift = Tensor::randint_low(1, s, [h], (Kind::Int64, Device::Cpu));
-        inputs.push(src.shallow_clone());
         ids.push((&r_head + shift).remainder(s));
     }
-    inputs.push(xp.shallow_clone());
     ids.push(p1);
-    inputs.push(xp);
     ids.push(p2);
-    let input = Tensor::cat(&inputs, 0);
     let ids: Vec<i64> = Vec::<i64>::try_from(Tensor::cat(&ids, 0)).expect("cpu int64");
+    // The batch holds 1.5 B distinct images: the model gets each once, with the batch as rows
+    // of [clean (B) | perturbed (h)], so the deterministic layers before the Bayesian block
+    // run on 1.5 B images instead of 2.5 B (TrainSampling::rows; same outputs and gradients).
+    // With the fast paths off, the oracle: the expanded batch itself.
+    let mut rows: Vec<i64> = (0..b).collect();
+    if pairs_clean {
+        rows.extend(0..h);
+    }
+    rows.extend((b..b + h).chain(b..b + h));
+    let (input, rows) = if crate::bayes::conv::fast_paths() {
+        (Tensor::cat(&[x.shallow_clone(), xp], 0), Some(rows))
+    } else {
+        let idx = Tensor::from_slice(&rows).to_device(x.device());
+        (
+            Tensor::cat(&[x.shallow_clone(), xp], 0).index_select(0, &idx),
+            None,
+        )
+    };
     let mode = if routed {
         ForwardMode::Train(TrainSampling {
             sampling: McSampling::PerExample,
             routing: Routing::Given(ids),
+            rows,
         })
     } else {
         ForwardMode::Train(TrainSampling {
             sampling: McSampling::LocalReparam,
             routing: Routing::Random,
+            rows,
         })
     };
     let (logits, feats) = model.forward_mc_with_features(&input, &mode)?;

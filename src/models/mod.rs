@@ -19,7 +19,9 @@ pub use resnet::ResNet;
 pub use wrn::WideResNet;
 
 use crate::bayes::mode::{McDraws, McDropout};
-use crate::bayes::{Act, BayesLayer, Ctx, Family, ForwardMode, LayerSelection, PosteriorConfig};
+use crate::bayes::{
+    Act, BayesLayer, Ctx, Family, ForwardMode, LayerSelection, PosteriorConfig, TrainSampling,
+};
 use crate::precision::Precision;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -455,6 +457,11 @@ impl<N: Net> Model<N> {
         ctx.set_dropout(self.mc_dropout.clone());
         ctx.set_draws(self.mc_draws);
         if taps {
+            if let ForwardMode::Train(TrainSampling { rows: Some(_), .. }) = mode {
+                return Err(Error::invalid(
+                    "taps are recorded on the batch itself, not on its distinct rows",
+                ));
+            }
             ctx.record_taps();
         }
         // One pass with `s` samples on the sample axis.
@@ -463,6 +470,7 @@ impl<N: Net> Model<N> {
             // The logits close the last block (a Bayesian head has no later boundary).
             let out = ctx.mark("logits", out)?;
             let feats = ctx.take_features().expect("every net marks its head input");
+            let (out, feats) = ctx.finish_rows(out, feats)?;
             let taps = ctx
                 .take_taps()
                 .into_iter()
@@ -702,6 +710,14 @@ impl<N: Net> BayesModel for Model<N> {
 
 /// Errors unless `model` computes in float32: `what` (saving, converting, training) needs its
 /// float32 weights.
+/// Whether any of these layers carries a posterior (a block to enter with the batch's rows,
+/// [`crate::bayes::TrainSampling::rows`]).
+pub(crate) fn any_bayesian(layers: &[&dyn BayesLayer]) -> bool {
+    layers
+        .iter()
+        .any(|l| l.params().iter().any(|p| !p.is_point()))
+}
+
 pub fn require_f32(model: &dyn BayesModel, what: &str) -> Result<()> {
     match model.precision() {
         Precision::F32 => Ok(()),

@@ -206,6 +206,10 @@ impl Net for ResNet {
         a = ctx.mark("conv1", a)?;
         for (li, layer) in self.layers.iter().enumerate() {
             for (bi, block) in layer.iter().enumerate() {
+                if ctx.rows_pending() && super::any_bayesian(&block.layers()) {
+                    // The shortcut must see the batch too (TrainSampling::rows).
+                    a = ctx.expand_rows(&a)?;
+                }
                 a = block.forward(&a, ctx)?;
                 a = ctx.mark(&format!("layer{}.{bi}", li + 1), a)?;
             }

@@ -45,6 +45,14 @@ pub struct WideBlock {
 }
 
 impl WideBlock {
+    fn layers(&self) -> Vec<&dyn BayesLayer> {
+        let mut v: Vec<&dyn BayesLayer> = vec![&self.bn1, &self.conv1, &self.bn2, &self.conv2];
+        if let Some(c) = &self.conv_shortcut {
+            v.push(c);
+        }
+        v
+    }
+
     fn forward(&self, x: &Act, ctx: &Ctx) -> Result<Act> {
         let pre = self.bn1.forward(x, ctx)?.relu();
         let a = self.conv1.forward(&pre, ctx)?;
@@ -110,6 +118,10 @@ impl Net for WideResNet {
         a = ctx.mark("conv1", a)?;
         for (gi, group) in self.blocks.iter().enumerate() {
             for (bi, b) in group.iter().enumerate() {
+                if ctx.rows_pending() && super::any_bayesian(&b.layers()) {
+                    // The shortcut must see the batch too (TrainSampling::rows).
+                    a = ctx.expand_rows(&a)?;
+                }
                 a = b.forward(&a, ctx)?;
                 a = ctx.mark(&format!("block{}.layer.{bi}", gi + 1), a)?;
             }
@@ -122,10 +134,7 @@ impl Net for WideResNet {
     fn layers(&self) -> Vec<&dyn BayesLayer> {
         let mut v: Vec<&dyn BayesLayer> = vec![&self.conv1];
         for b in self.blocks.iter().flatten() {
-            v.extend([&b.bn1 as &dyn BayesLayer, &b.conv1, &b.bn2, &b.conv2]);
-            if let Some(c) = &b.conv_shortcut {
-                v.push(c);
-            }
+            v.extend(b.layers());
         }
         v.extend([&self.bn1 as &dyn BayesLayer, &self.fc]);
         v
