@@ -625,6 +625,28 @@ def check():
                     torch.manual_seed(2)
                     outs.append(net(x))
                 close(f"{case}:{variant} opt = ref (same members / draws)", outs[1], outs[0])
+    # Training: the two routed-ensemble implementations, outputs and member gradients.
+    import libre_train_torch as lt
+
+    base, _ = build_net("resnet18c1", 28, False)
+    outs = []
+    ids = torch.randint(lt.S, (10,))
+    x = torch.rand(10, 1, 28, 28)
+    for impl in ("ref", "opt"):
+        net = copy.deepcopy(base).train()
+        torch.manual_seed(1)
+        net.layer4[-1] = lt.to_routed(net.layer4[-1], impl)
+        with torch.no_grad():
+            for m in net.modules():
+                if isinstance(m, lt.Routed):
+                    m.ids = ids
+                    for p in m.parameters(recurse=False):
+                        p.add_(0.05 * torch.randn_like(p))
+        f, logits = lt.features_and_logits(net, x)
+        (f.square().sum() + logits.sum()).backward()
+        outs.append((f.detach(), net.layer4[-1].conv2.weights.grad))
+    close("resnet18c1-28 routed training forward: opt = ref", outs[1][0], outs[0][0])
+    close("resnet18c1-28 routed member gradients: opt = ref", outs[1][1], outs[0][1])
     if failures:
         print(f"check: {len(failures)} failed: {', '.join(failures)}", file=sys.stderr)
         sys.exit(1)

@@ -15,6 +15,9 @@
 #                  ResNets (mf-*; drawing 20 weight samples costs seconds)
 #   BENCH_WARMUP [1]  untimed forwards per process before the timed ones
 #   BATCH [16]     batch size of the forward cases
+#   TRAIN_BATCH [64]  clean images per step of the training cases (*-train: one optimiser step
+#                  per timed unit; LiBRe routes 2.5x as many images)
+#   TRAIN_REPS [2] timed steps per process for the training cases
 #   BENCH_THREADS [2]  intra-op threads of both sides (also OMP_NUM_THREADS, MKL_NUM_THREADS)
 #   WAIT_POLICY [PASSIVE]  OMP_WAIT_POLICY of both sides; `default` leaves it unset (libgomp
 #                  then busy-waits between parallel regions, see docs/design.md section 13)
@@ -48,7 +51,8 @@ ROOT=$PWD
 DEFAULT_CASES="lenet5-28:dnn lenet5-28:ens-last lenet5-28:mf-last lenet5-28:mf-all
 resnet18-32:dnn resnet18-32:ens-last resnet18-32:mf-last resnet18-32:mf-all
 resnet50-32:dnn resnet50-32:ens-last resnet50-32:mf-last resnet50-32:mf-all
-resnet50-224:dnn resnet50-224:ens-last resnet50-224:mf-last"
+resnet50-224:dnn resnet50-224:ens-last resnet50-224:mf-last
+resnet18c1-28:dnn-train resnet18c1-28:ens-last-train"
 ALL_EXTRA="lenet5-28:mf-all-seq resnet18-32:mf-all-seq resnet50-32:mf-all-seq resnet50-224:mf-all"
 
 CASES=${CASES:-$DEFAULT_CASES}
@@ -57,6 +61,8 @@ ROUNDS=${ROUNDS:-3}
 REPS=${REPS:-5}
 SLOW_REPS=${SLOW_REPS:-1}
 BATCH=${BATCH:-16}
+TRAIN_BATCH=${TRAIN_BATCH:-64}
+TRAIN_REPS=${TRAIN_REPS:-2}
 PT_OPT=${PT_OPT:-1}
 E2E=${E2E:-1}
 PT_MALLOC=${PT_MALLOC:-0}
@@ -81,7 +87,7 @@ die() {
   echo "bench_vs_pytorch.sh: $*" >&2
   exit 1
 }
-for v in ROUNDS REPS SLOW_REPS BATCH BENCH_THREADS BENCH_WARMUP; do
+for v in ROUNDS REPS SLOW_REPS BATCH TRAIN_BATCH TRAIN_REPS BENCH_THREADS BENCH_WARMUP; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 0 ] || die "$v=${!v} is not a number"
 done
 case $PT_OPT in 0 | 1 | all) ;; *) die "PT_OPT=$PT_OPT: 0, 1 or all" ;; esac
@@ -90,8 +96,8 @@ case $E2E$CHECK$PT_MALLOC in [01][01][01]) ;; *) die "E2E, CHECK and PT_MALLOC a
 PT_ENV=(env)
 [ "$PT_MALLOC" = 1 ] && PT_ENV+=(MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824)
 [ "$ROUNDS" -ge 1 ] && [ "$REPS" -ge 1 ] && [ "$SLOW_REPS" -ge 1 ] && [ "$BATCH" -ge 1 ] \
-  && [ "$BENCH_THREADS" -ge 1 ] \
-  || die "ROUNDS, REPS, SLOW_REPS, BATCH and BENCH_THREADS must be >= 1"
+  && [ "$TRAIN_BATCH" -ge 1 ] && [ "$TRAIN_REPS" -ge 1 ] && [ "$BENCH_THREADS" -ge 1 ] \
+  || die "ROUNDS, REPS, SLOW_REPS, BATCH, TRAIN_BATCH, TRAIN_REPS and BENCH_THREADS must be >= 1"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench_vs_pytorch.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
@@ -173,15 +179,16 @@ tv_version=$("$PY" -c 'import torchvision; print(torchvision.__version__)' 2>/de
 start=$(date +%s)
 
 for case in $CASES; do
-  reps=$REPS
+  reps=$REPS batch=$BATCH
   [[ $case == *-224:* || $case == resnet*:mf-* ]] && reps=$SLOW_REPS
-  echo "case $case: $ROUNDS rounds x $reps reps" >&2
+  [[ $case == *-train ]] && reps=$TRAIN_REPS batch=$TRAIN_BATCH
+  echo "case $case: $ROUNDS rounds x $reps reps, batch $batch" >&2
   for ((r = 1; r <= ROUNDS; r++)); do
-    run libre "$case" "$LIBRE_BENCH" "$case" "$reps" "$BATCH"
-    run pytorch "$case" "${PT_ENV[@]}" "$PY" scripts/bench_vs_pytorch.py "$case" "$reps" "$BATCH" --impl ref
-    if [[ $case == *:ens-last || $case == *:mf-last ]] \
+    run libre "$case" "$LIBRE_BENCH" "$case" "$reps" "$batch"
+    run pytorch "$case" "${PT_ENV[@]}" "$PY" scripts/bench_vs_pytorch.py "$case" "$reps" "$batch" --impl ref
+    if [[ $case == *:ens-last || $case == *:mf-last || $case == *:ens-last-train ]] \
       && { [ "$PT_OPT" = all ] || { [ "$PT_OPT" = 1 ] && [[ $case != *-224:* ]]; }; }; then
-      run pytorch-opt "$case" "${PT_ENV[@]}" "$PY" scripts/bench_vs_pytorch.py "$case" "$reps" "$BATCH" --impl opt
+      run pytorch-opt "$case" "${PT_ENV[@]}" "$PY" scripts/bench_vs_pytorch.py "$case" "$reps" "$batch" --impl opt
     fi
   done
 done
@@ -231,7 +238,8 @@ echo "threads: BENCH_THREADS=$BENCH_THREADS for both (tch::set_num_threads / tor
   "OMP_NUM_THREADS=$OMP_NUM_THREADS); OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset (libgomp default)} for both"
 echo "protocol: $ROUNDS rounds per case, libre then PyTorch (then PyTorch best-effort), one process" \
   "each: $BENCH_WARMUP warm-up + $REPS timed forwards ($SLOW_REPS for 224 px and mean-field ResNets);" \
-  "batch $BATCH, S = 20, random weights, no_grad, batch norm in eval mode; ${elapsed} s in all"
+  "batch $BATCH, S = 20, random weights, no_grad, batch norm in eval mode; training cases (*-train):" \
+  "$TRAIN_REPS timed optimiser steps of $TRAIN_BATCH images, batch norm in training mode; ${elapsed} s in all"
 if [ "$PT_MALLOC" = 1 ]; then
   alloc_pt="PyTorch with the same (PT_MALLOC=1)"
 else
@@ -263,7 +271,8 @@ def ms(x):
     return f"{x:.1f}" if x < 1000 else f"{x:.0f}"
 
 print()
-print("forward time per batch, ms (min / median over all timed forwards); ratio = libre / PyTorch")
+print("time per forward (*-train: per optimiser step), ms (min / median over all timed units);"
+      " ratio = libre / PyTorch")
 hdr = (f"{'case':<24} {'libre min':>9} {'median':>8}  {'PyTorch min':>11} {'median':>8}  "
        f"{'ratio min':>9} {'median':>6}  {'PT best-effort':>14} {'median':>8} {'ratio med':>9}")
 print(hdr)
@@ -275,9 +284,11 @@ for case in order:
     if c:
         row += f"  {ms(c[0]):>14} {ms(c[1]):>8} {a[1] / c[1]:>9.2f}"
     print(row + f"   (n = {a[2]}/{b[2]}{'/' + str(c[2]) if c else ''})")
-print("PyTorch = the ScalableBDL-style reference (repeat + grouped conv, parallel_eval);"
-      " PT best-effort = shared-input wide conv / centre-tap matmul, fused batch norm"
-      " (scripts/bench_vs_pytorch.py)")
+print("PyTorch = the ScalableBDL-style reference (repeat + grouped conv, parallel_eval;"
+      " training: a gathered weight per image, an N-group conv);"
+      " PT best-effort = shared-input wide conv / centre-tap matmul, fused batch norm;"
+      " training: images sorted by member, one conv per member"
+      " (scripts/bench_vs_pytorch.py, scripts/libre_train_torch.py)")
 
 try:
     lines = [l.split() for l in open(sys.argv[2])]
