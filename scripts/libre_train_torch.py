@@ -1,5 +1,17 @@
-"""One LiBRe training step in plain PyTorch, for timing libre's against (scripts/bench_vs_pytorch.py,
-cases NET-SIZE:dnn-train and NET-SIZE:ens-last-train).
+"""LiBRe training in plain PyTorch, for timing libre's against: one step (scripts/bench_vs_pytorch.py,
+cases NET-SIZE:dnn-train and NET-SIZE:ens-last-train) or a whole fine-tuning run
+(scripts/train_vs_pytorch.sh):
+
+    libre_train_torch.py WEIGHTS TRAIN_DATA TEST_DATA [--limit N] [--epochs E] [--batch-size B]
+                         [--eval-limit N] [--impl ref|opt] [--device D] [--seed S]
+
+fine-tunes a libre checkpoint of a CIFAR-stem ResNet (safetensors; the names are the PyTorch
+module tree) on a libre data file (u8 images [N, C, H, W], int64 labels) in shuffled batches, as
+`libre finetune --recipe libre` does with its defaults, then evaluates the 20-member predictive
+(mean softmax over the members, batch norm on running statistics) on the first --eval-limit test
+images. It prints `train-e2e:IMPL SECONDS IMAGES_PER_S TOP1`: the seconds of the training loop
+alone (batches gathered from the u8 tensor, converted, moved to the device, stepped; the
+evaluation is not timed, as in libre's metrics.csv `images_per_s`).
 
 The step is the one libre's `detect::objective::step` takes (docs/detection.md, "Training"; the
 anchored objective libre trains by default): of a clean batch x [B, C, H, W] with labels y, the
@@ -35,7 +47,11 @@ Implementations of the routed layers (`impl`):
 momentum 0.9 (Nesterov), lr 0.05, weight decay 5e-4 (libre's `train::pretrain_groups`).
 """
 
+import argparse
 import math
+import os
+import sys
+import time
 
 import torch
 import torch.nn as nn
@@ -225,3 +241,94 @@ def make_step(net, variant, impl, channels, size, total_steps):
         return DnnStep(net)
     eps = customary_eps(channels, size)
     return LibreStep(net, impl, total_steps, (0.5 * eps, min(2 * eps, 1.0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole fine-tuning run (scripts/train_vs_pytorch.sh).
+
+
+def evaluate_members(net, images, labels, batch, device):
+    """Top-1 of the member-averaged softmax, batch norm on running statistics."""
+    net.eval()
+    routed = [m for m in net.modules() if isinstance(m, Routed)]
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, images.shape[0], batch):
+            x = images[i:i + batch].to(device).float().div_(255)
+            p = 0
+            for s in range(S):
+                ids = torch.full((x.shape[0],), s, dtype=torch.long, device=device)
+                for m in routed:
+                    m.ids = ids
+                p = p + net(x).softmax(-1)
+            correct += (p.argmax(1).cpu() == labels[i:i + batch]).sum().item()
+    net.train()
+    return correct / images.shape[0]
+
+
+def main():
+    import bench_vs_pytorch as bvp
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("weights")
+    ap.add_argument("train_data")
+    ap.add_argument("test_data")
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--eval-limit", type=int, default=1000)
+    ap.add_argument("--impl", choices=("ref", "opt"), default="opt")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    threads = os.environ.get("BENCH_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    weights, meta = bvp.read_safetensors(args.weights)
+    model = __import__("json").loads(meta["libre"])["model"]
+    if model["arch"] != "resnet18" or not model["cifar_stem"] or model["normalization"]:
+        raise ValueError(f"{args.weights}: expected a CIFAR-stem ResNet-18 without input "
+                         f"normalisation, got {model}")
+    block, layers = bvp.RESNETS["resnet18"]
+    net = bvp.ResNet(block, layers, model["num_classes"], True, model["in_channels"])
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"{args.weights}: missing {missing}, unexpected {unexpected}")
+    train, _ = bvp.read_safetensors(args.train_data)
+    test, _ = bvp.read_safetensors(args.test_data)
+    images, labels = train["images"], train["labels"]
+    if args.limit:
+        images, labels = images[:args.limit], labels[:args.limit]
+    n, (c, size) = images.shape[0], images.shape[1:3]
+    torch.manual_seed(args.seed)
+    net.to(device)
+    steps = args.epochs * math.ceil(n / args.batch_size)
+    step = make_step(net, "ens-last-train", args.impl, c, size, steps)
+    net.to(device)
+    sync()
+    t = time.perf_counter()
+    for _ in range(args.epochs):
+        for idx in torch.randperm(n).split(args.batch_size):
+            x = images[idx].to(device).float().div_(255)
+            y = labels[idx].to(device).long()
+            step(x, y)
+    sync()
+    secs = time.perf_counter() - t
+    top1 = evaluate_members(net, test["images"][:args.eval_limit],
+                            test["labels"][:args.eval_limit], 250, device)
+    print(f"train-e2e:{args.impl} {secs:.3f} {args.epochs * n / secs:.2f} {top1:.4f}")
+    print(f"pytorch LiBRe fine-tuning ({args.impl}): {n} images x {args.epochs} epoch(s), batch "
+          f"{args.batch_size}, {steps} steps, device {device}, threads {torch.get_num_threads()}, "
+          f"test top-1 {top1:.4f} on {min(args.eval_limit, test['images'].shape[0])} images",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        print(f"libre_train_torch.py: {e}", file=sys.stderr)
+        sys.exit(2)
