@@ -8,7 +8,7 @@ CARGO ?= cargo
 LIBRE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/libre
 export LIBRE_CACHE
 
-.PHONY: quickstart test test-unit test-slurm build libtorch bench clean-cache
+.PHONY: quickstart test test-unit test-slurm build libtorch bench clean-cache gpu-carry
 
 libtorch:
 	@scripts/fetch-libtorch.sh >/dev/null
@@ -37,3 +37,15 @@ bench: build
 
 clean-cache:
 	rm -rf "$(LIBRE_CACHE)"
+
+# What a lent GPU machine needs for scripts/gpu_bench.sh (it has no Rust toolchain and no network):
+# the two binaries and the Fashion-MNIST files, gzipped into gpu-carry/ (about 44 MB with the
+# binaries; the device tool carries 64 MiB).
+gpu-carry: build
+	$(CARGO) build --release --locked --example bench_vs_pytorch
+	target/release/libre data fetch fashion-mnist
+	mkdir -p gpu-carry
+	for s in train test; do \
+	  gzip -c "$(LIBRE_CACHE)/data/fashion-mnist-$$s.safetensors" > gpu-carry/fashion-mnist-$$s.safetensors.gz.tmp \
+	  && mv gpu-carry/fashion-mnist-$$s.safetensors.gz.tmp gpu-carry/fashion-mnist-$$s.safetensors.gz; \
+	done

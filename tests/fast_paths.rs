@@ -491,3 +491,85 @@ fn libre_step_on_distinct_rows_equals_the_expanded_batch() {
         assert!(nonzero > names.len() / 2, "{what}: gradients flowed");
     }
 }
+
+/// A training forward over distinct rows (`TrainSampling::rows`) equals the forward over the
+/// expanded input wherever the expansion happens: at the end of a net with no Bayesian layer,
+/// at the entry of a residual block whose only Bayesian layer is its shortcut conv, and at a
+/// Wide-ResNet block (pre-activation batch norm first). Logits, features, input gradients and
+/// the running statistics.
+#[test]
+fn training_forward_on_distinct_rows_equals_the_expanded_input() {
+    let _serial = serial();
+    let wrn = ModelConfig {
+        arch: models::Arch::Wrn28x10,
+        num_classes: 10,
+        in_channels: 3,
+        image_size: 16,
+        ..ModelConfig::default()
+    };
+    let resnet = ModelConfig::resnet(18, 10, 32, true);
+    let cases: [(ModelConfig, Option<&str>); 3] = [
+        (resnet.clone(), None),
+        (resnet, Some("layer4.0.downsample.0")),
+        (wrn, Some("last-block")),
+    ];
+    for (cfg, layers) in cases {
+        tch::manual_seed(5);
+        let mut m = models::build(&cfg, Device::Cpu).unwrap();
+        if let Some(l) = layers {
+            m.convert(
+                &l.parse::<LayerSelection>().unwrap(),
+                &PosteriorConfig::new(Family::Ensemble, 3),
+            )
+            .unwrap();
+            perturb(m.as_ref(), |n| n.ends_with("_members"), 0.05);
+        }
+        let size = cfg.image_size;
+        let x = Tensor::rand([3, 3, size, size], (Kind::Float, Device::Cpu));
+        let rows = vec![0i64, 1, 2, 0, 2, 2];
+        let ids = vec![0i64, 1, 2, 1, 0, 2];
+        let stats = |m: &dyn models::BayesModel| -> Vec<Tensor> {
+            let mut v: Vec<(String, Tensor)> = m.var_store().variables().into_iter().collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v.into_iter().map(|(_, t)| t.copy()).collect()
+        };
+        let state = stats(m.as_ref());
+        let run = |input: &Tensor, rows: Option<Vec<i64>>| {
+            tch::no_grad(|| {
+                let mut v: Vec<(String, Tensor)> = m.var_store().variables().into_iter().collect();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                for ((_, mut t), s) in v.into_iter().zip(&state) {
+                    t.copy_(s);
+                }
+            });
+            let input = input.detach().set_requires_grad(true);
+            let mode = ForwardMode::Train(TrainSampling {
+                sampling: McSampling::PerExample,
+                routing: Routing::Given(ids.clone()),
+                rows,
+            });
+            let (y, f) = m.forward_mc_with_features(&input, &mode).unwrap();
+            (y.square().sum(Kind::Float) + f.sum(Kind::Float)).backward();
+            (y.detach(), f.detach(), input.grad(), stats(m.as_ref()))
+        };
+        let idx = Tensor::from_slice(&rows);
+        let (y, f, g, s) = run(&x, Some(rows.clone()));
+        let (y_ref, f_ref, g_ref, s_ref) = run(&x.index_select(0, &idx), None);
+        let what = format!("{:?} {layers:?}", cfg.arch);
+        assert_eq!(y.size(), [6, 1, 10], "{what}");
+        let rel =
+            |a: &Tensor, b: &Tensor| max_diff(a, b) / b.abs().max().double_value(&[]).max(1.0);
+        assert!(
+            rel(&y, &y_ref) <= 1e-5,
+            "{what}: logits {}",
+            rel(&y, &y_ref)
+        );
+        assert!(rel(&f, &f_ref) <= 1e-5, "{what}: features");
+        // The input gradient of a distinct row sums those of its copies.
+        let g_sum = Tensor::zeros_like(&g).index_add(0, &idx, &g_ref);
+        assert!(rel(&g, &g_sum) <= 1e-5, "{what}: input gradients");
+        for (a, b) in s.iter().zip(&s_ref) {
+            assert!(rel(a, b) <= 1e-5, "{what}: running statistics");
+        }
+    }
+}

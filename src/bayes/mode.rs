@@ -239,6 +239,10 @@ pub struct Ctx {
     cache: RefCell<HashMap<String, Tensor>>,
     ids: RefCell<Option<Tensor>>,
     pending: Cell<bool>,
+    /// Block boundaries marked so far in this pass, and how many there were when the first
+    /// Bayesian layer ran: the taps from that index on vary over the samples.
+    marks: Cell<usize>,
+    bayes_from: Cell<Option<usize>>,
     features: RefCell<Option<Act>>,
     head_input: RefCell<Option<Act>>,
     /// Every block boundary's activation by name, when [`Ctx::record_taps`] asked for them.
@@ -327,6 +331,8 @@ impl Ctx {
             cache: RefCell::new(HashMap::new()),
             ids: RefCell::new(None),
             pending: Cell::new(false),
+            marks: Cell::new(0),
+            bayes_from: Cell::new(None),
             features: RefCell::new(None),
             head_input: RefCell::new(None),
             taps: RefCell::new(None),
@@ -384,6 +390,7 @@ impl Ctx {
     pub(crate) fn begin_pass(&self, s: usize) {
         self.seq.set(Some(s));
         self.pending.set(false);
+        self.marks.set(0);
         self.features.replace(None);
         self.head_input.replace(None);
         if let Some(t) = self.taps.borrow_mut().as_mut() {
@@ -415,6 +422,15 @@ impl Ctx {
     /// Records that a Bayesian layer ran, so the next [`Ctx::mark`] captures its features.
     pub(crate) fn note_bayes(&self) {
         self.pending.set(true);
+        if self.bayes_from.get().is_none() {
+            self.bayes_from.set(Some(self.marks.get()));
+        }
+    }
+
+    /// The index (in forward order) of the first tap at or after a Bayesian layer; None when no
+    /// Bayesian layer ran.
+    pub(crate) fn first_bayesian_tap(&self) -> Option<usize> {
+        self.bayes_from.get()
     }
 
     /// A block boundary named after its last module (`conv2`, `layer4.1`): captures the
@@ -429,6 +445,7 @@ impl Ctx {
         if let Some(t) = self.taps.borrow_mut().as_mut() {
             t.push((name.to_string(), a.shallow_clone()));
         }
+        self.marks.set(self.marks.get() + 1);
         Ok(a)
     }
 

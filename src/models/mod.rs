@@ -255,6 +255,9 @@ pub struct Tap {
     pub name: String,
     /// `[B, S, ...]`.
     pub value: Tensor,
+    /// Whether the block comes at or after the first Bayesian layer, so that its output varies
+    /// over the samples; before it a parallel MC forward computes one activation per image.
+    pub sampled: bool,
 }
 
 /// The model API others use (training, LiBRe, attacks, checkpoints).
@@ -326,9 +329,10 @@ pub struct Model<N: Net> {
     precision: Precision,
     /// The float32 weights while the model computes in another precision.
     masters: crate::precision::Masters,
-    /// Floats of all block activations of one image (measured once), for the memory check of
-    /// parallel MC forwards.
-    act_floats: std::sync::OnceLock<u64>,
+    /// Floats of the block activations of one image, computed once and once per sample, for
+    /// the memory check of parallel MC forwards; measured once per set of Bayesian layers and
+    /// MC-dropout blocks (the key).
+    act_floats: std::sync::Mutex<Option<(String, (u64, u64))>>,
 }
 
 impl<N: Net> Model<N> {
@@ -364,7 +368,7 @@ impl<N: Net> Model<N> {
             mc_draws: McDraws::default(),
             precision: Precision::F32,
             masters: Default::default(),
-            act_floats: std::sync::OnceLock::new(),
+            act_floats: Default::default(),
         })
     }
 
@@ -405,11 +409,42 @@ impl<N: Net> Model<N> {
         if crate::device::available_bytes(self.vs.device()).is_none() {
             return Ok(());
         }
-        let per_image = match self.act_floats.get() {
-            Some(v) => *v,
+        // Block outputs per image: those before the first Bayesian layer (or MC dropout) once,
+        // the rest once per sample (the trunk runs once in a parallel MC forward).
+        let key: String = self
+            .net
+            .layers()
+            .iter()
+            .map(|l| format!("{}:{} ", l.path(), l.family()))
+            .chain(self.mc_dropout.iter().map(|d| d.layers.join(",")))
+            .collect();
+        let cached = self
+            .act_floats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| *v);
+        let (trunk, per_sample) = match cached {
+            Some(v) => v,
             None => {
-                let v = tap_shapes(self)?.iter().map(TapShape::numel).sum();
-                *self.act_floats.get_or_init(|| v)
+                let shapes = tap_shapes(self)?;
+                let dropout_from = self.mc_dropout.as_ref().and_then(|d| {
+                    shapes
+                        .iter()
+                        .position(|t| d.layers.iter().any(|l| *l == t.name))
+                });
+                let (mut trunk, mut per_sample) = (0u64, 0u64);
+                for (i, t) in shapes.iter().enumerate() {
+                    if t.sampled || dropout_from.is_some_and(|f| i >= f) {
+                        per_sample += t.numel();
+                    } else {
+                        trunk += t.numel();
+                    }
+                }
+                *self.act_floats.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((key, (trunk, per_sample)));
+                (trunk, per_sample)
             }
         };
         let drawn: u64 = self
@@ -422,8 +457,7 @@ impl<N: Net> Model<N> {
             .sum();
         // x2: the backward of an attack keeps the activations and their gradients.
         let floats = batch
-            .saturating_mul(samples)
-            .saturating_mul(per_image)
+            .saturating_mul(samples.saturating_mul(per_sample).saturating_add(trunk))
             .saturating_add(samples.saturating_mul(drawn))
             .saturating_mul(2);
         crate::device::check_fits(
@@ -471,12 +505,15 @@ impl<N: Net> Model<N> {
             let out = ctx.mark("logits", out)?;
             let feats = ctx.take_features().expect("every net marks its head input");
             let (out, feats) = ctx.finish_rows(out, feats)?;
+            let first_sampled = ctx.first_bayesian_tap().unwrap_or(usize::MAX);
             let taps = ctx
                 .take_taps()
                 .into_iter()
-                .map(|(n, a)| Tap {
+                .enumerate()
+                .map(|(i, (n, a))| Tap {
                     name: n,
                     value: a.into_samples(s).to_kind(Kind::Float),
+                    sampled: i >= first_sampled,
                 })
                 .collect();
             Ok((
@@ -501,6 +538,7 @@ impl<N: Net> Model<N> {
             .map(|j| Tap {
                 name: taps[0][j].name.clone(),
                 value: Tensor::cat(&taps.iter().map(|t| &t[j].value).collect::<Vec<_>>(), 1),
+                sampled: taps[0][j].sampled,
             })
             .collect();
         Ok((Tensor::cat(&outs, 1), Tensor::cat(&feats, 1), joined))
@@ -810,6 +848,8 @@ impl std::fmt::Debug for dyn BayesModel {
 pub struct TapShape {
     pub name: String,
     pub shape: Vec<i64>,
+    /// See [`Tap::sampled`].
+    pub sampled: bool,
 }
 
 impl TapShape {
@@ -861,6 +901,7 @@ pub fn tap_shapes_at(
         .map(|t| TapShape {
             shape: t.value.size()[2..].to_vec(),
             name: t.name,
+            sampled: t.sampled,
         })
         .collect();
     Ok(lock().entry(key).or_insert(shapes).clone())
@@ -896,6 +937,43 @@ mod tests {
             .forward_mc_with_features(&x, &ForwardMode::Deterministic)
             .unwrap();
         assert!(logits.equal(&l2) && taps[3].value.equal(&l2) && taps[2].value.equal(&feats));
+        assert!(
+            taps.iter().all(|t| !t.sampled),
+            "a point net has no sampled block"
+        );
+
+        // The memory check counts the blocks before the first Bayesian layer once: with linear1
+        // an ensemble, conv1 and conv2 are the trunk, linear1 and the logits vary per sample.
+        m.convert(
+            &LayerSelection::LastBlock,
+            &PosteriorConfig::new(Family::Ensemble, 3),
+        )
+        .unwrap();
+        tch::no_grad(|| {
+            for (n, mut t) in m.var_store().variables() {
+                if n.ends_with("_members") {
+                    let _ = t.g_add_(&(t.randn_like() * 0.05)); // members that differ
+                }
+            }
+        });
+        let sampled: Vec<bool> = tap_shapes(m.as_ref())
+            .unwrap()
+            .iter()
+            .map(|t| t.sampled)
+            .collect();
+        assert_eq!(sampled, [false, false, true, true]);
+        let (_, taps) = m
+            .forward_taps(&x, &ForwardMode::ParallelMc { samples: 3 })
+            .unwrap();
+        for t in &taps {
+            // A trunk tap is one activation broadcast over the samples.
+            let spread = (&t.value - t.value.narrow(1, 0, 1))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert_eq!(spread == 0.0, !t.sampled, "{}", t.name);
+        }
+        let mut m = build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
 
         // A sampled posterior: sequential passes give the parallel forward's taps.
         m.convert(
