@@ -79,7 +79,7 @@ if [ ! -s "$pre/model.safetensors" ]; then
   echo "pre-training the ResNet-18 DNN on $PRE_LIMIT images, $PRE_EPOCHS epoch(s)" >&2
   "$LIBRE_BIN" -q train --model resnet18 --cifar-stem --data "$TRAIN_DATA[0:$PRE_LIMIT]" \
     --epochs "$PRE_EPOCHS" --batch-size 128 --seed 0 --device "$DEVICE" --out "$pre" --force \
-    || die "libre train failed"
+    >"$OUT/pretrained.log" || die "libre train failed"
 fi
 start=$(date +%s)
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -88,7 +88,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   "$LIBRE_BIN" -q finetune --recipe libre --weights "$pre/model.safetensors" \
     --data "$TRAIN_DATA[0:$LIMIT]" --epochs "$EPOCHS" --batch-size "$BATCH" --seed "$r" \
     --eval-data "$TEST_DATA" --eval-limit "$EVAL_LIMIT" --device "$DEVICE" --out "$run" --force \
-    || die "libre finetune failed"
+    >"$run.log" || die "libre finetune failed"
   "$BENCH_PY" - "$run/metrics.csv" >>"$RAW" <<'EOF' || die "could not read libre's metrics.csv"
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
