@@ -429,11 +429,10 @@ impl<N: Net> Model<N> {
             Some(v) => v,
             None => {
                 let shapes = tap_shapes(self)?;
-                let dropout_from = self.mc_dropout.as_ref().and_then(|d| {
-                    shapes
-                        .iter()
-                        .position(|t| d.layers.iter().any(|l| *l == t.name))
-                });
+                let dropout_from = self
+                    .mc_dropout
+                    .as_ref()
+                    .and_then(|d| shapes.iter().position(|t| d.layers.contains(&t.name)));
                 let (mut trunk, mut per_sample) = (0u64, 0u64);
                 for (i, t) in shapes.iter().enumerate() {
                     if t.sampled || dropout_from.is_some_and(|f| i >= f) {
