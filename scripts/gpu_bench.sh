@@ -7,8 +7,10 @@
 #                        "gpu-carry"], command `scripts/gpu_bench.sh`, timeout_s 600
 #
 # The device time of a session is short (15 minutes, start-up included), so the work comes in
-# PHASES, each sized to a few minutes; run them in one call or split them over two
-# (`PHASES=forward scripts/gpu_bench.sh`, then `PHASES="train e2e" ...`):
+# PHASES of a few minutes each (estimates, not measured on a GPU yet: forward ~5 min with its 40
+# processes, train ~2, e2e ~5). All three may not fit one 600 s call: run
+# `PHASES="forward train" scripts/gpu_bench.sh` first, then `PHASES=e2e E2E_LIMIT=30000 ...`
+# with what is left:
 #   forward  scripts/bench_vs_pytorch.sh on the GPU for each shape of the reference's H200 anchors
 #            (ResNet-50 224 px, batch 32 and 128): the DNN and the last block as a 20-member
 #            ensemble (LiBRe), libre and PyTorch (reference style and best-effort) interleaved,
@@ -21,8 +23,14 @@
 # Tables go to stdout and $OUT/gpu_bench.txt, every timed unit to $OUT/raw-*.txt ($OUT: the device
 # tool's output folder; ./gpu-bench-out elsewhere).
 #
+# Dry run of all three phases on a CPU (small shapes, ~7 minutes on 2 cores):
+#   BENCH_PY=~/.cache/libre/bench-venv/bin/python BENCH_DEVICE=cpu ROUNDS=1 REPS=1 BENCH_WARMUP=0 \
+#     SHAPES=2:lenet5-28 PRECISIONS=f32 TRAIN_SHAPES=4:resnet18c1-28 E2E_LIMIT=256 \
+#     E2E_PRE_EPOCHS=1 OUT=/tmp/gb scripts/gpu_bench.sh
+#
 # Env: BENCH_PY [/opt/torch/.venv/bin/python], BENCH_BIN [target/release/examples/bench_vs_pytorch],
-#      LIBRE_BIN [target/release/libre], GPU_DATA [gpu-carry], BENCH_DEVICE [cuda], ROUNDS [2],
+#      LIBRE_BIN [target/release/libre], GPU_DATA [gpu-carry], BENCH_DEVICE [cuda] (every phase),
+#      ROUNDS [2],
 #      REPS [20] timed units per process, BENCH_WARMUP [5], PHASES ["forward train e2e"],
 #      SHAPES ["32:resnet50-224 128:resnet50-224"] (BATCH:NET-SIZE), VARIANTS ["dnn ens-last"],
 #      PRECISIONS ["f32 bf16"], TRAIN_SHAPES ["64:resnet50-224"], E2E_LIMIT [60000],
@@ -91,7 +99,7 @@ for phase in $PHASES; do
         gunzip -c "$src" >"$tmp/fashion-mnist-$split.safetensors" || die "gunzip $src failed"
       done
       echo "== e2e: LiBRe fine-tuning of a Fashion-MNIST ResNet-18" | tee -a "$LOG"
-      DEVICE=cuda LIBRE_BIN=$LIBRE_BIN TRAIN_DATA="$tmp/fashion-mnist-train.safetensors" \
+      DEVICE=$BENCH_DEVICE LIBRE_BIN=$LIBRE_BIN TRAIN_DATA="$tmp/fashion-mnist-train.safetensors" \
         TEST_DATA="$tmp/fashion-mnist-test.safetensors" LIMIT=${E2E_LIMIT:-60000} \
         PRE_LIMIT=${E2E_LIMIT:-60000} PRE_EPOCHS=${E2E_PRE_EPOCHS:-2} ROUNDS=$ROUNDS \
         scripts/train_vs_pytorch.sh "$OUTDIR/e2e" | tee -a "$LOG" \
