@@ -274,6 +274,11 @@ impl RowExpansion {
             copies,
         }
     }
+
+    /// The gather index of the expansion, `[N]` int64 on `device`: batch example i <- row `rows[i]`.
+    fn index(&self, device: tch::Device) -> Tensor {
+        Tensor::from_slice(&self.rows).to_device(device)
+    }
 }
 
 impl Ctx {
@@ -363,8 +368,7 @@ impl Ctx {
                 "batch rows: an activation with a sample axis cannot be expanded".into(),
             ));
         }
-        let idx = Tensor::from_slice(&e.rows).to_device(a.t.device());
-        Ok(Act::new(a.t.index_select(0, &idx)))
+        Ok(Act::new(a.t.index_select(0, &e.index(a.t.device()))))
     }
 
     /// The logits and features at the end of a forward: when no layer expanded the distinct
@@ -373,7 +377,7 @@ impl Ctx {
         let Some(e) = self.rows.borrow_mut().take() else {
             return Ok((out, feats));
         };
-        let idx = Tensor::from_slice(&e.rows).to_device(out.t.device());
+        let idx = e.index(out.t.device());
         let expand = |a: Act| Act::with(a.t.index_select(0, &idx), a.samples);
         Ok((expand(out), expand(feats)))
     }
@@ -778,6 +782,21 @@ pub(crate) fn rademacher(shape: &[i64], like: &Tensor) -> Tensor {
     Tensor::randint(2, shape, (Kind::Float, like.device())).to_kind(like.kind()) * 2.0 - 1.0
 }
 
+/// The examples routed to each member: `groups[m]` lists, in increasing order, the indices i
+/// with `ids[i] == m`, for m in `0..s`.
+fn member_groups(ids: &Tensor, s: i64) -> Result<Vec<Vec<i64>>> {
+    let v: Vec<i64> = Vec::<i64>::try_from(ids)?;
+    let mut groups: Vec<Vec<i64>> = vec![Vec::new(); s as usize];
+    for (i, &m) in v.iter().enumerate() {
+        let g = usize::try_from(m)
+            .ok()
+            .and_then(|m| groups.get_mut(m))
+            .ok_or_else(|| Error::Shape(format!("routing id {m} out of range 0..{s}")))?;
+        g.push(i as i64);
+    }
+    Ok(groups)
+}
+
 /// Runs every example through its own ensemble member with one standard op per member: the
 /// examples are sorted by member (stably), split into one contiguous chunk per member that has
 /// examples, `f(member, chunk)` maps each chunk `[n_m, ...]` to `[n_m, ...out]`, and the rows are
@@ -798,13 +817,10 @@ pub(crate) fn apply_segmented(
     s: i64,
     f: &mut dyn FnMut(usize, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let v: Vec<i64> = Vec::<i64>::try_from(ids)?;
-    let mut counts = vec![0i64; s as usize];
-    for &m in &v {
-        counts[m as usize] += 1;
-    }
-    let mut order: Vec<i64> = (0..v.len() as i64).collect();
-    order.sort_by_key(|&i| v[i as usize]); // stable: examples keep their order within a member
+    let groups = member_groups(ids, s)?;
+    let n: usize = groups.iter().map(Vec::len).sum();
+    // Examples sorted by member, each member's in their original order.
+    let order: Vec<i64> = groups.concat();
     let sorted_already = order.iter().enumerate().all(|(p, &i)| p as i64 == i);
     let dev = x.device();
     let xs = if sorted_already {
@@ -812,11 +828,13 @@ pub(crate) fn apply_segmented(
     } else {
         x.index_select(0, &Tensor::from_slice(&order).to_device(dev))
     };
-    let sizes: Vec<i64> = counts.iter().copied().filter(|&c| c > 0).collect();
+    let members: Vec<usize> = (0..groups.len())
+        .filter(|&m| !groups[m].is_empty())
+        .collect();
+    let sizes: Vec<i64> = members.iter().map(|&m| groups[m].len() as i64).collect();
     let chunks = xs.split_with_sizes(sizes.as_slice(), 0);
     let mut outs = Vec::with_capacity(chunks.len());
-    let members = counts.iter().enumerate().filter(|(_, &c)| c > 0);
-    for ((m, _), chunk) in members.zip(chunks.iter()) {
+    for (&m, chunk) in members.iter().zip(chunks.iter()) {
         outs.push(f(m, chunk)?);
     }
     let y = if outs.len() == 1 {
@@ -827,7 +845,7 @@ pub(crate) fn apply_segmented(
     if sorted_already {
         return Ok(y);
     }
-    let mut position = vec![0i64; v.len()];
+    let mut position = vec![0i64; n];
     for (p, &i) in order.iter().enumerate() {
         position[i as usize] = p as i64;
     }
@@ -848,12 +866,8 @@ pub(crate) fn apply_routed(
     s: i64,
     f: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let v: Vec<i64> = Vec::<i64>::try_from(ids)?;
-    let b = v.len() as i64;
-    let mut groups: Vec<Vec<i64>> = vec![Vec::new(); s as usize];
-    for (i, &m) in v.iter().enumerate() {
-        groups[m as usize].push(i as i64);
-    }
+    let groups = member_groups(ids, s)?;
+    let b = groups.iter().map(Vec::len).sum::<usize>() as i64;
     let m_max = groups.iter().map(Vec::len).max().unwrap_or(0).max(1) as i64;
     // Padded gather index [S * M] (padding rows point at an appended zero row), and for every
     // original example its position in the padded layout.
@@ -887,4 +901,29 @@ pub(crate) fn apply_routed(
     flat.extend_from_slice(&ys[2..]);
     Ok(y.reshape(&flat)
         .index_select(0, &Tensor::from_slice(&position).to_device(dev)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both routing helpers give every example its own member's output, in the input's order,
+    /// also with members that have no examples; an id outside `0..s` is an error, not a panic.
+    #[test]
+    fn routed_helpers_keep_the_order_and_agree() {
+        let s = 4;
+        let ids = Tensor::from_slice(&[2i64, 0, 2, 3, 0, 2]);
+        let x = Tensor::arange(12, (Kind::Float, tch::Device::Cpu)).reshape([6, 2]);
+        // Member m adds 100 m: the expected output is x + 100 ids.
+        let want = &x + ids.to_kind(Kind::Float).unsqueeze(1) * 100.0;
+        let seg = apply_segmented(&x, &ids, s, &mut |m, xm| Ok(xm + 100.0 * m as f64)).unwrap();
+        let offs = (Tensor::arange(s, (Kind::Float, tch::Device::Cpu)) * 100.0).reshape([s, 1, 1]);
+        let routed = apply_routed(&x, &ids, s, &mut |xp| Ok(xp + &offs)).unwrap();
+        assert_eq!(seg, want);
+        assert_eq!(routed, want);
+        let bad = Tensor::from_slice(&[0i64, 4]);
+        let x2 = x.narrow(0, 0, 2);
+        assert!(apply_segmented(&x2, &bad, s, &mut |_, xm| Ok(xm.shallow_clone())).is_err());
+        assert!(apply_routed(&x2, &bad, s, &mut |xp| Ok(xp.shallow_clone())).is_err());
+    }
 }
