@@ -239,6 +239,35 @@ const RUN_FILES: [&str; 6] = [
     "last",
 ];
 
+/// The run settings `train` and `finetune` share, from the common flags; the optimiser groups
+/// are empty and the Bayesian settings off until the command sets them.
+fn common_config(
+    c: &Common,
+    kind: &str,
+    ds: &libre::data::Dataset,
+    epochs: usize,
+) -> anyhow::Result<TrainConfig> {
+    Ok(TrainConfig {
+        kind: kind.into(),
+        data: c
+            .data
+            .clone()
+            .expect("clap requires --data without --resume"),
+        limit: c.limit,
+        eval_data: c.eval_data.clone(),
+        epochs,
+        batch_size: c.batch_size,
+        seed: c.seed,
+        augment: parse_augment(&c.augment, ds.shape())?,
+        groups: Vec::new(),
+        prior: None,
+        sampling: None,
+        uncertainty_reg: None,
+        eval_samples: 1,
+        libre: None,
+    })
+}
+
 /// Shared driver: open data, (re)load the model, train, write config / summary.
 fn drive(
     out: Output,
@@ -409,23 +438,8 @@ pub fn run_train(args: TrainArgs, out: Output) -> anyhow::Result<()> {
         let model = libre::models::build(&mc, device)?;
         let steps = epochs * ds.len().div_ceil(c.batch_size);
         let cfg = TrainConfig {
-            kind: "train".into(),
-            data: c
-                .data
-                .clone()
-                .expect("clap requires --data without --resume"),
-            limit: c.limit,
-            eval_data: c.eval_data.clone(),
-            epochs,
-            batch_size: c.batch_size,
-            seed: c.seed,
-            augment: parse_augment(&c.augment, ds.shape())?,
             groups: train::pretrain_groups(args.lr, args.decay, steps),
-            prior: None,
-            sampling: None,
-            uncertainty_reg: None,
-            eval_samples: 1,
-            libre: None,
+            ..common_config(c, "train", ds, epochs)?
         };
         tch::manual_seed(c.seed);
         Ok((model, cfg, json!({})))
@@ -520,17 +534,6 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
             )
         };
         let cfg = TrainConfig {
-            kind: "finetune".into(),
-            data: c
-                .data
-                .clone()
-                .expect("clap requires --data without --resume"),
-            limit: c.limit,
-            eval_data: c.eval_data.clone(),
-            epochs,
-            batch_size: c.batch_size,
-            seed: c.seed,
-            augment: parse_augment(&c.augment, ds.shape())?,
             groups,
             prior,
             sampling: Some(parse_sampling(&args.sampling)?),
@@ -541,6 +544,7 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
             }),
             eval_samples: args.mc_samples,
             libre: libre_cfg,
+            ..common_config(c, "finetune", ds, epochs)?
         };
         Ok((
             model,

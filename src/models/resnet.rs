@@ -15,7 +15,9 @@ use crate::bayes::{
 use crate::{Error, Result};
 use tch::nn;
 
-fn conv(p: &nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> Conv2d {
+/// A bias-free `k x k` conv with "same" padding, initialised as torchvision does (Kaiming
+/// normal, fan-out, ReLU gain); the ResNets and WRNs share it.
+pub(super) fn conv(p: &nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> Conv2d {
     let c = conv2d(
         p,
         c_in,

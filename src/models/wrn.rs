@@ -6,33 +6,14 @@
 //! `[B, 3, H, W]` -> conv1 -> 3 groups of 4 blocks (16*10, 32*10, 64*10 channels, strides 1, 2, 2)
 //! -> BN, ReLU, global average pool `[B, (S,) 640]` -> fc `[B, (S,) K]`.
 
+use super::resnet::conv;
 use super::{ModelConfig, Net};
 use crate::bayes::{
-    batch_norm2d, conv2d, linear, Act, BatchNorm, BatchNormConfig, BayesLayer, Conv2d, ConvConfig,
-    Ctx, Linear, LinearConfig,
+    batch_norm2d, linear, Act, BatchNorm, BatchNormConfig, BayesLayer, Conv2d, Ctx, Linear,
+    LinearConfig,
 };
 use crate::Result;
 use tch::nn;
-
-fn conv(p: &nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> Conv2d {
-    let c = conv2d(
-        p,
-        c_in,
-        c_out,
-        k,
-        ConvConfig {
-            stride,
-            padding: k / 2,
-            bias: false,
-            ..Default::default()
-        },
-    );
-    let std = (2.0 / (c_out * k * k) as f64).sqrt();
-    tch::no_grad(|| {
-        let _ = c.weight.mean().normal_(0.0, std);
-    });
-    c
-}
 
 /// A pre-activation wide basic block.
 #[derive(Debug)]
