@@ -493,7 +493,10 @@ fn bad_inputs_name_the_problem() {
         .convert(&sel("conv1"), &PosteriorConfig::new(Family::MeanField, 2))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("already carries a ensemble posterior"), "{e}");
+    assert!(
+        e.contains("already carries a posterior (ensemble, 1 layer(s))"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -596,7 +596,7 @@ impl<N: Net> BayesModel for Model<N> {
         if let Some(p) = &self.posterior {
             if p.config != *cfg {
                 return Err(Error::invalid(format!(
-                    "{}: already carries a {} posterior ({} layers); convert back to \
+                    "{}: already carries a posterior ({}, {} layer(s)); convert back to \
                      deterministic before converting with other options",
                     self.cfg.arch,
                     p.config.family,
