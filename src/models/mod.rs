@@ -331,7 +331,8 @@ pub struct Model<N: Net> {
     masters: crate::precision::Masters,
     /// Floats of the block activations of one image, computed once and once per sample, for
     /// the memory check of parallel MC forwards; measured once per set of Bayesian layers and
-    /// MC-dropout blocks (the key).
+    /// MC-dropout blocks (the key). Not derived from `tap_shapes` on every forward: its cache
+    /// key (every variable's name and shape) costs ~0.3 ms on ResNet-50, this one ~0.03 ms.
     act_floats: std::sync::Mutex<Option<(String, (u64, u64))>>,
 }
 
