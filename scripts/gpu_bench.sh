@@ -38,6 +38,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { echo "gpu_bench.sh: $*" >&2; exit 1; }
+# The e2e phase unzips the data into a temp folder; remove it however the script ends.
+tmp=
+trap 'if [ -n "$tmp" ]; then rm -rf "$tmp"; fi' EXIT
 
 export BENCH_PY=${BENCH_PY:-/opt/torch/.venv/bin/python}
 export BENCH_BIN=${BENCH_BIN:-target/release/examples/bench_vs_pytorch}
@@ -106,6 +109,7 @@ for phase in $PHASES; do
         || die "train_vs_pytorch.sh failed"
       # Keep the logs, metrics and configs; checkpoints (a 20-member ResNet-18 is 0.4 GB) stay.
       rm -rf "$tmp"
+      tmp=
       find "$OUTDIR/e2e" \( -name '*.safetensors' -o -name epochs -o -name last \) -prune \
         -exec rm -rf {} +
       ;;
