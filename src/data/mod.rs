@@ -43,7 +43,7 @@ impl std::str::FromStr for DataSpec {
     fn from_str(s: &str) -> Result<Self> {
         let bad = |why: &str| {
             Error::invalid(format!(
-                "bad --data '{s}': {why} (expected mnist:train|test, mnist5k, \
+                "bad data spec '{s}': {why} (expected mnist:train|test, mnist5k, \
                  fashion-mnist:train|test, cifar10:DIR:train|test, folder:DIR or FILE.safetensors)"
             ))
         };
@@ -213,13 +213,13 @@ pub fn split_slice(spec: &str) -> Result<(&str, Option<(Option<usize>, Option<us
     };
     let open = body.rfind('[').ok_or_else(|| {
         Error::invalid(format!(
-            "bad --data '{spec}': a slice is written [START:END], e.g. mnist:train[55000:60000]"
+            "bad data spec '{spec}': a slice is written [START:END], e.g. mnist:train[55000:60000]"
         ))
     })?;
     let (base, inner) = (&body[..open], &body[open + 1..]);
     let bad = |why: String| {
         Error::invalid(format!(
-            "bad --data '{spec}': {why} (a slice is written [START:END], e.g. mnist:train[55000:60000])"
+            "bad data spec '{spec}': {why} (a slice is written [START:END], e.g. mnist:train[55000:60000])"
         ))
     };
     let (a, b) = inner
@@ -510,7 +510,7 @@ mod tests {
             "folder:",
         ] {
             let e = bad.parse::<DataSpec>().unwrap_err().to_string();
-            assert!(e.contains(bad) || e.contains("bad --data"), "{bad}: {e}");
+            assert!(e.contains(bad) || e.contains("bad data spec"), "{bad}: {e}");
         }
     }
 }

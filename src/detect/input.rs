@@ -73,6 +73,13 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Whether a missing input was meant as a file or folder rather than a data spec: an image
+/// extension, a trailing slash, or a slash without the `:` every spec with a path has
+/// (`folder:DIR`, `cifar10:DIR:SPLIT`).
+fn names_a_path(s: &str) -> bool {
+    is_image(Path::new(s)) || s.ends_with('/') || (s.contains('/') && !s.contains(':'))
+}
+
 /// Resolves the command-line inputs into segments. A path that exists is an image file, a folder
 /// or a batch file; anything else must be a data spec.
 pub fn resolve(inputs: &[String], on_fetch: &mut dyn FnMut(&str)) -> Result<Vec<Segment>> {
@@ -90,6 +97,17 @@ pub fn resolve(inputs: &[String], on_fetch: &mut dyn FnMut(&str)) -> Result<Vec<
             segs.push(Segment::Images(v));
         } else if p.is_file() && is_image(p) {
             segs.push(Segment::Images(vec![p.to_path_buf()]));
+        } else if p.is_file() && !s.ends_with(".safetensors") {
+            return Err(Error::bad_file(
+                p,
+                format!(
+                    "is neither an image ({}) nor a .safetensors batch file",
+                    IMAGE_EXTS.join(", ")
+                ),
+            ));
+        } else if !p.exists() && names_a_path(s) {
+            // Said plainly: as a data spec it would fail with "unknown data set".
+            return Err(Error::bad_file(p, "no such file or directory"));
         } else {
             segs.push(Segment::Data(crate::data::open(s, None, on_fetch)?));
         }
@@ -294,4 +312,46 @@ pub fn digest(segs: &[Segment]) -> String {
         }
     }
     format!("{:x}", h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(input: &str) -> String {
+        match resolve(&[input.to_string()], &mut |_| {}) {
+            Ok(_) => panic!("{input} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A mistyped path is reported as a missing file, not as an unknown data set; an existing
+    /// file of another kind is named with what detect reads.
+    #[test]
+    fn bad_inputs_are_named_for_what_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        for missing in [
+            format!("{d}/upload.png"),
+            format!("{d}/scans/"),
+            format!("{d}/scans"),
+        ] {
+            let e = err(&missing);
+            assert!(e.contains(&missing) && e.contains("no such file"), "{e}");
+        }
+        assert!(err("upload.PNG").contains("no such file"));
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, "x").unwrap();
+        let e = err(notes.to_str().unwrap());
+        assert!(
+            e.contains("notes.txt") && e.contains("neither an image"),
+            "{e}"
+        );
+        // Bare words stay data specs, with the spec grammar in the message.
+        let e = err("mnsit:test");
+        assert!(e.contains("unknown data set 'mnsit'"), "{e}");
+        // A spec with a path keeps the spec's own error, which names the folder.
+        let e = err(&format!("folder:{d}/missing"));
+        assert!(e.contains("image folder") && e.contains("missing"), "{e}");
+    }
 }
