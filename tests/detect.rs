@@ -265,6 +265,29 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
     }
     let fv: f64 = a[0][4].parse().unwrap();
     assert!(fv > 0.0, "feature variance of a diverse ensemble");
+    // `-` reads one image from standard input: the file's row, named `-`; an undecodable stream
+    // is named as standard input.
+    let piped = |bytes: &[u8]| {
+        libre()
+            .args(["detect", "--format", "csv", "--device", "cpu", "--weights"])
+            .arg(&model)
+            .arg("-")
+            .write_stdin(bytes.to_vec())
+            .output()
+            .unwrap()
+    };
+    let one = imgs.join("a").join("003.png");
+    let out = ok(piped(&std::fs::read(&one).unwrap()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row: Vec<&str> = text.lines().nth(1).unwrap().split(',').collect();
+    // The same batch of one image (scores of other batch sizes differ by round-off).
+    let file_row = &rows(&one, &[])[0];
+    assert_eq!(row[0], "-");
+    assert_eq!(row[1..], file_row[1..], "stdin vs the file");
+    let out = piped(b"not an image");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("standard input: cannot decode"), "{err}");
     // A corrupt PNG is named; --skip-bad keeps going with a skipped row.
     std::fs::write(imgs.join("a").join("005x.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
     let out = libre()

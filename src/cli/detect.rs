@@ -236,7 +236,8 @@ fn build_detector(
 pub struct DetectArgs {
     #[command(subcommand)]
     pub cmd: Option<DetectCmd>,
-    /// Image files (png, jpg, bmp, gif), folders of them (recursive), batch files or data specs.
+    /// Image files (png, jpg, bmp, gif), folders of them (recursive), batch files or data specs;
+    /// `-` reads one image from standard input.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
     /// A detector file from `libre calibrate`, or any libre checkpoint / zoo:NAME (then pass
@@ -635,6 +636,12 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         ),
         (None, p) => p.clone(),
     };
+    if shard.is_some() && args.inputs.iter().any(|s| s == input::STDIN) {
+        anyhow::bail!(
+            "input '-' (standard input) cannot be sharded: the parts run as separate processes; \
+             save the image to a file"
+        );
+    }
     if shard.is_some() && args.format.as_deref() == Some("table") {
         anyhow::bail!("--format table cannot be merged: sharded runs write csv or jsonl");
     }

@@ -9,11 +9,15 @@
 use crate::data::Dataset;
 use crate::{Error, Result};
 use rayon::prelude::*;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 /// Image file extensions read from folders.
 pub const IMAGE_EXTS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "gif"];
+
+/// The input that reads one encoded image from standard input (a file named `-` is `./-`).
+pub const STDIN: &str = "-";
 
 /// How decoded images are brought to the model's input shape.
 #[derive(Debug, Clone, Copy, Default)]
@@ -28,6 +32,8 @@ pub struct ImagePolicy {
 pub enum Segment {
     /// Image files (a folder is expanded to its images, sorted by path).
     Images(Vec<PathBuf>),
+    /// One encoded image read from standard input ([`STDIN`]); its row's source is `-`.
+    Stdin(Vec<u8>),
     /// A batch file or data spec; rows are `SPEC:INDEX`.
     Data(Dataset),
 }
@@ -36,6 +42,7 @@ impl Segment {
     pub fn len(&self) -> usize {
         match self {
             Segment::Images(v) => v.len(),
+            Segment::Stdin(_) => 1,
             Segment::Data(d) => d.len(),
         }
     }
@@ -80,13 +87,21 @@ fn names_a_path(s: &str) -> bool {
     is_image(Path::new(s)) || s.ends_with('/') || (s.contains('/') && !s.contains(':'))
 }
 
-/// Resolves the command-line inputs into segments. A path that exists is an image file, a folder
-/// or a batch file; anything else must be a data spec.
+/// Resolves the command-line inputs into segments. `-` is one image read from standard input
+/// (at most once); a path that exists is an image file, a folder or a batch file; anything else
+/// must be a data spec.
 pub fn resolve(inputs: &[String], on_fetch: &mut dyn FnMut(&str)) -> Result<Vec<Segment>> {
     let mut segs = Vec::new();
+    if inputs.iter().filter(|s| *s == STDIN).count() > 1 {
+        return Err(Error::invalid(
+            "input '-' (standard input) given more than once",
+        ));
+    }
     for s in inputs {
         let p = Path::new(s);
-        if p.is_dir() {
+        if s == STDIN {
+            segs.push(Segment::Stdin(read_stdin(std::io::stdin())?));
+        } else if p.is_dir() {
             let v = walk_images(p)?;
             if v.is_empty() {
                 return Err(Error::bad_file(
@@ -115,11 +130,54 @@ pub fn resolve(inputs: &[String], on_fetch: &mut dyn FnMut(&str)) -> Result<Vec<
     Ok(segs)
 }
 
+/// Reads the encoded image behind input `-`, refusing a terminal (nothing was piped in: waiting
+/// for an image typed by hand would look like a hang) and empty input.
+fn read_stdin(stdin: std::io::Stdin) -> Result<Vec<u8>> {
+    if stdin.is_terminal() {
+        return Err(Error::invalid(
+            "input '-' reads one image from standard input, which is a terminal: pipe an image \
+             in (e.g. `libre detect --weights W - < upload.png`)",
+        ));
+    }
+    let mut bytes = Vec::new();
+    stdin
+        .lock()
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("reading standard input", e))?;
+    if bytes.is_empty() {
+        return Err(Error::invalid("input '-': standard input is empty"));
+    }
+    Ok(bytes)
+}
+
 /// Decodes one image file to CHW float pixels in [0, 1] of shape `want` = `[C, H, W]`.
 pub fn decode(path: &Path, want: [usize; 3], policy: ImagePolicy) -> Result<Vec<f32>> {
+    let img = image::open(path)
+        .map_err(|e| Error::bad_file(path, format!("cannot decode image: {e}")))?;
+    to_pixels(img, path, want, policy)
+}
+
+/// Decodes an encoded image held in memory (standard input), named `name` in errors.
+pub fn decode_bytes(
+    bytes: &[u8],
+    name: &Path,
+    want: [usize; 3],
+    policy: ImagePolicy,
+) -> Result<Vec<f32>> {
+    let img = image::load_from_memory(bytes)
+        .map_err(|e| Error::bad_file(name, format!("cannot decode image: {e}")))?;
+    to_pixels(img, name, want, policy)
+}
+
+/// Brings a decoded image to `want` under `policy` and lays it out as CHW floats in [0, 1].
+fn to_pixels(
+    mut img: image::DynamicImage,
+    path: &Path,
+    want: [usize; 3],
+    policy: ImagePolicy,
+) -> Result<Vec<f32>> {
     let [c, h, w] = want;
     let bad = |m: String| Error::bad_file(path, m);
-    let mut img = image::open(path).map_err(|e| bad(format!("cannot decode image: {e}")))?;
     let (iw, ih) = (img.width() as usize, img.height() as usize);
     if iw != w || ih != h {
         if !policy.resize {
@@ -267,7 +325,7 @@ pub fn stream(
         .iter()
         .filter_map(|c| match &segs[c.seg] {
             Segment::Images(v) => Some(&v[c.start..c.end]),
-            Segment::Data(_) => None,
+            Segment::Stdin(_) | Segment::Data(_) => None,
         })
         .collect();
     std::thread::scope(|scope| -> Result<()> {
@@ -282,6 +340,16 @@ pub fn stream(
         for c in plan {
             let b = match &segs[c.seg] {
                 Segment::Data(ds) => data_chunk(ds, c.start, c.end, want)?,
+                Segment::Stdin(bytes) => Batch {
+                    sources: vec![STDIN.to_string()],
+                    images: vec![decode_bytes(
+                        bytes,
+                        Path::new("standard input"),
+                        want,
+                        policy,
+                    )],
+                    labels: None,
+                },
                 Segment::Images(_) => rx
                     .recv()
                     .expect("the decoder sends one batch per image chunk"),
@@ -305,6 +373,10 @@ pub fn digest(segs: &[Segment]) -> String {
                     h.update(p.to_string_lossy().as_bytes());
                     h.update(b"\0");
                 }
+            }
+            Segment::Stdin(bytes) => {
+                h.update(b"stdin\0");
+                h.update(bytes);
             }
             Segment::Data(d) => {
                 h.update(format!("data\0{}\0{}\0{:?}\0", d.name, d.len(), d.shape()).as_bytes());
