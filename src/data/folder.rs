@@ -113,31 +113,48 @@ fn ordered_classes(list: &Path, found: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The most bytes one image may take decoded. A folder image is a classifier input, yet a JPEG
-/// header of a few hundred bytes can claim 65535 x 65535 pixels: the fuzzer (docs/fuzzing.md)
-/// found a 537-byte file that decoded to ~300 MB, then became a 1.2 GB float tensor. 64 MiB is a
-/// 4096 x 4096 RGB image (256 MiB once float32); the decoders check it before allocating.
+/// The most bytes one image may take decoded. A folder image or a `libre detect` input is a
+/// classifier input, yet a JPEG header of a few hundred bytes can claim 65535 x 65535 pixels: the
+/// fuzzer (docs/fuzzing.md) found a 537-byte file that decoded to ~300 MB, then became a 1.2 GB
+/// float tensor. 64 MiB is a 4096 x 4096 RGB image (256 MiB once float32); the decoders check it
+/// before allocating.
 const MAX_DECODED_BYTES: u64 = 1 << 26;
 
-/// Decodes one image (the format from its extension, as `image::open`), within
+/// Decodes one image file (the format from its extension, as `image::open`), within
 /// [`MAX_DECODED_BYTES`].
-fn decode(f: &Path) -> Result<image::DynamicImage> {
-    let bad = |e: image::ImageError| {
+pub(crate) fn decode(f: &Path) -> Result<image::DynamicImage> {
+    let reader = image::ImageReader::open(f)
+        .map_err(|e| Error::bad_file(f, format!("cannot decode image: {e}")))?;
+    decode_limited(reader, f)
+}
+
+/// Decodes an image held in memory (the format from its first bytes), named `name` in errors,
+/// within [`MAX_DECODED_BYTES`].
+pub(crate) fn decode_bytes(bytes: &[u8], name: &Path) -> Result<image::DynamicImage> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::bad_file(name, format!("cannot decode image: {e}")))?;
+    decode_limited(reader, name)
+}
+
+fn decode_limited<R: std::io::BufRead + std::io::Seek>(
+    mut reader: image::ImageReader<R>,
+    name: &Path,
+) -> Result<image::DynamicImage> {
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    reader.decode().map_err(|e| {
         let why = match e {
             image::ImageError::Limits(_) => format!(
-                "cannot decode image: its header claims more than the {} MiB a folder image may \
+                "cannot decode image: its header claims more than the {} MiB an input image may \
                  take decoded ({e})",
                 MAX_DECODED_BYTES >> 20
             ),
             e => format!("cannot decode image: {e}"),
         };
-        Error::bad_file(f, why)
-    };
-    let mut reader = image::ImageReader::open(f).map_err(|e| bad(e.into()))?;
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_DECODED_BYTES);
-    reader.limits(limits);
-    reader.decode().map_err(bad)
+        Error::bad_file(name, why)
+    })
 }
 
 /// Decode `files` into float32 `[B, C, H, W]` in `[0, 1]`.

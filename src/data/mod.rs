@@ -21,6 +21,7 @@
 mod batchfile;
 mod cifar;
 mod folder;
+pub(crate) use folder::{decode as decode_image_file, decode_bytes as decode_image_bytes};
 pub mod sources;
 
 pub use batchfile::{write_batch_file, BatchFileWriter};

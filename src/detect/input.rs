@@ -160,11 +160,10 @@ fn push_images(segs: &mut Vec<Segment>, files: Vec<PathBuf>) {
     }
 }
 
-/// Decodes one image file to CHW float pixels in [0, 1] of shape `want` = `[C, H, W]`.
+/// Decodes one image file to CHW float pixels in [0, 1] of shape `want` = `[C, H, W]` (within the
+/// data loaders' decoded-size limit: inputs may come from anyone).
 pub fn decode(path: &Path, want: [usize; 3], policy: ImagePolicy) -> Result<Vec<f32>> {
-    let img = image::open(path)
-        .map_err(|e| Error::bad_file(path, format!("cannot decode image: {e}")))?;
-    to_pixels(img, path, want, policy)
+    to_pixels(crate::data::decode_image_file(path)?, path, want, policy)
 }
 
 /// Decodes an encoded image held in memory (standard input), named `name` in errors.
@@ -174,9 +173,12 @@ pub fn decode_bytes(
     want: [usize; 3],
     policy: ImagePolicy,
 ) -> Result<Vec<f32>> {
-    let img = image::load_from_memory(bytes)
-        .map_err(|e| Error::bad_file(name, format!("cannot decode image: {e}")))?;
-    to_pixels(img, name, want, policy)
+    to_pixels(
+        crate::data::decode_image_bytes(bytes, name)?,
+        name,
+        want,
+        policy,
+    )
 }
 
 /// Brings a decoded image to `want` under `policy` and lays it out as CHW floats in [0, 1].
@@ -464,5 +466,64 @@ mod tests {
         };
         let got: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
         assert_eq!(got, names);
+    }
+
+    /// A PNG whose header claims `w x h` RGB pixels over a body of a few bytes.
+    fn lying_png(w: u32, h: u32) -> Vec<u8> {
+        use std::io::Write;
+        let chunk = |t: &[u8], d: &[u8]| {
+            let mut crc = flate2::Crc::new();
+            crc.update(t);
+            crc.update(d);
+            [
+                &(d.len() as u32).to_be_bytes()[..],
+                t,
+                d,
+                &crc.sum().to_be_bytes(),
+            ]
+            .concat()
+        };
+        let ihdr = [&w.to_be_bytes()[..], &h.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&[0; 100]).unwrap();
+        let idat = z.finish().unwrap();
+        [
+            &b"\x89PNG\r\n\x1a\n"[..],
+            &chunk(b"IHDR", &ihdr),
+            &chunk(b"IDAT", &idat),
+            &chunk(b"IEND", &[]),
+        ]
+        .concat()
+    }
+
+    /// Inputs may come from anyone (`curl ... | libre detect -`): an image whose header claims
+    /// more than the loaders' 64 MiB is refused before its pixels are allocated, from a file and
+    /// from standard input alike. 10,000 x 10,000 RGB (300 MB) is under the image crate's own
+    /// default limit (512 MiB), which `image::open` applied here before.
+    #[test]
+    fn oversized_images_are_refused_before_decoding() {
+        let policy = ImagePolicy {
+            resize: true,
+            convert_channels: true,
+        };
+        let want = [1, 28, 28];
+        let big = lying_png(10_000, 10_000);
+        let e = decode_bytes(&big, Path::new("standard input"), want, policy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("header claims more than the 64 MiB"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("big.png");
+        std::fs::write(&f, &big).unwrap();
+        let e = decode(&f, want, policy).unwrap_err().to_string();
+        assert!(e.contains("big.png") && e.contains("header claims"), "{e}");
+        // A small header over the same short body fails as a broken image, not on the limit.
+        let e = decode_bytes(&lying_png(28, 28), Path::new("x"), want, policy)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot decode") && !e.contains("header claims"),
+            "{e}"
+        );
     }
 }
