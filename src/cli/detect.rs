@@ -892,8 +892,9 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         "precision": precision, "images_per_s": rate, "seconds": secs,
         "out": out_path, "shard": shard,
     });
+    let inputs = if n == 1 { "input" } else { "inputs" };
     out.note(format!(
-        "{n} inputs: {flagged} flagged ({} >= {}), {skipped} skipped; {rate:.1} images/s (S = {})",
+        "{n} {inputs}: {flagged} flagged ({} >= {}), {skipped} skipped; {rate:.1} images/s (S = {})",
         flag_score,
         threshold
             .map(|t| format!("{t:.6}"))
@@ -905,7 +906,9 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         out.result(summary, String::new);
     }
     if args.fail_on_detect && flagged > 0 {
-        return Err(CheckFailed(format!("{flagged} of {n} inputs flagged as adversarial")).into());
+        return Err(
+            CheckFailed(format!("{flagged} of {n} {inputs} flagged as adversarial")).into(),
+        );
     }
     Ok(())
 }
