@@ -142,6 +142,7 @@ mod tests {
 
     #[test]
     fn randn_keeps_float32_draws_and_casts_reduced_ones() {
+        let _rng = crate::rng_lock();
         let like = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu));
         tch::manual_seed(5);
         let a = randn(&[1000], &like);
@@ -158,6 +159,7 @@ mod tests {
 
     #[test]
     fn cast_and_restore_is_exact_and_bumps_versions() {
+        let _rng = crate::rng_lock();
         let mut vs = VarStore::new(tch::Device::Cpu);
         let w = vs.root().randn("w", &[7, 5], 0.0, 1.0);
         let before = w.copy();

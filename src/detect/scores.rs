@@ -321,6 +321,7 @@ mod tests {
     /// features of very different scales, and is exactly 0 where every sample agrees.
     #[test]
     fn sample_variance_equals_var_dim() {
+        let _rng = crate::rng_lock();
         tch::manual_seed(0);
         let opts = (Kind::Float, tch::Device::Cpu);
         for scale in [1e-3, 1.0, 1e4] {
