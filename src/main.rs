@@ -52,6 +52,22 @@ enum Command {
     Quickstart(cli::quickstart::Args),
 }
 
+impl Command {
+    /// Whether the command runs libtorch's parallel kernels, where OpenMP's wait policy matters
+    /// ([`ensure_passive_omp_wait`]). The others (listing, fetching, importing, metrics, reports,
+    /// merging parts) skip the re-execution and its ~0.35 s of loading libtorch a second time.
+    fn computes(&self) -> bool {
+        match self {
+            Command::Data(_) | Command::Import(_) | Command::Metrics(_) | Command::Report(_) => {
+                false
+            }
+            Command::Detect(a) => a.cmd.is_none(),
+            Command::Evaluate(a) => !a.example,
+            _ => true,
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let out = cli::Output {
         json: cli.json,
@@ -77,7 +93,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// libgomp (libtorch's OpenMP runtime) busy-waits between parallel regions by default, which on
 /// a machine with any other CPU load makes every forward ~10x slower (issue 14's measurement:
 /// 1060 vs 100 ms). It reads OMP_WAIT_POLICY once, when libtorch is loaded at process start, so
-/// the binary re-executes itself with the passive policy unless the user chose one.
+/// the binary re-executes itself with the passive policy unless the user chose one. The second
+/// start costs ~0.35 s on the 2-core machines (libtorch registering its operators again), so it
+/// happens only for commands that compute, after the command line parsed (`--help`, `--version`
+/// and usage errors answer at once); a user who sets OMP_WAIT_POLICY skips it.
 fn ensure_passive_omp_wait() {
     use std::os::unix::process::CommandExt;
     const MARK: &str = "LIBRE_OMP_REEXEC";
@@ -145,9 +164,6 @@ fn remove_temporaries_on_signals() {
 }
 
 fn main() {
-    ensure_passive_omp_wait();
-    libre::alloc::keep_freed_memory();
-    remove_temporaries_on_signals();
     // Consumers of --json get a final error line on every failure, usage errors included.
     let json_error = |msg: &str| {
         if std::env::args().any(|a| a == "--json") {
@@ -172,6 +188,11 @@ fn main() {
         std::process::exit(2);
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if cli.command.computes() {
+        ensure_passive_omp_wait();
+    }
+    libre::alloc::keep_freed_memory();
+    remove_temporaries_on_signals();
     let json = cli.json;
     if let Err(e) = run(cli) {
         eprintln!("libre: {e:#}");
@@ -217,5 +238,31 @@ mod tests {
             missing.len(),
             missing.join("\n")
         );
+    }
+
+    /// Only commands that compute re-execute for the wait policy; listing, metrics, reports and
+    /// merges answer from the first start.
+    #[test]
+    fn only_computing_commands_reexecute() {
+        let computes = |args: &[&str]| {
+            Cli::try_parse_from([&["libre"], args].concat())
+                .unwrap()
+                .command
+                .computes()
+        };
+        assert!(computes(&["detect", "--weights", "d", "x.png"]));
+        assert!(computes(&[
+            "eval",
+            "--weights",
+            "w",
+            "--data",
+            "mnist:test"
+        ]));
+        assert!(computes(&["evaluate", "e.toml", "--out", "o"]));
+        assert!(!computes(&["detect", "merge", "a.csv", "--out", "b.csv"]));
+        assert!(!computes(&["evaluate", "--example"]));
+        assert!(!computes(&["metrics", "--scores", "s.csv"]));
+        assert!(!computes(&["data", "list"]));
+        assert!(!computes(&["report", "r"]));
     }
 }
