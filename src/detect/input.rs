@@ -100,7 +100,7 @@ pub fn resolve(inputs: &[String], on_fetch: &mut dyn FnMut(&str)) -> Result<Vec<
     for s in inputs {
         let p = Path::new(s);
         if s == STDIN {
-            segs.push(Segment::Stdin(read_stdin(std::io::stdin())?));
+            segs.push(Segment::Stdin(read_stdin()?));
         } else if p.is_dir() {
             let v = walk_images(p)?;
             if v.is_empty() {
@@ -132,7 +132,8 @@ pub fn resolve(inputs: &[String], on_fetch: &mut dyn FnMut(&str)) -> Result<Vec<
 
 /// Reads the encoded image behind input `-`, refusing a terminal (nothing was piped in: waiting
 /// for an image typed by hand would look like a hang) and empty input.
-fn read_stdin(stdin: std::io::Stdin) -> Result<Vec<u8>> {
+fn read_stdin() -> Result<Vec<u8>> {
+    let stdin = std::io::stdin();
     if stdin.is_terminal() {
         return Err(Error::invalid(
             "input '-' reads one image from standard input, which is a terminal: pipe an image \
