@@ -288,6 +288,52 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("standard input: cannot decode"), "{err}");
+    // --files-from: the same images listed (NUL-separated, as `find -print0` writes them, in the
+    // folder's order) give the folder's rows; a listed path that does not exist is named with
+    // its line.
+    let mut list = Vec::new();
+    for r in &a {
+        list.extend_from_slice(r[0].as_bytes());
+        list.push(0);
+    }
+    let out = ok(libre()
+        .args([
+            "detect",
+            "--format",
+            "csv",
+            "--device",
+            "cpu",
+            "--batch-size",
+        ])
+        .args(["16", "--files-from", "-", "--null", "--weights"])
+        .arg(&model)
+        .write_stdin(list)
+        .output()
+        .unwrap());
+    let listed: Vec<Vec<String>> = csv::Reader::from_reader(&out.stdout[..])
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect();
+    assert_eq!(listed, a, "--files-from vs the folder");
+    let list_file = dir.path().join("list.txt");
+    std::fs::write(
+        &list_file,
+        format!("{}\n\n{}/gone.png\n", a[0][0], imgs.display()),
+    )
+    .unwrap();
+    let out = libre()
+        .args(["detect", "--device", "cpu", "--weights"])
+        .arg(&model)
+        .arg("--files-from")
+        .arg(&list_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("list.txt: line 3:") && err.contains("gone.png: no such file"),
+        "{err}"
+    );
     // A corrupt PNG is named; --skip-bad keeps going with a skipped row.
     std::fs::write(imgs.join("a").join("005x.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
     let out = libre()

@@ -238,8 +238,16 @@ pub struct DetectArgs {
     pub cmd: Option<DetectCmd>,
     /// Image files (png, jpg, bmp, gif), folders of them (recursive), batch files or data specs;
     /// `-` reads one image from standard input.
-    #[arg(required = true, value_name = "INPUT")]
+    #[arg(required_unless_present = "files_from", value_name = "INPUT")]
     pub inputs: Vec<String>,
+    /// Read more inputs from FILE (`-`: standard input), one per line, scored after the INPUT
+    /// arguments in list order: for scans too long for a command line, e.g. `find DIR -name
+    /// '*.png' | libre detect --files-from - ...`.
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<String>,
+    /// The --files-from entries end in NUL bytes (`find -print0`) instead of newlines.
+    #[arg(long, requires = "files_from")]
+    pub null: bool,
     /// A detector file from `libre calibrate`, or any libre checkpoint / zoo:NAME (then pass
     /// --threshold to flag).
     #[arg(long, required = true)]
@@ -642,6 +650,32 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
              save the image to a file"
         );
     }
+    if args.files_from.as_deref() == Some(input::STDIN)
+        && args.inputs.iter().any(|s| s == input::STDIN)
+    {
+        anyhow::bail!(
+            "--files-from - and input '-' both read standard input: save the image or the list \
+             to a file"
+        );
+    }
+    // Read before the model loads, so a bad list costs nothing.
+    let list = match &args.files_from {
+        Some(f) => {
+            let l = input::InputList::read(f, args.null)?;
+            if l.entries.is_empty() && args.inputs.is_empty() {
+                anyhow::bail!(
+                    "no inputs: the list {} is empty",
+                    if f == input::STDIN {
+                        "on standard input"
+                    } else {
+                        f
+                    }
+                );
+            }
+            Some(l)
+        }
+        None => None,
+    };
     if shard.is_some() && args.format.as_deref() == Some("table") {
         anyhow::bail!("--format table cannot be merged: sharded runs write csv or jsonl");
     }
@@ -696,7 +730,10 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     if args.fail_on_detect && threshold.is_none() {
         anyhow::bail!("--fail-on-detect needs a threshold: a calibrated detector or --threshold");
     }
-    let segs = input::resolve(&args.inputs, &mut super::fetch_note(&out))?;
+    let mut segs = input::resolve(&args.inputs, &mut super::fetch_note(&out))?;
+    if let Some(l) = &list {
+        l.resolve_into(&mut segs, &mut super::fetch_note(&out))?;
+    }
     let all = input::chunks(&segs, args.batch_size);
     let batches = match shard {
         Some(s) => s.range(all.len()),
@@ -850,7 +887,8 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
             let mut run = std::collections::BTreeMap::new();
             let weights_sha = libre::cache::sha256_file(&path)?;
             let settings = json!({
-                "inputs": args.inputs, "inputs_digest": input::digest(&segs),
+                "inputs": args.inputs, "files_from": args.files_from,
+                "inputs_digest": input::digest(&segs),
                 "weights_sha256": weights_sha,
                 "scores": shown, "flag_score": flag_score, "threshold": threshold,
                 "samples": det.samples, "mc_draws": args.mc_draws, "precision": precision,

@@ -98,36 +98,140 @@ pub fn resolve(inputs: &[String], on_fetch: &mut dyn FnMut(&str)) -> Result<Vec<
         ));
     }
     for s in inputs {
-        let p = Path::new(s);
-        if s == STDIN {
-            segs.push(Segment::Stdin(read_stdin()?));
-        } else if p.is_dir() {
-            let v = walk_images(p)?;
-            if v.is_empty() {
-                return Err(Error::bad_file(
-                    p,
-                    format!("contains no images ({})", IMAGE_EXTS.join(", ")),
-                ));
-            }
-            push_images(&mut segs, v);
-        } else if p.is_file() && is_image(p) {
-            push_images(&mut segs, vec![p.to_path_buf()]);
-        } else if p.is_file() && !s.ends_with(".safetensors") {
-            return Err(Error::bad_file(
-                p,
-                format!(
-                    "is neither an image ({}) nor a .safetensors batch file",
-                    IMAGE_EXTS.join(", ")
-                ),
-            ));
-        } else if !p.exists() && names_a_path(s) {
-            // Said plainly: as a data spec it would fail with "unknown data set".
-            return Err(Error::bad_file(p, "no such file or directory"));
-        } else {
-            segs.push(Segment::Data(crate::data::open(s, None, on_fetch)?));
-        }
+        resolve_into(&mut segs, s, on_fetch)?;
     }
     Ok(segs)
+}
+
+/// Appends the segments of one input to `segs`.
+fn resolve_into(segs: &mut Vec<Segment>, s: &str, on_fetch: &mut dyn FnMut(&str)) -> Result<()> {
+    let p = Path::new(s);
+    if s == STDIN {
+        segs.push(Segment::Stdin(read_stdin()?));
+    } else if p.is_dir() {
+        let v = walk_images(p)?;
+        if v.is_empty() {
+            return Err(Error::bad_file(
+                p,
+                format!("contains no images ({})", IMAGE_EXTS.join(", ")),
+            ));
+        }
+        push_images(segs, v);
+    } else if p.is_file() && is_image(p) {
+        push_images(segs, vec![p.to_path_buf()]);
+    } else if p.is_file() && !s.ends_with(".safetensors") {
+        return Err(Error::bad_file(
+            p,
+            format!(
+                "is neither an image ({}) nor a .safetensors batch file",
+                IMAGE_EXTS.join(", ")
+            ),
+        ));
+    } else if !p.exists() && names_a_path(s) {
+        // Said plainly: as a data spec it would fail with "unknown data set".
+        return Err(Error::bad_file(p, "no such file or directory"));
+    } else {
+        segs.push(Segment::Data(crate::data::open(s, None, on_fetch)?));
+    }
+    Ok(())
+}
+
+/// Inputs read from a list (`libre detect --files-from`): for scans too large for the command
+/// line, e.g. `find /store -name '*.png' -print0 | libre detect --files-from - --null ...`.
+#[derive(Debug, Clone)]
+pub struct InputList {
+    /// The list's path, or `-` for standard input; errors name it.
+    pub name: String,
+    /// Whether entries end in NUL (as `find -print0` writes them) instead of a newline.
+    pub null: bool,
+    /// (line or entry number from 1, entry), empty entries left out.
+    pub entries: Vec<(usize, String)>,
+}
+
+impl InputList {
+    /// Reads a list of inputs from the file `name`, or from standard input when `name` is `-`.
+    /// Entries are separated by newlines (a trailing `\r` is kept: it may be part of a name) or,
+    /// with `null`, by NUL bytes; empty entries are skipped. Each entry is an input as on the
+    /// command line (image file, folder, batch file or data spec), except `-`.
+    pub fn read(name: &str, null: bool) -> Result<InputList> {
+        let bytes = if name == STDIN {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                return Err(Error::invalid(
+                    "--files-from -: standard input is a terminal; pipe the list in (e.g. \
+                     `find DIR -name '*.png' | libre detect --files-from - ...`)",
+                ));
+            }
+            let mut b = Vec::new();
+            stdin
+                .lock()
+                .read_to_end(&mut b)
+                .map_err(|e| Error::io("reading the input list from standard input", e))?;
+            b
+        } else {
+            std::fs::read(name)
+                .map_err(|e| Error::io(format!("reading the input list {name}"), e))?
+        };
+        Self::parse(name, &bytes, null)
+    }
+
+    fn parse(name: &str, bytes: &[u8], null: bool) -> Result<InputList> {
+        let sep = if null { 0u8 } else { b'\n' };
+        let what = if null { "entry" } else { "line" };
+        let mut entries = Vec::new();
+        for (i, raw) in bytes.split(|b| *b == sep).enumerate() {
+            if raw.is_empty() {
+                continue;
+            }
+            let entry = std::str::from_utf8(raw)
+                .map_err(|_| list_error(name, format!("{what} {}: not valid UTF-8", i + 1)))?;
+            if !null && entry.contains('\0') {
+                return Err(list_error(
+                    name,
+                    format!(
+                        "{what} {}: contains a NUL byte (a `find -print0` list? pass --null)",
+                        i + 1
+                    ),
+                ));
+            }
+            if entry == STDIN {
+                return Err(list_error(
+                    name,
+                    format!("{what} {}: '-' (standard input) cannot be listed", i + 1),
+                ));
+            }
+            entries.push((i + 1, entry.to_string()));
+        }
+        Ok(InputList {
+            name: name.to_string(),
+            null,
+            entries,
+        })
+    }
+
+    /// Appends the listed inputs' segments to `segs`, in list order; an error names the list
+    /// and the entry.
+    pub fn resolve_into(
+        &self,
+        segs: &mut Vec<Segment>,
+        on_fetch: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let what = if self.null { "entry" } else { "line" };
+        for (n, s) in &self.entries {
+            resolve_into(segs, s, on_fetch)
+                .map_err(|e| list_error(&self.name, format!("{what} {n}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// An error in the input list `name` (`-`: the one on standard input).
+fn list_error(name: &str, msg: String) -> Error {
+    if name == STDIN {
+        Error::invalid(format!("input list on standard input: {msg}"))
+    } else {
+        Error::bad_file(name, msg)
+    }
 }
 
 /// Reads the encoded image behind input `-`, refusing a terminal (nothing was piped in: waiting
@@ -402,6 +506,37 @@ pub fn digest(segs: &[Segment]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries keep their line numbers past skipped empty lines; a trailing `\r` and spaces are
+    /// part of a name; NULs in a newline list, `-` and bad UTF-8 are named with their line.
+    #[test]
+    fn input_lists_parse_by_line_or_nul() {
+        let l = InputList::parse("l.txt", b"a.png\n\nb c.png\r\n d/\n", false).unwrap();
+        let want = [(1, "a.png"), (3, "b c.png\r"), (4, " d/")];
+        let got: Vec<(usize, &str)> = l.entries.iter().map(|(n, s)| (*n, s.as_str())).collect();
+        assert_eq!(got, want);
+        let l = InputList::parse("l.txt", b"a\nb.png\0\0c.png\0", true).unwrap();
+        let got: Vec<(usize, &str)> = l.entries.iter().map(|(n, s)| (*n, s.as_str())).collect();
+        assert_eq!(got, [(1, "a\nb.png"), (3, "c.png")]);
+        let e = |b: &[u8], null: bool| InputList::parse("l.txt", b, null).unwrap_err().to_string();
+        assert!(e(b"a.png\0b.png\0", false).contains("line 1: contains a NUL byte"));
+        assert!(e(b"a.png\n-\n", false).contains("l.txt: line 2: '-'"));
+        assert!(e(b"a.png\0\xff\0", true).contains("entry 2: not valid UTF-8"));
+        assert!(InputList::parse("-", b"x\n-", false)
+            .unwrap_err()
+            .to_string()
+            .contains("input list on standard input: line 2"));
+        // Resolving names the list and the entry.
+        let l = InputList::parse("l.txt", b"\n/nonexist/x.png\n", false).unwrap();
+        let msg = l
+            .resolve_into(&mut Vec::new(), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("l.txt: line 2: /nonexist/x.png: no such file or directory"),
+            "{msg}"
+        );
+    }
 
     fn err(input: &str) -> String {
         match resolve(&[input.to_string()], &mut |_| {}) {
