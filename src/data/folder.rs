@@ -57,11 +57,7 @@ pub(super) fn open(dir: &Path) -> Result<Dataset> {
         ));
     }
     let first = decode(&files[0])?;
-    let c = if first.color().channel_count() <= 2 {
-        1
-    } else {
-        3
-    };
+    let c = channels(&first);
     let shape = [c, first.height() as usize, first.width() as usize];
     Ok(Dataset {
         name: format!("folder:{}", display(dir)),
@@ -157,6 +153,34 @@ fn decode_limited<R: std::io::BufRead + std::io::Seek>(
     })
 }
 
+/// The channel count a decoded image gives the model: 1 for grey (with or without alpha), else 3
+/// (alpha dropped).
+pub(crate) fn channels(img: &image::DynamicImage) -> usize {
+    if img.color().channel_count() <= 2 {
+        1
+    } else {
+        3
+    }
+}
+
+/// The image's pixels as `c` channels (1: luma, 3: RGB, converting if the image has the other),
+/// laid out CHW, as libtorch takes them.
+pub(crate) fn to_chw(img: &image::DynamicImage, c: usize) -> Vec<u8> {
+    let raw = if c == 1 {
+        img.to_luma8().into_raw()
+    } else {
+        img.to_rgb8().into_raw()
+    };
+    let hw = raw.len() / c;
+    let mut chw = vec![0u8; raw.len()];
+    for i in 0..hw {
+        for k in 0..c {
+            chw[k * hw + i] = raw[i * c + k];
+        }
+    }
+    chw
+}
+
 /// Decode `files` into float32 `[B, C, H, W]` in `[0, 1]`.
 pub(super) fn decode_batch(files: &[PathBuf], shape: [usize; 3]) -> Result<Tensor> {
     let [c, h, w] = shape;
@@ -174,30 +198,14 @@ pub(super) fn decode_batch(files: &[PathBuf], shape: [usize; 3]) -> Result<Tenso
                     ),
                 ));
             }
-            let ch = if img.color().channel_count() <= 2 {
-                1
-            } else {
-                3
-            };
+            let ch = channels(&img);
             if ch != c {
                 return Err(Error::bad_file(
                     f,
                     format!("has {ch} channel(s), expected {c}"),
                 ));
             }
-            // HWC -> CHW
-            let raw = if c == 1 {
-                img.to_luma8().into_raw()
-            } else {
-                img.to_rgb8().into_raw()
-            };
-            let mut chw = vec![0u8; c * h * w];
-            for i in 0..h * w {
-                for k in 0..c {
-                    chw[k * h * w + i] = raw[i * c + k];
-                }
-            }
-            Ok(chw)
+            Ok(to_chw(&img, c))
         })
         .collect();
     let mut all = Vec::with_capacity(files.len() * c * h * w);
@@ -213,6 +221,25 @@ pub(super) fn decode_batch(files: &[PathBuf], shape: [usize; 3]) -> Result<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Grey (with alpha) is one channel, colour (with alpha) three; conversion either way and the
+    /// CHW layout (the channel planes one after another).
+    #[test]
+    fn channels_and_chw_layout() {
+        let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(2, 1, |x, _| {
+            image::Rgba([10 + x as u8, 20, 30, 7])
+        }));
+        let la = image::DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_fn(2, 1, |x, _| {
+            image::LumaA([100 + x as u8, 7])
+        }));
+        assert_eq!((channels(&rgba), channels(&la)), (3, 1));
+        assert_eq!(to_chw(&rgba, 3), [10, 11, 20, 20, 30, 30]);
+        assert_eq!(to_chw(&la, 3), [100, 101, 100, 101, 100, 101]);
+        assert_eq!(to_chw(&la, 1), [100, 101]);
+        // RGB -> grey is the image crate's luma (Rec. 709 weights).
+        let luma = rgba.to_luma8().into_raw();
+        assert_eq!(to_chw(&rgba, 1), luma);
+    }
 
     #[test]
     fn reads_classes_and_names_bad_files() {

@@ -21,7 +21,10 @@
 mod batchfile;
 mod cifar;
 mod folder;
-pub(crate) use folder::{decode as decode_image_file, decode_bytes as decode_image_bytes};
+pub(crate) use folder::{
+    channels as image_channels, decode as decode_image_file, decode_bytes as decode_image_bytes,
+    to_chw as image_to_chw,
+};
 pub mod sources;
 
 pub use batchfile::{write_batch_file, BatchFileWriter};

@@ -313,28 +313,16 @@ fn to_pixels(
         let (x0, y0) = ((rw - w as u32) / 2, (rh - h as u32) / 2);
         img = img.crop_imm(x0, y0, w as u32, h as u32);
     }
-    let has = if img.color().channel_count() <= 2 {
-        1
-    } else {
-        3
-    };
+    let has = crate::data::image_channels(&img);
     if has != c && !policy.convert_channels {
         return Err(bad(format!(
             "has {has} channel(s), the model takes {c} (pass --convert-channels to convert)"
         )));
     }
-    let raw = if c == 1 {
-        img.to_luma8().into_raw()
-    } else {
-        img.to_rgb8().into_raw()
-    };
-    let mut chw = vec![0f32; c * h * w];
-    for i in 0..h * w {
-        for k in 0..c {
-            chw[k * h * w + i] = raw[i * c + k] as f32 / 255.0;
-        }
-    }
-    Ok(chw)
+    Ok(crate::data::image_to_chw(&img, c)
+        .into_iter()
+        .map(|v| v as f32 / 255.0)
+        .collect())
 }
 
 /// One batch ready for the forward: the source names, the decoded images (a failed image keeps its
