@@ -731,7 +731,7 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         anyhow::bail!("--fail-on-detect needs a threshold: a calibrated detector or --threshold");
     }
     let mut segs = input::resolve(&args.inputs, &mut super::fetch_note(&out))?;
-    if let Some(l) = &list {
+    if let Some(l) = list {
         l.resolve_into(&mut segs, &mut super::fetch_note(&out))?;
     }
     let all = input::chunks(&segs, args.batch_size);

@@ -210,9 +210,9 @@ impl InputList {
     }
 
     /// Appends the listed inputs' segments to `segs`, in list order; an error names the list
-    /// and the entry.
+    /// and the entry. Consumes the list: a long one is not held twice.
     pub fn resolve_into(
-        &self,
+        self,
         segs: &mut Vec<Segment>,
         on_fetch: &mut dyn FnMut(&str),
     ) -> Result<()> {
