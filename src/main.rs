@@ -50,6 +50,14 @@ enum Command {
     Report(cli::report::Args),
     /// The README's main job: MNIST + zoo LeNet5, DNN vs 1-epoch Bayesian fine-tuned BNN.
     Quickstart(cli::quickstart::Args),
+    /// Print a shell completion script to stdout.
+    #[command(
+        after_help = "Install, e.g.:\n  libre completions bash > ~/.local/share/bash-completion/completions/libre\n  libre completions zsh > ~/.zfunc/_libre   (with fpath+=~/.zfunc before compinit)\n  libre completions fish > ~/.config/fish/completions/libre.fish"
+    )]
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
@@ -58,9 +66,11 @@ impl Command {
     /// merging parts) skip the re-execution and its ~0.35 s of loading libtorch a second time.
     fn computes(&self) -> bool {
         match self {
-            Command::Data(_) | Command::Import(_) | Command::Metrics(_) | Command::Report(_) => {
-                false
-            }
+            Command::Data(_)
+            | Command::Import(_)
+            | Command::Metrics(_)
+            | Command::Report(_)
+            | Command::Completions { .. } => false,
             Command::Detect(a) => a.cmd.is_none(),
             Command::Evaluate(a) => !a.example,
             _ => true,
@@ -87,6 +97,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate(a) => cli::evaluate::run(a, out),
         Command::Calibrate(a) => cli::detect::run_calibrate(a, out),
         Command::Detect(a) => cli::detect::run_detect(a, out),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "libre", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

@@ -16,6 +16,42 @@ fn help_lists_every_subcommand() {
     }
 }
 
+/// The bash completion script completes subcommands and their flags when bash runs it (skipped
+/// where no bash is installed), and an unknown shell is a usage error.
+#[test]
+fn bash_completion_completes_subcommands_and_flags() {
+    let out = ok(libre().args(["completions", "bash"]).output().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("libre.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let complete = |words: &str| -> Option<String> {
+        let cmd = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             _libre libre \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &cmd])
+            .output()
+            .ok()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(String::from_utf8(out.stdout).unwrap())
+    };
+    let Some(subs) = complete("libre det") else {
+        eprintln!("no bash here: completion not exercised");
+        return;
+    };
+    assert_eq!(subs.trim(), "detect");
+    let flags = complete("libre detect --files").unwrap();
+    assert_eq!(flags.trim(), "--files-from");
+    libre().args(["completions", "tcsh"]).assert().code(2);
+}
+
 #[test]
 fn unknown_flag_is_a_usage_error() {
     libre().arg("--frobnicate").assert().code(2);
