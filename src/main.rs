@@ -278,5 +278,7 @@ mod tests {
         assert!(!computes(&["metrics", "--scores", "s.csv"]));
         assert!(!computes(&["data", "list"]));
         assert!(!computes(&["report", "r"]));
+        assert!(!computes(&["completions", "bash"]));
+        assert!(computes(&["detect", "--weights", "d", "--files-from", "l.txt"]));
     }
 }
