@@ -279,6 +279,12 @@ mod tests {
         assert!(!computes(&["data", "list"]));
         assert!(!computes(&["report", "r"]));
         assert!(!computes(&["completions", "bash"]));
-        assert!(computes(&["detect", "--weights", "d", "--files-from", "l.txt"]));
+        assert!(computes(&[
+            "detect",
+            "--weights",
+            "d",
+            "--files-from",
+            "l.txt"
+        ]));
     }
 }

@@ -226,27 +226,29 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
     }
     // A converted ensemble whose members differ, so feature variance is not trivially zero.
     let model = diverse_ensemble(dir.path());
-    let rows = |input: &Path, extra: &[&str]| -> Vec<Vec<String>> {
-        let out = ok(libre()
-            .args([
-                "detect",
-                "--format",
-                "csv",
-                "--device",
-                "cpu",
-                "--batch-size",
-                "16",
-                "--weights",
-            ])
-            .arg(&model)
-            .arg(input)
-            .args(extra)
-            .output()
-            .unwrap());
-        csv::Reader::from_reader(&out.stdout[..])
+    let detect_csv = || {
+        let mut c = libre();
+        c.args([
+            "detect",
+            "--format",
+            "csv",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "16",
+        ])
+        .arg("--weights")
+        .arg(&model);
+        c
+    };
+    let parse = |stdout: &[u8]| -> Vec<Vec<String>> {
+        csv::Reader::from_reader(stdout)
             .records()
             .map(|r| r.unwrap().iter().map(str::to_string).collect())
             .collect()
+    };
+    let rows = |input: &Path, extra: &[&str]| -> Vec<Vec<String>> {
+        parse(&ok(detect_csv().arg(input).args(extra).output().unwrap()).stdout)
     };
     let a = rows(&imgs, &[]);
     let b = rows(&batch, &[]);
@@ -296,24 +298,12 @@ fn detect_reads_folders_like_batch_files_and_names_bad_images() {
         list.extend_from_slice(r[0].as_bytes());
         list.push(0);
     }
-    let out = ok(libre()
-        .args([
-            "detect",
-            "--format",
-            "csv",
-            "--device",
-            "cpu",
-            "--batch-size",
-        ])
-        .args(["16", "--files-from", "-", "--null", "--weights"])
-        .arg(&model)
+    let out = detect_csv()
+        .args(["--files-from", "-", "--null"])
         .write_stdin(list)
         .output()
-        .unwrap());
-    let listed: Vec<Vec<String>> = csv::Reader::from_reader(&out.stdout[..])
-        .records()
-        .map(|r| r.unwrap().iter().map(str::to_string).collect())
-        .collect();
+        .unwrap();
+    let listed = parse(&ok(out).stdout);
     assert_eq!(listed, a, "--files-from vs the folder");
     let list_file = dir.path().join("list.txt");
     std::fs::write(
