@@ -155,19 +155,10 @@ impl InputList {
     /// command line (image file, folder, batch file or data spec), except `-`.
     pub fn read(name: &str, null: bool) -> Result<InputList> {
         let bytes = if name == STDIN {
-            let stdin = std::io::stdin();
-            if stdin.is_terminal() {
-                return Err(Error::invalid(
-                    "--files-from -: standard input is a terminal; pipe the list in (e.g. \
-                     `find DIR -name '*.png' | libre detect --files-from - ...`)",
-                ));
-            }
-            let mut b = Vec::new();
-            stdin
-                .lock()
-                .read_to_end(&mut b)
-                .map_err(|e| Error::io("reading the input list from standard input", e))?;
-            b
+            read_piped_stdin(
+                "--files-from -: standard input is a terminal; pipe the list in (e.g. `find DIR \
+                 -name '*.png' | libre detect --files-from - ...`)",
+            )?
         } else {
             std::fs::read(name)
                 .map_err(|e| Error::io(format!("reading the input list {name}"), e))?
@@ -177,7 +168,7 @@ impl InputList {
 
     fn parse(name: &str, bytes: &[u8], null: bool) -> Result<InputList> {
         let sep = if null { 0u8 } else { b'\n' };
-        let what = if null { "entry" } else { "line" };
+        let what = unit(null);
         let mut entries = Vec::new();
         for (i, raw) in bytes.split(|b| *b == sep).enumerate() {
             if raw.is_empty() {
@@ -216,12 +207,21 @@ impl InputList {
         segs: &mut Vec<Segment>,
         on_fetch: &mut dyn FnMut(&str),
     ) -> Result<()> {
-        let what = if self.null { "entry" } else { "line" };
+        let what = unit(self.null);
         for (n, s) in &self.entries {
             resolve_into(segs, s, on_fetch)
                 .map_err(|e| list_error(&self.name, format!("{what} {n}: {e}")))?;
         }
         Ok(())
+    }
+}
+
+/// What one list entry is called in errors: a line, or with `--null` an entry.
+fn unit(null: bool) -> &'static str {
+    if null {
+        "entry"
+    } else {
+        "line"
     }
 }
 
@@ -234,24 +234,30 @@ fn list_error(name: &str, msg: String) -> Error {
     }
 }
 
-/// Reads the encoded image behind input `-`, refusing a terminal (nothing was piped in: waiting
-/// for an image typed by hand would look like a hang) and empty input.
+/// Reads the encoded image behind input `-`, refusing empty input.
 fn read_stdin() -> Result<Vec<u8>> {
+    let bytes = read_piped_stdin(
+        "input '-' reads one image from standard input, which is a terminal: pipe an image in \
+         (e.g. `libre detect --weights W - < upload.png`)",
+    )?;
+    if bytes.is_empty() {
+        return Err(Error::invalid("input '-': standard input is empty"));
+    }
+    Ok(bytes)
+}
+
+/// All of standard input, refused with `on_terminal` when it is a terminal: nothing was piped
+/// in, and waiting for input typed by hand would look like a hang.
+fn read_piped_stdin(on_terminal: &str) -> Result<Vec<u8>> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        return Err(Error::invalid(
-            "input '-' reads one image from standard input, which is a terminal: pipe an image \
-             in (e.g. `libre detect --weights W - < upload.png`)",
-        ));
+        return Err(Error::invalid(on_terminal));
     }
     let mut bytes = Vec::new();
     stdin
         .lock()
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io("reading standard input", e))?;
-    if bytes.is_empty() {
-        return Err(Error::invalid("input '-': standard input is empty"));
-    }
     Ok(bytes)
 }
 
