@@ -59,6 +59,14 @@ pub enum AttackError {
     )]
     NoScore { attack: String, c: f64 },
 
+    /// An attack on a detector (selective, orthogonal, or any with a threshold) needs the
+    /// victim's detector score.
+    #[error(
+        "{attack}: this attack needs a detector score, but the victim exposes none \
+         (Victim::score returned None); attack a model with a detector, or use `pgd-restarts`"
+    )]
+    NoDetector { attack: String },
+
     /// A libtorch call failed.
     #[error("{attack}: torch error: {source}")]
     Torch {
@@ -143,6 +151,19 @@ pub(crate) mod check {
                 param,
                 v,
                 &format!("must be >= {min}"),
+            ))
+        }
+    }
+
+    pub fn at_most(attack: &str, param: &str, v: usize, max: usize) -> Result<()> {
+        if v <= max {
+            Ok(())
+        } else {
+            Err(AttackError::config(
+                attack,
+                param,
+                v,
+                &format!("must be <= {max} (a larger budget would not finish in useful time)"),
             ))
         }
     }

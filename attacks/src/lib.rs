@@ -21,6 +21,7 @@
 //! Transfer attacks need nothing special: perturb with the surrogate victim, then report with the
 //! target ([`ReportAccumulator::add`] takes any victim).
 
+pub mod adaptive;
 pub mod bim;
 pub mod cw;
 pub mod cw_l2;
@@ -43,11 +44,12 @@ pub mod victim;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+pub use adaptive::{Adaptive, AdaptiveConfig, AdaptiveMode, Schedule, ScoreForm};
 pub use error::{AttackError, Result};
 pub use geometry::{l2_scale, Norm};
 pub use iterative::IterativeConfig;
 pub use objective::{LossKind, McMode, Objective};
-pub use registry::{by_name, ATTACK_NAMES};
+pub use registry::{by_name, ADAPTIVE_NAMES, ATTACK_NAMES};
 pub use report::{AttackReport, ReportAccumulator};
 pub use victim::{predict, predictive_log_probs, FnVictim, ModuleVictim, Victim};
 

@@ -78,7 +78,7 @@ impl Objective {
     /// Checks `eot_samples >= 1` and a finite `adaptive_c`.
     pub fn validate(&self, attack: &str) -> Result<()> {
         check::at_least(attack, "eot_samples", self.eot_samples, 1)?;
-        check::finite(attack, "adaptive_c", self.adaptive_c)
+        check::non_negative(attack, "adaptive_c", self.adaptive_c)
     }
 
     /// Per-example objective `[B]` from victim logits (differentiable).

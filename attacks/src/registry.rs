@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::adaptive::{Adaptive, AdaptiveConfig, AdaptiveMode, ScoreForm};
 use crate::bim::Bim;
 use crate::cw::CwLinf;
 use crate::cw_l2::{CwL2, CwL2Config};
@@ -40,6 +41,21 @@ pub const ATTACK_NAMES: &[&str] = &[
     "deepfool",
     "deepfool-linf",
     "spsa",
+    "pgd-restarts",
+    "mimicry",
+    "mimicry-log",
+    "selective",
+    "orthogonal",
+];
+
+/// The adaptive attacks among [`ATTACK_NAMES`] (they take a `threshold` and, except
+/// `pgd-restarts`, need the victim's detector score).
+pub const ADAPTIVE_NAMES: &[&str] = &[
+    "pgd-restarts",
+    "mimicry",
+    "mimicry-log",
+    "selective",
+    "orthogonal",
 ];
 
 /// Builds the attack `name` from its defaults overridden by `params` (a JSON object, or null).
@@ -93,6 +109,25 @@ pub fn by_name(name: &str, params: &Value) -> Result<Box<dyn Attack>> {
             params,
         )?)?),
         "spsa" => Box::new(Spsa::new(overlay(name, SpsaConfig::default(), params)?)?),
+        "pgd-restarts" | "mimicry" | "mimicry-log" | "selective" | "orthogonal" => {
+            let (mode, form) = match name {
+                "pgd-restarts" => (AdaptiveMode::Plain, ScoreForm::Linear),
+                "mimicry" => (AdaptiveMode::Mimicry, ScoreForm::Linear),
+                "mimicry-log" => (AdaptiveMode::Mimicry, ScoreForm::Log),
+                "selective" => (AdaptiveMode::Selective, ScoreForm::Linear),
+                _ => (AdaptiveMode::Orthogonal, ScoreForm::Linear),
+            };
+            let cfg: AdaptiveConfig = overlay(name, AdaptiveConfig::new(mode, form), params)?;
+            if cfg.name() != name {
+                return Err(AttackError::config(
+                    name,
+                    "mode",
+                    cfg.name(),
+                    "is fixed by the attack's name (use that attack's name instead)",
+                ));
+            }
+            Box::new(Adaptive::new(cfg)?)
+        }
         _ => {
             return Err(AttackError::UnknownAttack {
                 name: name.to_string(),

@@ -19,6 +19,7 @@ pub mod detection;
 pub mod error;
 pub mod plots;
 pub mod report;
+pub mod robust;
 pub mod rng;
 pub mod tables;
 
