@@ -83,16 +83,21 @@ impl Victim for ModelVictim<'_> {
     }
 
     /// True when two forwards of the same input may differ: a training-mode forward, or MC
-    /// sampling of a model with mean-field layers (which draws fresh weights on every forward).
+    /// sampling of a model with mean-field layers or MC dropout (which draw fresh weights or
+    /// masks on every forward).
     /// Ensembles and low-rank components are enumerated, not sampled, so they are deterministic.
     fn is_stochastic(&self) -> bool {
         match self.mode {
             ForwardMode::Train(_) => true,
-            ForwardMode::ParallelMc { .. } | ForwardMode::SequentialMc { .. } => self
-                .model
-                .layer_families()
-                .iter()
-                .any(|(_, f)| *f == Family::MeanField),
+            ForwardMode::ParallelMc { .. } | ForwardMode::SequentialMc { .. } => {
+                // MC dropout draws fresh masks on every forward, like mean-field weights.
+                self.model.mc_dropout().is_some()
+                    || self
+                        .model
+                        .layer_families()
+                        .iter()
+                        .any(|(_, f)| *f == Family::MeanField)
+            }
             _ => false,
         }
     }

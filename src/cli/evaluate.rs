@@ -25,6 +25,10 @@ pub struct Args {
     /// Print the example experiment for MNIST and exit.
     #[arg(long)]
     pub example: bool,
+    /// Write into --out even when it holds files that are not an earlier run of this
+    /// experiment (files of the same names are replaced).
+    #[arg(long)]
+    pub force: bool,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -55,6 +59,22 @@ pub fn load_plan(path: &Path) -> anyhow::Result<(String, Plan)> {
     Ok((text, plan))
 }
 
+/// Whether `dir` is an earlier output of `libre evaluate` or `libre report merge` (it holds the
+/// experiment.toml they record; [`pin_experiment`] then checks it is the same experiment).
+/// Its entries are all "own" then; otherwise none is.
+fn foreign_entries(dir: &Path) -> Vec<String> {
+    if dir.join("experiment.toml").is_file() {
+        return Vec::new();
+    }
+    super::dir_entries(dir)
+}
+
+/// Checks `--out DIR` of `libre evaluate` and `libre report merge` before any work: not a file,
+/// and not a directory holding anything but an earlier run unless `force`.
+pub fn check_out(dir: &Path, force: bool) -> anyhow::Result<()> {
+    super::check_out_dir("--out", dir, &foreign_entries, force)
+}
+
 /// Records the experiment in `out`, refusing a directory that holds a different one.
 pub fn pin_experiment(out: &Path, text: &str) -> anyhow::Result<()> {
     let f = out.join("experiment.toml");
@@ -73,8 +93,36 @@ pub fn pin_experiment(out: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints the AUROC table of a finished run.
+/// The worst-case robust-detection table of a finished run (empty when it has no attacks).
+pub fn worst_case_text(summary: &serde_json::Value) -> String {
+    let rows = evaluate::worst_case_table(summary);
+    if rows.is_empty() {
+        return String::new();
+    }
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(8).max(8);
+    let mut s = format!(
+        "Worst case per image over the attacks at each eps (evaded = misclassified and not \
+         flagged at the threshold fixed once on clean data):\n{:w$}  {:>6}  {:>8}  {:>17}\n",
+        "detector", "eps", "evaded", "robust detection"
+    );
+    for (d, e, ev, acc, adaptive) in rows {
+        let note = if adaptive {
+            ""
+        } else {
+            "  (no adaptive attack on this score)"
+        };
+        s += &format!("{d:w$}  {e:>6}  {ev:>7.1}%  {acc:>16.1}%{note}\n");
+    }
+    s
+}
+
+/// The AUROC table of a finished run, then the worst-case table.
 pub fn auroc_text(summary: &serde_json::Value) -> String {
+    auroc_only_text(summary) + &worst_case_text(summary)
+}
+
+/// Prints the AUROC table of a finished run.
+fn auroc_only_text(summary: &serde_json::Value) -> String {
     let rows = evaluate::auroc_table(summary);
     let mut cols: Vec<String> = vec![];
     let mut dets: Vec<String> = vec![];
@@ -123,7 +171,7 @@ fn shard_dir(dir: PathBuf, shard: Option<Shard>) -> anyhow::Result<PathBuf> {
 
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if args.example {
-        print!("{EXAMPLE_MNIST}");
+        super::write_stdout(EXAMPLE_MNIST.as_bytes());
         return Ok(());
     }
     let path = args.experiment.expect("clap requires it");
@@ -132,6 +180,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
             out.note(m)
         })?;
     let dir = shard_dir(args.out.expect("clap requires it"), shard)?;
+    check_out(&dir, args.force)?;
     // Everything is validated before any work starts.
     let (text, plan) = load_plan(&path)?;
     let device = super::resolve_device(&args.device, &out)?;
@@ -191,11 +240,49 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A directory entry's file name as text.
+fn e_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Refuses a cell whose rows file is not whole: `expect_scores` rows per image (a shard killed
+/// mid-copy, or a file cut short by hand, would otherwise merge as a smaller sample).
+fn check_cell_rows(
+    cells: &Path,
+    id: &str,
+    meta: &evaluate::CellMeta,
+    expect_scores: Option<usize>,
+) -> anyhow::Result<()> {
+    let Some(k) = expect_scores else {
+        return Ok(()); // not a cell of this experiment: never copied
+    };
+    let f = cells.join(format!("{id}.csv"));
+    let file = std::fs::File::open(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+    let mut rows = 0usize;
+    for r in csv::Reader::from_reader(std::io::BufReader::new(file)).records() {
+        r.map_err(|e| anyhow::anyhow!("{}: {e} (a damaged cell; rerun its shard)", f.display()))?;
+        rows += 1;
+    }
+    let want = meta.n * k;
+    if rows != want {
+        anyhow::bail!(
+            "{}: {rows} rows, but the cell's {} images x {k} score(s) make {want}: the file is \
+             truncated or damaged; rerun its shard",
+            f.display(),
+            meta.n
+        );
+    }
+    Ok(())
+}
+
 /// `libre report merge DIR... --out DIR`: joins shard directories of one experiment.
-pub fn merge(dirs: &[PathBuf], dest: &Path, out: Output) -> anyhow::Result<()> {
+pub fn merge(dirs: &[PathBuf], dest: &Path, force: bool, out: Output) -> anyhow::Result<()> {
     if dirs.is_empty() {
         anyhow::bail!("report merge: no shard directories given");
     }
+    check_out(dest, force)?;
     let texts: Vec<String> = dirs
         .iter()
         .map(|d| {
@@ -217,7 +304,16 @@ pub fn merge(dirs: &[PathBuf], dest: &Path, out: Output) -> anyhow::Result<()> {
         }
     }
     let plan = Experiment::parse(&texts[0])?;
+    // Rows each cell must hold: one per image and score of its model.
+    let scores_of: std::collections::BTreeMap<String, usize> = evaluate::cells(&plan)
+        .iter()
+        .map(|c| (c.id(&plan), plan.models[c.model].scores.len()))
+        .collect();
     let mut version: Option<(String, PathBuf)> = None;
+    let mut images: Option<(usize, PathBuf)> = None;
+    // Content hashes a cell records (weights, data), per model: every shard must agree.
+    let mut hashes: std::collections::BTreeMap<(String, String), (String, PathBuf)> =
+        Default::default();
     let mut sources: std::collections::BTreeMap<String, PathBuf> = Default::default();
     for d in dirs {
         let cells = d.join("cells");
@@ -226,12 +322,46 @@ pub fn merge(dirs: &[PathBuf], dest: &Path, out: Output) -> anyhow::Result<()> {
         };
         for e in rd {
             let p = e?.path();
-            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            let name = e_name(&p);
             let Some(id) = name.strip_suffix(".json") else {
                 continue;
             };
-            let meta: evaluate::CellMeta = serde_json::from_slice(&std::fs::read(&p)?)
+            let bytes =
+                std::fs::read(&p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+            let meta: evaluate::CellMeta = serde_json::from_slice(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            check_cell_rows(&cells, id, &meta, scores_of.get(id).copied())?;
+            match &images {
+                Some((n, from)) if *n != meta.n => anyhow::bail!(
+                    "{} holds {} images but {} holds {n}: shards of different data, refusing to \
+                     merge",
+                    p.display(),
+                    meta.n,
+                    from.display()
+                ),
+                None => images = Some((meta.n, p.clone())),
+                _ => {}
+            }
+            if let Ok(serde_json::Value::Object(m)) =
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+            {
+                for (k, v) in m.iter().filter(|(k, _)| k.ends_with("sha256")) {
+                    let v = v.to_string();
+                    match hashes.get(&(meta.model.clone(), k.clone())) {
+                        Some((h, from)) if *h != v => anyhow::bail!(
+                            "{} and {} record different {k} for model '{}' ({v} vs {h}): shards \
+                             run with different files, refusing to merge",
+                            p.display(),
+                            from.display(),
+                            meta.model
+                        ),
+                        Some(_) => {}
+                        None => {
+                            hashes.insert((meta.model.clone(), k.clone()), (v, p.clone()));
+                        }
+                    }
+                }
+            }
             match &version {
                 Some((v, from)) if *v != meta.libre_version => anyhow::bail!(
                     "{} was computed by libre {} but {} by {}: refusing to merge",

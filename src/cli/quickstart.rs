@@ -95,6 +95,14 @@ name = "cw"
 eps = [0.3]
 steps = 40
 step_size = 0.01
+# The adaptive attacker: knows each model's first score and its threshold (5% FPR of the clean
+# rows), ascends the loss until the digit is misclassified, then descends the score.
+[[attack]]
+name = "selective"
+eps = [0.3]
+steps = 100
+step_size = 0.01
+params = {{ restarts = 1 }}
 "#,
         model.display()
     )

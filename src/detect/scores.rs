@@ -50,6 +50,15 @@ impl Score {
         Score::Mahalanobis,
     ];
 
+    /// Whether the score is positive by construction (variances, mutual information, entropy),
+    /// so that its logarithm is defined (the log-score mimicry attack).
+    pub fn is_positive(self) -> bool {
+        matches!(
+            self,
+            Score::FeatureVariance | Score::SoftmaxVariance | Score::MutualInformation | Score::Entropy
+        )
+    }
+
     /// The classic detector a score belongs to (None: an uncertainty score of the forward).
     pub fn classic(self) -> Option<super::classic::ClassicKind> {
         use super::classic::ClassicKind as C;

@@ -35,6 +35,10 @@ pub struct Experiment {
     pub bootstrap: usize,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// The false-positive rate that fixes, once from each detector's clean rows, the threshold
+    /// of a detector without a calibrated one (robust detection metrics and adaptive attacks).
+    #[serde(default)]
+    pub fpr: Option<Spanned<f64>>,
     #[serde(rename = "model")]
     pub models: Vec<ModelSpec>,
     #[serde(rename = "attack", default)]
@@ -44,6 +48,45 @@ pub struct Experiment {
 fn default_batch() -> usize {
     250
 }
+
+/// The default target FPR of thresholds fixed from clean rows.
+pub const DEFAULT_FPR: f64 = 0.05;
+
+/// The `adaptive` key of an attack: mimicry weights, or the name of a preset suite.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum AdaptiveSpec {
+    /// One attack per C, ascending loss - C * score.
+    Weights(Vec<f64>),
+    /// `"strong"`: [`STRONG_SUITE`].
+    Preset(String),
+}
+
+impl Default for AdaptiveSpec {
+    fn default() -> Self {
+        AdaptiveSpec::Weights(Vec::new())
+    }
+}
+
+/// The attacks `adaptive = "strong"` expands to: (registry name, mimicry C, label). Every one
+/// knows the detector's threshold, runs `steps` (default 200) per restart, 2 restarts, a
+/// halving step and per-image early stop; the log-score mimicry only for scores that are
+/// positive by construction (`log` of any other score is not defined).
+pub const STRONG_SUITE: &[(&str, f64, &str)] = &[
+    ("pgd-restarts", 0.0, "pgd-restarts"),
+    ("mimicry", 10.0, "mimicry-10"),
+    ("mimicry", 100.0, "mimicry-100"),
+    ("mimicry", 1000.0, "mimicry-1000"),
+    ("mimicry-log", 1.0, "mimicry-log-1"),
+    ("mimicry-log", 10.0, "mimicry-log-10"),
+    ("selective", 0.0, "selective"),
+    ("orthogonal", 0.0, "orthogonal"),
+];
+
+/// The preset's steps when the entry sets none, and its step as a fraction of eps when it sets
+/// no `step_size` (a halving schedule then covers eps many times in the first quarter).
+pub const STRONG_STEPS: usize = 200;
+pub const STRONG_STEP_FRACTION: f64 = 0.1;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,9 +118,10 @@ pub struct AttackSpec {
     /// Further attack settings (registry keys, e.g. `random_start = false`, `decay = 1.0`).
     #[serde(default)]
     pub params: toml::Table,
-    /// Mimicry: one cell per C, ascending loss - C * score (the model's first score by default).
+    /// Mimicry: one cell per C, ascending loss - C * score (the model's first score by default);
+    /// or `"strong"`: the whole adaptive suite ([`STRONG_SUITE`]).
     #[serde(default)]
-    pub adaptive: Vec<f64>,
+    pub adaptive: AdaptiveSpec,
     #[serde(default)]
     pub adaptive_score: Option<String>,
     /// Transfer attack: craft on this model (weights), evaluate on each target.
@@ -120,7 +164,12 @@ pub struct AttackPlan {
     pub name: String,
     /// Registry parameters without eps (added per cell).
     pub params: serde_json::Value,
+    /// The attack sees a detector score (the model's first unless given): mimicry's C (0 for
+    /// the adaptive attacks that weigh nothing).
     pub adaptive: Option<(f64, Option<Score>)>,
+    /// The step is this fraction of each cell's eps (the strong preset without `step_size`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_fraction: Option<f64>,
     pub surrogate: Option<String>,
     pub eps: Vec<f64>,
     pub models: Vec<String>,
@@ -135,6 +184,8 @@ pub struct Plan {
     pub subset: SubsetSpec,
     pub bootstrap: usize,
     pub batch_size: usize,
+    /// Target FPR of the thresholds fixed from clean rows.
+    pub fpr: f64,
     pub models: Vec<ModelPlan>,
     pub attacks: Vec<AttackPlan>,
 }
@@ -297,6 +348,19 @@ impl Experiment {
                 precision,
             });
         }
+        let fpr = match &self.fpr {
+            Some(f) => {
+                let v = *f.get_ref();
+                if !(v > 0.0 && v < 1.0) {
+                    return Err(at(
+                        f.span(),
+                        format!("fpr = {v}: the target false-positive rate must lie in (0, 1)"),
+                    ));
+                }
+                v
+            }
+            None => DEFAULT_FPR,
+        };
         let mut attacks: Vec<AttackPlan> = Vec::new();
         for a in &self.attacks {
             let name = a.name.get_ref();
@@ -309,12 +373,44 @@ impl Experiment {
                     ),
                 ));
             }
+            let (weights, preset) = match &a.adaptive {
+                AdaptiveSpec::Weights(w) => (w.clone(), false),
+                AdaptiveSpec::Preset(p) if p == "strong" => {
+                    if name != "pgd" && name != "pgd-l2" {
+                        return Err(at(
+                            a.name.span(),
+                            format!(
+                                "adaptive = \"strong\" expands from `pgd` (l_inf) or `pgd-l2`, \
+                                 not '{name}'"
+                            ),
+                        ));
+                    }
+                    (Vec::new(), true)
+                }
+                AdaptiveSpec::Preset(p) => {
+                    return Err(at(
+                        a.name.span(),
+                        format!(
+                            "adaptive = \"{p}\": the preset is \"strong\" (or give a list of \
+                             mimicry weights C)"
+                        ),
+                    ))
+                }
+            };
             let mut params = serde_json::Map::new();
             for (k, v) in &a.params {
                 if k == "eps" {
                     return Err(at(
                         a.name.span(),
                         "put eps in the eps list, not in params".into(),
+                    ));
+                }
+                if k == "threshold" {
+                    return Err(at(
+                        a.name.span(),
+                        "the threshold is fixed once from clean data (the detector's \
+                         calibration, or `fpr` of its clean rows), never per attack"
+                            .into(),
                     ));
                 }
                 params.insert(k.clone(), toml_to_json(v));
@@ -328,11 +424,13 @@ impl Experiment {
             if a.eps.is_empty() {
                 return Err(at(a.name.span(), format!("attack '{name}' has no eps")));
             }
-            for &e in &a.eps {
-                let mut p = params.clone();
-                p.insert("eps".into(), serde_json::json!(e));
-                libre_attacks::by_name(name, &serde_json::Value::Object(p))
-                    .map_err(|err| at(a.name.span(), err.to_string()))?;
+            for &c in &weights {
+                if !(c.is_finite() && c >= 0.0) {
+                    return Err(at(
+                        a.name.span(),
+                        format!("adaptive C {c} must be a finite number >= 0"),
+                    ));
+                }
             }
             let targets: Vec<String> = match &a.models {
                 Some(v) => {
@@ -348,10 +446,13 @@ impl Experiment {
                 }
                 None => models.iter().map(|m| m.name.clone()).collect(),
             };
+            let detector_attack = preset
+                || !weights.is_empty()
+                || libre_attacks::ADAPTIVE_NAMES.contains(&name.as_str());
             if let Some(sur) = &a.surrogate {
                 capabilities_of(sur, None)
                     .map_err(|err| at(a.name.span(), format!("surrogate: {err}")))?;
-                if !a.adaptive.is_empty() {
+                if detector_attack {
                     return Err(at(
                         a.name.span(),
                         "an adaptive attack cannot use a surrogate".into(),
@@ -378,17 +479,84 @@ impl Experiment {
                 ),
                 None => None,
             };
-            let mut variants: Vec<(String, Option<(f64, Option<Score>)>)> = Vec::new();
-            if a.adaptive.is_empty() {
-                variants.push((base.clone(), None));
-            }
-            for &c in &a.adaptive {
-                if !c.is_finite() {
-                    return Err(at(a.name.span(), format!("adaptive C {c} must be finite")));
+            // The score each target is attacked through.
+            let attacked: Vec<Score> = targets
+                .iter()
+                .map(|t| {
+                    let m = models.iter().find(|m| &m.name == t).expect("checked");
+                    score.unwrap_or(m.scores[0])
+                })
+                .collect();
+            // (label, registry name, params, adaptive, step fraction)
+            type Variant = (
+                String,
+                String,
+                serde_json::Map<String, serde_json::Value>,
+                Option<(f64, Option<Score>)>,
+                Option<f64>,
+            );
+            let mut variants: Vec<Variant> = Vec::new();
+            if preset {
+                let positive = attacked.iter().all(|s| s.is_positive());
+                for &(reg, c, label) in STRONG_SUITE {
+                    if reg == "mimicry-log" && !positive {
+                        continue;
+                    }
+                    let mut p = params.clone();
+                    if name == "pgd-l2" {
+                        p.insert("norm".into(), serde_json::json!("l2"));
+                    }
+                    p.entry("steps")
+                        .or_insert_with(|| serde_json::json!(STRONG_STEPS));
+                    let frac = (!p.contains_key("step_size")).then_some(STRONG_STEP_FRACTION);
+                    let label = match &a.label {
+                        Some(l) => format!("{l}-{label}"),
+                        None => label.to_string(),
+                    };
+                    variants.push((label, reg.to_string(), p, Some((c, score)), frac));
                 }
-                variants.push((format!("{base}-adaptive-{c}"), Some((c, score))));
+            } else if weights.is_empty() {
+                let adaptive = libre_attacks::ADAPTIVE_NAMES
+                    .contains(&name.as_str())
+                    .then(|| {
+                        let c = params.get("adaptive_c").and_then(|v| v.as_f64());
+                        let default = if name.starts_with("mimicry") { 1.0 } else { 0.0 };
+                        (c.unwrap_or(default), score)
+                    });
+                variants.push((base.clone(), name.clone(), params.clone(), adaptive, None));
+            } else {
+                if libre_attacks::ADAPTIVE_NAMES.contains(&name.as_str())
+                    && !name.starts_with("mimicry")
+                {
+                    return Err(at(
+                        a.name.span(),
+                        format!("adaptive weights C apply to mimicry; '{name}' weighs nothing"),
+                    ));
+                }
+                for &c in &weights {
+                    variants.push((
+                        format!("{base}-adaptive-{c}"),
+                        name.clone(),
+                        params.clone(),
+                        Some((c, score)),
+                        None,
+                    ));
+                }
             }
-            for (label, adaptive) in variants {
+            for (label, reg, params, adaptive, step_fraction) in variants {
+                // Every cell's settings must build before any work starts.
+                for &e in &a.eps {
+                    let mut p = params.clone();
+                    p.insert("eps".into(), serde_json::json!(e));
+                    if let Some(f) = step_fraction {
+                        p.insert("step_size".into(), serde_json::json!(e * f));
+                    }
+                    if let Some((c, _)) = adaptive {
+                        p.insert("adaptive_c".into(), serde_json::json!(c));
+                    }
+                    libre_attacks::by_name(&reg, &serde_json::Value::Object(p))
+                        .map_err(|err| at(a.name.span(), err.to_string()))?;
+                }
                 if attacks.iter().any(|x| x.label == label) {
                     return Err(at(
                         a.name.span(),
@@ -405,9 +573,10 @@ impl Experiment {
                 }
                 attacks.push(AttackPlan {
                     label,
-                    name: name.clone(),
-                    params: serde_json::Value::Object(params.clone()),
+                    name: reg,
+                    params: serde_json::Value::Object(params),
                     adaptive,
+                    step_fraction,
                     surrogate: a.surrogate.clone(),
                     eps: a.eps.clone(),
                     models: targets.clone(),
@@ -424,6 +593,7 @@ impl Experiment {
             subset: self.subset,
             bootstrap: self.bootstrap,
             batch_size: self.batch_size,
+            fpr,
             models,
             attacks,
         })

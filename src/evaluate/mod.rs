@@ -93,6 +93,10 @@ pub struct CellMeta {
     /// The precision the model was attacked and scored at (cells before it: f32).
     #[serde(default)]
     pub precision: crate::precision::Precision,
+    /// Clean cell: the thresholds the detector file calibrated, per score name (the other
+    /// scores' thresholds are fixed from the clean rows at the plan's FPR).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub calibrated: std::collections::BTreeMap<String, f64>,
 }
 
 fn stable_hash(s: &str) -> u64 {
@@ -112,6 +116,62 @@ impl Progress for () {}
 
 struct Loaded {
     det: Detector,
+    /// Thresholds fixed so far, per score (see [`threshold_for`]).
+    thresholds: HashMap<crate::detect::Score, f64>,
+}
+
+/// The detector file's calibrated threshold for `score`, when it calibrated that score at the
+/// sample count and precision the model runs at now.
+fn calibrated_threshold(det: &Detector, score: crate::detect::Score) -> Option<f64> {
+    det.meta
+        .as_ref()
+        .filter(|m| m.score == score && m.samples == det.samples)
+        .map(|m| m.calibration.threshold)
+}
+
+/// The threshold of `score` for model `mi`, fixed once from clean data and used by every attack
+/// that knows it: the detector file's calibration ([`calibrated_threshold`]), else the plan's FPR
+/// on the scores of the clean images, computed exactly as the clean cell computes them (same
+/// batches and seeds), so it equals the threshold the report derives from the clean rows.
+fn threshold_for(
+    plan: &Plan,
+    mi: usize,
+    det: &Detector,
+    ds: &crate::data::Dataset,
+    device: Device,
+    score: crate::detect::Score,
+) -> Result<f64> {
+    if let Some(t) = calibrated_threshold(det, score) {
+        return Ok(t);
+    }
+    let m = &plan.models[mi];
+    let si = m
+        .scores
+        .iter()
+        .position(|&s| s == score)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "model '{}': the attacked score '{score}' must be one of its scores (its clean \
+                 rows fix the threshold)",
+                m.name
+            ))
+        })?;
+    let clean_id = Cell {
+        model: mi,
+        attack: None,
+    }
+    .id(plan);
+    let seed = plan.seed ^ stable_hash(&clean_id);
+    let bs = plan.batch_size;
+    let mut vals: Vec<f64> = Vec::new();
+    ds.for_each_batch(bs, &mut |start, x, _y| {
+        let x = x.to_device(device);
+        tch::manual_seed(seed.wrapping_add((start / bs) as u64) as i64);
+        let (_, scores) = det.score(&x, &m.scores)?;
+        vals.extend(to_vec_f64(&scores[si])?);
+        Ok(())
+    })?;
+    Ok(libre_reports::robust::threshold_at_fpr(&vals, plan.fpr)?)
 }
 
 /// Runs the plan's cells (all, or one shard's) into `out/cells`, skipping finished ones.
@@ -154,10 +214,36 @@ pub fn run_cells(
             let path = crate::zoo::resolve(&m.weights, on_fetch)?;
             let mut det = Detector::load(&path, device, Some(m.samples))?;
             det.set_precision(m.precision)?;
-            loaded.insert(m.name.clone(), Loaded { det });
+            loaded.insert(
+                m.name.clone(),
+                Loaded {
+                    det,
+                    thresholds: HashMap::new(),
+                },
+            );
         }
+        // An attack that knows the detector's threshold gets the one fixed from clean data.
+        let attacked = cell.attack.and_then(|(ai, _)| {
+            let a = &plan.attacks[ai];
+            (libre_attacks::ADAPTIVE_NAMES.contains(&a.name.as_str()))
+                .then(|| a.adaptive.map(|(_, s)| s.unwrap_or(m.scores[0])))
+                .flatten()
+        });
+        let threshold = match attacked {
+            Some(sc) => {
+                let l = loaded.get_mut(&m.name).expect("loaded above");
+                if !l.thresholds.contains_key(&sc) {
+                    let t = threshold_for(plan, cell.model, &l.det, &ds, device, sc)?;
+                    l.thresholds.insert(sc, t);
+                }
+                Some(l.thresholds[&sc])
+            }
+            None => None,
+        };
         let det = &loaded[&m.name].det;
-        run_cell(plan, cell, &id, det, &ds, &dir, device, on_fetch, progress)?;
+        run_cell(
+            plan, cell, &id, det, threshold, &ds, &dir, device, on_fetch, progress,
+        )?;
         ran.push(id);
     }
     Ok(ran)
@@ -175,6 +261,7 @@ fn run_cell(
     cell: &Cell,
     id: &str,
     det: &Detector,
+    threshold: Option<f64>,
     ds: &crate::data::Dataset,
     dir: &Path,
     device: Device,
@@ -190,6 +277,12 @@ fn run_cell(
             p["eps"] = serde_json::json!(e);
             if let Some((c, _)) = a.adaptive {
                 p["adaptive_c"] = serde_json::json!(c);
+            }
+            if let Some(f) = a.step_fraction {
+                p["step_size"] = serde_json::json!(e * f);
+            }
+            if let Some(t) = threshold {
+                p["threshold"] = serde_json::json!(t);
             }
             let atk = libre_attacks::by_name(&a.name, &p)
                 .map_err(|e| Error::invalid(format!("cell {id}: {e}")))?;
@@ -217,6 +310,7 @@ fn run_cell(
         "score",
         "clean_correct",
         "adv_success",
+        "correct",
     ])
     .map_err(csv_err)?;
     let (mut attack_s, mut score_s) = (0.0f64, 0.0f64);
@@ -292,6 +386,7 @@ fn run_cell(
                     &format!("{:e}", vals[si][j]),
                     &(clean_ok[j] as u8).to_string(),
                     &adv_success,
+                    &(ok[j] as u8).to_string(),
                 ])
                 .map_err(csv_err)?;
             }
@@ -324,6 +419,14 @@ fn run_cell(
         reliability,
         libre_version: crate::VERSION.to_string(),
         precision: m.precision,
+        calibrated: if cell.attack.is_none() {
+            m.scores
+                .iter()
+                .filter_map(|&s| calibrated_threshold(det, s).map(|t| (s.name().to_string(), t)))
+                .collect()
+        } else {
+            Default::default()
+        },
     };
     let bytes = w
         .into_inner()
@@ -463,6 +566,14 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
         Some(i) => format!("{}{sec}{}", &html[..i], &html[i..]),
         None => html + &sec,
     };
+    // The robust-detection table leads the report (docs/detection.md, "Adaptive evaluation").
+    let (thresholds, robust) = robust_table(plan, &metas, &scores)?;
+    rtables::write_rows(&render.join("robust.csv"), &robust)?;
+    let lead = robust_html(plan, &thresholds, &robust);
+    let html = match html.find("</h1>\n") {
+        Some(i) => format!("{}{lead}{}", &html[..i + 6], &html[i + 6..]),
+        None => lead + &html,
+    };
     std::fs::write(&index, html).map_err(|e| Error::io("writing index.html", e))?;
     let detection: Vec<rtables::DetectionRow> = rtables::read_rows(&render.join("detection.csv"))?;
     let experiment = std::fs::read(out.join("experiment.toml")).unwrap_or_default();
@@ -477,6 +588,9 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
             "id": m.id, "model": m.model, "attack": m.attack, "eps": m.eps, "n": m.n,
             "accuracy": m.accuracy, "clean_accuracy": m.clean_accuracy,
         })).collect::<Vec<_>>(),
+        "fpr": plan.fpr,
+        "thresholds": thresholds,
+        "robust_detection": robust,
         "detection": detection,
     });
     let sj = serde_json::to_vec_pretty(&summary)?;
@@ -502,6 +616,165 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
         out: out.to_path_buf(),
         summary,
     })
+}
+
+/// The robust-detection table of the cells' rows ([`libre_reports::robust`]): thresholds from
+/// the detector files' calibrations recorded in the clean cells, else the plan's FPR of each
+/// detector's clean rows.
+fn robust_table(
+    plan: &Plan,
+    metas: &[CellMeta],
+    scores_csv: &[u8],
+) -> Result<(
+    Vec<libre_reports::robust::Threshold>,
+    Vec<libre_reports::robust::RobustRow>,
+)> {
+    use libre_reports::robust::{self, ScoredInput};
+    let mut given = HashMap::new();
+    for m in metas.iter().filter(|m| m.attack.is_none()) {
+        for (score, t) in &m.calibrated {
+            given.insert(format!("{}/{score}", m.model), *t);
+        }
+    }
+    let mut r = csv::Reader::from_reader(scores_csv);
+    let bad = |e: csv::Error| Error::invalid(format!("scores.csv: {e}"));
+    let headers = r.headers().map_err(bad)?.clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| Error::invalid(format!("scores.csv: no column '{name}'")))
+    };
+    let (ci, cm, ca, ce, cs, cc) = (
+        col("image")?,
+        col("model")?,
+        col("attack")?,
+        col("eps")?,
+        col("score")?,
+        col("correct")?,
+    );
+    let mut rows = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(bad)?;
+        rows.push(ScoredInput {
+            image: rec[ci].to_string(),
+            detector: rec[cm].to_string(),
+            attack: rec[ca].to_string(),
+            eps: rec[ce].to_string(),
+            score: rec[cs]
+                .parse()
+                .map_err(|_| Error::invalid(format!("scores.csv: bad score '{}'", &rec[cs])))?,
+            correct: &rec[cc] == "1",
+        });
+    }
+    let thresholds = robust::thresholds(&rows, &given, plan.fpr)?;
+    let boot = (plan.bootstrap > 0).then_some(libre_reports::bootstrap::BootstrapConfig {
+        n_resamples: plan.bootstrap,
+        seed: plan.seed,
+        level: 0.95,
+    });
+    let table = robust::robust_rows(&rows, &thresholds, boot.as_ref())?;
+    Ok((thresholds, table))
+}
+
+/// The report's lead section: evaded % and robust detection accuracy per detector, worst case
+/// first.
+fn robust_html(
+    plan: &Plan,
+    thresholds: &[libre_reports::robust::Threshold],
+    rows: &[libre_reports::robust::RobustRow],
+) -> String {
+    use libre_reports::report::html_escape;
+    let pct = |v: f64| format!("{v:.1}%");
+    let mut s = format!(
+        "<h2>Robust detection (misclassified and not flagged)</h2>\n<p>Each detector flags \
+         score &ge; its threshold, fixed once from clean data and used for every attack and \
+         eps (calibrated in the detector file, or at FPR {} of its clean rows). An attacked \
+         image is <b>evaded</b> when its adversarial input is misclassified and not flagged; \
+         robust detection accuracy = 100% &minus; evaded, over all attacked images. The \
+         <b>worst case</b> takes, per image, every attack at that eps and the clean image: \
+         evaded when any of them evaded. {}</p>\n<table>\n<tr><th>detector</th><th>attack</th>\
+         <th>eps</th><th>images</th><th>threshold</th><th>attack success</th><th>flagged</th>\
+         <th>evaded</th><th>robust detection accuracy</th></tr>\n",
+        plan.fpr,
+        if plan.bootstrap > 0 {
+            "Brackets: 95% bootstrap interval over images."
+        } else {
+            ""
+        }
+    );
+    // Worst case first within each detector, then clean, then the attacks.
+    let mut ordered: Vec<&libre_reports::robust::RobustRow> = Vec::new();
+    for t in thresholds {
+        let mine: Vec<_> = rows.iter().filter(|r| r.detector == t.detector).collect();
+        ordered.extend(mine.iter().filter(|r| r.attack == libre_reports::robust::WORST_CASE));
+        ordered.extend(mine.iter().filter(|r| r.attack != libre_reports::robust::WORST_CASE));
+    }
+    for r in ordered {
+        let ci = match (r.evaded_lo, r.evaded_hi) {
+            (Some(lo), Some(hi)) => format!(" [{lo:.1}, {hi:.1}]"),
+            _ => String::new(),
+        };
+        let strong = r.attack == libre_reports::robust::WORST_CASE;
+        let (b0, b1) = if strong { ("<b>", "</b>") } else { ("", "") };
+        s += &format!(
+            "<tr><td>{}</td><td>{b0}{}{b1}</td><td>{}</td><td>{}</td><td>{:.4e} ({})</td>\
+             <td>{}</td><td>{}</td><td>{b0}{}{ci}{b1}</td><td>{b0}{}{b1}</td></tr>\n",
+            html_escape(&r.detector),
+            html_escape(&r.attack),
+            html_escape(&r.eps),
+            r.n,
+            r.threshold,
+            html_escape(&r.threshold_source),
+            pct(r.attack_success),
+            r.flagged.map(pct).unwrap_or_default(),
+            pct(r.evaded),
+            pct(r.robust_detection_accuracy),
+        );
+    }
+    s + "</table>\n"
+}
+
+/// Rows of the worst-case table `(detector, eps, evaded %, robust detection accuracy %,
+/// attacked adaptively)` from a summary, for printing. The last field is false for a detector
+/// (model/score) that no attack of the experiment pushed down: its worst case is then only that
+/// of attacks aimed elsewhere, not an adaptive evaluation of it.
+pub fn worst_case_table(summary: &serde_json::Value) -> Vec<(String, String, f64, f64, bool)> {
+    let mut targeted: Vec<String> = Vec::new();
+    for a in summary["attacks"].as_array().into_iter().flatten() {
+        let Some(ad) = a["adaptive"].as_array() else {
+            continue;
+        };
+        for m in a["models"].as_array().into_iter().flatten() {
+            let m = m.as_str().unwrap_or("");
+            let first = summary["models"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["name"] == m)
+                .and_then(|x| x["scores"][0].as_str())
+                .unwrap_or("");
+            let score = ad.get(1).and_then(|s| s.as_str()).unwrap_or(first);
+            targeted.push(format!("{m}/{score}"));
+        }
+    }
+    summary["robust_detection"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["attack"] == libre_reports::robust::WORST_CASE)
+                .map(|r| {
+                    (
+                        r["detector"].as_str().unwrap_or("").to_string(),
+                        r["eps"].as_str().unwrap_or("").to_string(),
+                        r["evaded"].as_f64().unwrap_or(f64::NAN),
+                        r["robust_detection_accuracy"].as_f64().unwrap_or(f64::NAN),
+                        targeted.iter().any(|t| r["detector"] == t.as_str()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Rows of the AUROC table `(model/score, attack, eps, auroc)` from a summary, for printing.
