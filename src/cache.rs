@@ -17,17 +17,98 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Root of libre's cache: `$LIBRE_CACHE`, else `${XDG_CACHE_HOME:-~/.cache}/libre`.
+///
+/// Without `HOME` (some containers, cron, systemd units), `~` is the home directory of the
+/// user's password entry. Only where there is none either, the cache is a directory private to
+/// the user in the temporary directory: `libre-cache-UID`, created with mode 0700 and used only
+/// while it is owned by the user and closed to others (else a fresh private directory for this
+/// process). It never falls back to a shared, world-writable path. [`root_note`] says which.
 pub fn root() -> PathBuf {
     if let Some(p) = std::env::var_os("LIBRE_CACHE").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
-        });
-    base.join("libre")
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p).join("libre");
+    }
+    match home() {
+        Some(h) => h.join(".cache").join("libre"),
+        None => private_fallback().clone(),
+    }
+}
+
+/// The user's home directory: `$HOME`, else the password entry's.
+fn home() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("HOME").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(h));
+    }
+    passwd_home()
+}
+
+fn passwd_home() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: getpwuid_r writes into `pw` and `buf` (whose length it is told) only; `result`
+    // points at `pw` on success, and the strings it holds live in `buf`, read before it drops.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            libc::getuid(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 || result.is_null() || pw.pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr(pw.pw_dir).to_bytes();
+        if dir.is_empty() {
+            return None;
+        }
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir)))
+    }
+}
+
+/// The cache without any home directory (see [`root`]), chosen once per process.
+fn private_fallback() -> &'static PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let p = std::env::temp_dir().join(format!("libre-cache-{uid}"));
+        let _ = fs::DirBuilder::new().mode(0o700).create(&p);
+        let private = fs::symlink_metadata(&p)
+            .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o077 == 0);
+        if private {
+            return p;
+        }
+        // Someone else's, or open to others: a fresh private directory (mode 0700) instead.
+        tempfile::Builder::new()
+            .prefix(&format!("libre-cache-{uid}-"))
+            .tempdir()
+            .map(|d| d.keep())
+            .unwrap_or(p)
+    })
+}
+
+/// A note for the user when the cache is not where `HOME` would put it, because `HOME` is
+/// unset: where it is instead, and how to choose.
+pub fn root_note() -> Option<String> {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    if set("LIBRE_CACHE") || set("XDG_CACHE_HOME") || set("HOME") {
+        return None;
+    }
+    let why = if passwd_home().is_some() {
+        "the home directory of your password entry"
+    } else {
+        "a directory private to you (no home directory found)"
+    };
+    Some(format!(
+        "note: HOME is not set: the cache is {} ({why}); set LIBRE_CACHE to choose",
+        root().display()
+    ))
 }
 
 /// A package file in a registry, pinned by version and sha256.

@@ -98,7 +98,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Calibrate(a) => cli::detect::run_calibrate(a, out),
         Command::Detect(a) => cli::detect::run_detect(a, out),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "libre", &mut std::io::stdout());
+            // Generated in memory: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "libre", &mut script);
+            cli::write_stdout(&script);
             Ok(())
         }
     }
@@ -126,7 +129,10 @@ fn ensure_passive_omp_wait() {
         .env(MARK, "1")
         .exec();
     // exec only returns on failure: carry on with the default policy.
-    eprintln!("libre: note: could not re-execute with OMP_WAIT_POLICY=PASSIVE ({err})");
+    cli::write_stderr(
+        format!("libre: note: could not re-execute with OMP_WAIT_POLICY=PASSIVE ({err})\n")
+            .as_bytes(),
+    );
 }
 
 /// `--resume` continues a run with the settings in its config.json: flags that would silently be
@@ -177,39 +183,84 @@ fn remove_temporaries_on_signals() {
     });
 }
 
+/// The first argument that is not valid UTF-8, named (with the flag before it) and escaped
+/// losslessly. libre's paths and values are UTF-8: a file named otherwise would reach JSON output,
+/// CSV rows and error messages mangled, so it is refused before any work.
+fn non_utf8_argument() -> Option<String> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let i = args.iter().position(|a| a.to_str().is_none())?;
+    let shown = libre::detect::input::os_text(&args[i]);
+    let flag = i
+        .checked_sub(1)
+        .and_then(|j| args[j].to_str())
+        .filter(|f| f.starts_with('-') && !f.contains('='));
+    Some(match flag {
+        Some(f) => format!(
+            "{f} '{shown}': not valid UTF-8; libre takes UTF-8 paths and values (rename the file, \
+             or use a symbolic link with a UTF-8 name)"
+        ),
+        None => format!(
+            "argument '{shown}': not valid UTF-8; libre takes UTF-8 paths and values (rename the \
+             file, or use a symbolic link with a UTF-8 name)"
+        ),
+    })
+}
+
 fn main() {
     // Consumers of --json get a final error line on every failure, usage errors included.
     let json_error = |msg: &str| {
-        if std::env::args().any(|a| a == "--json") {
-            println!(
-                "{}",
-                serde_json::json!({ "type": "error", "data": { "message": msg } })
+        if std::env::args_os().any(|a| a == "--json") {
+            cli::write_stdout(
+                format!(
+                    "{}\n",
+                    serde_json::json!({ "type": "error", "data": { "message": msg } })
+                )
+                .as_bytes(),
             );
         }
     };
+    let fail = |msg: &str| -> ! {
+        cli::write_stderr(format!("libre: {msg}\n").as_bytes());
+        json_error(msg);
+        std::process::exit(2);
+    };
+    // A closed stdout (`>&-`) is not refused: Rust reopens descriptors 0-2 on /dev/null before
+    // `main`, which is indistinguishable from Python's `subprocess.DEVNULL` (also read-write), a
+    // deliberate way to discard output.
+    if let Some(msg) = non_utf8_argument() {
+        fail(&msg);
+    }
     let matches = match Cli::command().try_get_matches() {
         Ok(m) => m,
         Err(e) => {
             if e.use_stderr() {
                 json_error(e.to_string().lines().next().unwrap_or_default());
+                e.exit()
             }
-            e.exit()
+            // --help and --version: a failed write (a full disk) is an error, not exit 0.
+            if let Err(err) = e.print() {
+                cli::write_failed("standard output", &err);
+            }
+            std::process::exit(0);
         }
     };
     if let Err(msg) = check_resume_flags(&matches) {
-        eprintln!("libre: {msg}");
-        json_error(&msg);
-        std::process::exit(2);
+        fail(&msg);
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if cli.command.computes() {
         ensure_passive_omp_wait();
     }
+    if !cli.quiet {
+        if let Some(note) = libre::cache::root_note() {
+            cli::write_stderr(format!("libre: {note}\n").as_bytes());
+        }
+    }
     libre::alloc::keep_freed_memory();
     remove_temporaries_on_signals();
     let json = cli.json;
     if let Err(e) = run(cli) {
-        eprintln!("libre: {e:#}");
+        cli::write_stderr(format!("libre: {e:#}\n").as_bytes());
         if json {
             json_error(&format!("{e:#}"));
         }

@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long)]
     pub step_size: Option<f64>,
     /// Iterations of iterative attacks [default: the attack's own: 20 for bim/pgd/mim/tim/di-mim,
-    /// 100 for spsa].
+    /// 100 for spsa; at most 100000].
     #[arg(long)]
     pub steps: Option<usize>,
     /// PGD: start at the clean image instead of a uniform random point of the eps-ball.
@@ -104,6 +104,10 @@ fn mode_for(
     Ok(libre::models::mode_for(model, samples))
 }
 
+/// The most iterations (`--steps`, or an attack's `max_iter`) `libre attack` runs; the same
+/// bound as the adaptive attacks' `MAX_STEPS` in the attacks crate.
+const MAX_STEPS: usize = 100_000;
+
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if !args.out.to_string_lossy().ends_with(".safetensors") {
         anyhow::bail!(
@@ -157,6 +161,23 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--param {p}: expected KEY=JSON"))?;
         let v: Value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
         params.insert(k.to_string(), v);
+    }
+    // Iteration budgets past these would not end in any useful time (a typo of a few zeros):
+    // refused before any work, by name. `--param` can set them too.
+    for key in ["steps", "max_iter", "max_iterations", "binary_search_steps"] {
+        if let Some(v) = params.get(key).and_then(Value::as_u64) {
+            if v > MAX_STEPS as u64 {
+                let flag = if key == "steps" && args.steps.is_some() {
+                    "--steps".to_string()
+                } else {
+                    format!("--param {key}")
+                };
+                anyhow::bail!(
+                    "{flag} {v}: at most {MAX_STEPS} iterations (a larger budget would not \
+                     finish in useful time)"
+                );
+            }
+        }
     }
     // Validate everything before any heavy work.
     let mut attack = by_name(&args.attack, &Value::Object(params.clone()))?;

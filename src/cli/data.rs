@@ -64,26 +64,26 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
                     let name = match r["splits"].as_array() {
                         Some(sp) if !sp.is_empty() => format!(
                             "{}:{}",
-                            r["name"].as_str().unwrap(),
+                            r["name"].as_str().unwrap_or_default(),
                             sp.iter()
-                                .map(|v| v.as_str().unwrap())
+                                .map(|v| v.as_str().unwrap_or_default())
                                 .collect::<Vec<_>>()
                                 .join("|")
                         ),
-                        _ => r["name"].as_str().unwrap().to_string(),
+                        _ => r["name"].as_str().unwrap_or_default().to_string(),
                     };
                     s += &format!(
                         "{:<18} {:<8} {:<40} {:>7.1}  {:<6}  {}\n",
                         name,
-                        r["kind"].as_str().unwrap(),
-                        r["package"].as_str().unwrap(),
-                        r["download_mb"].as_f64().unwrap(),
-                        if r["cached"].as_bool().unwrap() {
+                        r["kind"].as_str().unwrap_or_default(),
+                        r["package"].as_str().unwrap_or_default(),
+                        r["download_mb"].as_f64().unwrap_or_default(),
+                        if r["cached"].as_bool().unwrap_or_default() {
                             "yes"
                         } else {
                             "no"
                         },
-                        r["licence"].as_str().unwrap()
+                        r["licence"].as_str().unwrap_or_default()
                     );
                 }
                 s += &format!("cache: {}\n", libre::cache::root().display());
@@ -136,15 +136,15 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
                     .map(|f| {
                         format!(
                             "{}: {} ({})\n",
-                            f["name"].as_str().unwrap(),
+                            f["name"].as_str().unwrap_or_default(),
                             f["paths"]
                                 .as_array()
-                                .unwrap()
-                                .iter()
+                                .into_iter()
+                                .flatten()
                                 .map(|p| p.as_str().unwrap_or(""))
                                 .collect::<Vec<_>>()
                                 .join(", "),
-                            if f["cached_before"].as_bool().unwrap() {
+                            if f["cached_before"].as_bool().unwrap_or_default() {
                                 "cached"
                             } else {
                                 "fetched"

@@ -63,9 +63,9 @@ pub struct CalibrateArgs {
     /// conv2,linear1 for LeNet5): mc-dropout, and BU in kd-bu.
     #[arg(long, value_name = "BLOCKS")]
     pub dropout: Option<String>,
-    /// MC dropout's drop probability.
-    #[arg(long, default_value_t = 0.5)]
-    pub dropout_p: f64,
+    /// MC dropout's drop probability [default: 0.5].
+    #[arg(long)]
+    pub dropout_p: Option<f64>,
     /// Classic detectors: clean labelled images to fit the densities, class Gaussians or LID
     /// reference on (disjoint from --data), e.g. mnist:train[0:10000].
     #[arg(long, value_name = "SPEC")]
@@ -81,23 +81,151 @@ pub struct CalibrateArgs {
     /// logistic regression: the last].
     #[arg(long, value_name = "BLOCKS")]
     pub layers: Option<String>,
-    /// KD bandwidth (Feinman et al.: 1.20 for MNIST, 0.26 for CIFAR-10).
-    #[arg(long, default_value_t = 1.2)]
-    pub bandwidth: f64,
-    /// LID neighbours.
-    #[arg(long, default_value_t = 20)]
-    pub lid_k: usize,
-    /// LID clean reference set size (the first N of --fit-data).
-    #[arg(long, default_value_t = 100)]
-    pub lid_reference: usize,
-    /// Mahalanobis input pre-processing magnitude (0: none).
-    #[arg(long, default_value_t = 0.0)]
-    pub noise: f64,
+    /// KD bandwidth (Feinman et al.: 1.20 for MNIST, 0.26 for CIFAR-10) [default: 1.2].
+    #[arg(long)]
+    pub bandwidth: Option<f64>,
+    /// LID neighbours [default: 20].
+    #[arg(long)]
+    pub lid_k: Option<usize>,
+    /// LID clean reference set size (the first N of --fit-data) [default: 100].
+    #[arg(long)]
+    pub lid_reference: Option<usize>,
+    /// Mahalanobis input pre-processing magnitude (0: none) [default: 0].
+    #[arg(long)]
+    pub noise: Option<f64>,
     /// Numeric precision of the forward: f32, or bf16 (bfloat16 weights and activations, float32
     /// scores; large matmuls about 3x faster on CPUs with AMX / AVX512-BF16). Recorded in
     /// the detector: `libre detect` scores at it (docs/design.md section 15).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: libre::precision::Precision,
+}
+
+/// Flags that apply only to some detectors are refused with the others, by name, before any
+/// work: silently ignoring `--bandwidth` on the default detector would hide a mistake.
+fn check_detector_flags(args: &CalibrateArgs) -> anyhow::Result<()> {
+    // (flag, given, detectors it applies to)
+    let flags: [(&str, bool, &[&str]); 10] = [
+        (
+            "--dropout",
+            args.dropout.is_some(),
+            &["mc-dropout", "bu", "kd-bu"],
+        ),
+        (
+            "--dropout-p",
+            args.dropout_p.is_some(),
+            &["mc-dropout", "bu", "kd-bu"],
+        ),
+        (
+            "--fit-data",
+            args.fit_data.is_some(),
+            &["kd", "kd-bu", "lid", "mahalanobis"],
+        ),
+        (
+            "--fit-adversarial",
+            args.fit_adversarial.is_some(),
+            &["kd-bu", "lid", "mahalanobis"],
+        ),
+        (
+            "--fit-clean",
+            args.fit_clean.is_some(),
+            &["kd-bu", "lid", "mahalanobis"],
+        ),
+        ("--layers", args.layers.is_some(), &["lid", "mahalanobis"]),
+        ("--bandwidth", args.bandwidth.is_some(), &["kd", "kd-bu"]),
+        ("--lid-k", args.lid_k.is_some(), &["lid"]),
+        ("--lid-reference", args.lid_reference.is_some(), &["lid"]),
+        ("--noise", args.noise.is_some(), &["mahalanobis"]),
+    ];
+    let known = [
+        "libre",
+        "mc-dropout",
+        "bu",
+        "kd",
+        "kd-bu",
+        "lid",
+        "mahalanobis",
+    ];
+    if !known.contains(&args.detector.as_str()) {
+        return Ok(()); // the parser below names the detectors
+    }
+    let stray: Vec<String> = flags
+        .iter()
+        .filter(|(_, given, to)| *given && !to.contains(&args.detector.as_str()))
+        .map(|(f, _, to)| format!("{f} (for {})", to.join(", ")))
+        .collect();
+    if !stray.is_empty() {
+        anyhow::bail!(
+            "--detector {} does not use {}: drop them, or choose the detector they belong to",
+            args.detector,
+            stray.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// The smallest calibration set whose threshold is one of its scores at `fpr`: the threshold is
+/// the k-th largest clean score with k = floor(fpr * n); with k = 0 (n < 1/fpr) it is merely
+/// "above every score seen", its false-positive rate unmeasured (0 flagged of n, a 95% interval
+/// reaching far above the target).
+fn min_calibration_images(fpr: f64) -> usize {
+    let mut n = (1.0 / fpr).ceil().max(1.0) as usize;
+    while ((fpr * n as f64).floor() as usize) < 1 {
+        n += 1;
+    }
+    while n > 1 && ((fpr * (n - 1) as f64).floor() as usize) >= 1 {
+        n -= 1;
+    }
+    n
+}
+
+/// A data spec's source and image range `[start, end)` (`usize::MAX`: to the end), for telling
+/// whether two specs share images. Path sources compare by their resolved path.
+fn spec_range(spec: &str, limit: Option<usize>) -> Option<(String, usize, usize)> {
+    let (base, slice) = libre::data::split_slice(spec).ok()?;
+    let parsed: libre::data::DataSpec = base.parse().ok()?;
+    let source = match parsed {
+        libre::data::DataSpec::Registry { name, split } => {
+            format!("{name}:{}", split.unwrap_or_default())
+        }
+        libre::data::DataSpec::Cifar10 { dir, train } => {
+            format!("cifar10:{}:{train}", super::resolved(&dir).display())
+        }
+        libre::data::DataSpec::Folder(dir) => format!("folder:{}", super::resolved(&dir).display()),
+        libre::data::DataSpec::BatchFile(p) => format!("file:{}", super::resolved(&p).display()),
+    };
+    let (a, b) = slice.unwrap_or((None, None));
+    let a = a.unwrap_or(0);
+    let mut b = b.unwrap_or(usize::MAX);
+    if let Some(l) = limit {
+        b = b.min(a.saturating_add(l));
+    }
+    Some((source, a, b))
+}
+
+/// Refuses fit data that shares images with the calibration data: a classic detector scores
+/// its own fit images unlike fresh ones, so the threshold would not hold.
+fn check_disjoint(fit: &str, data: &str, limit: Option<usize>) -> anyhow::Result<()> {
+    let (Some((fs, fa, fb)), Some((ds, da, db))) = (spec_range(fit, None), spec_range(data, limit))
+    else {
+        return Ok(());
+    };
+    if fs == ds && fa.max(da) < fb.min(db) {
+        let end = |e: usize| {
+            if e == usize::MAX {
+                String::new()
+            } else {
+                e.to_string()
+            }
+        };
+        anyhow::bail!(
+            "--fit-data {fit} and --data {data} share images [{}:{}]: the calibration data must \
+             be disjoint from the fit data (e.g. --fit-data 'mnist:train[0:10000]' --data \
+             'mnist:train[55000:60000]')",
+            fa.max(da),
+            end(fb.min(db))
+        );
+    }
+    Ok(())
 }
 
 fn comma_list(s: &Option<String>) -> Vec<String> {
@@ -127,7 +255,7 @@ fn build_detector(
         }
         let d = McDropout {
             layers,
-            p: args.dropout_p,
+            p: args.dropout_p.unwrap_or(0.5),
             samples,
         };
         d.validate()?;
@@ -135,14 +263,7 @@ fn build_detector(
     };
     let s = args.mc_samples.unwrap_or(20);
     match args.detector.as_str() {
-        "libre" => {
-            if args.dropout.is_some() || args.fit_data.is_some() {
-                anyhow::bail!(
-                    "--dropout / --fit-data belong to --detector mc-dropout or a classic detector"
-                );
-            }
-            Ok(())
-        }
+        "libre" => Ok(()),
         // BU (Feinman et al.) is MC dropout's softmax variance: the same detector, another score.
         "mc-dropout" | "bu" => {
             if det.model.posterior().is_some() {
@@ -175,10 +296,10 @@ fn build_detector(
             let cfg = ClassicConfig {
                 kind,
                 layers: comma_list(&args.layers),
-                bandwidth: args.bandwidth,
-                k: args.lid_k,
-                reference: args.lid_reference,
-                noise: args.noise,
+                bandwidth: args.bandwidth.unwrap_or(1.2),
+                k: args.lid_k.unwrap_or(20),
+                reference: args.lid_reference.unwrap_or(100),
+                noise: args.noise.unwrap_or(0.0),
                 dropout: dropout(s)?,
             };
             cfg.validate()?;
@@ -236,13 +357,14 @@ fn build_detector(
 pub struct DetectArgs {
     #[command(subcommand)]
     pub cmd: Option<DetectCmd>,
-    /// Image files (png, jpg, bmp, gif), folders of them (recursive), batch files or data specs;
-    /// `-` reads one image from standard input.
+    /// Image files (png, jpg, bmp, gif), folders of them (recursive; symbolic links followed,
+    /// each folder walked once), batch files or data specs; `-` reads one image from standard
+    /// input.
     #[arg(required_unless_present = "files_from", value_name = "INPUT")]
     pub inputs: Vec<String>,
-    /// Read more inputs from FILE (`-`: standard input), one per line, scored after the INPUT
-    /// arguments in list order: for scans too long for a command line, e.g. `find DIR -name
-    /// '*.png' | libre detect --files-from - ...`.
+    /// Read more inputs from FILE (`-`: standard input), one per line (a CRLF line end counts as
+    /// a newline), scored after the INPUT arguments in list order: for scans too long for a
+    /// command line, e.g. `find DIR -name '*.png' | libre detect --files-from - ...`.
     #[arg(long, value_name = "FILE")]
     pub files_from: Option<String>,
     /// The --files-from entries end in NUL bytes (`find -print0`) instead of newlines.
@@ -256,8 +378,9 @@ pub struct DetectArgs {
     /// flags unless the detector file names its own.
     #[arg(long)]
     pub score: Option<String>,
-    /// Flag at this score threshold instead of the calibrated one.
-    #[arg(long, conflicts_with = "fpr")]
+    /// Flag at this score threshold instead of the calibrated one (negative numbers too, e.g.
+    /// `--threshold -12` for max-logit).
+    #[arg(long, conflicts_with = "fpr", allow_negative_numbers = true)]
     pub threshold: Option<f64>,
     /// Re-threshold at this false-positive rate from the detector's stored calibration scores.
     #[arg(long)]
@@ -266,7 +389,8 @@ pub struct DetectArgs {
     /// with --json].
     #[arg(long, value_parser = ["csv", "jsonl", "table"])]
     pub format: Option<String>,
-    /// Write the rows to FILE (atomically) instead of stdout.
+    /// Write the rows to FILE (atomically) instead of stdout (`-`: stdout). FILE must not be an
+    /// input, the --weights file or the --files-from list.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Exit with status 1 when any input is flagged.
@@ -283,7 +407,8 @@ pub struct DetectArgs {
     /// Convert grey images to RGB (or RGB to grey) when the model takes the other.
     #[arg(long)]
     pub convert_channels: bool,
-    /// MC samples of the forward [default: the detector's; 1 for a DNN].
+    /// MC samples of the forward [default: the detector's; 1 for a DNN]. A calibrated detector's
+    /// threshold holds only at its own S: another S needs --threshold.
     #[arg(long)]
     pub mc_samples: Option<usize>,
     /// How a mean-field posterior draws in the parallel MC forward: weights (S weight samples
@@ -351,6 +476,34 @@ fn detect_precision(
     Ok(p)
 }
 
+/// A calibrated threshold holds at the S it was calibrated at: another `--mc-samples` moves the
+/// scores (fewer samples, noisier spreads), so it is refused unless the user brings a threshold.
+fn check_samples(det: &Detector, asked: Option<usize>, own_threshold: bool) -> anyhow::Result<()> {
+    if let (Some(m), Some(s), false) = (&det.meta, asked, own_threshold) {
+        if s != m.samples {
+            anyhow::bail!(
+                "--mc-samples {s}: this detector was calibrated at S = {} and its threshold (and \
+                 --fpr's stored scores) hold only there; drop --mc-samples, recalibrate with \
+                 `libre calibrate --mc-samples {s}`, or pass --threshold",
+                m.samples
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An output file path, checked before any work: not a directory (nor a name ending in `/`).
+fn check_out_file(p: &Path) -> anyhow::Result<()> {
+    if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') {
+        anyhow::bail!(
+            "--out {}: is a directory; name a file, e.g. {}",
+            p.display(),
+            p.join("rows.csv").display()
+        );
+    }
+    Ok(())
+}
+
 fn input_shape(d: &Detector) -> [usize; 3] {
     let c = d.model.config();
     [
@@ -377,8 +530,40 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
             args.fpr
         );
     }
+    check_detector_flags(&args)?;
+    if let Some(f) = &args.fit_data {
+        check_disjoint(f, &args.data, args.limit)?;
+    }
+    super::check_weights_arg(&args.weights)?;
+    check_out_file(&args.out)?;
+    let mut named: Vec<(&str, &Path)> = vec![("the --weights file", Path::new(&args.weights))];
+    for (what, spec) in [
+        ("the --data file", Some(&args.data)),
+        ("the --fit-data file", args.fit_data.as_ref()),
+        ("the --fit-adversarial file", args.fit_adversarial.as_ref()),
+        ("the --fit-clean file", args.fit_clean.as_ref()),
+    ] {
+        if let Some(s) = spec {
+            named.push((what, Path::new(s.as_str())));
+        }
+    }
+    super::refuse_output_over_inputs("--out", &args.out, &named)?;
+    // The calibration set is sized before any model loads or fits.
+    let need = min_calibration_images(args.fpr);
+    let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
+    if ds.len() < need {
+        anyhow::bail!(
+            "--data {}: {} clean image(s) cannot calibrate --fpr {}: the threshold must be one of \
+             the clean scores, which takes at least {need} images (ceil(1 / fpr)); pass more \
+             data, or a larger --fpr",
+            args.data,
+            ds.len(),
+            args.fpr
+        );
+    }
     let device = super::resolve_device(&args.device, &out)?;
     let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
+    super::refuse_output_over_inputs("--out", &args.out, &[("the --weights file", &path)])?;
     let requested = match args.detector.as_str() {
         "mc-dropout" | "bu" | "kd-bu" => None, // a DNN: the samples are dropout masks
         _ => args.mc_samples,
@@ -400,7 +585,6 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
         None => det.default_score(),
     };
     det.check_score(score)?;
-    let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
     det.set_precision(args.precision)?;
     super::note_precision(args.precision, device, &out);
     let want = input_shape(&det);
@@ -600,6 +784,22 @@ impl RowWriter {
 }
 
 fn run_merge(files: &[PathBuf], dest: &Path, out: Output) -> anyhow::Result<()> {
+    check_out_file(dest)?;
+    // Each part is a rows file and its manifest (either may be named).
+    let rows: Vec<PathBuf> = files
+        .iter()
+        .map(|f| match f.to_string_lossy().strip_suffix(".part.json") {
+            Some(r) => PathBuf::from(r),
+            None => f.clone(),
+        })
+        .collect();
+    let manifests: Vec<PathBuf> = rows.iter().map(|f| parts::manifest_path(f)).collect();
+    let named: Vec<(&str, &Path)> = rows
+        .iter()
+        .map(|f| ("a part file", f.as_path()))
+        .chain(manifests.iter().map(|m| ("a part manifest", m.as_path())))
+        .collect();
+    super::refuse_output_over_inputs("--out", dest, &named)?;
     let m = libre::detect::parts::merge(files, dest)?;
     let c = m.counts;
     out.result(
@@ -623,7 +823,11 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     if let Some(DetectCmd::Merge { files, out: dest }) = &args.cmd {
         return run_merge(files, dest, out);
     }
-    let weights = args.weights.clone().expect("clap requires --weights");
+    // clap requires --weights unless a subcommand (merge) ran above.
+    let Some(weights) = args.weights.clone() else {
+        anyhow::bail!("--weights is required");
+    };
+    super::check_weights_arg(&weights)?;
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
@@ -635,8 +839,16 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     let shard = Shard::from_args(args.shard.as_deref(), args.shard_count, &mut |m| {
         out.note(m)
     })?;
+    // `--out -` is standard output.
+    let out_arg: Option<PathBuf> = args.out.clone().filter(|p| p.as_os_str() != input::STDIN);
+    if shard.is_some() && args.out.is_some() && out_arg.is_none() {
+        anyhow::bail!(
+            "--out - (standard output) cannot be sharded: each part writes its own file; name a \
+             file"
+        );
+    }
     // A part's file, checked before any work.
-    let out_path: Option<PathBuf> = match (&shard, &args.out) {
+    let out_path: Option<PathBuf> = match (&shard, &out_arg) {
         (Some(s), Some(p)) => Some(parts::part_path(p, *s)),
         (Some(s), None) => anyhow::bail!(
             "shard {s}: a sharded run needs --out (each part writes its own file and a manifest \
@@ -644,6 +856,23 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         ),
         (None, p) => p.clone(),
     };
+    if let Some(p) = &out_path {
+        check_out_file(p)?;
+        // Inputs named on the command line, checked before the model loads; the files of
+        // folders and lists once they are resolved.
+        let mut named: Vec<(&str, &Path)> = args
+            .inputs
+            .iter()
+            .map(|s| Path::new(s.as_str()))
+            .filter(|p| p.exists())
+            .map(|p| ("an input", p))
+            .collect();
+        named.push(("the --weights file", Path::new(weights.as_str())));
+        if let Some(f) = args.files_from.as_deref().filter(|f| *f != input::STDIN) {
+            named.push(("the --files-from list", Path::new(f)));
+        }
+        super::refuse_output_over_inputs("--out", p, &named)?;
+    }
     if shard.is_some() && args.inputs.iter().any(|s| s == input::STDIN) {
         anyhow::bail!(
             "input '-' (standard input) cannot be sharded: the parts run as separate processes; \
@@ -676,13 +905,32 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // A listed path (a batch file, an image) is an input too; the files of listed folders are
+    // checked once resolved.
+    if let (Some(p), Some(l)) = (out_path.as_ref().filter(|p| p.exists()), &list) {
+        if let Some((n, e)) = l
+            .entries
+            .iter()
+            .find(|(_, e)| super::same_file(p, Path::new(e.as_str())))
+        {
+            anyhow::bail!(
+                "--out {}: that is line {n} of the --files-from list ({e}), an input, which \
+                 would be overwritten; choose another output path",
+                p.display()
+            );
+        }
+    }
     if shard.is_some() && args.format.as_deref() == Some("table") {
         anyhow::bail!("--format table cannot be merged: sharded runs write csv or jsonl");
     }
     let device = super::resolve_device(&args.device, &out)?;
     let path = libre::zoo::resolve(&weights, &mut super::fetch_note(&out))?;
+    if let Some(p) = &out_path {
+        super::refuse_output_over_inputs("--out", p, &[("the --weights file", &path)])?;
+    }
     let mut det = Detector::load(&path, device, args.mc_samples)?;
     det.model.set_mc_draws(args.mc_draws);
+    check_samples(&det, args.mc_samples, args.threshold.is_some())?;
     let precision = detect_precision(&det, args.precision, args.threshold.is_some())?;
     det.set_precision(precision)?;
     super::note_precision(precision, device, &out);
@@ -734,6 +982,20 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     if let Some(l) = list {
         l.resolve_into(&mut segs, &mut super::fetch_note(&out))?;
     }
+    if let Some(p) = out_path.as_ref().filter(|p| p.exists()) {
+        for seg in &segs {
+            if let input::Segment::Images(files) = seg {
+                if let Some(f) = files.iter().find(|f| super::same_file(p, f)) {
+                    anyhow::bail!(
+                        "--out {}: that is the input image {}, which would be overwritten; \
+                         choose another output path",
+                        p.display(),
+                        f.display()
+                    );
+                }
+            }
+        }
+    }
     let all = input::chunks(&segs, args.batch_size);
     let batches = match shard {
         Some(s) => s.range(all.len()),
@@ -756,7 +1018,7 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         Some("jsonl") => Format::Jsonl,
         Some("table") => Format::Table,
         _ if out.json => Format::Jsonl,
-        _ if args.out.is_none() && std::io::stdout().is_terminal() => Format::Table,
+        _ if out_path.is_none() && std::io::stdout().is_terminal() => Format::Table,
         _ => Format::Csv,
     };
     // --out: rows go to a temporary file beside it, renamed into place only when complete.

@@ -200,7 +200,7 @@ impl TrainObserver for Bars<'_> {
                 l.images_per_s
             ))
         });
-        self.out.event("epoch", serde_json::to_value(l).unwrap());
+        self.out.event("epoch", serde_json::to_value(l).unwrap_or_default());
     }
 }
 
@@ -276,7 +276,11 @@ fn drive(
 ) -> anyhow::Result<()> {
     let device = super::resolve_device(&common.device, &out)?;
     let resume = common.resume.is_some();
-    let dir = common.resume.clone().or(common.out.clone()).unwrap();
+    let dir = common
+        .resume
+        .clone()
+        .or(common.out.clone())
+        .expect("clap requires --out without --resume");
     // Nothing is created before every setting has been checked: a failed start leaves no run
     // directory behind, and --resume never creates one.
     if common.batch_size == 0 {

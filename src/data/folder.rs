@@ -114,7 +114,7 @@ fn ordered_classes(list: &Path, found: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// fuzzer (docs/fuzzing.md) found a 537-byte file that decoded to ~300 MB, then became a 1.2 GB
 /// float tensor. 64 MiB is a 4096 x 4096 RGB image (256 MiB once float32); the decoders check it
 /// before allocating.
-const MAX_DECODED_BYTES: u64 = 1 << 26;
+pub(crate) const MAX_DECODED_BYTES: u64 = 1 << 26;
 
 /// Decodes one image file (the format from its extension, as `image::open`), within
 /// [`MAX_DECODED_BYTES`].

@@ -59,7 +59,16 @@ fn is_image(p: &Path) -> bool {
 }
 
 /// Every image file under `dir`, recursively, sorted by path (a stable order for sharding).
+///
+/// Symbolic links are followed, but every directory is walked once, however many links lead to
+/// it (directories are told apart by device and inode): a link to the folder itself or to one of
+/// its parents is skipped rather than walked again, so a loop neither repeats images nor runs
+/// forever. A link to an image file is an input like the file itself.
 pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let key = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(key(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?);
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -70,7 +79,10 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
                 .map_err(|e| Error::io(format!("reading {}", d.display()), e))?
                 .path();
             if p.is_dir() {
-                stack.push(p);
+                // A directory seen before (a link back to it) is not walked again.
+                if key(&p).is_ok_and(|k| seen.insert(k)) {
+                    stack.push(p);
+                }
             } else if is_image(&p) {
                 out.push(p);
             }
@@ -78,6 +90,39 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// A path as text, losslessly: `\` is written `\\`, and each byte that is not part of valid
+/// UTF-8 `\xNN` (upper-case hex); everything else as it is. The `source` column of `libre
+/// detect` names image files this way, so two files never share a name there and the bytes of
+/// the name can be recovered.
+pub fn path_text(p: &Path) -> String {
+    os_text(p.as_os_str())
+}
+
+/// [`path_text`] for any OS string (an argument).
+pub fn os_text(s: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let b = s.as_bytes();
+    if !b.contains(&b'\\') {
+        if let Ok(s) = std::str::from_utf8(b) {
+            return s.to_string();
+        }
+    }
+    let mut out = String::with_capacity(b.len() + 8);
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for x in chunk.invalid() {
+            out.push_str(&format!("\\x{x:02X}"));
+        }
+    }
+    out
 }
 
 /// Whether a missing input was meant as a file or folder rather than a data spec: an image
@@ -150,8 +195,9 @@ pub struct InputList {
 
 impl InputList {
     /// Reads a list of inputs from the file `name`, or from standard input when `name` is `-`.
-    /// Entries are separated by newlines (a trailing `\r` is kept: it may be part of a name) or,
-    /// with `null`, by NUL bytes; empty entries are skipped. Each entry is an input as on the
+    /// Entries are separated by newlines (a `\r` before the newline is dropped, so a list with
+    /// CRLF line ends written on Windows reads as intended; a name that really ends in `\r`
+    /// needs `null`) or, with `null`, by NUL bytes; empty entries are skipped. Each entry is an input as on the
     /// command line (image file, folder, batch file or data spec), except `-`.
     pub fn read(name: &str, null: bool) -> Result<InputList> {
         let bytes = if name == STDIN {
@@ -171,6 +217,10 @@ impl InputList {
         let what = unit(null);
         let mut entries = Vec::new();
         for (i, raw) in bytes.split(|b| *b == sep).enumerate() {
+            let raw = match raw.strip_suffix(b"\r") {
+                Some(r) if !null => r,
+                _ => raw,
+            };
             if raw.is_empty() {
                 continue;
             }
@@ -312,9 +362,24 @@ fn to_pixels(
         // Shorter side to the target, then a centre crop.
         let scale = (w as f64 / iw as f64).max(h as f64 / ih as f64);
         let (rw, rh) = (
-            ((iw as f64 * scale).round() as u32).max(w as u32),
-            ((ih as f64 * scale).round() as u32).max(h as u32),
+            ((iw as f64 * scale).round() as u64).max(w as u64),
+            ((ih as f64 * scale).round() as u64).max(h as u64),
         );
+        // The resized image is held whole before the crop: an extreme aspect ratio (1 x 10^7
+        // pixels, a few KB of PNG) would make it gigabytes. The decoded-size limit applies to
+        // it as to the decoded image.
+        let bytes = rw
+            .saturating_mul(rh)
+            .saturating_mul(img.color().bytes_per_pixel() as u64);
+        if bytes > crate::data::MAX_DECODED_BYTES {
+            return Err(bad(format!(
+                "is {iw}x{ih}: --resize would make it {rw}x{rh} before the centre crop, more than \
+                 the {} MiB an input image may take decoded (crop it to an aspect ratio nearer \
+                 {w}:{h} first)",
+                crate::data::MAX_DECODED_BYTES >> 20
+            )));
+        }
+        let (rw, rh) = (rw as u32, rh as u32);
         img = img.resize_exact(rw, rh, image::imageops::FilterType::Triangle);
         let (x0, y0) = ((rw - w as u32) / 2, (rh - h as u32) / 2);
         img = img.crop_imm(x0, y0, w as u32, h as u32);
@@ -361,7 +426,7 @@ impl Batch {
 /// Decodes a chunk of image files in parallel.
 pub fn decode_chunk(files: &[PathBuf], want: [usize; 3], policy: ImagePolicy) -> Batch {
     Batch {
-        sources: files.iter().map(|p| p.display().to_string()).collect(),
+        sources: files.iter().map(|p| path_text(p)).collect(),
         images: files.par_iter().map(|p| decode(p, want, policy)).collect(),
         labels: None,
     }
@@ -480,8 +545,9 @@ pub fn digest(segs: &[Segment]) -> String {
         match seg {
             Segment::Images(v) => {
                 for p in v {
+                    use std::os::unix::ffi::OsStrExt;
                     h.update(b"file\0");
-                    h.update(p.to_string_lossy().as_bytes());
+                    h.update(p.as_os_str().as_bytes());
                     h.update(b"\0");
                 }
             }
@@ -501,17 +567,17 @@ pub fn digest(segs: &[Segment]) -> String {
 mod tests {
     use super::*;
 
-    /// Entries keep their line numbers past skipped empty lines; a trailing `\r` and spaces are
-    /// part of a name; NULs in a newline list, `-` and bad UTF-8 are named with their line.
+    /// Entries keep their line numbers past skipped empty lines; a CRLF line end loses its `\r`
+    /// (a `\r` inside a name, spaces and a `\r` in a NUL list stay); NULs in a newline list, `-` and bad UTF-8 are named with their line.
     #[test]
     fn input_lists_parse_by_line_or_nul() {
-        let l = InputList::parse("l.txt", b"a.png\n\nb c.png\r\n d/\n", false).unwrap();
-        let want = [(1, "a.png"), (3, "b c.png\r"), (4, " d/")];
+        let l = InputList::parse("l.txt", b"a.png\n\nb c.png\r\n d/\n\r\nx\ry\n", false).unwrap();
+        let want = [(1, "a.png"), (3, "b c.png"), (4, " d/"), (6, "x\ry")];
         let got: Vec<(usize, &str)> = l.entries.iter().map(|(n, s)| (*n, s.as_str())).collect();
         assert_eq!(got, want);
-        let l = InputList::parse("l.txt", b"a\nb.png\0\0c.png\0", true).unwrap();
+        let l = InputList::parse("l.txt", b"a\nb.png\0\0c.png\r\0", true).unwrap();
         let got: Vec<(usize, &str)> = l.entries.iter().map(|(n, s)| (*n, s.as_str())).collect();
-        assert_eq!(got, [(1, "a\nb.png"), (3, "c.png")]);
+        assert_eq!(got, [(1, "a\nb.png"), (3, "c.png\r")]);
         let e = |b: &[u8], null: bool| InputList::parse("l.txt", b, null).unwrap_err().to_string();
         assert!(e(b"a.png\0b.png\0", false).contains("line 1: contains a NUL byte"));
         assert!(e(b"a.png\n-\n", false).contains("l.txt: line 2: '-'"));

@@ -9,6 +9,8 @@ use toml::Spanned;
 
 /// The example shipped with libre (`libre evaluate --example`).
 pub const EXAMPLE_MNIST: &str = include_str!("../../docs/experiments/mnist.toml");
+/// The committed adaptive experiment (docs/experiments/mnist-adaptive.toml).
+pub const EXAMPLE_ADAPTIVE: &str = include_str!("../../docs/experiments/mnist-adaptive.toml");
 
 /// Which samples enter the detection metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -662,8 +664,81 @@ adaptive = [1.0, 10.0]
     }
 
     #[test]
+    fn the_strong_preset_expands_to_the_suite_with_thresholds_left_to_the_run() {
+        let text = OK.replace(
+            "[[attack]]\nname = \"fgsm\"\neps = [0.3]\nadaptive = [1.0, 10.0]\n",
+            "[[attack]]\nname = \"pgd\"\neps = [0.1, 0.3]\nadaptive = \"strong\"\n",
+        );
+        let p = Experiment::parse(&text).unwrap();
+        let labels: Vec<&str> = p.attacks.iter().map(|a| a.label.as_str()).collect();
+        // msp is not positive by construction: no log-score mimicry.
+        assert_eq!(
+            labels,
+            [
+                "pgd",
+                "pgd-restarts",
+                "mimicry-10",
+                "mimicry-100",
+                "mimicry-1000",
+                "selective",
+                "orthogonal"
+            ]
+        );
+        let sel = &p.attacks[5];
+        assert_eq!(sel.name, "selective");
+        assert_eq!(sel.params["steps"], STRONG_STEPS);
+        assert_eq!(sel.step_fraction, Some(STRONG_STEP_FRACTION));
+        assert_eq!(p.attacks[3].adaptive.map(|a| a.0), Some(100.0));
+        assert_eq!(p.fpr, DEFAULT_FPR);
+        // A positive score brings the log form.
+        let text = text.replace("\"msp\", \"entropy\"", "\"entropy\", \"msp\"");
+        let p = Experiment::parse(&text).unwrap();
+        assert!(p.attacks.iter().any(|a| a.label == "mimicry-log-10"));
+    }
+
+    #[test]
+    fn adaptive_settings_are_checked_before_any_work() {
+        let strong = |extra: &str| {
+            OK.replace(
+                "adaptive = [1.0, 10.0]\n",
+                &format!("adaptive = [1.0, 10.0]\n{extra}"),
+            )
+        };
+        let cases = [
+            (OK.replace("adaptive = [1.0, 10.0]", "adaptive = [-1.0]"), ">= 0"),
+            (
+                OK.replace("adaptive = [1.0, 10.0]", "adaptive = \"strongest\""),
+                "strongest",
+            ),
+            (
+                OK.replace("adaptive = [1.0, 10.0]", "adaptive = \"strong\""),
+                "`pgd`",
+            ),
+            (
+                strong("params = { threshold = 0.1 }\n"),
+                "fixed once from clean data",
+            ),
+            (
+                OK.replace("name = \"fgsm\"", "name = \"selective\""),
+                "weighs nothing",
+            ),
+            (OK.replace("data = ", "fpr = 1.5\ndata = "), "fpr = 1.5"),
+            (
+                OK.replace("steps = 10", "steps = 1000000000")
+                    .replace("name = \"pgd\"", "name = \"pgd-restarts\""),
+                "steps",
+            ),
+        ];
+        for (text, what) in cases {
+            let e = Experiment::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        }
+    }
+
+    #[test]
     fn the_shipped_example_is_valid_toml() {
         // Its weights may not exist yet (it names a run directory); the syntax must parse.
         let _: Experiment = toml::from_str(EXAMPLE_MNIST).unwrap();
+        let _: Experiment = toml::from_str(EXAMPLE_ADAPTIVE).unwrap();
     }
 }
