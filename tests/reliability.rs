@@ -713,3 +713,50 @@ fn command_paths_unwrap_only_commented_invariants() {
         bad.join("\n")
     );
 }
+
+/// A finished cell belongs to the weights it ran on: replacing the weights file under the same
+/// experiment text recomputes the cells instead of keeping the old results.
+#[test]
+fn evaluation_cells_follow_the_weights_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w.safetensors");
+    // Two weights files of the same shape: the plain conversion (members equal to the
+    // pretrained weights) and a perturbed one.
+    let o = libre()
+        .args(["-q", "convert", "--weights", "zoo:lenet5-mnist", "--posterior", "ensemble"])
+        .args(["--layers", "linear1", "--mc-samples", "4", "--out"])
+        .arg(&w)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = tmp.path().join("d");
+    std::fs::create_dir(&d).unwrap();
+    let other = diverse_ensemble(&d);
+    let exp = tmp.path().join("e.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            "data = \"mnist:test[0:8]\"\n[[model]]\nname = \"m\"\nweights = \"{}\"\nscores = \
+             [\"feature-variance\"]\n[[attack]]\nname = \"fgsm\"\neps = [0.3]\n",
+            w.display()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let run = || {
+        let o = libre()
+            .args(["-q", "--json", "evaluate", "--device", "cpu", "--out"])
+            .arg(&out)
+            .arg(&exp)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = String::from_utf8(o.stdout).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        v["data"]["cells_run"].as_array().unwrap().len()
+    };
+    assert_eq!(run(), 2);
+    assert_eq!(run(), 0, "same weights: nothing to recompute");
+    std::fs::copy(&other, &w).unwrap();
+    assert_eq!(run(), 2, "new weights: every cell recomputed");
+}

@@ -44,11 +44,13 @@ impl IterativeConfig {
         }
     }
 
-    /// Checks eps >= 0, step_size >= 0, steps >= 1, all finite, and the objective.
+    /// Checks eps >= 0, step_size >= 0, 1 <= steps <= [`crate::adaptive::MAX_STEPS`], all finite,
+    /// and the objective.
     pub fn validate(&self, attack: &str) -> Result<()> {
         check::non_negative(attack, "eps", self.eps)?;
         check::non_negative(attack, "step_size", self.step_size)?;
         check::at_least(attack, "steps", self.steps, 1)?;
+        check::at_most(attack, "steps", self.steps, crate::adaptive::MAX_STEPS)?;
         self.objective.validate(attack)
     }
 }

@@ -192,8 +192,11 @@ pub struct Plan {
     pub attacks: Vec<AttackPlan>,
 }
 
+/// A model name or attack label: letters, digits, '-', '_', '.', and no "__", which separates
+/// the parts of a cell id (`MODEL__ATTACK__EPS`), so that two cells never share a file.
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
+        && !s.contains("__")
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
@@ -291,13 +294,28 @@ impl Experiment {
         if self.models.is_empty() {
             return Err(Error::invalid("experiment file: no [[model]]"));
         }
+        if self.attacks.is_empty() {
+            return Err(Error::invalid(
+                "experiment file: no [[attack]]: an evaluation scores clean against attacked \
+                 images, so it needs at least one attack",
+            ));
+        }
+        if self.bootstrap > 0 {
+            libre_reports::bootstrap::BootstrapConfig {
+                n_resamples: self.bootstrap,
+                seed: self.seed,
+                level: 0.95,
+            }
+            .validate()
+            .map_err(|e| Error::invalid(format!("experiment file: bootstrap: {e}")))?;
+        }
         let mut models = Vec::new();
         for m in &self.models {
             let name = m.name.get_ref();
             if !valid_name(name) {
                 return Err(at(
                     m.name.span(),
-                    format!("model name '{name}': use letters, digits, '-', '_' or '.'"),
+                    format!("model name '{name}': use letters, digits, '-', '_' or '.' (no '__')"),
                 ));
             }
             if models.iter().any(|x: &ModelPlan| &x.name == name) {
@@ -426,6 +444,22 @@ impl Experiment {
             if a.eps.is_empty() {
                 return Err(at(a.name.span(), format!("attack '{name}' has no eps")));
             }
+            for (i, &e) in a.eps.iter().enumerate() {
+                // Pixels are in [0, 1]: eps 1 already allows the whole box (l_inf), and the l_2
+                // per-coordinate eps 1 its whole diagonal.
+                if !(0.0..=1.0).contains(&e) {
+                    return Err(at(
+                        a.name.span(),
+                        format!("attack '{name}': eps {e} must be a number in [0, 1]"),
+                    ));
+                }
+                if a.eps[..i].contains(&e) {
+                    return Err(at(
+                        a.name.span(),
+                        format!("attack '{name}': eps {e} is listed twice"),
+                    ));
+                }
+            }
             for &c in &weights {
                 if !(c.is_finite() && c >= 0.0) {
                     return Err(at(
@@ -471,7 +505,7 @@ impl Experiment {
             if !valid_name(&base) {
                 return Err(at(
                     a.name.span(),
-                    format!("attack label '{base}': use letters, digits, '-', '_' or '.'"),
+                    format!("attack label '{base}': use letters, digits, '-', '_' or '.' (no '__')"),
                 ));
             }
             let score = match &a.adaptive_score {
@@ -723,6 +757,19 @@ adaptive = [1.0, 10.0]
                 "weighs nothing",
             ),
             (OK.replace("data = ", "fpr = 1.5\ndata = "), "fpr = 1.5"),
+            (OK.replace("eps = [0.1, 0.3]", "eps = [0.3, 0.3]"), "listed twice"),
+            (OK.replace("eps = [0.1, 0.3]", "eps = [nan]"), "[0, 1]"),
+            (OK.replace("eps = [0.1, 0.3]", "eps = [1e308]"), "[0, 1]"),
+            (
+                OK.replace("name = \"fgsm\"", "name = \"fgsm\"\nlabel = \"fgsm__0.3\""),
+                "no '__'",
+            ),
+            (OK.replace("data = ", "bootstrap = 1000000000\ndata = "), "bootstrap"),
+            (
+                OK[..OK.find("[[attack]]").unwrap()].to_string(),
+                "no [[attack]]",
+            ),
+            (OK.replace("steps = 10", "steps = 1000000000"), "steps"),
             (
                 OK.replace("steps = 10", "steps = 1000000000")
                     .replace("name = \"pgd\"", "name = \"pgd-restarts\""),

@@ -97,6 +97,29 @@ pub struct CellMeta {
     /// scores' thresholds are fixed from the clean rows at the plan's FPR).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub calibrated: std::collections::BTreeMap<String, f64>,
+    /// SHA-256 of the weights file the cell ran on: a rerun after the file changed recomputes
+    /// the cell instead of keeping results of other weights (cells before it: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
+}
+
+/// SHA-256 (hex) of a file, streamed.
+fn file_sha256(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Whether the finished cell `id` in `dir` was computed from weights with this digest (cells
+/// written before digests were recorded count as current).
+fn cell_is_current(dir: &Path, id: &str, sha: &str) -> bool {
+    let p = dir.join(format!("{id}.json"));
+    match read_meta(&p) {
+        Ok(m) => m.weights_sha256.as_deref().is_none_or(|s| s == sha),
+        Err(_) => false,
+    }
 }
 
 fn stable_hash(s: &str) -> u64 {
@@ -202,14 +225,20 @@ pub fn run_cells(
         )));
     }
     let mut loaded: HashMap<String, Loaded> = HashMap::new();
+    let mut digests: HashMap<String, String> = HashMap::new();
     let mut ran = Vec::new();
     for (k, cell) in mine.iter().enumerate() {
         let id = cell.id(plan);
         progress.cell_started(k, mine.len(), &id);
-        if dir.join(format!("{id}.json")).exists() {
+        let m = &plan.models[cell.model];
+        if !digests.contains_key(&m.name) {
+            let path = crate::zoo::resolve(&m.weights, on_fetch)?;
+            digests.insert(m.name.clone(), file_sha256(&path)?);
+        }
+        let sha = digests[&m.name].clone();
+        if dir.join(format!("{id}.json")).exists() && cell_is_current(&dir, &id, &sha) {
             continue;
         }
-        let m = &plan.models[cell.model];
         if !loaded.contains_key(&m.name) {
             let path = crate::zoo::resolve(&m.weights, on_fetch)?;
             let mut det = Detector::load(&path, device, Some(m.samples))?;
@@ -242,7 +271,7 @@ pub fn run_cells(
         };
         let det = &loaded[&m.name].det;
         run_cell(
-            plan, cell, &id, det, threshold, &ds, &dir, device, on_fetch, progress,
+            plan, cell, &id, det, threshold, &sha, &ds, &dir, device, on_fetch, progress,
         )?;
         ran.push(id);
     }
@@ -262,6 +291,7 @@ fn run_cell(
     id: &str,
     det: &Detector,
     threshold: Option<f64>,
+    weights_sha256: &str,
     ds: &crate::data::Dataset,
     dir: &Path,
     device: Device,
@@ -427,6 +457,7 @@ fn run_cell(
         } else {
             Default::default()
         },
+        weights_sha256: Some(weights_sha256.to_string()),
     };
     let bytes = w
         .into_inner()
