@@ -2,10 +2,11 @@
 //! benchmark): zoo LeNet5 on MNIST; the density / Gaussian / LID-reference fit on
 //! train[0:10000], the logistic regressions on FGSM (eps 0.3) examples of train[50000:51000]
 //! made here, scoring on test[0:2000]; LiBRe (if a checkpoint is given) and the DNN's msp beside
-//! them. Each scoring run is repeated `rounds` times (min and median).
+//! them; feature squeezing (nothing to fit) and MagNet (its autoencoders trained on the same
+//! 10000). Each scoring run is repeated `rounds` times (min and median).
 //!
-//! `[BENCH_THREADS=n] cargo run --release --example bench_baselines -- [LIBRE.safetensors]
-//!  [rounds]`
+//! `[BENCH_THREADS=n] [BENCH_ONLY=kd,squeeze,...] cargo run --release --example bench_baselines --
+//!  [LIBRE.safetensors] [rounds]`
 
 use libre::bayes::mode::McDropout;
 use libre::bayes::ForwardMode;
@@ -94,6 +95,10 @@ fn main() {
             },
             true,
         ),
+        // Input-transformation detectors: squeezing fits nothing; MagNet trains its two
+        // autoencoders (libre's defaults: 20 epochs on 9,000 of the 10,000 fit images).
+        ("squeeze", ClassicConfig::new(ClassicKind::Squeeze), false),
+        ("magnet", ClassicConfig::new(ClassicKind::Magnet), false),
     ];
     println!(
         "LeNet5 / MNIST, fit on 10000 clean (+ 1000 FGSM vs 1000 clean for LR forms), score 2000 \
@@ -128,7 +133,14 @@ fn main() {
     };
     let dnn = Detector::load(&zoo, dev, None).unwrap();
     report("DNN msp", None, score_all(&dnn, Score::Msp));
+    // BENCH_ONLY=squeeze,magnet: only these detectors (the DNN row always runs).
+    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|s| s.split(',').map(str::to_string).collect());
     for (name, cfg, lr) in cases {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
+            continue;
+        }
         let mut det = Detector::load(&zoo, dev, None).unwrap();
         let t = Instant::now();
         let c = Classic::fit(

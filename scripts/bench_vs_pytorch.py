@@ -4,6 +4,7 @@
     bench_vs_pytorch.py CASE REPS [BATCH] [--impl ref|opt]   one line per timed forward: CASE MS
     bench_vs_pytorch.py --check                               the implementations agree (below)
     bench_vs_pytorch.py --e2e WEIGHTS DATA [--batch-size N] [--impl ref|opt]
+    bench_vs_pytorch.py --attack CASE WEIGHTS DATA IMAGES STEPS REPS [--impl ref|opt]
 
 CASE, REPS and BATCH mean what they mean for examples/bench_vs_pytorch.rs (the libre side):
 NET-SIZE:VARIANT with NET lenet5 | resnet18 | resnet34 | resnet50 (suffix c: CIFAR stem, 10
@@ -719,6 +720,94 @@ def e2e(args):
           f"{top1:.4f}, NLL {nll:.4f}, threads {torch.get_num_threads()}", file=sys.stderr)
 
 
+def load_lenet5(path, impl, size=28):
+    """A libre LeNet5 checkpoint (safetensors; an ensemble layer's members as
+    NAME.weight_members / NAME.bias_members) as the PyTorch module tree; (net, variant)."""
+    weights, _ = read_safetensors(path)
+    net = LeNet5(size)
+    ens = sorted(k[: -len(".weight_members")] for k in weights if k.endswith(".weight_members"))
+    for name in ens:
+        layer = to_bayesian(getattr(net, name), "ens", impl)
+        with torch.no_grad():
+            layer.weight.copy_(weights.pop(f"{name}.weight_members"))
+            layer.bias.copy_(weights.pop(f"{name}.bias_members"))
+        setattr(net, name, layer)
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k.split(".")[0] not in ens]
+    if missing or unexpected:
+        raise ValueError(f"{path}: missing {missing}, unexpected {unexpected}")
+    return net.eval(), ens
+
+
+def lenet5_with_features(net, x):
+    """LeNet5's logits [B, S, K] and the linear1 features [B, S, 200] of one forward (libre's
+    LiBRe features: the output of the block holding the last Bayesian layer, after its ReLU)."""
+    out = net.maxpool1(net.relu1(net.conv1(x)))
+    out = net.maxpool2(net.relu2(net.conv2(out)))
+    feats = F.relu(net.linear1(out.flatten(1)))  # [B, S, 200]: the members on a shared input
+    return net.linear2(feats), feats
+
+
+def attack(args):
+    """--attack: the PyTorch side of examples/bench_attack.rs, an eager L_inf PGD loop on the
+    first IMAGES digits, eps 0.3, step 0.01, uniform random start, one restart.
+
+    attack-step: the mimicry objective (CE of the MC-averaged predictive - C * the linear1
+    features' variance over the 20 members, unbiased, averaged over the 200 features; C = 100),
+    STEPS steps and one last checking forward; prints the time per step. pgd-STEPS: plain PGD on
+    the CE of the predictive alone, no early stop (the classic baseline); prints the whole
+    attack's time and its misclassified %."""
+    threads = os.environ.get("BENCH_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    warmup = int(os.environ.get("BENCH_WARMUP", "1"))
+    net, ens = load_lenet5(args.weights, args.impl)
+    if ens != ["linear1"]:
+        raise ValueError(f"{args.weights}: --attack needs linear1 as the only ensemble, got {ens}")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    data, _ = read_safetensors(args.data)
+    x = data["images"][: args.images].float().div_(255)
+    y = data["labels"][: args.images]
+    eps, step, c = 0.3, 0.01, 100.0
+    with_score = args.attack_case == "attack-step"
+    if not with_score and not args.attack_case.startswith("pgd-"):
+        raise ValueError(f"unknown --attack case {args.attack_case!r}: attack-step or pgd-N")
+
+    def run(steps, seed):
+        torch.manual_seed(seed)
+        adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp_(0, 1)
+        lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            logits, feats = lenet5_with_features(net, adv)
+            logp = (logits.softmax(-1).mean(1) + 1e-10).log()
+            loss = F.nll_loss(logp, y, reduction="none")
+            if with_score:
+                loss = loss - c * feats.var(1).mean(1)
+            (g,) = torch.autograd.grad(loss.sum(), adv)
+            with torch.no_grad():
+                adv = torch.min(torch.max(adv + step * g.sign(), lo), hi)
+        with torch.no_grad():
+            logits, _ = lenet5_with_features(net, adv)
+            wrong = (logits.softmax(-1).mean(1).argmax(1) != y).double().mean().item()
+        return adv, wrong
+
+    for i in range(warmup):
+        run(2, 1000 + i)
+    for r in range(args.reps):
+        t = time.perf_counter()
+        _, wrong = run(args.steps, r)
+        ms = (time.perf_counter() - t) * 1e3
+        if with_score:
+            print(f"lenet5:attack-step {ms / args.steps:.3f}")
+        else:
+            print(f"lenet5:{args.attack_case} {ms:.3f}")
+            print(f"pytorch {args.attack_case}: misclassified {100 * wrong:.1f}%", file=sys.stderr)
+    print(f"pytorch --attack {args.attack_case} ({args.impl}): {x.shape[0]} images, "
+          f"{args.steps} steps, threads {torch.get_num_threads()}", file=sys.stderr)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("case", nargs="?")
@@ -728,10 +817,18 @@ def main():
     p.add_argument("--check", action="store_true")
     p.add_argument("--e2e", nargs=2, metavar=("WEIGHTS", "DATA"))
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--attack", nargs=6,
+                   metavar=("CASE", "WEIGHTS", "DATA", "IMAGES", "STEPS", "REPS"))
     args = p.parse_args()
     try:
         if args.check:
             check()
+        elif args.attack:
+            args.attack_case, args.weights, args.data = args.attack[:3]
+            args.images, args.steps, args.reps = (int(v) for v in args.attack[3:])
+            if args.images < 1 or args.steps < 1:
+                raise ValueError("IMAGES and STEPS must be >= 1")
+            attack(args)
         elif args.e2e:
             args.weights, args.data = args.e2e
             e2e(args)
@@ -740,7 +837,7 @@ def main():
                 raise ValueError("BATCH must be >= 1")
             bench(args)
         else:
-            p.error("give CASE REPS [BATCH], --check or --e2e WEIGHTS DATA")
+            p.error("give CASE REPS [BATCH], --check, --e2e WEIGHTS DATA or --attack ...")
     except (ValueError, KeyError, OSError, RuntimeError) as e:
         print(f"bench_vs_pytorch.py: {e}", file=sys.stderr)
         sys.exit(2)

@@ -6,10 +6,11 @@
 #   scripts/bench_vs_pytorch.sh
 #   CASES='resnet50-32:dnn resnet50-32:ens-last' ROUNDS=5 REPS=10 scripts/bench_vs_pytorch.sh
 #   CASES=all scripts/bench_vs_pytorch.sh           every case, including the slow ones
+#   CASES=none E2E=0 ATTACK=1 scripts/bench_vs_pytorch.sh   the adaptive-attack cases alone
 #
 # Env (defaults in brackets):
 #   CASES          cases to run [the DEFAULT_CASES below]; `all` adds resnet50-224:mf-all and
-#                  the sequential whole-net cases (*:mf-all-seq)
+#                  the sequential whole-net cases (*:mf-all-seq); `none`: no forward case
 #   ROUNDS [3]     alternations per case; REPS [5] timed forwards per process
 #   SLOW_REPS [1]  timed forwards per process for the slow cases: 224 px, and mean-field
 #                  ResNets (mf-*; drawing 20 weight samples costs seconds)
@@ -25,6 +26,19 @@
 #                  (ens-last, mf-last) below 224 px; `all`: at 224 px too; 0: never
 #   E2E [1]        end-to-end: `libre eval` against a PyTorch loop on the 10,000 MNIST test
 #                  digits, zoo LeNet5 as a DNN and with linear1 as a 20-member ensemble
+#   ATTACK [0]     1: the adaptive-attack cases (issue 25), examples/bench_attack.rs against
+#                  `bench_vs_pytorch.py --attack`: LeNet5 with linear1 a 20-member ensemble,
+#                  L_inf eps 0.3, step 0.01, the first ATTACK_IMAGES MNIST test digits as one batch
+#   ATTACK_CASES [step]  `step`: one mimicry step (forward + backward through the 20-member
+#                  predictive and the feature-variance score), libre's Adaptive engine vs a
+#                  PyTorch eager loop (--impl ref and opt), ATTACK_STEPS steps per process, time
+#                  per step; `full`: libre's whole `selective` attack (ATTACK_FULL_STEPS steps,
+#                  early stop, the detector's threshold) vs PyTorch PGD-ATTACK_FULL_STEPS (--impl
+#                  opt, no early stop) on ATTACK_FULL_IMAGES digits; `step full`: both
+#   ATTACK_WEIGHTS a LeNet5 checkpoint or LiBRe detector file with linear1 an ensemble [the zoo
+#                  LeNet5 converted as for E2E; without a calibrated threshold `selective` uses
+#                  the 5% FPR threshold of the attacked images' clean scores]
+#   ATTACK_IMAGES [512]  ATTACK_STEPS [5]  ATTACK_FULL_IMAGES [512]  ATTACK_FULL_STEPS [200]
 #   PT_MALLOC [0]  1: run PyTorch with the glibc allocator thresholds the libre binary sets for
 #                  itself (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ = 1 GiB, src/alloc.rs),
 #                  so the comparison isolates the rest; 0: PyTorch as users run it. The libre side
@@ -57,6 +71,13 @@ ALL_EXTRA="lenet5-28:mf-all-seq resnet18-32:mf-all-seq resnet50-32:mf-all-seq re
 
 CASES=${CASES:-$DEFAULT_CASES}
 [ "$CASES" = all ] && CASES="$DEFAULT_CASES $ALL_EXTRA"
+[ "$CASES" = none ] && CASES=""
+ATTACK=${ATTACK:-0}
+ATTACK_CASES=${ATTACK_CASES:-step}
+ATTACK_IMAGES=${ATTACK_IMAGES:-512}
+ATTACK_STEPS=${ATTACK_STEPS:-5}
+ATTACK_FULL_IMAGES=${ATTACK_FULL_IMAGES:-512}
+ATTACK_FULL_STEPS=${ATTACK_FULL_STEPS:-200}
 ROUNDS=${ROUNDS:-3}
 REPS=${REPS:-5}
 SLOW_REPS=${SLOW_REPS:-1}
@@ -87,11 +108,17 @@ die() {
   echo "bench_vs_pytorch.sh: $*" >&2
   exit 1
 }
-for v in ROUNDS REPS SLOW_REPS BATCH TRAIN_BATCH TRAIN_REPS BENCH_THREADS BENCH_WARMUP; do
+for v in ROUNDS REPS SLOW_REPS BATCH TRAIN_BATCH TRAIN_REPS BENCH_THREADS BENCH_WARMUP \
+  ATTACK_IMAGES ATTACK_STEPS ATTACK_FULL_IMAGES ATTACK_FULL_STEPS; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 0 ] || die "$v=${!v} is not a number"
 done
 case $PT_OPT in 0 | 1 | all) ;; *) die "PT_OPT=$PT_OPT: 0, 1 or all" ;; esac
-case $E2E$CHECK$PT_MALLOC in [01][01][01]) ;; *) die "E2E, CHECK and PT_MALLOC are 0 or 1" ;; esac
+case $E2E$CHECK$PT_MALLOC$ATTACK in [01][01][01][01]) ;; *) die "E2E, CHECK, PT_MALLOC and ATTACK are 0 or 1" ;; esac
+for c in $ATTACK_CASES; do
+  case $c in step | full) ;; *) die "ATTACK_CASES: step and/or full, got $c" ;; esac
+done
+[ "$ATTACK_IMAGES" -ge 1 ] && [ "$ATTACK_STEPS" -ge 1 ] && [ "$ATTACK_FULL_IMAGES" -ge 1 ] \
+  && [ "$ATTACK_FULL_STEPS" -ge 1 ] || die "ATTACK_IMAGES, ATTACK_STEPS, ATTACK_FULL_* must be >= 1"
 # PT_ENV: the environment of every PyTorch process (env(1) arguments).
 PT_ENV=(env)
 [ "$PT_MALLOC" = 1 ] && PT_ENV+=(MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824)
@@ -125,13 +152,15 @@ PY=${BENCH_PY:-$VENV/bin/python}
 # --- 2. the libre side -------------------------------------------------------------------------
 # .cargo/config.toml points LIBTORCH at .libtorch (made by `make libtorch`); without it use the
 # cached libtorch directly rather than create the link in the repository.
-if [ -z "${BENCH_BIN:-}" ] || [ "$E2E" = 1 ]; then
+if [ -z "${BENCH_BIN:-}" ] || [ "$E2E" = 1 ] || [ "$ATTACK" = 1 ]; then
   if [ ! -e .libtorch ] && [ -z "${LIBTORCH:-}" ]; then
     LIBTORCH=$(scripts/fetch-libtorch.sh --print-dir) || die "scripts/fetch-libtorch.sh failed"
     export LIBTORCH
   fi
 fi
-if [ -n "${BENCH_BIN:-}" ]; then
+if [ -z "$CASES" ]; then
+  LIBRE_BENCH=""
+elif [ -n "${BENCH_BIN:-}" ]; then
   [ -x "$BENCH_BIN" ] || die "BENCH_BIN=$BENCH_BIN is not an executable"
   LIBRE_BENCH=$(cd "$(dirname "$BENCH_BIN")" && pwd)/$(basename "$BENCH_BIN")
 else
@@ -140,7 +169,12 @@ else
     || die "cargo build --release --example bench_vs_pytorch failed"
   LIBRE_BENCH="$ROOT/target/release/examples/bench_vs_pytorch"
 fi
-if [ "$E2E" = 1 ]; then
+if [ "$ATTACK" = 1 ]; then
+  echo "building examples/bench_attack.rs (cargo build --release --example bench_attack)" >&2
+  cargo build --release --example bench_attack >&2 \
+    || die "cargo build --release --example bench_attack failed"
+fi
+if [ "$E2E" = 1 ] || { [ "$ATTACK" = 1 ] && [ -z "${ATTACK_WEIGHTS:-}" ]; }; then
   echo "building the libre binary (cargo build --release --bin libre)" >&2
   cargo build --release --bin libre >&2 || die "cargo build --release --bin libre failed"
 fi
@@ -220,6 +254,45 @@ print("libre", sys.argv[2], d["seconds"], d["n"] / d["seconds"], d["top1"])' \
     done
   done
 fi
+ATT="$TMP/attack"
+: >"$ATT"
+if [ "$ATTACK" = 1 ]; then
+  data="$LIBRE_CACHE/data/mnist-test.safetensors"
+  [ -s "$data" ] || "$LIBRE" data fetch mnist >&2 || die "libre data fetch mnist failed"
+  if [ -n "${ATTACK_WEIGHTS:-}" ]; then
+    aw=$ATTACK_WEIGHTS
+  else
+    weights="$LIBRE_CACHE/zoo/lenet5-mnist.safetensors"
+    [ -s "$weights" ] || "$LIBRE" data fetch lenet5-mnist >&2 || die "libre data fetch lenet5-mnist failed"
+    aw="$TMP/lenet5-ens-attack.safetensors"
+    "$LIBRE" convert -q --weights "$weights" --posterior ensemble --layers last-block \
+      --mc-samples 20 --out "$aw" >&2 || die "libre convert failed"
+  fi
+  [ -s "$aw" ] || die "no weights $aw"
+  AB="$ROOT/target/release/examples/bench_attack"
+  att_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  for c in $ATTACK_CASES; do
+    for ((r = 1; r <= ROUNDS; r++)); do
+      if [ "$c" = step ]; then
+        echo "attack-step: round $r of $ROUNDS, $ATTACK_IMAGES images, $ATTACK_STEPS steps" >&2
+        RAW=$ATT run libre lenet5:attack-step "$AB" attack-step "$aw" mnist:test \
+          "$ATTACK_IMAGES" "$ATTACK_STEPS" 1
+        RAW=$ATT run pytorch lenet5:attack-step "${PT_ENV[@]}" "$PY" scripts/bench_vs_pytorch.py \
+          --attack attack-step "$aw" "$data" "$ATTACK_IMAGES" "$ATTACK_STEPS" 1 --impl ref
+        RAW=$ATT run pytorch-opt lenet5:attack-step "${PT_ENV[@]}" "$PY" scripts/bench_vs_pytorch.py \
+          --attack attack-step "$aw" "$data" "$ATTACK_IMAGES" "$ATTACK_STEPS" 1 --impl opt
+      else
+        echo "whole attack: round $r of $ROUNDS, $ATTACK_FULL_IMAGES images" >&2
+        RAW=$ATT run libre "lenet5:selective-$ATTACK_FULL_STEPS" "$AB" selective "$aw" mnist:test \
+          "$ATTACK_FULL_IMAGES" "$ATTACK_FULL_STEPS" 1
+        grep '^selective: evaded' "$TMP/err" >>"$TMP/evaded" || true
+        RAW=$ATT run pytorch "lenet5:pgd-$ATTACK_FULL_STEPS" "${PT_ENV[@]}" "$PY" \
+          scripts/bench_vs_pytorch.py --attack "pgd-$ATTACK_FULL_STEPS" "$aw" "$data" \
+          "$ATTACK_FULL_IMAGES" "$ATTACK_FULL_STEPS" 1 --impl opt
+      fi
+    done
+  done
+fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 elapsed=$(($(date +%s) - start))
 [ -n "${RAW_OUT:-}" ] && cp "$RAW" "$RAW_OUT"
@@ -236,7 +309,7 @@ fi
 echo "precision: BENCH_PRECISION=$BENCH_PRECISION for both forward sides"
 echo "threads: BENCH_THREADS=$BENCH_THREADS for both (tch::set_num_threads / torch.set_num_threads," \
   "OMP_NUM_THREADS=$OMP_NUM_THREADS); OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset (libgomp default)} for both"
-echo "protocol: $ROUNDS rounds per case, libre then PyTorch (then PyTorch best-effort), one process" \
+[ -n "$CASES" ] && echo "protocol: $ROUNDS rounds per case, libre then PyTorch (then PyTorch best-effort), one process" \
   "each: $BENCH_WARMUP warm-up + $REPS timed forwards ($SLOW_REPS for 224 px and mean-field ResNets);" \
   "batch $BATCH, S = 20, random weights, no_grad, batch norm in eval mode; training cases (*-train):" \
   "$TRAIN_REPS timed optimiser steps of $TRAIN_BATCH images, batch norm in training mode; ${elapsed} s in all"
@@ -251,7 +324,12 @@ if [ "$E2E" = 1 ] && [ -z "${OMP_WAIT_POLICY:-}" ]; then
   echo "note: the libre binary (end-to-end rows) re-executes itself with OMP_WAIT_POLICY=PASSIVE" \
     "when the variable is unset (src/main.rs); the example and PyTorch run with libgomp's default"
 fi
-"$PY" - "$RAW" "${TMP}/e2e" <<'EOF'
+if [ "$ATTACK" = 1 ]; then
+  echo "adaptive attack (ATTACK=1): weights ${ATTACK_WEIGHTS:-the zoo LeNet5, linear1 converted to 20 members};" \
+    "load average before the attack cases $att_load_before"
+  [ -s "$TMP/evaded" ] && sed 's/^/  libre /' "$TMP/evaded"
+fi
+"$PY" - "$RAW" "${TMP}/e2e" "$ATT" <<'EOF'
 import statistics, sys
 from collections import defaultdict
 
@@ -270,13 +348,14 @@ def stat(side, case):
 def ms(x):
     return f"{x:.1f}" if x < 1000 else f"{x:.0f}"
 
-print()
-print("time per forward (*-train: per optimiser step), ms (min / median over all timed units);"
-      " ratio = libre / PyTorch")
-hdr = (f"{'case':<24} {'libre min':>9} {'median':>8}  {'PyTorch min':>11} {'median':>8}  "
-       f"{'ratio min':>9} {'median':>6}  {'PT best-effort':>14} {'median':>8} {'ratio med':>9}")
-print(hdr)
-print("-" * len(hdr))
+if order:
+    print()
+    print("time per forward (*-train: per optimiser step), ms (min / median over all timed units);"
+          " ratio = libre / PyTorch")
+    hdr = (f"{'case':<24} {'libre min':>9} {'median':>8}  {'PyTorch min':>11} {'median':>8}  "
+           f"{'ratio min':>9} {'median':>6}  {'PT best-effort':>14} {'median':>8} {'ratio med':>9}")
+    print(hdr)
+    print("-" * len(hdr))
 for case in order:
     a, b, c = stat("libre", case), stat("pytorch", case), stat("pytorch-opt", case)
     row = f"{case:<24} {ms(a[0]):>9} {ms(a[1]):>8}  {ms(b[0]):>11} {ms(b[1]):>8}  " \
@@ -284,11 +363,12 @@ for case in order:
     if c:
         row += f"  {ms(c[0]):>14} {ms(c[1]):>8} {a[1] / c[1]:>9.2f}"
     print(row + f"   (n = {a[2]}/{b[2]}{'/' + str(c[2]) if c else ''})")
-print("PyTorch = the ScalableBDL-style reference (repeat + grouped conv, parallel_eval;"
-      " training: a gathered weight per image, an N-group conv);"
-      " PT best-effort = shared-input wide conv / centre-tap matmul, fused batch norm;"
-      " training: images sorted by member, one conv per member"
-      " (scripts/bench_vs_pytorch.py, scripts/libre_train_torch.py)")
+if order:
+    print("PyTorch = the ScalableBDL-style reference (repeat + grouped conv, parallel_eval;"
+          " training: a gathered weight per image, an N-group conv);"
+          " PT best-effort = shared-input wide conv / centre-tap matmul, fused batch norm;"
+          " training: images sorted by member, one conv per member"
+          " (scripts/bench_vs_pytorch.py, scripts/libre_train_torch.py)")
 
 try:
     lines = [l.split() for l in open(sys.argv[2])]
@@ -312,4 +392,33 @@ if lines:
         print(f"{case:<22} {max(a):>9.0f} {statistics.median(a):>8.0f}  {max(b):>11.0f} "
               f"{statistics.median(b):>8.0f}  {statistics.median(a) / statistics.median(b):>22.2f}"
               f"  {acc['libre', case]:.4f} / {acc['pytorch', case]:.4f}")
+
+att = defaultdict(list)
+for line in open(sys.argv[3]):
+    side, case, v = line.split()
+    att[side, case].append(float(v))
+if att:
+    print()
+    print("adaptive attack (issue 25): LeNet5, linear1 a 20-member ensemble, feature variance;"
+          " ms (min / median over processes); ratio = libre / PyTorch (median)")
+    hdr = f"{'case':<34} {'libre min':>9} {'median':>8}  {'PyTorch min':>11} {'median':>8}  {'ratio':>6}"
+    print(hdr)
+    print("-" * len(hdr))
+    def row(name, a, b):
+        if a and b:
+            print(f"{name:<34} {ms(min(a)):>9} {ms(statistics.median(a)):>8}  {ms(min(b)):>11} "
+                  f"{ms(statistics.median(b)):>8}  {statistics.median(a) / statistics.median(b):>6.2f}"
+                  f"   (n = {len(a)}/{len(b)})")
+    a = att.get(("libre", "lenet5:attack-step"))
+    row("attack-step, per step (PT ref)", a, att.get(("pytorch", "lenet5:attack-step")))
+    row("attack-step, per step (PT opt)", a, att.get(("pytorch-opt", "lenet5:attack-step")))
+    for side, case in list(att):
+        if side == "libre" and case.startswith("lenet5:selective-"):
+            k = case.rsplit("-", 1)[1]
+            row(f"libre selective-{k} vs PT PGD-{k}", att[side, case],
+                att.get(("pytorch", f"lenet5:pgd-{k}")))
+    print("attack-step: one step of mimicry (CE of the MC-averaged predictive - 100 * feature"
+          " variance), forward + backward, libre's Adaptive engine (ModelVictim) vs a PyTorch eager"
+          " loop (ref: repeat + bmm members, opt: one shared-input matmul); selective: early stop"
+          " once evaded, the detector's threshold; PGD: CE only, no early stop")
 EOF

@@ -44,6 +44,9 @@ impl<'a> ModelVictim<'a> {
 
 impl Victim for ModelVictim<'_> {
     fn logits(&self, x: &Tensor) -> Tensor {
+        // MagNet's reformer: the classifier sees the autoencoder's reconstruction (differentiable).
+        let reformed = self.classic.and_then(|c| c.classifier_input(x));
+        let x = reformed.as_ref().unwrap_or(x);
         // Inputs were validated against the model before the attack started; a failure here is a
         // broken invariant, not user error.
         let l = self
@@ -68,13 +71,14 @@ impl Victim for ModelVictim<'_> {
             // round-off, and other adversarial images wherever the gradient's values matter
             // (l_2 PGD on MNIST: pixels up to 0.06 apart after 5 steps), so they stay apart.
             let s = c
-                .score_tensor(self.model, x)
+                .score_tensor_for(score, self.model, x)
                 .expect("classic score checked at build");
             return (self.logits(x), Some(s.to_kind(tch::Kind::Float)));
         }
+        let reformed = self.classic.and_then(|c| c.classifier_input(x));
         let (l, f) = self
             .model
-            .forward_mc_with_features(x, &self.mode)
+            .forward_mc_with_features(reformed.as_ref().unwrap_or(x), &self.mode)
             .expect("model forward failed");
         // The score's availability was checked when the victim was built.
         let (_, mut s) =

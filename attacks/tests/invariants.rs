@@ -2,7 +2,8 @@
 //! [0, 1], inside the eps-ball (l_inf, or l_2 with radius eps * sqrt(D)) up to float rounding,
 //! eps = 0 returns the input, the same seed gives the same output, and the input tensor is not
 //! modified.
-//! Victims: a linear model on 2x4x4 inputs, and a 3-member ensemble with logits `[B, S, K]`.
+//! Victims: a linear model on 2x4x4 inputs, and a 3-member ensemble with logits `[B, S, K]`, each
+//! with a detector score for the attacks on a detector.
 
 mod common;
 
@@ -23,8 +24,21 @@ fn fast_params(name: &str, eps: f64) -> Value {
     }
 }
 
+/// A victim with a positive detector score (the mean pixel plus 0.1), which the attacks on a
+/// detector need and the others ignore.
+struct WithScore(Box<dyn Victim>);
+
+impl Victim for WithScore {
+    fn logits(&self, x: &Tensor) -> Tensor {
+        self.0.logits(x)
+    }
+    fn score(&self, x: &Tensor) -> Option<Tensor> {
+        Some(x.flatten(1, -1).mean_dim(-1, false, Kind::Float) + 0.1)
+    }
+}
+
 fn victim(bayes: bool) -> Box<dyn Victim> {
-    if bayes {
+    let v: Box<dyn Victim> = if bayes {
         Box::new(Ensemble {
             members: (0..3)
                 .map(|i| Linear::random(4, 32, 300 + i, 2.0))
@@ -32,7 +46,8 @@ fn victim(bayes: bool) -> Box<dyn Victim> {
         })
     } else {
         Box::new(Linear::random(4, 32, 7, 2.0))
-    }
+    };
+    Box::new(WithScore(v))
 }
 
 fn inputs() -> impl Strategy<Value = (Vec<f64>, Vec<i64>)> {

@@ -56,7 +56,9 @@ pub struct CalibrateArgs {
     /// The detector: `libre` (the model's uncertainty scores), `mc-dropout` (dropout kept on at
     /// --dropout blocks, scored like a BNN), `bu` (the same, flagging on softmax variance:
     /// Feinman et al.'s Bayesian uncertainty), or a classic detector fitted here: `kd`, `kd-bu`,
-    /// `lid`, `mahalanobis` (docs/detection.md, "Baselines").
+    /// `lid`, `mahalanobis` (docs/detection.md, "Baselines"), or an input-transformation
+    /// detector: `squeeze` (feature squeezing, nothing to fit) or `magnet` (autoencoders trained
+    /// on --fit-data) (docs/detection.md, "Input-transformation detectors").
     #[arg(long, default_value = "libre")]
     pub detector: String,
     /// Blocks whose outputs MC dropout drops (comma list of the model's block names, e.g.
@@ -93,6 +95,33 @@ pub struct CalibrateArgs {
     /// Mahalanobis input pre-processing magnitude (0: none) [default: 0].
     #[arg(long)]
     pub noise: Option<f64>,
+    /// Feature squeezing: the squeezers, comma list of bits-N (bit depth, 1 <= N <= 8) and
+    /// median-KxK (median filter, 2 <= K <= 5); the score is the largest softmax L1 distance
+    /// over them [default: bits-1,median-2x2, Xu et al.'s MNIST detector].
+    #[arg(long, value_name = "LIST")]
+    pub squeezers: Option<String>,
+    /// MagNet: the sub-detectors whose union is the `magnet` score, comma list of l2 (AE I
+    /// reconstruction, mean squared), l1 (AE II, mean absolute), jsd10, jsd40 (softmax JSD at
+    /// T = 10, 40) [default: l2,l1, the paper's MNIST detectors]. Each is also a score of its own
+    /// (magnet-l1, ...).
+    #[arg(long, value_name = "LIST")]
+    pub magnet_detectors: Option<String>,
+    /// MagNet: the classifier sees AE I's reconstruction (the paper's reformer).
+    #[arg(long)]
+    pub reformer: bool,
+    /// MagNet: autoencoder training epochs over nine tenths of --fit-data [default: 20].
+    #[arg(long, value_name = "N")]
+    pub ae_epochs: Option<usize>,
+    /// MagNet: autoencoder Adam learning rate [default: 0.01; the paper: 0.001 for 100 epochs].
+    #[arg(long, value_name = "LR")]
+    pub ae_lr: Option<f64>,
+    /// MagNet: std of the Gaussian noise added to the autoencoders' training inputs
+    /// [default: 0.1].
+    #[arg(long, value_name = "STD")]
+    pub ae_noise: Option<f64>,
+    /// MagNet: images per autoencoder training step [default: 256].
+    #[arg(long, value_name = "N")]
+    pub ae_batch_size: Option<usize>,
     /// Numeric precision of the forward: f32, or bf16 (bfloat16 weights and activations, float32
     /// scores; large matmuls about 3x faster on CPUs with AMX / AVX512-BF16). Recorded in
     /// the detector: `libre detect` scores at it (docs/design.md section 15).
@@ -104,7 +133,7 @@ pub struct CalibrateArgs {
 /// work: silently ignoring `--bandwidth` on the default detector would hide a mistake.
 fn check_detector_flags(args: &CalibrateArgs) -> anyhow::Result<()> {
     // (flag, given, detectors it applies to)
-    let flags: [(&str, bool, &[&str]); 10] = [
+    let flags: [(&str, bool, &[&str]); 17] = [
         (
             "--dropout",
             args.dropout.is_some(),
@@ -118,7 +147,7 @@ fn check_detector_flags(args: &CalibrateArgs) -> anyhow::Result<()> {
         (
             "--fit-data",
             args.fit_data.is_some(),
-            &["kd", "kd-bu", "lid", "mahalanobis"],
+            &["kd", "kd-bu", "lid", "mahalanobis", "magnet"],
         ),
         (
             "--fit-adversarial",
@@ -135,6 +164,17 @@ fn check_detector_flags(args: &CalibrateArgs) -> anyhow::Result<()> {
         ("--lid-k", args.lid_k.is_some(), &["lid"]),
         ("--lid-reference", args.lid_reference.is_some(), &["lid"]),
         ("--noise", args.noise.is_some(), &["mahalanobis"]),
+        ("--squeezers", args.squeezers.is_some(), &["squeeze"]),
+        (
+            "--magnet-detectors",
+            args.magnet_detectors.is_some(),
+            &["magnet"],
+        ),
+        ("--reformer", args.reformer, &["magnet"]),
+        ("--ae-epochs", args.ae_epochs.is_some(), &["magnet"]),
+        ("--ae-lr", args.ae_lr.is_some(), &["magnet"]),
+        ("--ae-noise", args.ae_noise.is_some(), &["magnet"]),
+        ("--ae-batch-size", args.ae_batch_size.is_some(), &["magnet"]),
     ];
     let known = [
         "libre",
@@ -144,6 +184,8 @@ fn check_detector_flags(args: &CalibrateArgs) -> anyhow::Result<()> {
         "kd-bu",
         "lid",
         "mahalanobis",
+        "squeeze",
+        "magnet",
     ];
     if !known.contains(&args.detector.as_str()) {
         return Ok(()); // the parser below names the detectors
@@ -285,6 +327,11 @@ fn build_detector(
             det.samples = s;
             Ok(())
         }
+        "squeeze" | "magnet" => {
+            let c = fit_transform(args, det, device, out)?;
+            det.classic = Some(c);
+            Ok(())
+        }
         name => {
             let kind: ClassicKind = name.parse()?;
             let fit = args.fit_data.as_ref().ok_or_else(|| {
@@ -301,6 +348,7 @@ fn build_detector(
                 reference: args.lid_reference.unwrap_or(100),
                 noise: args.noise.unwrap_or(0.0),
                 dropout: dropout(s)?,
+                transform: None,
             };
             cfg.validate()?;
             let fit_ds = libre::data::open(fit, None, &mut super::fetch_note(out))?;
@@ -350,6 +398,76 @@ fn build_detector(
             Ok(())
         }
     }
+}
+
+/// Feature squeezing (built from its flags) or MagNet (its autoencoders trained on --fit-data).
+fn fit_transform(
+    args: &CalibrateArgs,
+    det: &Detector,
+    device: tch::Device,
+    out: &Output,
+) -> anyhow::Result<Classic> {
+    use libre::detect::transform::{magnet, squeeze, TransformConfig};
+    let kind: ClassicKind = args.detector.parse()?;
+    let tcfg = match kind {
+        ClassicKind::Squeeze => TransformConfig::Squeeze {
+            squeezers: squeeze::parse_squeezers(
+                args.squeezers.as_deref().unwrap_or("bits-1,median-2x2"),
+            )?,
+        },
+        _ => {
+            let d = magnet::MagnetConfig::default();
+            TransformConfig::Magnet(magnet::MagnetConfig {
+                detectors: match &args.magnet_detectors {
+                    Some(l) => magnet::parse_detectors(l)?,
+                    None => d.detectors,
+                },
+                reformer: args.reformer,
+                epochs: args.ae_epochs.unwrap_or(d.epochs),
+                lr: args.ae_lr.unwrap_or(d.lr),
+                noise: args.ae_noise.unwrap_or(d.noise),
+                batch_size: args.ae_batch_size.unwrap_or(d.batch_size),
+            })
+        }
+    };
+    let cfg = ClassicConfig {
+        transform: Some(tcfg),
+        ..ClassicConfig::new(kind)
+    };
+    cfg.validate()?;
+    let fit = match (kind, &args.fit_data) {
+        (ClassicKind::Magnet, Some(f)) => Some((
+            libre::data::open(f, None, &mut super::fetch_note(out))?,
+            f.clone(),
+        )),
+        (ClassicKind::Magnet, None) => anyhow::bail!(
+            "--detector magnet trains its autoencoders on clean images: pass --fit-data SPEC \
+             (disjoint from the calibration --data), e.g. --fit-data 'mnist:train[0:10000]'"
+        ),
+        _ => None,
+    };
+    if let Some((ds, f)) = &fit {
+        out.note(format!(
+            "training MagNet's autoencoders on {} clean images of {f} (the last {} held out)",
+            ds.len() - ds.len() / 10,
+            ds.len() / 10
+        ));
+    }
+    let t0 = std::time::Instant::now();
+    // The autoencoders' initialisation, batches and noise come from libtorch's generator: seeded,
+    // so the same command writes the same detector.
+    tch::manual_seed(args.seed);
+    let c = Classic::fit_transform(
+        det.model.as_ref(),
+        &cfg,
+        fit.as_ref().map(|(d, f)| (d, f.as_str())),
+        args.batch_size,
+        device,
+    )?;
+    if fit.is_some() {
+        out.note(format!("fitted in {:.1} s", t0.elapsed().as_secs_f64()));
+    }
+    Ok(c)
 }
 
 #[derive(clap::Args, Debug)]

@@ -5,13 +5,21 @@
 //! suspicious. With `--group-by COL` the metrics are computed per value of that column. With
 //! `--bootstrap N` each metric gets a 95% stratified percentile interval from N resamples
 //! seeded by `--seed` (identical whatever the number of threads).
+//!
+//! With `--robust` it prints the robust-detection table instead ([`libre_reports::robust`];
+//! docs/detection.md, "Adaptive evaluation"): per detector x attack x eps, at one threshold fixed
+//! once (`--threshold`, or per detector at `--fpr` of its clean rows), attack success %, flagged
+//! %, evaded % (misclassified and not flagged), robust detection accuracy and the worst case per
+//! image, with the AUROC against the detector's clean rows beside them.
 use super::Output;
 use anyhow::Context;
 use libre_reports::bootstrap::{bootstrap_detection, BootstrapConfig, DetectionCi};
 use libre_reports::detection::DetectionMetrics;
+use libre_reports::robust::{self, RobustRow, ScoredInput};
 use libre_reports::tables::{read_scores, ScoreCsvSpec, Subset};
 use libre_reports::ReportError;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -28,7 +36,8 @@ pub struct Args {
     /// Compute the metrics separately for each value of this column (e.g. attack).
     #[arg(long, value_name = "COL")]
     group_by: Option<String>,
-    /// Bootstrap confidence intervals (95%, percentile, stratified) from N resamples.
+    /// Bootstrap confidence intervals (95%, percentile, stratified) from N resamples; with
+    /// --robust, intervals of evaded % from N resamples of the images.
     #[arg(long, value_name = "N")]
     bootstrap: Option<usize>,
     /// Seed of the bootstrap.
@@ -39,6 +48,29 @@ pub struct Args {
     #[arg(long, value_name = "SUBSET", default_value = "all",
           value_parser = ["all", "successful"])]
     subset: String,
+    /// Print the robust-detection table instead of the AUROC table: per detector x attack x
+    /// eps, at one threshold fixed once (flagged = score >= threshold), attack success %,
+    /// flagged %, evaded % (misclassified and not flagged), robust detection accuracy (100 -
+    /// evaded) and per eps the worst case per image over the attacks and the clean image, with
+    /// the AUROC against the detector's clean rows beside them. Needs the columns image, attack
+    /// (`clean` rows are the clean inputs), correct (0/1: the classifier is right on that row's
+    /// input), the --score-col and --detector-col columns, and eps if present (libre
+    /// evaluate's scores.csv has them all). Threshold: --threshold, else --fpr (0.05).
+    #[arg(long, conflicts_with_all = ["group_by", "subset", "label_col"])]
+    robust: bool,
+    /// With --robust: one score threshold T for every detector and attack.
+    #[arg(long, value_name = "T", requires = "robust", conflicts_with = "fpr",
+          allow_negative_numbers = true, value_parser = parse_threshold)]
+    threshold: Option<f64>,
+    /// With --robust: per detector, the threshold at false-positive rate F (in (0, 1)) of that
+    /// detector's clean rows, fixed once and used for every attack and eps [default: 0.05].
+    #[arg(long, value_name = "F", requires = "robust", allow_negative_numbers = true,
+          value_parser = parse_fpr)]
+    fpr: Option<f64>,
+    /// With --robust: the column naming the detector (one threshold per detector; libre
+    /// evaluate's `model` column is MODEL/SCORE).
+    #[arg(long, value_name = "COL", default_value = "model", requires = "robust")]
+    detector_col: String,
 }
 
 struct GroupResult {
@@ -141,6 +173,9 @@ fn human(results: &[GroupResult], group_col: Option<&str>, header_note: &str) ->
 }
 
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
+    if args.robust {
+        return run_robust(args, out);
+    }
     let subset: Subset = args.subset.parse()?;
     let spec = ScoreCsvSpec {
         label_col: args.label_col.clone(),
@@ -219,5 +254,319 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         json!({ "group_by": args.group_by, "subset": subset, "groups": groups })
     };
     out.result(data, || human(&results, args.group_by.as_deref(), &note));
+    Ok(())
+}
+
+// ---- --robust: the robust-detection table (libre_reports::robust) -----------------------------
+
+/// `--fpr`: a false-positive rate strictly inside (0, 1).
+fn parse_fpr(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number; give a false-positive rate in (0, 1)"))?;
+    if !(v > 0.0 && v < 1.0) {
+        return Err(format!(
+            "{v} is outside (0, 1); give a false-positive rate such as 0.05"
+        ));
+    }
+    Ok(v)
+}
+
+/// `--threshold`: any finite number.
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("{v} is not finite; give a finite score threshold")),
+        Err(_) => Err(format!("`{s}` is not a number")),
+    }
+}
+
+/// A threshold for the table: plain decimals in the usual range, else scientific.
+fn fmt_threshold(t: f64) -> String {
+    if t == 0.0 || (1e-3..1e4).contains(&t.abs()) {
+        format!("{t:.4}")
+    } else {
+        format!("{t:.3e}")
+    }
+}
+
+/// The default target FPR of `--robust` without `--threshold` or `--fpr`.
+const DEFAULT_FPR: f64 = 0.05;
+
+fn column(
+    path: &std::path::Path,
+    headers: &csv::StringRecord,
+    name: &str,
+    hint: &str,
+) -> Result<usize, ReportError> {
+    headers.iter().position(|h| h == name).ok_or_else(|| {
+        let available = headers.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>();
+        ReportError::MissingColumn {
+            path: path.into(),
+            column: name.into(),
+            available: available.join(", "),
+            hint: format!("; {hint}"),
+        }
+    })
+}
+
+fn bad_cell(path: &std::path::Path, line: u64, column: &str, problem: String) -> ReportError {
+    ReportError::BadCell {
+        path: path.into(),
+        line,
+        column: column.into(),
+        problem,
+    }
+}
+
+/// Reads the rows of `--robust`: one [`ScoredInput`] per CSV row.
+fn read_scored_inputs(args: &Args) -> Result<Vec<ScoredInput>, ReportError> {
+    let path = args.scores.as_path();
+    let file = std::fs::File::open(path).map_err(|source| ReportError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let csv_err = |source| ReportError::Csv {
+        path: path.into(),
+        source,
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(file);
+    let headers = rdr.headers().map_err(csv_err)?.clone();
+    if headers.is_empty() || headers.iter().all(|h| h.is_empty()) {
+        return Err(ReportError::Empty {
+            what: format!("{} is empty (no header row)", path.display()),
+        });
+    }
+    let need = "--robust needs the columns image, attack (`clean` rows give the threshold), \
+                correct (0/1) and the score and detector columns";
+    let ci = column(path, &headers, "image", need)?;
+    let ca = column(path, &headers, "attack", need)?;
+    let cc = column(
+        path,
+        &headers,
+        "correct",
+        "--robust needs it: 1 where the classifier is right on that row's input, else 0 \
+         (libre evaluate's scores.csv has it)",
+    )?;
+    let cs = column(
+        path,
+        &headers,
+        &args.score_col,
+        "choose the score column with --score-col",
+    )?;
+    let cd = column(
+        path,
+        &headers,
+        &args.detector_col,
+        "choose the detector column with --detector-col",
+    )?;
+    // eps is optional: without it every attack row shares one (empty) eps.
+    let ce = headers.iter().position(|h| h == "eps");
+    let mut rows = Vec::new();
+    let mut rec = csv::StringRecord::new();
+    while rdr.read_record(&mut rec).map_err(csv_err)? {
+        let line = rec.position().map_or(0, |p| p.line());
+        let score: f64 = rec[cs].parse().map_err(|_| {
+            bad_cell(
+                path,
+                line,
+                &args.score_col,
+                format!("`{}` is not a number", &rec[cs]),
+            )
+        })?;
+        if !score.is_finite() {
+            return Err(bad_cell(
+                path,
+                line,
+                &args.score_col,
+                format!("value is {score}; scores must be finite"),
+            ));
+        }
+        let correct = match &rec[cc] {
+            "1" | "1.0" | "true" | "True" | "TRUE" => true,
+            "0" | "0.0" | "false" | "False" | "FALSE" => false,
+            other => {
+                return Err(bad_cell(
+                    path,
+                    line,
+                    "correct",
+                    format!("`{other}` is not 0 or 1 (1: the classifier is right on this input)"),
+                ))
+            }
+        };
+        if rec[ci].is_empty() {
+            return Err(bad_cell(path, line, "image", "empty image id".into()));
+        }
+        rows.push(ScoredInput {
+            image: rec[ci].to_string(),
+            detector: rec[cd].to_string(),
+            attack: rec[ca].to_string(),
+            eps: ce.map(|e| rec[e].to_string()).unwrap_or_default(),
+            score,
+            correct,
+        });
+    }
+    if rows.is_empty() {
+        return Err(ReportError::Empty {
+            what: format!("{} has a header but no data rows", path.display()),
+        });
+    }
+    Ok(rows)
+}
+
+/// AUROC of each detector x attack x eps against that detector's clean rows (beside the robust
+/// numbers, as the report shows it); absent without clean rows or for clean / worst-case rows.
+fn aurocs(rows: &[ScoredInput]) -> anyhow::Result<Vec<((String, String, String), f64)>> {
+    let mut clean: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut attacked: Vec<((&str, &str, &str), Vec<f64>)> = Vec::new();
+    for r in rows {
+        if r.attack == robust::CLEAN {
+            match clean.iter_mut().find(|(d, _)| *d == r.detector) {
+                Some((_, v)) => v.push(r.score),
+                None => clean.push((&r.detector, vec![r.score])),
+            }
+        } else {
+            let k = (r.detector.as_str(), r.attack.as_str(), r.eps.as_str());
+            match attacked.iter_mut().find(|(key, _)| *key == k) {
+                Some((_, v)) => v.push(r.score),
+                None => attacked.push((k, vec![r.score])),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((d, a, e), adv) in attacked {
+        let Some((_, cl)) = clean.iter().find(|(cd, _)| *cd == d) else {
+            continue;
+        };
+        let scores: Vec<f64> = adv.iter().chain(cl).copied().collect();
+        let labels: Vec<bool> = (0..scores.len()).map(|i| i < adv.len()).collect();
+        let m = DetectionMetrics::compute(&scores, &labels)?;
+        out.push(((d.to_string(), a.to_string(), e.to_string()), m.auroc));
+    }
+    Ok(out)
+}
+
+fn run_robust(args: Args, out: Output) -> anyhow::Result<()> {
+    // Bad values are refused before the file is read.
+    let cfg = args.bootstrap.map(|n| BootstrapConfig {
+        n_resamples: n,
+        seed: args.seed,
+        level: 0.95,
+    });
+    if let Some(c) = &cfg {
+        c.validate()?;
+    }
+    let rows = read_scored_inputs(&args)?;
+    let fpr = args.fpr.unwrap_or(DEFAULT_FPR);
+    let thresholds = match args.threshold {
+        Some(t) => {
+            let given: HashMap<String, f64> =
+                rows.iter().map(|r| (r.detector.clone(), t)).collect();
+            let mut th = robust::thresholds(&rows, &given, fpr)?;
+            for t in &mut th {
+                t.source = "--threshold".into();
+            }
+            th
+        }
+        None => robust::thresholds(&rows, &HashMap::new(), fpr).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}; --fpr fixes each detector's threshold from its clean rows (attack \
+                 `clean`, column --detector-col {}), or give one with --threshold",
+                args.scores.display(),
+                args.detector_col
+            )
+        })?,
+    };
+    let table = robust::robust_rows(&rows, &thresholds, cfg.as_ref())
+        .with_context(|| format!("{}: robust detection", args.scores.display()))?;
+    let aurocs = aurocs(&rows)?;
+    let auroc_of = |r: &RobustRow| {
+        aurocs
+            .iter()
+            .find(|((d, a, e), _)| *d == r.detector && *a == r.attack && *e == r.eps)
+            .map(|(_, v)| *v)
+    };
+    let mut note = format!(
+        "{}: {} rows; robust detection: evaded = misclassified and score below the threshold \
+         (flagged = score >= threshold), robust detection accuracy = 100 - evaded, over all \
+         images; worst case = per image, any attack at that eps or the clean image; ",
+        args.scores.display(),
+        rows.len()
+    );
+    note += &match args.threshold {
+        Some(t) => format!("threshold {t} for every detector (--threshold)"),
+        None => format!(
+            "one threshold per detector at {fpr} FPR of its clean rows, fixed once for every \
+             attack (--fpr)"
+        ),
+    };
+    if let Some(c) = &cfg {
+        note += &format!(
+            "; 95% bootstrap intervals of evaded from {} resamples of images, seed {}",
+            c.n_resamples, c.seed
+        );
+    }
+    let json_rows = table
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r)?;
+            v["auroc"] = json!(auroc_of(r));
+            Ok(v)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let data = json!({
+        "robust": true,
+        "detector_col": args.detector_col,
+        "score_col": args.score_col,
+        "fpr": args.threshold.is_none().then_some(fpr),
+        "threshold": args.threshold,
+        "bootstrap": cfg.as_ref().map(|c| c.n_resamples),
+        "thresholds": thresholds,
+        "rows": json_rows,
+    });
+    out.result(data, || {
+        let pct = |v: f64| format!("{v:.1}");
+        let header: Vec<String> = [
+            &*args.detector_col,
+            "attack",
+            "eps",
+            "n",
+            "threshold",
+            "success%",
+            "flagged%",
+            "evaded%",
+            "robust acc%",
+            "AUROC",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let body: Vec<Vec<String>> = table
+            .iter()
+            .map(|r| {
+                let ci = match (r.evaded_lo, r.evaded_hi) {
+                    (Some(lo), Some(hi)) => format!(" [{lo:.1}, {hi:.1}]"),
+                    _ => String::new(),
+                };
+                vec![
+                    r.detector.clone(),
+                    r.attack.clone(),
+                    r.eps.clone(),
+                    r.n.to_string(),
+                    fmt_threshold(r.threshold),
+                    pct(r.attack_success),
+                    r.flagged.map(pct).unwrap_or_else(|| "-".into()),
+                    format!("{}{ci}", pct(r.evaded)),
+                    pct(r.robust_detection_accuracy),
+                    auroc_of(r)
+                        .map(|a| format!("{a:.4}"))
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        format!("{note}\n{}", render_table(&header, &body))
+    });
     Ok(())
 }

@@ -77,9 +77,13 @@ pub struct FinetuneArgs {
     /// The pretrained model: a libre checkpoint or zoo:NAME.
     #[arg(long)]
     pub weights: Option<String>,
-    /// Recipe: `bayesadapter` (prior-regularised fine-tuning of a posterior) or `libre` (LiBRe:
-    /// a last-block ensemble trained to disagree on noise-perturbed images; docs/detection.md).
-    #[arg(long, default_value = "bayesadapter", value_parser = ["bayesadapter", "libre"])]
+    /// Recipe: `bayesadapter` (prior-regularised fine-tuning of a posterior), `libre` (LiBRe:
+    /// a last-block ensemble trained to disagree on noise-perturbed images; docs/detection.md) or
+    /// `libre-robust` (LiBRe whose perturbed copies are adversarial examples crafted against the
+    /// current model and detector each step, with adversarial cross-entropy; start it from an
+    /// adversarially trained network, e.g. zoo:lenet5-mnist-adv; docs/detection.md,
+    /// "Adversarial LiBRe training").
+    #[arg(long, default_value = "bayesadapter", value_parser = ["bayesadapter", "libre", "libre-robust"])]
     pub recipe: String,
     /// mean-field, ensemble or low-rank [default: mean-field; ensemble for --recipe libre].
     #[arg(long)]
@@ -150,6 +154,27 @@ pub struct FinetuneArgs {
     /// LiBRe: learning rate of every other parameter (and the members' final one).
     #[arg(long, default_value_t = 1e-4)]
     pub ft_lr: f64,
+    /// libre-robust: the attack crafting each step's copies against the current model's
+    /// predictive and feature variance: selective, mimicry or pgd-restarts.
+    #[arg(long, default_value = "selective")]
+    pub adv_attack: String,
+    /// libre-robust: the attack's eps (pixel units) [default: the data set's customary eps,
+    /// 0.3 for 28 px digits].
+    #[arg(long)]
+    pub adv_eps: Option<f64>,
+    /// libre-robust: the attack's steps per training step.
+    #[arg(long, default_value_t = 10)]
+    pub adv_steps: usize,
+    /// libre-robust: the attack's step size [default: eps / 4].
+    #[arg(long)]
+    pub adv_step_size: Option<f64>,
+    /// libre-robust: mimicry's C when --adv-attack mimicry.
+    #[arg(long, default_value_t = 10.0)]
+    pub adv_c: f64,
+    /// libre-robust: weight of the members' cross-entropy on the adversarial copies (0: the
+    /// classifier is not trained on them).
+    #[arg(long, default_value_t = 1.0)]
+    pub adv_ce: f64,
     #[command(flatten)]
     pub common: Common,
 }
@@ -453,7 +478,21 @@ pub fn run_train(args: TrainArgs, out: Output) -> anyhow::Result<()> {
 pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
     let c = &args.common;
     let epochs = c.epochs.unwrap_or(1);
-    let libre_recipe = args.recipe == "libre";
+    let libre_recipe = args.recipe == "libre" || args.recipe == "libre-robust";
+    let robust_recipe = args.recipe == "libre-robust";
+    if !robust_recipe {
+        let given = [
+            ("--adv-attack", args.adv_attack != "selective"),
+            ("--adv-eps", args.adv_eps.is_some()),
+            ("--adv-steps", args.adv_steps != 10),
+            ("--adv-step-size", args.adv_step_size.is_some()),
+            ("--adv-c", args.adv_c != 10.0),
+            ("--adv-ce", args.adv_ce != 1.0),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            anyhow::bail!("{flag} applies to --recipe libre-robust only");
+        }
+    }
     drive(out, c, &mut |ds, device| {
         let w = args
             .weights
@@ -486,6 +525,30 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
             l.gamma = args.gamma;
             l.blur_prob = args.blur_prob;
             l.member_init_std = args.member_init_std;
+            if robust_recipe {
+                let eps = args.adv_eps.unwrap_or(customary_eps(ds.shape()));
+                let mut a = libre::detect::objective::AdversarialConfig::for_attack_eps(eps);
+                a.attack = args.adv_attack.clone();
+                a.steps = args.adv_steps;
+                a.step_size = args.adv_step_size.unwrap_or(eps / 4.0);
+                a.c = args.adv_c;
+                a.ce_weight = args.adv_ce;
+                out.note(format!(
+                    "libre-robust: copies crafted by {} (eps {}, {} steps of {}{}), adversarial \
+                     cross-entropy weight {}",
+                    a.attack,
+                    a.eps,
+                    a.steps,
+                    a.step_size,
+                    if a.attack == "mimicry" {
+                        format!(", C {}", a.c)
+                    } else {
+                        String::new()
+                    },
+                    a.ce_weight
+                ));
+                l.adversarial = Some(a);
+            }
             l.validate()?;
             out.note(format!(
                 "LiBRe: objective {}, alpha {}, gamma {}, noise eps U[{}, {}], blur {}, member \

@@ -168,7 +168,10 @@ impl Detector {
         let mut v: Vec<Score> = self
             .classic
             .iter()
-            .map(|c| Score::of_classic(c.meta.config.kind))
+            .flat_map(|c| {
+                let k = c.meta.config.kind;
+                Score::ALL.into_iter().filter(move |s| s.classic() == Some(k))
+            })
             .collect();
         v.extend(Score::available(self.mode().samples()));
         v
@@ -202,16 +205,19 @@ impl Detector {
             .classic
             .as_ref()
             .filter(|_| scores.iter().any(|s| s.classic().is_some()));
+        // What the classifier sees: MagNet's reformed image when its reformer is on, else `x`.
+        let reformed = tch::no_grad(|| self.classic.as_ref().and_then(|c| c.classifier_input(x)));
+        let xc = reformed.as_ref().unwrap_or(x);
         let (pred, mut plain_out, pass) = tch::no_grad(|| match classic {
             Some(_) => {
-                let pass = Pass::of(self.model.as_ref(), x)?;
+                let pass = Pass::of(self.model.as_ref(), xc)?;
                 // The classic detector's forward is deterministic (`mode`): S = 1, so no plain
                 // score reads the features (feature variance needs S >= 2) and the logits stand in.
                 let (pred, out) = scores::compute(&pass.logits, &pass.logits, &plain)?;
                 Ok((pred, out, Some(pass)))
             }
             None => {
-                let (logits, feats) = self.model.forward_mc_with_features(x, &self.mode())?;
+                let (logits, feats) = self.model.forward_mc_with_features(xc, &self.mode())?;
                 let (pred, out) = scores::compute(&logits, &feats, &plain)?;
                 Ok::<_, Error>((pred, out, None))
             }
@@ -221,7 +227,7 @@ impl Detector {
         for s in scores {
             out.push(match (s.classic(), classic, &pass) {
                 (Some(_), Some(c), Some(p)) => c
-                    .score(self.model.as_ref(), x, p)?
+                    .score_for(*s, self.model.as_ref(), x, p)?
                     .to_kind(tch::Kind::Float),
                 _ => plain_out.pop().expect("one per plain score"),
             });

@@ -8,6 +8,8 @@
 //! - [`calibrate`]: the threshold at a target false-positive rate on held-out clean data.
 //! - [`detector`]: a model + sample count + calibration, saved as one file.
 //! - [`classic`]: the classic detectors (KD, KD-BU, LID, Mahalanobis) as fitted detectors.
+//! - [`transform`]: the input-transformation detectors (feature squeezing, MagNet), fitted and
+//!   saved like the classic ones.
 //! - [`input`]: what `libre detect` reads (images, folders, batch files, data specs), streamed.
 //! - [`parts`]: the parts of a sharded `libre detect` run and their merge.
 
@@ -18,6 +20,7 @@ pub mod input;
 pub mod objective;
 pub mod parts;
 pub mod scores;
+pub mod transform;
 
 pub use calibrate::{calibrate, Calibration};
 pub use detector::{Detector, DetectorMeta};

@@ -55,7 +55,7 @@ impl std::str::FromStr for ObjectiveKind {
 }
 
 /// Every setting of the LiBRe objective; saved in the run's config.json.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LibreConfig {
     pub objective: ObjectiveKind,
     pub alpha: f64,
@@ -70,6 +70,75 @@ pub struct LibreConfig {
     /// the noise of routing different images to different members can separate them.
     #[serde(default)]
     pub member_init_std: f64,
+    /// Adversarial LiBRe (`--recipe libre-robust`): the perturbed copies are adversarial examples
+    /// crafted against the current model and detector instead of uniform noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial: Option<AdversarialConfig>,
+}
+
+/// How `--recipe libre-robust` crafts the perturbed copies of each step, and how much the
+/// members' classification of them weighs (docs/detection.md, "Adversarial LiBRe training").
+///
+/// The attack is one of the adaptive evaluation's (`attacks/src/adaptive.rs`) aimed at the
+/// current model's 20-sample predictive and its feature variance, so training sees what the
+/// evaluation's attacker finds: `selective` (the default) returns, per image, the misclassified
+/// iterate with the lowest feature variance (else the last). The copies then enter the objective
+/// twice: the hinge asks the two members they pass through to disagree on them (as on noise), and
+/// `ce_weight` times their cross-entropy through those members keeps the classifier robust
+/// (Madry et al. 2018's adversarial training, on the Bayesian block and the trunk).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdversarialConfig {
+    /// `selective`, `mimicry` or `pgd-restarts`.
+    pub attack: String,
+    pub eps: f64,
+    pub steps: usize,
+    pub step_size: f64,
+    /// Mimicry's C (only for `attack = mimicry`).
+    pub c: f64,
+    /// Weight of the members' cross-entropy on the adversarial copies.
+    pub ce_weight: f64,
+}
+
+impl AdversarialConfig {
+    /// The defaults for a data set whose customary attack eps is `eps`: selective, 10 steps of
+    /// eps / 4, C 10 (for mimicry), cross-entropy weight 1.
+    pub fn for_attack_eps(eps: f64) -> Self {
+        AdversarialConfig {
+            attack: "selective".into(),
+            eps,
+            steps: 10,
+            step_size: eps / 4.0,
+            c: 10.0,
+            ce_weight: 1.0,
+        }
+    }
+
+    /// The attack that crafts the copies (checked: a name of the three, a valid budget).
+    pub fn build(&self) -> Result<Box<dyn libre_attacks::Attack>> {
+        if !["selective", "mimicry", "pgd-restarts"].contains(&self.attack.as_str()) {
+            return Err(Error::invalid(format!(
+                "adversarial training attack '{}': use selective, mimicry or pgd-restarts",
+                self.attack
+            )));
+        }
+        if !(self.ce_weight.is_finite() && self.ce_weight >= 0.0) {
+            return Err(Error::invalid(format!(
+                "adversarial cross-entropy weight {}: must be finite and >= 0",
+                self.ce_weight
+            )));
+        }
+        let mut p = serde_json::json!({
+            "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
+            "restarts": 1, "early_stop": false, "schedule": "constant",
+            // Flags every input: the attack keeps the misclassified iterate of lowest score.
+            "threshold": f64::MIN,
+        });
+        if self.attack == "mimicry" {
+            p["adaptive_c"] = serde_json::json!(self.c);
+        }
+        libre_attacks::by_name(&self.attack, &p)
+            .map_err(|e| Error::invalid(format!("adversarial training: {e}")))
+    }
 }
 
 impl LibreConfig {
@@ -83,6 +152,7 @@ impl LibreConfig {
             noise_eps: (0.5 * attack_eps, (2.0 * attack_eps).min(1.0)),
             blur_prob: 0.03,
             member_init_std: 0.0,
+            adversarial: None,
         }
     }
 
@@ -110,6 +180,9 @@ impl LibreConfig {
                 "--member-init-std {}: must be finite and >= 0",
                 self.member_init_std
             )));
+        }
+        if let Some(a) = &self.adversarial {
+            a.build()?;
         }
         if !(0.0..=1.0).contains(&self.blur_prob) {
             return Err(Error::invalid(format!(
@@ -233,6 +306,32 @@ fn distinct_pair(n: i64, s: i64) -> (Tensor, Tensor) {
     (m1, m2)
 }
 
+/// Adversarial copies of `src` against the model's S-sample predictive and feature variance,
+/// seeded from libtorch's global generator (so a seeded run repeats). Parameters get no gradient.
+///
+/// # Shapes
+/// `src`: `[h, C, H, W]` in [0, 1], `y`: `[h]` -> `[h, C, H, W]`
+fn craft(
+    model: &dyn BayesModel,
+    src: &Tensor,
+    y: &Tensor,
+    a: &AdversarialConfig,
+    samples: usize,
+) -> Result<Tensor> {
+    let attack = a.build()?;
+    let victim = crate::victim::ModelVictim {
+        model,
+        mode: crate::models::mode_for(model, samples),
+        score: Some(crate::detect::Score::FeatureVariance),
+        classic: None,
+    };
+    let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+    let adv = attack
+        .perturb(&victim, &src.detach(), y, seed)
+        .map_err(|e| Error::invalid(format!("adversarial training: {e}")))?;
+    Ok(adv.detach())
+}
+
 /// One LiBRe training forward and its loss for a clean batch `x` with labels `y`.
 ///
 /// The model must carry an ensemble posterior with S >= 2 members (routed: each pass through a
@@ -268,7 +367,10 @@ pub fn step(
         cfg.noise_eps.0 + (cfg.noise_eps.1 - cfg.noise_eps.0) * u
     };
     let src = x.narrow(0, 0, h);
-    let xp = perturb(&src, e, cfg.blur_prob);
+    let xp = match &cfg.adversarial {
+        None => perturb(&src, e, cfg.blur_prob),
+        Some(a) => craft(model, &src, &y.narrow(0, 0, h), a, s as usize)?,
+    };
     let r = Tensor::randint(s, [b], (Kind::Int64, Device::Cpu));
     let (p1, p2) = distinct_pair(h, s);
     let pairs_clean = cfg.objective.pairs_clean();
@@ -334,7 +436,15 @@ pub fn step(
         }
         ObjectiveKind::Anchored => (cfg.gamma - &d_pert).relu() + d_clean.as_ref().expect("paired"),
     };
-    let loss = ce + hinge.mean(Kind::Float) * cfg.alpha;
+    let mut loss = ce + hinge.mean(Kind::Float) * cfg.alpha;
+    if let Some(a) = cfg.adversarial.as_ref().filter(|a| a.ce_weight > 0.0) {
+        // Each adversarial copy through its two members: both must still classify it.
+        let ys = y.narrow(0, 0, h);
+        let adv_ce = (logits.narrow(0, at, h).cross_entropy_for_logits(&ys)
+            + logits.narrow(0, at + h, h).cross_entropy_for_logits(&ys))
+            * 0.5;
+        loss = loss + adv_ce * a.ce_weight;
+    }
     Ok(StepOutput {
         loss,
         clean_logits: clean_logits.detach(),
@@ -388,23 +498,23 @@ mod tests {
         for bad in [
             LibreConfig {
                 noise_eps: (0.0, 0.1),
-                ..ok
+                ..ok.clone()
             },
             LibreConfig {
                 noise_eps: (0.3, 0.1),
-                ..ok
+                ..ok.clone()
             },
             LibreConfig {
                 alpha: f64::NAN,
-                ..ok
+                ..ok.clone()
             },
             LibreConfig {
                 blur_prob: 2.0,
-                ..ok
+                ..ok.clone()
             },
             LibreConfig {
                 member_init_std: -1.0,
-                ..ok
+                ..ok.clone()
             },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");

@@ -12,7 +12,9 @@
 //! | `msp` | 1 - max_k mean_s p_s (Hendrycks & Gimpel 2017) | any model |
 //! | `max-logit` | - max_k mean_s logits (Hendrycks et al. 2022) | any model |
 //!
-//! The classic detectors' scores (`kd`, `kd-bu`, `lid`, `mahalanobis`; [`super::classic`]) are
+//! The classic detectors' scores (`kd`, `kd-bu`, `lid`, `mahalanobis`; [`super::classic`]; the
+//! input-transformation detectors' `squeeze`, `magnet`, `magnet-l1`, `magnet-l2`,
+//! `magnet-jsd10`, `magnet-jsd40`; [`super::transform`]) are
 //! named here too, so every command takes them, but only a detector file fitted for them gives
 //! them ([`super::Detector::check_score`]).
 
@@ -34,10 +36,16 @@ pub enum Score {
     KdBu,
     Lid,
     Mahalanobis,
+    Squeeze,
+    Magnet,
+    MagnetL1,
+    MagnetL2,
+    MagnetJsd10,
+    MagnetJsd40,
 }
 
 impl Score {
-    pub const ALL: [Score; 10] = [
+    pub const ALL: [Score; 16] = [
         Score::FeatureVariance,
         Score::SoftmaxVariance,
         Score::MutualInformation,
@@ -48,6 +56,12 @@ impl Score {
         Score::KdBu,
         Score::Lid,
         Score::Mahalanobis,
+        Score::Squeeze,
+        Score::Magnet,
+        Score::MagnetL1,
+        Score::MagnetL2,
+        Score::MagnetJsd10,
+        Score::MagnetJsd40,
     ];
 
     /// Whether the score is positive by construction (variances, mutual information, entropy),
@@ -67,6 +81,12 @@ impl Score {
             Score::KdBu => Some(C::KdBu),
             Score::Lid => Some(C::Lid),
             Score::Mahalanobis => Some(C::Mahalanobis),
+            Score::Squeeze => Some(C::Squeeze),
+            Score::Magnet
+            | Score::MagnetL1
+            | Score::MagnetL2
+            | Score::MagnetJsd10
+            | Score::MagnetJsd40 => Some(C::Magnet),
             _ => None,
         }
     }
@@ -91,6 +111,12 @@ impl Score {
             Score::KdBu => "kd-bu",
             Score::Lid => "lid",
             Score::Mahalanobis => "mahalanobis",
+            Score::Squeeze => "squeeze",
+            Score::Magnet => "magnet",
+            Score::MagnetL1 => "magnet-l1",
+            Score::MagnetL2 => "magnet-l2",
+            Score::MagnetJsd10 => "magnet-jsd10",
+            Score::MagnetJsd40 => "magnet-jsd40",
         }
     }
 
@@ -251,7 +277,16 @@ pub fn compute(
             Score::Entropy => entropy(&mean_p),
             Score::Msp => 1.0 - &confidence,
             Score::MaxLogit => -logits.mean_dim(1, false, Kind::Float).amax(-1, false),
-            Score::Kd | Score::KdBu | Score::Lid | Score::Mahalanobis => {
+            Score::Kd
+            | Score::KdBu
+            | Score::Lid
+            | Score::Mahalanobis
+            | Score::Squeeze
+            | Score::Magnet
+            | Score::MagnetL1
+            | Score::MagnetL2
+            | Score::MagnetJsd10
+            | Score::MagnetJsd40 => {
                 unreachable!("check_available refuses classic scores")
             }
         };

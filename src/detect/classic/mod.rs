@@ -13,6 +13,9 @@
 //! deterministic forward (a Bayesian model's means): KD reads the head input; Mahalanobis
 //! averages convolutional maps over space (Lee et al.: per-channel means); LID flattens them.
 //! The logistic regressions are fitted on one attack's examples; the report says which.
+//!
+//! The input-transformation detectors (`squeeze`, `magnet`) are classic detectors too: their
+//! work is in [`crate::detect::transform`]; here they are fitted, scored and saved.
 
 pub mod kd;
 pub mod lid;
@@ -28,6 +31,8 @@ use kd::KernelDensity;
 use lid::lid_batch;
 use logistic::LogisticCombiner;
 use mahalanobis::ClassGaussian;
+use crate::detect::transform::{Transform, TransformConfig, TransformFit};
+use crate::detect::Score;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -40,14 +45,20 @@ pub enum ClassicKind {
     KdBu,
     Lid,
     Mahalanobis,
+    /// Feature squeezing (Xu et al. 2018; [`crate::detect::transform::squeeze`]).
+    Squeeze,
+    /// MagNet (Meng and Chen 2017; [`crate::detect::transform::magnet`]).
+    Magnet,
 }
 
 impl ClassicKind {
-    pub const ALL: [ClassicKind; 4] = [
+    pub const ALL: [ClassicKind; 6] = [
         ClassicKind::Kd,
         ClassicKind::KdBu,
         ClassicKind::Lid,
         ClassicKind::Mahalanobis,
+        ClassicKind::Squeeze,
+        ClassicKind::Magnet,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -55,7 +66,13 @@ impl ClassicKind {
             ClassicKind::KdBu => "kd-bu",
             ClassicKind::Lid => "lid",
             ClassicKind::Mahalanobis => "mahalanobis",
+            ClassicKind::Squeeze => "squeeze",
+            ClassicKind::Magnet => "magnet",
         }
+    }
+    /// Whether it is an input-transformation detector ([`crate::detect::transform`]).
+    pub fn is_transform(self) -> bool {
+        matches!(self, ClassicKind::Squeeze | ClassicKind::Magnet)
     }
     /// Whether fitting needs adversarial examples (the logistic-regression forms).
     pub fn needs_adversarial(self) -> bool {
@@ -96,6 +113,10 @@ pub struct ClassicConfig {
     pub noise: f64,
     /// KD-BU: the MC dropout giving BU.
     pub dropout: Option<McDropout>,
+    /// Feature squeezing / MagNet settings (None for the other kinds; for those two, None means
+    /// the papers' MNIST settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformConfig>,
 }
 
 impl ClassicConfig {
@@ -110,10 +131,34 @@ impl ClassicConfig {
             reference: 100,
             noise: 0.0,
             dropout: None,
+            transform: TransformConfig::default_for(kind),
+        }
+    }
+
+    /// The input-transformation settings of a squeeze / magnet config (the defaults when unset);
+    /// errors when they belong to the other kind.
+    fn transform_config(&self) -> Result<TransformConfig> {
+        let t = self
+            .transform
+            .clone()
+            .or_else(|| TransformConfig::default_for(self.kind))
+            .ok_or_else(|| {
+                Error::invalid(format!("{} is not an input-transformation detector", self.kind.name()))
+            })?;
+        match (&t, self.kind) {
+            (TransformConfig::Squeeze { .. }, ClassicKind::Squeeze)
+            | (TransformConfig::Magnet(_), ClassicKind::Magnet) => Ok(t),
+            _ => Err(Error::invalid(format!(
+                "--detector {}: the settings are for the other input-transformation detector",
+                self.kind.name()
+            ))),
         }
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.kind.is_transform() {
+            self.transform_config()?.validate()?;
+        }
         if !(self.bandwidth > 0.0 && self.bandwidth.is_finite()) {
             return Err(Error::invalid(format!(
                 "--bandwidth {}: must be a positive number",
@@ -158,6 +203,9 @@ pub struct ClassicMeta {
     pub n_clean: usize,
     /// The logistic regression (z-score means and stds, coefficients, intercept).
     pub combiner: Option<LogisticCombiner>,
+    /// What an input-transformation detector's fit measured (MagNet's normalisers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformFit>,
 }
 
 /// A fitted classic detector.
@@ -168,6 +216,8 @@ pub struct Classic {
     /// LID reference activations per tap, `[R, D]`.
     reference: Vec<Tensor>,
     combiner: Option<LogisticCombiner>,
+    /// Feature squeezing / MagNet.
+    transform: Option<Transform>,
 }
 
 /// The deterministic forward a fitted classic detector scores from, run once per batch: the
@@ -297,6 +347,16 @@ impl Classic {
         batch_size: usize,
         device: Device,
     ) -> Result<Classic> {
+        if cfg.kind.is_transform() {
+            if lr.is_some() {
+                return Err(Error::invalid(format!(
+                    "--detector {} takes no logistic regression: drop --fit-adversarial and \
+                     --fit-clean",
+                    cfg.kind.name()
+                )));
+            }
+            return Self::fit_transform(model, cfg, Some(fit), batch_size, device);
+        }
         cfg.validate()?;
         let labels_of = |ds: &Dataset| -> Result<()> {
             ds.labels().map(|_| ()).ok_or_else(|| {
@@ -334,11 +394,13 @@ impl Classic {
                 n_adversarial: 0,
                 n_clean: 0,
                 combiner: None,
+                transform: None,
             },
             kd: None,
             gauss: Vec::new(),
             reference: Vec::new(),
             combiner: None,
+            transform: None,
         };
         match cfg.kind {
             ClassicKind::Kd | ClassicKind::KdBu => {
@@ -360,6 +422,7 @@ impl Classic {
                 }
                 c.reference = feats.iter().map(|f| f.narrow(0, 0, r as i64)).collect();
             }
+            ClassicKind::Squeeze | ClassicKind::Magnet => unreachable!("fitted above"),
         }
         if cfg.kind == ClassicKind::KdBu {
             model.set_mc_dropout(cfg.dropout.clone())?;
@@ -455,6 +518,9 @@ impl Classic {
                 Ok(Tensor::stack(&lids, 1))
             }
             ClassicKind::Mahalanobis => unreachable!("returned above"),
+            ClassicKind::Squeeze | ClassicKind::Magnet => {
+                unreachable!("input-transformation detectors score in `transform`")
+            }
         }
     }
 
@@ -552,6 +618,77 @@ impl Classic {
         }
     }
 
+    /// Builds feature squeezing (nothing to fit; `fit` unused) or fits MagNet (its autoencoders
+    /// on `fit`, which it needs).
+    pub fn fit_transform(
+        model: &dyn BayesModel,
+        cfg: &ClassicConfig,
+        fit: Option<(&Dataset, &str)>,
+        batch_size: usize,
+        device: Device,
+    ) -> Result<Classic> {
+        let tcfg = cfg.transform_config()?;
+        let fit = fit.filter(|_| cfg.kind == ClassicKind::Magnet);
+        let (t, tfit) = Transform::fit(model, &tcfg, fit.map(|f| f.0), batch_size, device)?;
+        Ok(Classic {
+            meta: ClassicMeta {
+                config: ClassicConfig {
+                    transform: Some(tcfg),
+                    ..cfg.clone()
+                },
+                taps: Vec::new(),
+                fit_data: fit.map(|f| f.1.to_string()).unwrap_or_default(),
+                n_fit: fit.map(|f| f.0.len()).unwrap_or(0),
+                fit_adversarial: None,
+                fit_clean: None,
+                n_adversarial: 0,
+                n_clean: 0,
+                combiner: None,
+                transform: Some(tfit),
+            },
+            kd: None,
+            gauss: Vec::new(),
+            reference: Vec::new(),
+            combiner: None,
+            transform: Some(t),
+        })
+    }
+
+    /// What the classifier sees of `x`: MagNet's reformed image when its reformer is on (None:
+    /// `x` itself). Differentiable in `x`.
+    pub fn classifier_input(&self, x: &Tensor) -> Option<Tensor> {
+        self.transform.as_ref().and_then(|t| t.classifier_input(x))
+    }
+
+    /// Score `s` (one of this detector's, see [`crate::detect::Detector::check_score`]) of a
+    /// batch, `[B]` on the CPU: [`Classic::score`], or an input-transformation detector's score
+    /// (`pass`: the deterministic forward of [`Classic::classifier_input`]).
+    pub fn score_for(
+        &self,
+        s: Score,
+        model: &dyn BayesModel,
+        x: &Tensor,
+        pass: &Pass,
+    ) -> Result<Tensor> {
+        match &self.transform {
+            Some(t) => {
+                let l = pass.logits.select(1, 0);
+                let v = tch::no_grad(|| t.score(s, model, x, Some(&l)))?;
+                Ok(v.to_device(Device::Cpu))
+            }
+            None => self.score(model, x, pass),
+        }
+    }
+
+    /// [`Classic::score_for`] as a differentiable function of `x` (adaptive attacks; see
+    /// [`Classic::score_tensor`]; the squeezers by BPDA, MagNet through its autoencoders).
+    pub fn score_tensor_for(&self, s: Score, model: &dyn BayesModel, x: &Tensor) -> Result<Tensor> {
+        match &self.transform {
+            Some(t) => t.score(s, model, x, None),
+            None => self.score_tensor(model, x),
+        }
+    }
+
     /// The fitted state as named tensors (stored in the detector file under `classic/`).
     pub fn to_tensors(&self) -> Vec<(String, Tensor)> {
         let mut v = Vec::new();
@@ -571,6 +708,13 @@ impl Classic {
         }
         for (l, r) in self.reference.iter().enumerate() {
             v.push((format!("lid{l}/reference"), r.shallow_clone()));
+        }
+        if let Some(t) = &self.transform {
+            v.extend(
+                t.to_tensors()
+                    .into_iter()
+                    .map(|(n, t)| (format!("transform/{n}"), t)),
+            );
         }
         v
     }
@@ -610,12 +754,22 @@ impl Classic {
             _ => Vec::new(),
         };
         let combiner = meta.combiner.clone();
+        let transform = if kind.is_transform() {
+            Some(Transform::from_parts(
+                &meta.config.transform_config()?,
+                meta.transform.as_ref(),
+                &sub("transform/"),
+            )?)
+        } else {
+            None
+        };
         Ok(Classic {
             meta,
             kd,
             gauss,
             reference,
             combiner,
+            transform,
         })
     }
 }

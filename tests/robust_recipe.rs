@@ -1,0 +1,105 @@
+//! `libre finetune --recipe libre-robust` (issue "A detector that holds against the adaptive
+//! attacker"), at small scale (2,000 training digits, seed 0): started from the adversarially
+//! trained LeNet5, the recipe records its adversarial settings, and the detector it gives holds a
+//! fixed mimicry attack (C = 100) to a small evaded share of validation digits at its calibrated
+//! threshold. Every number comes from training images only (fit, calibration and attack slices
+//! disjoint).
+//!
+//! What this does not show: that the noise-only objective does worse at this scale. It does not:
+//! from the same trunk, 2,000 to 6,000 digits of noise-only fine-tuning (even at a members'
+//! learning rate of 0.5) leave the trunk's robustness in place (1.6% evaded on the same slice);
+//! the collapse docs/results.md reports needs the README's 2 epochs on 50,000 digits.
+
+mod common;
+use common::{libre, ok};
+use std::path::Path;
+
+fn finetune(dir: &Path, recipe: &str) -> std::path::PathBuf {
+    let out = dir.join(recipe);
+    ok(libre()
+        .args(["-q", "finetune", "--device", "cpu", "--recipe", recipe])
+        .args(["--weights", "zoo:lenet5-mnist-adv", "--data", "mnist:train[0:2000]"])
+        .args(["--epochs", "1", "--mc-samples", "8", "--seed", "0", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap());
+    let det = dir.join(format!("{recipe}.det.safetensors"));
+    ok(libre()
+        .args(["-q", "calibrate", "--device", "cpu", "--weights"])
+        .arg(out.join("model.safetensors"))
+        .args(["--data", "mnist:train[55000:55400]", "--fpr", "0.05", "--out"])
+        .arg(&det)
+        .output()
+        .unwrap());
+    det
+}
+
+#[test]
+fn adversarial_libre_training_keeps_mimicry_evasion_small() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let robust = finetune(dir.path(), "libre-robust");
+    let config = std::fs::read_to_string(dir.path().join("libre-robust/config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let adv = &config["train"]["libre"]["adversarial"];
+    assert_eq!(adv["attack"], "selective", "{config}");
+    assert_eq!(adv["steps"], 10);
+    let exp = dir.path().join("exp.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            r#"data = "mnist:train[50000:50064]"
+batch_size = 64
+[[model]]
+name = "robust"
+weights = "{}"
+scores = ["feature-variance"]
+[[attack]]
+name = "mimicry"
+eps = [0.3]
+steps = 20
+step_size = 0.03
+params = {{ adaptive_c = 100.0, restarts = 1 }}
+"#,
+            robust.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    ok(libre()
+        .args(["-q", "evaluate", "--device", "cpu", "--out"])
+        .arg(&run)
+        .arg(&exp)
+        .output()
+        .unwrap());
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let row = s["robust_detection"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["attack"] == "mimicry")
+        .unwrap()
+        .clone();
+    let evaded = row["evaded"].as_f64().unwrap();
+    assert!(evaded <= 10.0, "libre-robust let {evaded}% through: {row}");
+}
+
+#[test]
+fn adversarial_flags_belong_to_the_robust_recipe() {
+    let o = libre()
+        .args(["-q", "finetune", "--recipe", "libre", "--weights", "zoo:lenet5-mnist"])
+        .args(["--data", "mnist:train[0:10]", "--adv-steps", "3", "--out", "/nonexistent/x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--adv-steps") && err.contains("libre-robust"), "{err}");
+    let o = libre()
+        .args(["-q", "finetune", "--recipe", "libre-robust", "--weights", "zoo:lenet5-mnist"])
+        .args(["--data", "mnist:train[0:10]", "--adv-attack", "fgsm", "--out", "/nonexistent/x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("selective, mimicry or pgd-restarts"));
+}
