@@ -62,7 +62,9 @@ fn median_filter_matches_hand_computed_values() {
     // Channels and images are filtered independently.
     let two = Tensor::cat(&[&x, &(&x * 10.0)], 1);
     let m = squeeze::median_filter(&two, 2);
-    assert!(m.select(1, 1).equal(&(squeeze::median_filter(&x, 2).select(1, 0) * 10.0)));
+    assert!(m
+        .select(1, 1)
+        .equal(&(squeeze::median_filter(&x, 2).select(1, 0) * 10.0)));
     // Names parse back; bad ones name the flag.
     for s in ["bits-1", "bits-8", "median-2x2", "median-5x5"] {
         assert_eq!(s.parse::<Squeezer>().unwrap().name(), s);
@@ -71,7 +73,9 @@ fn median_filter_matches_hand_computed_values() {
         let e = s.parse::<Squeezer>().unwrap_err().to_string();
         assert!(e.contains("--squeezers") && e.contains(s), "{e}");
     }
-    let e = squeeze::parse_squeezers("bits-1,bits-1").unwrap_err().to_string();
+    let e = squeeze::parse_squeezers("bits-1,bits-1")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--squeezers") && e.contains("twice"), "{e}");
 }
 
@@ -130,11 +134,16 @@ fn squeeze_score_equals_a_direct_computation() {
     let mut det = Detector::load(&zoo(), Device::Cpu, None).unwrap();
     let cfg = ClassicConfig {
         transform: Some(TransformConfig::Squeeze {
-            squeezers: vec![Squeezer::BitDepth(1), Squeezer::Median(2), Squeezer::Median(3)],
+            squeezers: vec![
+                Squeezer::BitDepth(1),
+                Squeezer::Median(2),
+                Squeezer::Median(3),
+            ],
         }),
         ..ClassicConfig::new(ClassicKind::Squeeze)
     };
-    det.classic = Some(Classic::fit_transform(det.model.as_ref(), &cfg, None, 100, Device::Cpu).unwrap());
+    det.classic =
+        Some(Classic::fit_transform(det.model.as_ref(), &cfg, None, 100, Device::Cpu).unwrap());
     let (pred, s) = det.score(&x, &[Score::Squeeze]).unwrap();
     // Direct: max over squeezers of sum_k |softmax(l(x))_k - softmax(l(squeezed))_k|, in f64.
     let p = logits(&det, &x).softmax(-1, Kind::Double);
@@ -154,7 +163,9 @@ fn squeeze_score_equals_a_direct_computation() {
     // squeezers) that is not zero.
     let c = det.classic.as_ref().unwrap();
     let xg = x.copy().set_requires_grad(true);
-    let st = c.score_tensor_for(Score::Squeeze, det.model.as_ref(), &xg).unwrap();
+    let st = c
+        .score_tensor_for(Score::Squeeze, det.model.as_ref(), &xg)
+        .unwrap();
     assert!(max_abs(&st, &s[0]) < 1e-6);
     let g = Tensor::run_backward(&[st.sum(Kind::Float)], &[&xg], false, false).remove(0);
     assert!(g.abs().sum(Kind::Double).double_value(&[]) > 0.0);
@@ -180,7 +191,10 @@ fn magnet_scores_equal_direct_computations() {
         let sub = |p: &str| {
             tensors
                 .iter()
-                .filter_map(|(n, t)| n.strip_prefix(p).map(|r| (r.to_string(), t.shallow_clone())))
+                .filter_map(|(n, t)| {
+                    n.strip_prefix(p)
+                        .map(|r| (r.to_string(), t.shallow_clone()))
+                })
                 .collect()
         };
         let ae1 = Autoencoder::from_tensors(Arch::I, 1, &sub("ae1/"), Device::Cpu).unwrap();
@@ -196,8 +210,12 @@ fn magnet_scores_equal_direct_computations() {
         let (pred, s) = det.score(&x, &all).unwrap();
         let r1 = ae1.forward(&x);
         let r2 = ae2.forward(&x);
-        let l2 = (&x - &r1).square().mean_dim(&[1i64, 2, 3][..], false, Kind::Double);
-        let l1 = (&x - &r2).abs().mean_dim(&[1i64, 2, 3][..], false, Kind::Double);
+        let l2 = (&x - &r1)
+            .square()
+            .mean_dim(&[1i64, 2, 3][..], false, Kind::Double);
+        let l1 = (&x - &r2)
+            .abs()
+            .mean_dim(&[1i64, 2, 3][..], false, Kind::Double);
         // JSD by its definition, 0.5 KL(P || M) + 0.5 KL(Q || M), M = (P + Q) / 2.
         let jsd = |t: f64| {
             let p = (logits(&det, &x) / t).softmax(-1, Kind::Double);
@@ -209,12 +227,24 @@ fn magnet_scores_equal_direct_computations() {
         let (j10, j40) = (jsd(10.0), jsd(40.0));
         assert!(max_abs(&s[1], &l1) < 1e-6, "l1 {}", max_abs(&s[1], &l1));
         assert!(max_abs(&s[2], &l2) < 1e-6, "l2 {}", max_abs(&s[2], &l2));
-        assert!(max_abs(&s[3], &j10) < 1e-6, "jsd10 {}", max_abs(&s[3], &j10));
-        assert!(max_abs(&s[4], &j40) < 1e-6, "jsd40 {}", max_abs(&s[4], &j40));
+        assert!(
+            max_abs(&s[3], &j10) < 1e-6,
+            "jsd10 {}",
+            max_abs(&s[3], &j10)
+        );
+        assert!(
+            max_abs(&s[4], &j40) < 1e-6,
+            "jsd40 {}",
+            max_abs(&s[4], &j40)
+        );
         // The union: max over l2, l1, jsd10 of score / held-out 99th percentile.
         let n = fit.normalisers; // l1, l2, jsd10, jsd40
         let want = (&l2 / n[1]).maximum(&(&l1 / n[0])).maximum(&(&j10 / n[2]));
-        assert!(max_abs(&s[0], &want) < 1e-5, "union {}", max_abs(&s[0], &want));
+        assert!(
+            max_abs(&s[0], &want) < 1e-5,
+            "union {}",
+            max_abs(&s[0], &want)
+        );
         // The prediction: the classifier's on the reconstruction with the reformer, else on x.
         let seen = if reformer { &r1 } else { &x };
         let p = logits(&det, seen).softmax(-1, Kind::Float);
@@ -222,7 +252,9 @@ fn magnet_scores_equal_direct_computations() {
         // Differentiated (adaptive attacks): the same values, through the autoencoders.
         let c = det.classic.as_ref().unwrap();
         let xg = x.copy().set_requires_grad(true);
-        let st = c.score_tensor_for(Score::Magnet, det.model.as_ref(), &xg).unwrap();
+        let st = c
+            .score_tensor_for(Score::Magnet, det.model.as_ref(), &xg)
+            .unwrap();
         assert!(max_abs(&st, &s[0]) < 1e-5);
         assert!(st.requires_grad());
     }
@@ -236,7 +268,12 @@ fn a_briefly_trained_autoencoder_reconstructs_digits_better_than_noise() {
     let clean = digits(200);
     let noise = Tensor::rand([200, 1, 28, 28], (Kind::Float, Device::Cpu));
     let err = |ae: &Autoencoder, t: &Tensor| -> f64 {
-        tch::no_grad(|| (ae.forward(t) - t).square().mean(Kind::Double).double_value(&[]))
+        tch::no_grad(|| {
+            (ae.forward(t) - t)
+                .square()
+                .mean(Kind::Double)
+                .double_value(&[])
+        })
     };
     // 2000 digits in steps of 64: 32 steps an epoch, 10 epochs = 320 steps.
     let cfg = MagnetConfig {
@@ -260,7 +297,10 @@ fn fit_save_reload_scores_bit_identically() {
     let tmp = tempfile::tempdir().unwrap();
     let x = digits(64);
     let zoo = zoo();
-    for (name, kind) in [("squeeze", ClassicKind::Squeeze), ("magnet", ClassicKind::Magnet)] {
+    for (name, kind) in [
+        ("squeeze", ClassicKind::Squeeze),
+        ("magnet", ClassicKind::Magnet),
+    ] {
         let mut det = Detector::load(&zoo, Device::Cpu, None).unwrap();
         let c = match kind {
             ClassicKind::Magnet => small_magnet(&det, true),
@@ -307,7 +347,14 @@ fn fit_save_reload_scores_bit_identically() {
 
 fn calibrate(dir: &Path, name: &str, extra: &[&str]) -> std::process::Output {
     libre()
-        .args(["--json", "calibrate", "--weights", "zoo:lenet5-mnist", "--data", CAL])
+        .args([
+            "--json",
+            "calibrate",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--data",
+            CAL,
+        ])
         .arg("--out")
         .arg(dir.join(format!("{name}.safetensors")))
         .args(extra)
@@ -329,7 +376,11 @@ fn refused(out: std::process::Output, needles: &[&str]) {
 fn cli_calibrates_detects_attacks_and_refuses_by_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let r = json_result(calibrate(d, "sq", &["--detector", "squeeze", "--squeezers", "bits-1,median-3x3"]));
+    let r = json_result(calibrate(
+        d,
+        "sq",
+        &["--detector", "squeeze", "--squeezers", "bits-1,median-3x3"],
+    ));
     assert_eq!(r["score"], "squeeze", "{r}");
     let r = json_result(calibrate(
         d,
@@ -366,10 +417,26 @@ fn cli_calibrates_detects_attacks_and_refuses_by_flag() {
     assert_eq!(r["score"], "magnet-l1", "{r}");
     for (name, header) in [
         ("sq", vec!["squeeze"]),
-        ("mg", vec!["magnet", "magnet-l1", "magnet-l2", "magnet-jsd10", "magnet-jsd40"]),
+        (
+            "mg",
+            vec![
+                "magnet",
+                "magnet-l1",
+                "magnet-l2",
+                "magnet-jsd10",
+                "magnet-jsd40",
+            ],
+        ),
     ] {
         let o = ok(libre()
-            .args(["-q", "detect", "mnist:test[0:10]", "--format", "csv", "--weights"])
+            .args([
+                "-q",
+                "detect",
+                "mnist:test[0:10]",
+                "--format",
+                "csv",
+                "--weights",
+            ])
             .arg(d.join(format!("{name}.safetensors")))
             .output()
             .unwrap());
@@ -385,8 +452,24 @@ fn cli_calibrates_detects_attacks_and_refuses_by_flag() {
         let adv = d.join(format!("{det}-ad{c}.safetensors"));
         let w = d.join(format!("{det}.safetensors"));
         ok(libre()
-            .args(["-q", "attack", "--data", "mnist:test[0:32]", "--attack", "pgd"])
-            .args(["--eps", "0.3", "--steps", "20", "--step-size", "0.03", "--adaptive", c])
+            .args([
+                "-q",
+                "attack",
+                "--data",
+                "mnist:test[0:32]",
+                "--attack",
+                "pgd",
+            ])
+            .args([
+                "--eps",
+                "0.3",
+                "--steps",
+                "20",
+                "--step-size",
+                "0.03",
+                "--adaptive",
+                c,
+            ])
             .arg("--weights")
             .arg(&w)
             .arg("--out")
@@ -409,23 +492,92 @@ fn cli_calibrates_detects_attacks_and_refuses_by_flag() {
     };
     for det in ["sq", "mg"] {
         let (plain, adaptive) = (mean_score(det, "0"), mean_score(det, "10"));
-        assert!(adaptive < plain, "{det}: adaptive {adaptive} vs plain {plain}");
+        assert!(
+            adaptive < plain,
+            "{det}: adaptive {adaptive} vs plain {plain}"
+        );
     }
 
     // Refusals name the flag.
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
-        (vec!["--detector", "squeeze", "--fit-data", "mnist:train[0:100]"], vec!["--fit-data", "squeeze"]),
-        (vec!["--detector", "squeeze", "--reformer"], vec!["--reformer"]),
-        (vec!["--detector", "squeeze", "--squeezers", "bits-9"], vec!["--squeezers", "bits-9"]),
-        (vec!["--detector", "kd", "--fit-data", "mnist:train[0:100]", "--squeezers", "bits-1"], vec!["--squeezers"]),
+        (
+            vec!["--detector", "squeeze", "--fit-data", "mnist:train[0:100]"],
+            vec!["--fit-data", "squeeze"],
+        ),
+        (
+            vec!["--detector", "squeeze", "--reformer"],
+            vec!["--reformer"],
+        ),
+        (
+            vec!["--detector", "squeeze", "--squeezers", "bits-9"],
+            vec!["--squeezers", "bits-9"],
+        ),
+        (
+            vec![
+                "--detector",
+                "kd",
+                "--fit-data",
+                "mnist:train[0:100]",
+                "--squeezers",
+                "bits-1",
+            ],
+            vec!["--squeezers"],
+        ),
         (vec!["--detector", "magnet"], vec!["--fit-data"]),
-        (vec!["--detector", "magnet", "--fit-data", "mnist:train[0:300]", "--magnet-detectors", "l3"], vec!["--magnet-detectors", "l3"]),
-        (vec!["--detector", "magnet", "--fit-data", "mnist:train[0:300]", "--ae-epochs", "0"], vec!["--ae-epochs"]),
-        (vec!["--detector", "magnet", "--fit-data", "mnist:train[0:300]", "--ae-lr", "0"], vec!["--ae-lr"]),
-        (vec!["--detector", "magnet", "--fit-data", "mnist:train[0:50]"], vec!["--fit-data", "100"]),
-        (vec!["--detector", "magnet", "--fit-data", "mnist:train[55000:55100]"], vec!["--fit-data", "disjoint"]),
-        (vec!["--detector", "squeeze", "--score", "magnet"], vec!["magnet", "squeeze"]),
-        (vec!["--detector", "squeeze", "--precision", "bf16"], vec!["--precision"]),
+        (
+            vec![
+                "--detector",
+                "magnet",
+                "--fit-data",
+                "mnist:train[0:300]",
+                "--magnet-detectors",
+                "l3",
+            ],
+            vec!["--magnet-detectors", "l3"],
+        ),
+        (
+            vec![
+                "--detector",
+                "magnet",
+                "--fit-data",
+                "mnist:train[0:300]",
+                "--ae-epochs",
+                "0",
+            ],
+            vec!["--ae-epochs"],
+        ),
+        (
+            vec![
+                "--detector",
+                "magnet",
+                "--fit-data",
+                "mnist:train[0:300]",
+                "--ae-lr",
+                "0",
+            ],
+            vec!["--ae-lr"],
+        ),
+        (
+            vec!["--detector", "magnet", "--fit-data", "mnist:train[0:50]"],
+            vec!["--fit-data", "100"],
+        ),
+        (
+            vec![
+                "--detector",
+                "magnet",
+                "--fit-data",
+                "mnist:train[55000:55100]",
+            ],
+            vec!["--fit-data", "disjoint"],
+        ),
+        (
+            vec!["--detector", "squeeze", "--score", "magnet"],
+            vec!["magnet", "squeeze"],
+        ),
+        (
+            vec!["--detector", "squeeze", "--precision", "bf16"],
+            vec!["--precision"],
+        ),
     ];
     for (args, needles) in cases {
         refused(calibrate(d, "bad", &args), &needles);
@@ -433,7 +585,13 @@ fn cli_calibrates_detects_attacks_and_refuses_by_flag() {
     // `libre detect` refuses a score the file was not fitted for.
     refused(
         libre()
-            .args(["detect", "mnist:test[0:2]", "--score", "squeeze", "--weights"])
+            .args([
+                "detect",
+                "mnist:test[0:2]",
+                "--score",
+                "squeeze",
+                "--weights",
+            ])
             .arg(d.join("mg.safetensors"))
             .output()
             .unwrap(),

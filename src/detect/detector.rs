@@ -170,7 +170,9 @@ impl Detector {
             .iter()
             .flat_map(|c| {
                 let k = c.meta.config.kind;
-                Score::ALL.into_iter().filter(move |s| s.classic() == Some(k))
+                Score::ALL
+                    .into_iter()
+                    .filter(move |s| s.classic() == Some(k))
             })
             .collect();
         v.extend(Score::available(self.mode().samples()));

@@ -776,6 +776,13 @@ pub fn worst_case_table(summary: &serde_json::Value) -> Vec<(String, String, f64
         let Some(ad) = a["adaptive"].as_array() else {
             continue;
         };
+        // Only an attack with a detector term pushes the score down (pgd-restarts merely knows
+        // the threshold).
+        let pushes = matches!(a["name"].as_str(), Some("selective" | "orthogonal"))
+            || ad.first().and_then(|c| c.as_f64()).is_some_and(|c| c > 0.0);
+        if !pushes {
+            continue;
+        }
         for m in a["models"].as_array().into_iter().flatten() {
             let m = m.as_str().unwrap_or("");
             let first = summary["models"]
@@ -825,4 +832,36 @@ pub fn auroc_table(summary: &serde_json::Value) -> Vec<(String, String, String, 
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod worst_case_tests {
+    use super::worst_case_table;
+
+    #[test]
+    fn only_attacks_that_push_a_score_down_count_as_adaptive_for_it() {
+        let summary = serde_json::json!({
+            "models": [{"name": "m", "scores": ["feature-variance", "msp"]}],
+            "attacks": [
+                {"name": "pgd-restarts", "adaptive": [0.0, null], "models": ["m"]},
+                {"name": "mimicry", "adaptive": [0.0, "msp"], "models": ["m"]},
+                {"name": "fgsm", "adaptive": null, "models": ["m"]},
+            ],
+            "robust_detection": [
+                {"detector": "m/feature-variance", "attack": "worst-case", "eps": "0.3",
+                 "evaded": 10.0, "robust_detection_accuracy": 90.0},
+                {"detector": "m/msp", "attack": "worst-case", "eps": "0.3",
+                 "evaded": 20.0, "robust_detection_accuracy": 80.0},
+            ],
+        });
+        let t = worst_case_table(&summary);
+        assert_eq!((t[0].4, t[1].4), (false, false), "C = 0 pushes nothing down");
+        let mut s2 = summary.clone();
+        s2["attacks"][0] = serde_json::json!({"name": "selective", "adaptive": [0.0, null],
+                                              "models": ["m"]});
+        s2["attacks"][1]["adaptive"][0] = serde_json::json!(10.0);
+        let t = worst_case_table(&s2);
+        assert_eq!((t[0].4, t[1].4), (true, true));
+        assert_eq!((t[1].2, t[1].3), (20.0, 80.0));
+    }
 }

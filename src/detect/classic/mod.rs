@@ -25,14 +25,14 @@ pub mod mahalanobis;
 use crate::bayes::mode::McDropout;
 use crate::bayes::ForwardMode;
 use crate::data::Dataset;
+use crate::detect::transform::{Transform, TransformConfig, TransformFit};
+use crate::detect::Score;
 use crate::models::{BayesModel, Tap};
 use crate::{Error, Result};
 use kd::KernelDensity;
 use lid::lid_batch;
 use logistic::LogisticCombiner;
 use mahalanobis::ClassGaussian;
-use crate::detect::transform::{Transform, TransformConfig, TransformFit};
-use crate::detect::Score;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -143,7 +143,10 @@ impl ClassicConfig {
             .clone()
             .or_else(|| TransformConfig::default_for(self.kind))
             .ok_or_else(|| {
-                Error::invalid(format!("{} is not an input-transformation detector", self.kind.name()))
+                Error::invalid(format!(
+                    "{} is not an input-transformation detector",
+                    self.kind.name()
+                ))
             })?;
         match (&t, self.kind) {
             (TransformConfig::Squeeze { .. }, ClassicKind::Squeeze)

@@ -65,7 +65,10 @@ impl SubDetector {
         }
     }
     fn index(self) -> usize {
-        SubDetector::ALL.iter().position(|s| *s == self).expect("listed")
+        SubDetector::ALL
+            .iter()
+            .position(|s| *s == self)
+            .expect("listed")
     }
 }
 

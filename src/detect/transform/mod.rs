@@ -74,7 +74,11 @@ pub enum Transform {
 
 /// The classifier's deterministic logits, `[B, C, H, W]` -> `[B, K]`.
 fn classifier(model: &dyn BayesModel) -> impl Fn(&Tensor) -> Result<Tensor> + '_ {
-    move |x: &Tensor| Ok(model.forward_mc(x, &ForwardMode::Deterministic)?.select(1, 0))
+    move |x: &Tensor| {
+        Ok(model
+            .forward_mc(x, &ForwardMode::Deterministic)?
+            .select(1, 0))
+    }
 }
 
 impl Transform {
@@ -187,12 +191,14 @@ impl Transform {
         tensors: &HashMap<String, Tensor>,
     ) -> Result<Transform> {
         match (cfg, fit) {
-            (TransformConfig::Squeeze { squeezers }, _) => Ok(Transform::Squeeze(squeezers.clone())),
+            (TransformConfig::Squeeze { squeezers }, _) => {
+                Ok(Transform::Squeeze(squeezers.clone()))
+            }
             (TransformConfig::Magnet(m), Some(TransformFit::Magnet(f))) => {
                 // The image channels: AE I's first convolution's input channels.
-                let first = tensors.get("ae1/c0.weight").ok_or_else(|| {
-                    Error::invalid("missing MagNet tensor ae1/c0.weight")
-                })?;
+                let first = tensors
+                    .get("ae1/c0.weight")
+                    .ok_or_else(|| Error::invalid("missing MagNet tensor ae1/c0.weight"))?;
                 let (channels, device) = (first.size()[1], first.device());
                 Ok(Transform::Magnet(Magnet::from_tensors(
                     m.clone(),

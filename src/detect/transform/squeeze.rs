@@ -127,9 +127,7 @@ pub fn parse_squeezers(s: &str) -> Result<Vec<Squeezer>> {
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let q: Squeezer = part.parse()?;
         if out.contains(&q) {
-            return Err(Error::invalid(format!(
-                "--squeezers: '{part}' given twice"
-            )));
+            return Err(Error::invalid(format!("--squeezers: '{part}' given twice")));
         }
         out.push(q);
     }
@@ -175,7 +173,7 @@ pub fn median_filter(x: &Tensor, k: i64) -> Tensor {
         .map(|(dy, dx)| p.narrow(2, dy, h).narrow(3, dx, w))
         .collect();
     let stacked = Tensor::stack(&windows, -1); // [B, C, H, W, K*K]
-    // SciPy's rank K*K / 2 (0-based): the upper middle value for an even window.
+                                               // SciPy's rank K*K / 2 (0-based): the upper middle value for an even window.
     let rank = k * k / 2;
     stacked.kthvalue(rank + 1, -1, false).0.to_kind(Kind::Float)
 }
