@@ -184,6 +184,14 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     // Everything is validated before any work starts.
     let (text, plan) = load_plan(&path)?;
     let device = super::resolve_device(&args.device, &out)?;
+    // The data too, before anything is written into --out: a data set without labels is refused
+    // here, not after the experiment file was pinned there.
+    let data = libre::data::open(&plan.data, None, &mut super::fetch_note(&out))?;
+    if data.labels().is_none() {
+        anyhow::bail!("{}: evaluation needs labels (data '{}')", path.display(), plan.data);
+    }
+    let n_images = data.len();
+    drop(data);
     pin_experiment(&dir, &text)?;
     let total = evaluate::cells(&plan).len();
     out.note(format!(
@@ -199,7 +207,6 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
                 "successful attacks on correctly classified clean images",
         }
     ));
-    let n_images = libre::data::open(&plan.data, None, &mut super::fetch_note(&out))?.len();
     let mut bar = Bar {
         pb: out.progress(n_images as u64, "cell"),
         images: n_images,

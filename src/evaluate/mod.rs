@@ -101,6 +101,26 @@ pub struct CellMeta {
     /// the cell instead of keeping results of other weights (cells before it: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights_sha256: Option<String>,
+    /// SHA-256 of the images and labels the cell ran on (as decoded), likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_sha256: Option<String>,
+}
+
+/// SHA-256 (hex) of a data set's decoded images (float32) and labels (int64), in order.
+fn dataset_sha256(ds: &crate::data::Dataset, batch: usize) -> Result<String> {
+    let mut h = sha2::Sha256::new();
+    ds.for_each_batch(batch, &mut |_, x, y| {
+        let xs = Vec::<f32>::try_from(x.to_kind(Kind::Float).flatten(0, -1))?;
+        let ys = Vec::<i64>::try_from(y.flatten(0, -1))?;
+        for v in xs {
+            h.update(v.to_le_bytes());
+        }
+        for v in ys {
+            h.update(v.to_le_bytes());
+        }
+        Ok(())
+    })?;
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// SHA-256 (hex) of a file, streamed.
@@ -112,12 +132,15 @@ fn file_sha256(path: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Whether the finished cell `id` in `dir` was computed from weights with this digest (cells
-/// written before digests were recorded count as current).
-fn cell_is_current(dir: &Path, id: &str, sha: &str) -> bool {
+/// Whether the finished cell `id` in `dir` was computed from weights and data with these
+/// digests (cells written before digests were recorded count as current).
+fn cell_is_current(dir: &Path, id: &str, sha: &str, data_sha: &str) -> bool {
     let p = dir.join(format!("{id}.json"));
     match read_meta(&p) {
-        Ok(m) => m.weights_sha256.as_deref().is_none_or(|s| s == sha),
+        Ok(m) => {
+            m.weights_sha256.as_deref().is_none_or(|s| s == sha)
+                && m.data_sha256.as_deref().is_none_or(|s| s == data_sha)
+        }
         Err(_) => false,
     }
 }
@@ -224,6 +247,7 @@ pub fn run_cells(
             plan.data
         )));
     }
+    let data_sha = dataset_sha256(&ds, plan.batch_size)?;
     let mut loaded: HashMap<String, Loaded> = HashMap::new();
     let mut digests: HashMap<String, String> = HashMap::new();
     let mut ran = Vec::new();
@@ -236,7 +260,8 @@ pub fn run_cells(
             digests.insert(m.name.clone(), file_sha256(&path)?);
         }
         let sha = digests[&m.name].clone();
-        if dir.join(format!("{id}.json")).exists() && cell_is_current(&dir, &id, &sha) {
+        if dir.join(format!("{id}.json")).exists() && cell_is_current(&dir, &id, &sha, &data_sha)
+        {
             continue;
         }
         if !loaded.contains_key(&m.name) {
@@ -271,7 +296,8 @@ pub fn run_cells(
         };
         let det = &loaded[&m.name].det;
         run_cell(
-            plan, cell, &id, det, threshold, &sha, &ds, &dir, device, on_fetch, progress,
+            plan, cell, &id, det, threshold, &sha, &data_sha, &ds, &dir, device, on_fetch,
+            progress,
         )?;
         ran.push(id);
     }
@@ -292,6 +318,7 @@ fn run_cell(
     det: &Detector,
     threshold: Option<f64>,
     weights_sha256: &str,
+    data_sha256: &str,
     ds: &crate::data::Dataset,
     dir: &Path,
     device: Device,
@@ -458,6 +485,7 @@ fn run_cell(
             Default::default()
         },
         weights_sha256: Some(weights_sha256.to_string()),
+        data_sha256: Some(data_sha256.to_string()),
     };
     let bytes = w
         .into_inner()
