@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 mod common;
-use common::{libre, ok};
+use common::{evaluate_experiment, libre, ok, run_summary};
 
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -71,10 +71,9 @@ fn robust_table_equals_a_direct_count_at_the_calibrated_threshold() {
     let text = String::from_utf8(out.stdout).unwrap();
     let cal: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     let threshold = cal["data"]["threshold"].as_f64().unwrap();
-    let exp = dir.path().join("exp.toml");
-    std::fs::write(
-        &exp,
-        format!(
+    let run = evaluate_experiment(
+        dir.path(),
+        &format!(
             r#"data = "mnist:test[0:48]"
 seed = 1
 bootstrap = 50
@@ -95,16 +94,8 @@ params = {{ restarts = 1 }}
 "#,
             det.display()
         ),
-    )
-    .unwrap();
-    let run = dir.path().join("run");
-    ok(libre()
-        .args(["-q", "evaluate", "--device", "cpu", "--out"])
-        .arg(&run)
-        .arg(&exp)
-        .output()
-        .unwrap());
-    let summary: serde_json::Value = serde_json::from_str(&read(&run.join("summary.json"))).unwrap();
+    );
+    let summary = run_summary(&run);
     let th: HashMap<String, (f64, String)> = summary["thresholds"]
         .as_array()
         .unwrap()
@@ -131,7 +122,10 @@ params = {{ restarts = 1 }}
     let t_ent = th["dnn/entropy"].0;
     let flagged = clean_ent.iter().filter(|&&s| s >= t_ent).count();
     assert!(flagged <= (0.05 * clean_ent.len() as f64) as usize);
-    assert!(clean_ent.contains(&t_ent) || flagged == 0, "a clean score, or above them all");
+    assert!(
+        clean_ent.contains(&t_ent) || flagged == 0,
+        "a clean score, or above them all"
+    );
     // Every row: a direct count at that detector's one threshold.
     let robust = summary["robust_detection"].as_array().unwrap();
     assert!(!robust.is_empty());
@@ -157,15 +151,22 @@ params = {{ restarts = 1 }}
         let n = per_image.len();
         let evaded = 100.0 * per_image.values().filter(|&&v| v).count() as f64 / n as f64;
         assert_eq!(r["n"].as_u64().unwrap() as usize, n, "{d} {a} {e}");
-        assert!((r["evaded"].as_f64().unwrap() - evaded).abs() < 1e-9, "{d} {a} {e}");
         assert!(
-            (r["robust_detection_accuracy"].as_f64().unwrap() - (100.0 - evaded)).abs() < 1e-9
+            (r["evaded"].as_f64().unwrap() - evaded).abs() < 1e-9,
+            "{d} {a} {e}"
         );
+        assert!((r["robust_detection_accuracy"].as_f64().unwrap() - (100.0 - evaded)).abs() < 1e-9);
         if a == "worst-case" {
             seen_worst += 1;
         } else {
-            let (lo, hi) = (r["evaded_lo"].as_f64().unwrap(), r["evaded_hi"].as_f64().unwrap());
-            assert!(lo <= evaded && evaded <= hi, "{d} {a} {e}: {lo} {evaded} {hi}");
+            let (lo, hi) = (
+                r["evaded_lo"].as_f64().unwrap(),
+                r["evaded_hi"].as_f64().unwrap(),
+            );
+            assert!(
+                lo <= evaded && evaded <= hi,
+                "{d} {a} {e}: {lo} {evaded} {hi}"
+            );
         }
     }
     assert_eq!(seen_worst, 4, "two detectors x two eps");
@@ -190,12 +191,11 @@ params = {{ restarts = 1 }}
 fn at_eps_one_the_suite_fools_every_digit_and_restarts_fool_what_pgd_fools() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let exp = dir.path().join("exp.toml");
     // A gradient-masking check: with the whole pixel box allowed, an honest attack on an
     // undefended classifier misclassifies every digit. Both attacks start at the clean image, so
     // their trajectories agree and the engine's best-iterate bookkeeping can only add successes.
-    std::fs::write(
-        &exp,
+    let run = evaluate_experiment(
+        dir.path(),
         r#"data = "mnist:test[0:24]"
 batch_size = 24
 [[model]]
@@ -215,15 +215,7 @@ steps = 10
 step_size = 0.02
 params = { restarts = 1, schedule = "constant", early_stop = false, random_start = false }
 "#,
-    )
-    .unwrap();
-    let run = dir.path().join("run");
-    ok(libre()
-        .args(["-q", "evaluate", "--device", "cpu", "--out"])
-        .arg(&run)
-        .arg(&exp)
-        .output()
-        .unwrap());
+    );
     let all = rows(&run.join("scores.csv"));
     let fooled = |a: &str, e: &str| -> Vec<bool> {
         all.iter()
@@ -231,10 +223,16 @@ params = { restarts = 1, schedule = "constant", early_stop = false, random_start
             .map(|r| !r.5)
             .collect()
     };
-    assert!(fooled("pgd-restarts", "1").iter().all(|&f| f), "eps 1 must fool every digit");
+    assert!(
+        fooled("pgd-restarts", "1").iter().all(|&f| f),
+        "eps 1 must fool every digit"
+    );
     let (p, r) = (fooled("pgd", "0.1"), fooled("pgd-restarts", "0.1"));
     assert_eq!(p.len(), 24);
     for i in 0..p.len() {
-        assert!(!p[i] || r[i], "image {i}: PGD fooled it, pgd-restarts did not");
+        assert!(
+            !p[i] || r[i],
+            "image {i}: PGD fooled it, pgd-restarts did not"
+        );
     }
 }

@@ -723,7 +723,14 @@ fn evaluation_cells_follow_the_weights_content() {
     // Two weights files of the same shape: the plain conversion (members equal to the
     // pretrained weights) and a perturbed one.
     let o = libre()
-        .args(["-q", "convert", "--weights", "zoo:lenet5-mnist", "--posterior", "ensemble"])
+        .args([
+            "-q",
+            "convert",
+            "--weights",
+            "zoo:lenet5-mnist",
+            "--posterior",
+            "ensemble",
+        ])
         .args(["--layers", "linear1", "--mc-samples", "4", "--out"])
         .arg(&w)
         .output()

@@ -11,14 +11,19 @@
 //! the collapse docs/results.md reports needs the README's 2 epochs on 50,000 digits.
 
 mod common;
-use common::{libre, ok};
+use common::{evaluate_experiment, libre, ok, run_summary};
 use std::path::Path;
 
 fn finetune(dir: &Path, recipe: &str) -> std::path::PathBuf {
     let out = dir.join(recipe);
     ok(libre()
         .args(["-q", "finetune", "--device", "cpu", "--recipe", recipe])
-        .args(["--weights", "zoo:lenet5-mnist-adv", "--data", "mnist:train[0:2000]"])
+        .args([
+            "--weights",
+            "zoo:lenet5-mnist-adv",
+            "--data",
+            "mnist:train[0:2000]",
+        ])
         .args(["--epochs", "1", "--mc-samples", "8", "--seed", "0", "--out"])
         .arg(&out)
         .output()
@@ -27,7 +32,13 @@ fn finetune(dir: &Path, recipe: &str) -> std::path::PathBuf {
     ok(libre()
         .args(["-q", "calibrate", "--device", "cpu", "--weights"])
         .arg(out.join("model.safetensors"))
-        .args(["--data", "mnist:train[55000:55400]", "--fpr", "0.05", "--out"])
+        .args([
+            "--data",
+            "mnist:train[55000:55400]",
+            "--fpr",
+            "0.05",
+            "--out",
+        ])
         .arg(&det)
         .output()
         .unwrap());
@@ -44,10 +55,9 @@ fn adversarial_libre_training_keeps_mimicry_evasion_small() {
     let adv = &config["train"]["libre"]["adversarial"];
     assert_eq!(adv["attack"], "selective", "{config}");
     assert_eq!(adv["steps"], 10);
-    let exp = dir.path().join("exp.toml");
-    std::fs::write(
-        &exp,
-        format!(
+    let run = evaluate_experiment(
+        dir.path(),
+        &format!(
             r#"data = "mnist:train[50000:50064]"
 batch_size = 64
 [[model]]
@@ -63,17 +73,8 @@ params = {{ adaptive_c = 100.0, restarts = 1 }}
 "#,
             robust.display()
         ),
-    )
-    .unwrap();
-    let run = dir.path().join("run");
-    ok(libre()
-        .args(["-q", "evaluate", "--device", "cpu", "--out"])
-        .arg(&run)
-        .arg(&exp)
-        .output()
-        .unwrap());
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    );
+    let s = run_summary(&run);
     let row = s["robust_detection"]
         .as_array()
         .unwrap()
@@ -88,16 +89,47 @@ params = {{ adaptive_c = 100.0, restarts = 1 }}
 #[test]
 fn adversarial_flags_belong_to_the_robust_recipe() {
     let o = libre()
-        .args(["-q", "finetune", "--recipe", "libre", "--weights", "zoo:lenet5-mnist"])
-        .args(["--data", "mnist:train[0:10]", "--adv-steps", "3", "--out", "/nonexistent/x"])
+        .args([
+            "-q",
+            "finetune",
+            "--recipe",
+            "libre",
+            "--weights",
+            "zoo:lenet5-mnist",
+        ])
+        .args([
+            "--data",
+            "mnist:train[0:10]",
+            "--adv-steps",
+            "3",
+            "--out",
+            "/nonexistent/x",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--adv-steps") && err.contains("libre-robust"), "{err}");
+    assert!(
+        err.contains("--adv-steps") && err.contains("libre-robust"),
+        "{err}"
+    );
     let o = libre()
-        .args(["-q", "finetune", "--recipe", "libre-robust", "--weights", "zoo:lenet5-mnist"])
-        .args(["--data", "mnist:train[0:10]", "--adv-attack", "fgsm", "--out", "/nonexistent/x"])
+        .args([
+            "-q",
+            "finetune",
+            "--recipe",
+            "libre-robust",
+            "--weights",
+            "zoo:lenet5-mnist",
+        ])
+        .args([
+            "--data",
+            "mnist:train[0:10]",
+            "--adv-attack",
+            "fgsm",
+            "--out",
+            "/nonexistent/x",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));

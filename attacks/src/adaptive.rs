@@ -244,7 +244,13 @@ impl Adaptive {
 
     /// Checks the iterate `adv` of the active images and, with `want_grad`, computes the step's
     /// ascent direction, from the same forwards (EoT: `eot_samples` of a randomised victim).
-    fn probe(&self, victim: &dyn Victim, adv: &Tensor, y: &Tensor, want_grad: bool) -> Result<Probe> {
+    fn probe(
+        &self,
+        victim: &dyn Victim,
+        adv: &Tensor,
+        y: &Tensor,
+        want_grad: bool,
+    ) -> Result<Probe> {
         let cfg = &self.config;
         let name = cfg.name();
         let b = y.size()[0];
@@ -309,8 +315,8 @@ impl Adaptive {
                 Some(t) => score.ge(t),
                 None => score.zeros_like().to_kind(Kind::Bool),
             };
-            let level = wrong.to_kind(Kind::Int64)
-                * (flagged.logical_not().to_kind(Kind::Int64) + 1);
+            let level =
+                wrong.to_kind(Kind::Int64) * (flagged.logical_not().to_kind(Kind::Int64) + 1);
             Ok(Probe {
                 level,
                 score,
@@ -346,11 +352,12 @@ impl Adaptive {
         let cfg = &self.config;
         let name = cfg.name();
         let backward = |t: Tensor, keep: bool| -> Result<Tensor> {
-            let mut g = Tensor::f_run_backward(&[t.sum(Kind::Float)], &[xg], keep, false)
-                .map_err(|source| AttackError::Torch {
+            let mut g = Tensor::f_run_backward(&[t.sum(Kind::Float)], &[xg], keep, false).map_err(
+                |source| AttackError::Torch {
                     attack: name.to_string(),
                     source,
-                })?;
+                },
+            )?;
             Ok(g.pop().expect("one input, one gradient"))
         };
         let sel = correct.view([-1, 1, 1, 1]);
@@ -443,20 +450,18 @@ impl Attack for Adaptive {
                     let old_level = best_level.index_select(0, &idx);
                     let old_score = best_score.index_select(0, &idx);
                     let better = p.level.gt_tensor(&old_level).logical_or(
-                        &p.level.eq_tensor(&old_level).logical_and(
-                            &p.level
-                                .eq(0)
-                                .logical_or(&p.level.eq(1).logical_and(&p.score.lt_tensor(&old_score))),
-                        ),
+                        &p.level
+                            .eq_tensor(&old_level)
+                            .logical_and(&p.level.eq(0).logical_or(
+                                &p.level.eq(1).logical_and(&p.score.lt_tensor(&old_score)),
+                            )),
                     );
                     let upd = better.nonzero().squeeze_dim(1);
                     if upd.size()[0] > 0 {
                         let at = idx.index_select(0, &upd);
                         best = best.index_copy(0, &at, &adv.index_select(0, &upd));
-                        best_level =
-                            best_level.index_copy(0, &at, &p.level.index_select(0, &upd));
-                        best_score =
-                            best_score.index_copy(0, &at, &p.score.index_select(0, &upd));
+                        best_level = best_level.index_copy(0, &at, &p.level.index_select(0, &upd));
+                        best_score = best_score.index_copy(0, &at, &p.score.index_select(0, &upd));
                     }
                 });
                 if last {

@@ -31,7 +31,13 @@ fn sign(v: f64) -> f64 {
 fn argmax(v: &[f64]) -> usize {
     v.iter()
         .enumerate()
-        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) })
+        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        })
         .0
 }
 
@@ -121,7 +127,12 @@ fn selective_switches_objective_when_the_label_flips() {
     let y = argmax(&v.model.logits_f64(&x)) as i64;
     // Correct: the sign of the loss gradient.
     let got = one_step("selective", &v, &x, y, 1e-3);
-    let want: Vec<f64> = v.model.ce_grad_f64(&x, y as usize).iter().map(|&g| sign(g)).collect();
+    let want: Vec<f64> = v
+        .model
+        .ce_grad_f64(&x, y as usize)
+        .iter()
+        .map(|&g| sign(g))
+        .collect();
     assert_eq!(got.iter().map(|g| g.round()).collect::<Vec<_>>(), want);
     // Misclassified: down the score, sign(-v), whatever the loss says.
     let got = one_step("selective", &v, &x, (y + 1) % 3, 1e-3);
@@ -153,7 +164,11 @@ fn mimicry_log_divides_the_score_gradient_by_the_score() {
     let adv = a
         .perturb(&v, &to_tensor(&x, &SHAPE), &Tensor::from_slice(&[y]), 0)
         .unwrap();
-    let got: Vec<f64> = to_vec(&adv).iter().zip(&x).map(|(a, b)| ((a - b) / 1e-3).round()).collect();
+    let got: Vec<f64> = to_vec(&adv)
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| ((a - b) / 1e-3).round())
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -162,7 +177,12 @@ fn batch(seed: u64) -> (Tensor, Tensor) {
     let n = 16;
     let x: Vec<f64> = table(n * D, seed).iter().map(|v| 0.5 + 0.5 * v).collect();
     let x = to_tensor(&x, &[n as i64, 2, 4, 4]);
-    let y = Tensor::from_slice(&table(n, seed + 1).iter().map(|v| ((v + 1.0) * 1.5) as i64 % 3).collect::<Vec<_>>());
+    let y = Tensor::from_slice(
+        &table(n, seed + 1)
+            .iter()
+            .map(|v| ((v + 1.0) * 1.5) as i64 % 3)
+            .collect::<Vec<_>>(),
+    );
     (x, y)
 }
 
@@ -203,14 +223,22 @@ fn evaded(v: &Scored, adv: &Tensor, y: &Tensor, threshold: f64) -> Vec<bool> {
     let pred = v.logits(adv).argmax(-1, false);
     let wrong: Vec<bool> = Vec::try_from(pred.ne_tensor(y)).unwrap();
     let s: Vec<f64> = to_vec(&v.score(adv).unwrap());
-    wrong.iter().zip(&s).map(|(&w, &s)| w && s < threshold).collect()
+    wrong
+        .iter()
+        .zip(&s)
+        .map(|(&w, &s)| w && s < threshold)
+        .collect()
 }
 
 #[test]
 fn plain_restarts_equal_pgd_where_pgd_fails_and_fool_at_least_as_often() {
     let model = Linear::random(3, D, 21, 0.3);
     let (x, y) = batch(22);
-    let pgd = by_name("pgd", &json!({"eps": 0.03, "step_size": 0.005, "steps": 10})).unwrap();
+    let pgd = by_name(
+        "pgd",
+        &json!({"eps": 0.03, "step_size": 0.005, "steps": 10}),
+    )
+    .unwrap();
     let ours = by_name(
         "pgd-restarts",
         &json!({"eps": 0.03, "step_size": 0.005, "steps": 10, "restarts": 1,
@@ -225,14 +253,23 @@ fn plain_restarts_equal_pgd_where_pgd_fails_and_fool_at_least_as_often() {
     let (fa, fb) = (fooled(&a), fooled(&b));
     let mut n_fail = 0;
     for i in 0..fa.len() {
-        assert!(!fa[i] || fb[i], "image {i}: PGD fooled it, pgd-restarts did not");
+        assert!(
+            !fa[i] || fb[i],
+            "image {i}: PGD fooled it, pgd-restarts did not"
+        );
         if !fb[i] {
             n_fail += 1;
             let same = a.get(i as i64).equal(&b.get(i as i64));
-            assert!(same, "image {i}: not fooled by either, yet the iterates differ");
+            assert!(
+                same,
+                "image {i}: not fooled by either, yet the iterates differ"
+            );
         }
     }
-    assert!(n_fail > 0 && n_fail < fa.len(), "the case must mix fooled and not: {n_fail}");
+    assert!(
+        n_fail > 0 && n_fail < fa.len(),
+        "the case must mix fooled and not: {n_fail}"
+    );
 }
 
 #[test]
@@ -253,12 +290,21 @@ fn more_steps_never_lower_evasion_and_early_stop_keeps_evaded_images() {
         let short = run(name, 5, true);
         let long = run(name, 20, true);
         for i in 0..short.len() {
-            assert!(!short[i] || long[i], "{name}: image {i} evaded in 5 steps, not in 20");
+            assert!(
+                !short[i] || long[i],
+                "{name}: image {i} evaded in 5 steps, not in 20"
+            );
         }
         // Without early stop the kept iterate is still an evaded one.
         let full = run(name, 20, false);
-        assert_eq!(long, full, "{name}: early stop changed which images are evaded");
-        assert!(long.iter().any(|&e| e), "{name}: the case must evade somewhere");
+        assert_eq!(
+            long, full,
+            "{name}: early stop changed which images are evaded"
+        );
+        assert!(
+            long.iter().any(|&e| e),
+            "{name}: the case must evade somewhere"
+        );
     }
 }
 
@@ -274,7 +320,10 @@ fn bad_settings_are_refused_naming_the_parameter() {
         ("pgd", json!({"adaptive_c": -2.0}), "adaptive_c"),
     ];
     for (name, p, param) in cases {
-        let e = by_name(name, &p).err().unwrap_or_else(|| panic!("{name} {p} accepted")).to_string();
+        let e = by_name(name, &p)
+            .err()
+            .unwrap_or_else(|| panic!("{name} {p} accepted"))
+            .to_string();
         assert!(e.contains(param), "{name} {p}: {e}");
     }
     // An attack on a detector refuses a victim without a score.

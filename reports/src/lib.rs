@@ -19,8 +19,8 @@ pub mod detection;
 pub mod error;
 pub mod plots;
 pub mod report;
-pub mod robust;
 pub mod rng;
+pub mod robust;
 pub mod tables;
 
 pub use error::{ReportError, Result};

@@ -195,9 +195,16 @@ pub fn robust_rows(
                 by_det.len() - 1
             }
         };
-        let eps = if r.attack == CLEAN { "" } else { r.eps.as_str() };
+        let eps = if r.attack == CLEAN {
+            ""
+        } else {
+            r.eps.as_str()
+        };
         let groups = &mut by_det[d].1;
-        let g = match groups.iter().position(|(k, _)| *k == (r.attack.as_str(), eps)) {
+        let g = match groups
+            .iter()
+            .position(|(k, _)| *k == (r.attack.as_str(), eps))
+        {
             Some(i) => i,
             None => {
                 groups.push(((&r.attack, eps), BTreeMap::new()));
@@ -219,38 +226,42 @@ pub fn robust_rows(
             .iter()
             .find(|t| t.detector == *det)
             .expect("checked above");
-        let row = |attack: &str, eps: &str, outcomes: &[Outcome], flag_col: bool| -> Result<RobustRow> {
-            let n = outcomes.len();
-            let evaded: Vec<bool> = outcomes.iter().map(|&(w, f)| w && !f).collect();
-            let k_ev = evaded.iter().filter(|&&e| e).count();
-            let (lo, hi) = match boot {
-                Some(b) => {
-                    let (lo, hi) = interval(&evaded, b, stable_hash(&[det, attack, eps]))?;
-                    (Some(lo), Some(hi))
-                }
-                None => (None, None),
+        let row =
+            |attack: &str, eps: &str, outcomes: &[Outcome], flag_col: bool| -> Result<RobustRow> {
+                let n = outcomes.len();
+                let evaded: Vec<bool> = outcomes.iter().map(|&(w, f)| w && !f).collect();
+                let k_ev = evaded.iter().filter(|&&e| e).count();
+                let (lo, hi) = match boot {
+                    Some(b) => {
+                        let (lo, hi) = interval(&evaded, b, stable_hash(&[det, attack, eps]))?;
+                        (Some(lo), Some(hi))
+                    }
+                    None => (None, None),
+                };
+                Ok(RobustRow {
+                    detector: det.to_string(),
+                    attack: attack.into(),
+                    eps: eps.into(),
+                    n,
+                    threshold: th.threshold,
+                    threshold_source: th.source.clone(),
+                    attack_success: pct(outcomes.iter().filter(|o| o.0).count(), n),
+                    flagged: flag_col.then(|| pct(outcomes.iter().filter(|o| o.1).count(), n)),
+                    evaded: pct(k_ev, n),
+                    robust_detection_accuracy: 100.0 - pct(k_ev, n),
+                    evaded_lo: lo,
+                    evaded_hi: hi,
+                })
             };
-            Ok(RobustRow {
-                detector: det.to_string(),
-                attack: attack.into(),
-                eps: eps.into(),
-                n,
-                threshold: th.threshold,
-                threshold_source: th.source.clone(),
-                attack_success: pct(outcomes.iter().filter(|o| o.0).count(), n),
-                flagged: flag_col.then(|| pct(outcomes.iter().filter(|o| o.1).count(), n)),
-                evaded: pct(k_ev, n),
-                robust_detection_accuracy: 100.0 - pct(k_ev, n),
-                evaded_lo: lo,
-                evaded_hi: hi,
-            })
-        };
         for ((attack, eps), m) in groups {
             let v: Vec<Outcome> = m.values().copied().collect();
             out.push(row(attack, eps, &v, true)?);
         }
         // Worst case per eps, over the attacks at that eps and the clean image.
-        let clean = groups.iter().find(|((a, _), _)| *a == CLEAN).map(|(_, m)| m);
+        let clean = groups
+            .iter()
+            .find(|((a, _), _)| *a == CLEAN)
+            .map(|(_, m)| m);
         let mut eps_list: Vec<&str> = Vec::new();
         for ((a, e), _) in groups {
             if *a != CLEAN && !eps_list.contains(e) {
@@ -323,7 +334,10 @@ mod tests {
         let out = robust_rows(&rows, &th(1.0), None).unwrap();
         let get = |a: &str| out.iter().find(|r| r.attack == a).unwrap();
         let clean = get("clean");
-        assert_eq!((clean.n, clean.evaded, clean.flagged), (4, 25.0, Some(25.0)));
+        assert_eq!(
+            (clean.n, clean.evaded, clean.flagged),
+            (4, 25.0, Some(25.0))
+        );
         let pgd = get("pgd");
         assert_eq!(pgd.attack_success, 75.0);
         assert_eq!(pgd.flagged, Some(50.0));
@@ -393,13 +407,20 @@ mod tests {
         let out = robust_rows(&rows, &th(1.0), Some(&b)).unwrap();
         let r = &out[0];
         let (lo, hi) = (r.evaded_lo.unwrap(), r.evaded_hi.unwrap());
-        assert!(lo < r.evaded && r.evaded < hi && hi - lo < 20.0, "{lo} {} {hi}", r.evaded);
+        assert!(
+            lo < r.evaded && r.evaded < hi && hi - lo < 20.0,
+            "{lo} {} {hi}",
+            r.evaded
+        );
         assert_eq!(out, robust_rows(&rows, &th(1.0), Some(&b)).unwrap());
     }
 
     #[test]
     fn duplicate_images_and_missing_thresholds_are_refused() {
-        let rows = vec![input(0, "pgd", "0.3", 0.0, true), input(0, "pgd", "0.3", 0.0, true)];
+        let rows = vec![
+            input(0, "pgd", "0.3", 0.0, true),
+            input(0, "pgd", "0.3", 0.0, true),
+        ];
         assert!(robust_rows(&rows, &th(1.0), None).is_err());
         let rows = vec![input(0, "pgd", "0.3", 0.0, true)];
         assert!(robust_rows(&rows, &[], None).is_err());

@@ -188,7 +188,11 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     // here, not after the experiment file was pinned there.
     let data = libre::data::open(&plan.data, None, &mut super::fetch_note(&out))?;
     if data.labels().is_none() {
-        anyhow::bail!("{}: evaluation needs labels (data '{}')", path.display(), plan.data);
+        anyhow::bail!(
+            "{}: evaluation needs labels (data '{}')",
+            path.display(),
+            plan.data
+        );
     }
     let n_images = data.len();
     drop(data);

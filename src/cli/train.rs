@@ -225,7 +225,8 @@ impl TrainObserver for Bars<'_> {
                 l.images_per_s
             ))
         });
-        self.out.event("epoch", serde_json::to_value(l).unwrap_or_default());
+        self.out
+            .event("epoch", serde_json::to_value(l).unwrap_or_default());
     }
 }
 

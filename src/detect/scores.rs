@@ -69,7 +69,10 @@ impl Score {
     pub fn is_positive(self) -> bool {
         matches!(
             self,
-            Score::FeatureVariance | Score::SoftmaxVariance | Score::MutualInformation | Score::Entropy
+            Score::FeatureVariance
+                | Score::SoftmaxVariance
+                | Score::MutualInformation
+                | Score::Entropy
         )
     }
 

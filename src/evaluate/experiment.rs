@@ -505,7 +505,9 @@ impl Experiment {
             if !valid_name(&base) {
                 return Err(at(
                     a.name.span(),
-                    format!("attack label '{base}': use letters, digits, '-', '_' or '.' (no '__')"),
+                    format!(
+                        "attack label '{base}': use letters, digits, '-', '_' or '.' (no '__')"
+                    ),
                 ));
             }
             let score = match &a.adaptive_score {
@@ -556,7 +558,11 @@ impl Experiment {
                     .contains(&name.as_str())
                     .then(|| {
                         let c = params.get("adaptive_c").and_then(|v| v.as_f64());
-                        let default = if name.starts_with("mimicry") { 1.0 } else { 0.0 };
+                        let default = if name.starts_with("mimicry") {
+                            1.0
+                        } else {
+                            0.0
+                        };
                         (c.unwrap_or(default), score)
                     });
                 variants.push((base.clone(), name.clone(), params.clone(), adaptive, None));
@@ -739,7 +745,10 @@ adaptive = [1.0, 10.0]
             )
         };
         let cases = [
-            (OK.replace("adaptive = [1.0, 10.0]", "adaptive = [-1.0]"), ">= 0"),
+            (
+                OK.replace("adaptive = [1.0, 10.0]", "adaptive = [-1.0]"),
+                ">= 0",
+            ),
             (
                 OK.replace("adaptive = [1.0, 10.0]", "adaptive = \"strongest\""),
                 "strongest",
@@ -757,14 +766,20 @@ adaptive = [1.0, 10.0]
                 "weighs nothing",
             ),
             (OK.replace("data = ", "fpr = 1.5\ndata = "), "fpr = 1.5"),
-            (OK.replace("eps = [0.1, 0.3]", "eps = [0.3, 0.3]"), "listed twice"),
+            (
+                OK.replace("eps = [0.1, 0.3]", "eps = [0.3, 0.3]"),
+                "listed twice",
+            ),
             (OK.replace("eps = [0.1, 0.3]", "eps = [nan]"), "[0, 1]"),
             (OK.replace("eps = [0.1, 0.3]", "eps = [1e308]"), "[0, 1]"),
             (
                 OK.replace("name = \"fgsm\"", "name = \"fgsm\"\nlabel = \"fgsm__0.3\""),
                 "no '__'",
             ),
-            (OK.replace("data = ", "bootstrap = 1000000000\ndata = "), "bootstrap"),
+            (
+                OK.replace("data = ", "bootstrap = 1000000000\ndata = "),
+                "bootstrap",
+            ),
             (
                 OK[..OK.find("[[attack]]").unwrap()].to_string(),
                 "no [[attack]]",

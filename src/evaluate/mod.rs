@@ -14,9 +14,12 @@
 //! # Output (`OUT/`)
 //! `experiment.toml` (the input, verbatim), `cells/`, `scores.csv` (one row per image x model x
 //! score x attack x eps; the report's `model` column is `MODEL/SCORE`, with `model_name` and
-//! `detector` beside it), `classification.csv` and `reliability.csv` (clean predictions),
-//! `timing.csv`, `summary.json`, and the report: `index.html`, `summary.md`, `detection.csv`,
-//! `figures/`, `manifest.json`.
+//! `detector` beside it, and `correct`: the prediction on that row's input is right),
+//! `classification.csv` and `reliability.csv` (clean predictions), `timing.csv`, `summary.json`
+//! (with each detector's threshold and the robust-detection rows), `robust.csv` (evaded % and
+//! robust detection accuracy at thresholds fixed once from clean data, worst case per image;
+//! docs/detection.md "Adaptive evaluation"), and the report: `index.html` (led by that table),
+//! `summary.md`, `detection.csv`, `figures/`, `manifest.json`.
 
 pub mod experiment;
 
@@ -128,7 +131,8 @@ fn file_sha256(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path)
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    std::io::copy(&mut f, &mut h)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     Ok(format!("{:x}", h.finalize()))
 }
 
@@ -191,17 +195,13 @@ fn threshold_for(
         return Ok(t);
     }
     let m = &plan.models[mi];
-    let si = m
-        .scores
-        .iter()
-        .position(|&s| s == score)
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "model '{}': the attacked score '{score}' must be one of its scores (its clean \
+    let si = m.scores.iter().position(|&s| s == score).ok_or_else(|| {
+        Error::invalid(format!(
+            "model '{}': the attacked score '{score}' must be one of its scores (its clean \
                  rows fix the threshold)",
-                m.name
-            ))
-        })?;
+            m.name
+        ))
+    })?;
     let clean_id = Cell {
         model: mi,
         attack: None,
@@ -260,8 +260,7 @@ pub fn run_cells(
             digests.insert(m.name.clone(), file_sha256(&path)?);
         }
         let sha = digests[&m.name].clone();
-        if dir.join(format!("{id}.json")).exists() && cell_is_current(&dir, &id, &sha, &data_sha)
-        {
+        if dir.join(format!("{id}.json")).exists() && cell_is_current(&dir, &id, &sha, &data_sha) {
             continue;
         }
         if !loaded.contains_key(&m.name) {
@@ -296,8 +295,7 @@ pub fn run_cells(
         };
         let det = &loaded[&m.name].det;
         run_cell(
-            plan, cell, &id, det, threshold, &sha, &data_sha, &ds, &dir, device, on_fetch,
-            progress,
+            plan, cell, &id, det, threshold, &sha, &data_sha, &ds, &dir, device, on_fetch, progress,
         )?;
         ran.push(id);
     }
@@ -766,8 +764,14 @@ fn robust_html(
     let mut ordered: Vec<&libre_reports::robust::RobustRow> = Vec::new();
     for t in thresholds {
         let mine: Vec<_> = rows.iter().filter(|r| r.detector == t.detector).collect();
-        ordered.extend(mine.iter().filter(|r| r.attack == libre_reports::robust::WORST_CASE));
-        ordered.extend(mine.iter().filter(|r| r.attack != libre_reports::robust::WORST_CASE));
+        ordered.extend(
+            mine.iter()
+                .filter(|r| r.attack == libre_reports::robust::WORST_CASE),
+        );
+        ordered.extend(
+            mine.iter()
+                .filter(|r| r.attack != libre_reports::robust::WORST_CASE),
+        );
     }
     for r in ordered {
         let ci = match (r.evaded_lo, r.evaded_hi) {
@@ -883,7 +887,11 @@ mod worst_case_tests {
             ],
         });
         let t = worst_case_table(&summary);
-        assert_eq!((t[0].4, t[1].4), (false, false), "C = 0 pushes nothing down");
+        assert_eq!(
+            (t[0].4, t[1].4),
+            (false, false),
+            "C = 0 pushes nothing down"
+        );
         let mut s2 = summary.clone();
         s2["attacks"][0] = serde_json::json!({"name": "selective", "adaptive": [0.0, null],
                                               "models": ["m"]});

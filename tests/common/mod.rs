@@ -57,3 +57,25 @@ pub fn diverse_ensemble(dir: &std::path::Path) -> std::path::PathBuf {
     libre::checkpoint::save(&p, m.as_ref()).unwrap();
     p
 }
+
+/// Writes `toml` as `dir/exp.toml`, runs `libre -q evaluate --device cpu` on it into `dir/run`
+/// (which must succeed) and returns the run directory.
+pub fn evaluate_experiment(dir: &std::path::Path, toml: &str) -> std::path::PathBuf {
+    let exp = dir.join("exp.toml");
+    std::fs::write(&exp, toml).unwrap();
+    let run = dir.join("run");
+    ok(libre()
+        .args(["-q", "evaluate", "--device", "cpu", "--out"])
+        .arg(&run)
+        .arg(&exp)
+        .output()
+        .unwrap());
+    run
+}
+
+/// The `summary.json` of a finished `libre evaluate` run.
+pub fn run_summary(run: &std::path::Path) -> serde_json::Value {
+    let p = run.join("summary.json");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
