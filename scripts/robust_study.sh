@@ -6,18 +6,20 @@
 # alone, and the honesty checks (eps 1, SPSA, transfer, Tramer's eps/2 classifier bound).
 #
 #   scripts/robust_study.sh [OUT]           N=200 test digits by default (N=1000: the issue's size)
+#   ADV_HINGE=all scripts/robust_study.sh   candidate A (disagreement on every crafted copy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/experiment.sh
 LIBRE=${LIBRE:-target/release/libre}
 OUT=${1:-runs/robust-mnist}
 N=${N:-200}
+ADV_HINGE=${ADV_HINGE:-misclassified}
 mkdir -p "$OUT"
 A="$OUT/A"
 if [ ! -s "$OUT/A.safetensors" ]; then
   [ -s "$A/model.safetensors" ] ||
     "$LIBRE" -q finetune --recipe libre-robust --weights zoo:lenet5-mnist-adv \
-      --data 'mnist:train[0:20000]' --epochs 1 --out "$A" >/dev/null
+      --adv-hinge "$ADV_HINGE" --data 'mnist:train[0:20000]' --epochs 1 --out "$A" >/dev/null
   "$LIBRE" -q calibrate --weights "$A/model.safetensors" --data 'mnist:train[55000:60000]' \
     --fpr 0.05 --out "$OUT/A.safetensors" >/dev/null
 fi
