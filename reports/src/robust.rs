@@ -21,6 +21,7 @@ use crate::error::{ReportError, Result};
 use crate::rng::Xoshiro256pp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 /// The attack column of a worst-case row.
 pub const WORST_CASE: &str = "worst-case";
@@ -115,6 +116,103 @@ fn stable_hash(parts: &[&str]) -> u64 {
             .chain(std::iter::once(0u8))
             .fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
     })
+}
+
+/// The columns [`read_scored_inputs`] reads, and what a missing one's error adds (callers name
+/// their own flags or keys there).
+#[derive(Debug, Clone, Copy)]
+pub struct InputColumns<'a> {
+    pub detector: &'a str,
+    pub score: &'a str,
+    /// Added to a missing `image` / `attack` column.
+    pub need_hint: &'a str,
+    pub correct_hint: &'a str,
+    pub score_hint: &'a str,
+    pub detector_hint: &'a str,
+}
+
+fn bad_cell(path: &Path, line: u64, column: &str, problem: String) -> ReportError {
+    ReportError::BadCell {
+        path: path.into(),
+        line,
+        column: column.into(),
+        problem,
+    }
+}
+
+/// One [`ScoredInput`] per row of a scores CSV with the columns `image`, `attack` (`clean` rows
+/// are the unperturbed images), `correct` (0/1: the classifier is right on that row's input), an
+/// optional `eps` (without it every attack row shares one empty eps), and the detector and score
+/// columns of `cols`. Errors name the file, line and column.
+pub fn read_scored_inputs(path: &Path, cols: &InputColumns) -> Result<Vec<ScoredInput>> {
+    let csv_err = |source| ReportError::Csv {
+        path: path.into(),
+        source,
+    };
+    let mut rdr = crate::tables::csv_reader(crate::tables::open_file(path)?);
+    let headers = rdr.headers().map_err(csv_err)?.clone();
+    if headers.is_empty() || headers.iter().all(|h| h.is_empty()) {
+        return Err(ReportError::Empty {
+            what: format!("{} is empty (no header row)", path.display()),
+        });
+    }
+    let column = |name: &str, hint: &str| crate::tables::column_index(path, &headers, name, hint);
+    let ci = column("image", cols.need_hint)?;
+    let ca = column("attack", cols.need_hint)?;
+    let cc = column("correct", cols.correct_hint)?;
+    let cs = column(cols.score, cols.score_hint)?;
+    let cd = column(cols.detector, cols.detector_hint)?;
+    let ce = headers.iter().position(|h| h == "eps");
+    let mut rows = Vec::new();
+    let mut rec = csv::StringRecord::new();
+    while rdr.read_record(&mut rec).map_err(csv_err)? {
+        let line = rec.position().map_or(0, |p| p.line());
+        let score: f64 = rec[cs].parse().map_err(|_| {
+            bad_cell(
+                path,
+                line,
+                cols.score,
+                format!("`{}` is not a number", &rec[cs]),
+            )
+        })?;
+        if !score.is_finite() {
+            return Err(bad_cell(
+                path,
+                line,
+                cols.score,
+                format!("value is {score}; scores must be finite"),
+            ));
+        }
+        let correct = match &rec[cc] {
+            "1" | "1.0" | "true" | "True" | "TRUE" => true,
+            "0" | "0.0" | "false" | "False" | "FALSE" => false,
+            other => {
+                return Err(bad_cell(
+                    path,
+                    line,
+                    "correct",
+                    format!("`{other}` is not 0 or 1 (1: the classifier is right on this input)"),
+                ))
+            }
+        };
+        if rec[ci].is_empty() {
+            return Err(bad_cell(path, line, "image", "empty image id".into()));
+        }
+        rows.push(ScoredInput {
+            image: rec[ci].to_string(),
+            detector: rec[cd].to_string(),
+            attack: rec[ca].to_string(),
+            eps: ce.map(|e| rec[e].to_string()).unwrap_or_default(),
+            score,
+            correct,
+        });
+    }
+    if rows.is_empty() {
+        return Err(ReportError::Empty {
+            what: format!("{} has a header but no data rows", path.display()),
+        });
+    }
+    Ok(rows)
 }
 
 /// Thresholds for every detector of `rows`: the given one where `given` has it, else

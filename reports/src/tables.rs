@@ -139,11 +139,11 @@ pub struct ScoreTable {
     pub n_dropped: usize,
 }
 
-fn open_file(path: &Path) -> Result<std::fs::File> {
+pub(crate) fn open_file(path: &Path) -> Result<std::fs::File> {
     std::fs::File::open(path).map_err(|e| ReportError::io(path, e))
 }
 
-fn csv_reader<R: std::io::Read>(input: R) -> csv::Reader<R> {
+pub(crate) fn csv_reader<R: std::io::Read>(input: R) -> csv::Reader<R> {
     csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(input)
@@ -169,7 +169,12 @@ fn check_unique_columns(path: &Path, headers: &csv::StringRecord) -> Result<()> 
     Ok(())
 }
 
-fn column_index(path: &Path, headers: &csv::StringRecord, name: &str, hint: &str) -> Result<usize> {
+pub(crate) fn column_index(
+    path: &Path,
+    headers: &csv::StringRecord,
+    name: &str,
+    hint: &str,
+) -> Result<usize> {
     headers.iter().position(|h| h == name).ok_or_else(|| {
         let available = headers.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>();
         ReportError::MissingColumn {

@@ -293,127 +293,22 @@ fn fmt_threshold(t: f64) -> String {
 /// The default target FPR of `--robust` without `--threshold` or `--fpr`.
 const DEFAULT_FPR: f64 = 0.05;
 
-fn column(
-    path: &std::path::Path,
-    headers: &csv::StringRecord,
-    name: &str,
-    hint: &str,
-) -> Result<usize, ReportError> {
-    headers.iter().position(|h| h == name).ok_or_else(|| {
-        let available = headers.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>();
-        ReportError::MissingColumn {
-            path: path.into(),
-            column: name.into(),
-            available: available.join(", "),
-            hint: format!("; {hint}"),
-        }
-    })
-}
-
-fn bad_cell(path: &std::path::Path, line: u64, column: &str, problem: String) -> ReportError {
-    ReportError::BadCell {
-        path: path.into(),
-        line,
-        column: column.into(),
-        problem,
-    }
-}
-
-/// Reads the rows of `--robust`: one [`ScoredInput`] per CSV row.
+/// Reads the rows of `--robust` (the reader is the reports crate's; the hints name this
+/// command's flags).
 fn read_scored_inputs(args: &Args) -> Result<Vec<ScoredInput>, ReportError> {
-    let path = args.scores.as_path();
-    let file = std::fs::File::open(path).map_err(|source| ReportError::Io {
-        path: path.into(),
-        source,
-    })?;
-    let csv_err = |source| ReportError::Csv {
-        path: path.into(),
-        source,
-    };
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(file);
-    let headers = rdr.headers().map_err(csv_err)?.clone();
-    if headers.is_empty() || headers.iter().all(|h| h.is_empty()) {
-        return Err(ReportError::Empty {
-            what: format!("{} is empty (no header row)", path.display()),
-        });
-    }
-    let need = "--robust needs the columns image, attack (`clean` rows give the threshold), \
-                correct (0/1) and the score and detector columns";
-    let ci = column(path, &headers, "image", need)?;
-    let ca = column(path, &headers, "attack", need)?;
-    let cc = column(
-        path,
-        &headers,
-        "correct",
-        "--robust needs it: 1 where the classifier is right on that row's input, else 0 \
-         (libre evaluate's scores.csv has it)",
-    )?;
-    let cs = column(
-        path,
-        &headers,
-        &args.score_col,
-        "choose the score column with --score-col",
-    )?;
-    let cd = column(
-        path,
-        &headers,
-        &args.detector_col,
-        "choose the detector column with --detector-col",
-    )?;
-    // eps is optional: without it every attack row shares one (empty) eps.
-    let ce = headers.iter().position(|h| h == "eps");
-    let mut rows = Vec::new();
-    let mut rec = csv::StringRecord::new();
-    while rdr.read_record(&mut rec).map_err(csv_err)? {
-        let line = rec.position().map_or(0, |p| p.line());
-        let score: f64 = rec[cs].parse().map_err(|_| {
-            bad_cell(
-                path,
-                line,
-                &args.score_col,
-                format!("`{}` is not a number", &rec[cs]),
-            )
-        })?;
-        if !score.is_finite() {
-            return Err(bad_cell(
-                path,
-                line,
-                &args.score_col,
-                format!("value is {score}; scores must be finite"),
-            ));
-        }
-        let correct = match &rec[cc] {
-            "1" | "1.0" | "true" | "True" | "TRUE" => true,
-            "0" | "0.0" | "false" | "False" | "FALSE" => false,
-            other => {
-                return Err(bad_cell(
-                    path,
-                    line,
-                    "correct",
-                    format!("`{other}` is not 0 or 1 (1: the classifier is right on this input)"),
-                ))
-            }
-        };
-        if rec[ci].is_empty() {
-            return Err(bad_cell(path, line, "image", "empty image id".into()));
-        }
-        rows.push(ScoredInput {
-            image: rec[ci].to_string(),
-            detector: rec[cd].to_string(),
-            attack: rec[ca].to_string(),
-            eps: ce.map(|e| rec[e].to_string()).unwrap_or_default(),
-            score,
-            correct,
-        });
-    }
-    if rows.is_empty() {
-        return Err(ReportError::Empty {
-            what: format!("{} has a header but no data rows", path.display()),
-        });
-    }
-    Ok(rows)
+    robust::read_scored_inputs(
+        &args.scores,
+        &robust::InputColumns {
+            detector: &args.detector_col,
+            score: &args.score_col,
+            need_hint: "--robust needs the columns image, attack (`clean` rows give the \
+                        threshold), correct (0/1) and the score and detector columns",
+            correct_hint: "--robust needs it: 1 where the classifier is right on that row's \
+                           input, else 0 (libre evaluate's scores.csv has it)",
+            score_hint: "choose the score column with --score-col",
+            detector_hint: "choose the detector column with --detector-col",
+        },
+    )
 }
 
 /// AUROC of each detector x attack x eps against that detector's clean rows (beside the robust

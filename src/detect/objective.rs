@@ -438,7 +438,11 @@ pub fn step(
     // The disagreement asked of each perturbed copy: all of them, or (adversarial training
     // with `hinge_misclassified_only`) those one of their two members gets wrong, each then
     // weighted h / (number asked).
-    let ask = match cfg.adversarial.as_ref().filter(|a| a.hinge_misclassified_only) {
+    let ask = match cfg
+        .adversarial
+        .as_ref()
+        .filter(|a| a.hinge_misclassified_only)
+    {
         Some(_) => {
             let ys = y.narrow(0, 0, h);
             let wrong = |at: i64| logits.narrow(0, at, h).argmax(-1, false).ne_tensor(&ys);

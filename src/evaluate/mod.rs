@@ -624,7 +624,7 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
         None => html + &sec,
     };
     // The robust-detection table leads the report (docs/detection.md, "Adaptive evaluation").
-    let (thresholds, robust) = robust_table(plan, &metas, &scores)?;
+    let (thresholds, robust) = robust_table(plan, &metas, &tables.join("scores.csv"))?;
     rtables::write_rows(&render.join("robust.csv"), &robust)?;
     let lead = robust_html(plan, &thresholds, &robust);
     let html = match html.find("</h1>\n") {
@@ -681,49 +681,29 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
 fn robust_table(
     plan: &Plan,
     metas: &[CellMeta],
-    scores_csv: &[u8],
+    scores_csv: &Path,
 ) -> Result<(
     Vec<libre_reports::robust::Threshold>,
     Vec<libre_reports::robust::RobustRow>,
 )> {
-    use libre_reports::robust::{self, ScoredInput};
+    use libre_reports::robust;
     let mut given = HashMap::new();
     for m in metas.iter().filter(|m| m.attack.is_none()) {
         for (score, t) in &m.calibrated {
             given.insert(format!("{}/{score}", m.model), *t);
         }
     }
-    let mut r = csv::Reader::from_reader(scores_csv);
-    let bad = |e: csv::Error| Error::invalid(format!("scores.csv: {e}"));
-    let headers = r.headers().map_err(bad)?.clone();
-    let col = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| Error::invalid(format!("scores.csv: no column '{name}'")))
-    };
-    let (ci, cm, ca, ce, cs, cc) = (
-        col("image")?,
-        col("model")?,
-        col("attack")?,
-        col("eps")?,
-        col("score")?,
-        col("correct")?,
-    );
-    let mut rows = Vec::new();
-    for rec in r.records() {
-        let rec = rec.map_err(bad)?;
-        rows.push(ScoredInput {
-            image: rec[ci].to_string(),
-            detector: rec[cm].to_string(),
-            attack: rec[ca].to_string(),
-            eps: rec[ce].to_string(),
-            score: rec[cs]
-                .parse()
-                .map_err(|_| Error::invalid(format!("scores.csv: bad score '{}'", &rec[cs])))?,
-            correct: &rec[cc] == "1",
-        });
-    }
+    let rows = robust::read_scored_inputs(
+        scores_csv,
+        &robust::InputColumns {
+            detector: "model",
+            score: "score",
+            need_hint: "written by libre evaluate",
+            correct_hint: "written by libre evaluate",
+            score_hint: "written by libre evaluate",
+            detector_hint: "written by libre evaluate",
+        },
+    )?;
     let thresholds = robust::thresholds(&rows, &given, plan.fpr)?;
     let boot = (plan.bootstrap > 0).then_some(libre_reports::bootstrap::BootstrapConfig {
         n_resamples: plan.bootstrap,
