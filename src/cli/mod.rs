@@ -4,6 +4,7 @@
 //! (bars only when stderr is a terminal and not `--quiet`), `--json` prints JSON Lines with the last
 //! line `{"type":"result","data":{...}}`, exit codes 0 ok / 1 a check failed / 2 error.
 
+pub mod args;
 pub mod attack;
 pub mod convert;
 pub mod data;

@@ -1,0 +1,22 @@
+//! Flags several commands share, defined once and flattened into each command's arguments with
+//! `#[command(flatten)]` (the pattern of `train::Common`), so that their names, defaults and help
+//! cannot drift apart between commands.
+
+/// `--device`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArg {
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// `--mc-draws`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct McDrawsArg {
+    /// How a mean-field posterior draws in the parallel MC forward: weights (S weight samples
+    /// shared by the batch, the reference's estimator) or local-reparam (each example's outputs
+    /// drawn from their Gaussian where that is exact: Linear layers and convs on 1x1 maps; same
+    /// per-example predictive, independent across examples, much faster for big last blocks).
+    #[arg(long = "mc-draws", default_value = "weights", value_name = "DRAWS", value_parser = super::parse_mc_draws)]
+    pub mc_draws: libre::bayes::McDraws,
+}
