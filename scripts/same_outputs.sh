@@ -9,8 +9,8 @@
 # Mahalanobis and feature squeezing, `libre detect` in csv, jsonl and table format (plus a
 # sharded run and its merge), `libre evaluate` on an experiment with classic detectors and an
 # adaptive attack (summary.json, scores.csv, robust.csv, the report), and `libre metrics`.
-# Only the lines that carry wall-clock times or the binary's own path are dropped before
-# comparing (listed in VOLATILE below); everything else must match exactly.
+# Only wall-clock times, dates and the version string (with its git revision) are ignored
+# (scripts/lib/compare_outputs.py says exactly what); everything else must match exactly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=$(realpath "$1") NEW=$(realpath "$2")
@@ -84,23 +84,4 @@ echo "new: $NEW"
 jobs "$NEW" "$DIR/run"
 mv "$DIR/run" "$DIR/new"
 
-# Lines with wall-clock times or dates.
-VOLATILE='seconds|elapsed|_s"|"time|duration|created|date|images/s'
-status=0
-while IFS= read -r -d '' f; do
-  rel=${f#"$DIR/old/"}
-  g="$DIR/new/$rel"
-  if [ ! -f "$g" ]; then echo "missing in new: $rel"; status=1; continue; fi
-  if cmp -s "$f" "$g"; then continue; fi
-  if diff <(grep -avE "$VOLATILE" "$f") <(grep -avE "$VOLATILE" "$g") >/dev/null; then
-    echo "same but for volatile lines: $rel"
-  else
-    echo "DIFFERS: $rel"; status=1
-  fi
-done < <(find "$DIR/old" -type f -print0 | sort -z)
-while IFS= read -r -d '' g; do
-  rel=${g#"$DIR/new/"}
-  [ -f "$DIR/old/$rel" ] || { echo "only in new: $rel"; status=1; }
-done < <(find "$DIR/new" -type f -print0 | sort -z)
-[ $status = 0 ] && echo "all outputs identical" || echo "outputs differ"
-exit $status
+python3 scripts/lib/compare_outputs.py "$DIR/old" "$DIR/new"
