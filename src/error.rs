@@ -15,6 +15,16 @@ pub enum Error {
     },
     #[error("{0}")]
     InvalidArgument(String),
+    /// A setting outside its domain, under the library's own name for it (a config field such as
+    /// `fpr` or `mc_samples`, never a CLI flag): the experiment file uses the same names as keys,
+    /// and the CLI shows the flag that carried the value (`--mc-samples`), so nobody is told
+    /// about a flag they never typed (ripgrep's split: flag names belong to the parser).
+    #[error("{name} = {value}: {constraint}")]
+    Param {
+        name: &'static str,
+        value: String,
+        constraint: String,
+    },
     #[error("{path}: {msg}")]
     BadFile { path: PathBuf, msg: String },
     #[error("fetching {package}: {msg}")]
@@ -54,6 +64,19 @@ impl Error {
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
+    }
+    /// [`Error::Param`]: `name` is the setting's library name (snake_case), `value` what was
+    /// given, `constraint` what it must be ("must be in (0, 1)").
+    pub fn param(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        constraint: impl Into<String>,
+    ) -> Self {
+        Error::Param {
+            name,
+            value: value.to_string(),
+            constraint: constraint.into(),
+        }
     }
 }
 

@@ -259,10 +259,12 @@ fn main() {
     libre::alloc::keep_freed_memory();
     remove_temporaries_on_signals();
     let json = cli.json;
+    let flags = command_flags(&matches);
     if let Err(e) = run(cli) {
-        cli::write_stderr(format!("libre: {e:#}\n").as_bytes());
+        let msg = cli::render_error(&e, &flags);
+        cli::write_stderr(format!("libre: {msg}\n").as_bytes());
         if json {
-            json_error(&format!("{e:#}"));
+            json_error(&msg);
         }
         let code = if e.downcast_ref::<cli::CheckFailed>().is_some() {
             1
@@ -271,6 +273,28 @@ fn main() {
         };
         std::process::exit(code);
     }
+}
+
+/// The long flags of the subcommand that ran (and its parents'), so that a library error about a
+/// setting can be shown as the flag that carried it.
+fn command_flags(matches: &clap::ArgMatches) -> Vec<String> {
+    let longs = |c: &clap::Command| -> Vec<String> {
+        c.get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect()
+    };
+    let mut cmd = Cli::command();
+    let mut flags = longs(&cmd);
+    let mut m = matches;
+    while let Some((name, sub)) = m.subcommand() {
+        match cmd.find_subcommand(name) {
+            Some(c) => cmd = c.clone(),
+            None => break,
+        }
+        flags.extend(longs(&cmd));
+        m = sub;
+    }
+    flags
 }
 
 #[cfg(test)]
@@ -302,6 +326,27 @@ mod tests {
             "{} without help:\n{}",
             missing.len(),
             missing.join("\n")
+        );
+    }
+
+    /// A library setting out of its domain is shown as the flag that carried it where the command
+    /// has that flag, and under its library (experiment-file) name where it does not.
+    #[test]
+    fn library_settings_are_shown_as_flags() {
+        let e = anyhow::Error::new(libre::Error::param("mc_samples", 0, "must be at least 1"))
+            .context("loading the detector");
+        let flags = command_flags(
+            &Cli::command()
+                .try_get_matches_from(["libre", "detect", "--weights", "d", "x.png"])
+                .unwrap(),
+        );
+        assert_eq!(
+            cli::render_error(&e, &flags),
+            "loading the detector: --mc-samples 0: must be at least 1"
+        );
+        assert_eq!(
+            cli::render_error(&e, &["--fpr".to_string()]),
+            "loading the detector: mc_samples = 0: must be at least 1"
         );
     }
 

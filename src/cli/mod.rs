@@ -125,6 +125,38 @@ pub fn resolve_device(spec: &str, out: &Output) -> anyhow::Result<tch::Device> {
     Ok(d)
 }
 
+/// An error and its causes on one line (as `{e:#}`), with each library setting out of its domain
+/// shown as the flag that carried it (`mc_samples = 0: ...` becomes `--mc-samples 0: ...`) where
+/// the command has such a flag. The library names its settings, never flags: the same error
+/// reaches `libre evaluate` users under their experiment file's key.
+pub fn render_error(e: &anyhow::Error, flags: &[String]) -> String {
+    let as_flag = |name: &str, value: &str, constraint: &str| {
+        let flag = format!("--{}", name.replace('_', "-"));
+        flags
+            .contains(&flag)
+            .then(|| format!("{flag} {value}: {constraint}"))
+    };
+    e.chain()
+        .map(|link| {
+            let flagged = match link.downcast_ref::<libre::Error>() {
+                Some(libre::Error::Param {
+                    name,
+                    value,
+                    constraint,
+                }) => as_flag(name, value, constraint),
+                Some(libre::Error::Report(libre_reports::ReportError::InvalidArgument {
+                    name,
+                    value,
+                    constraint,
+                })) => as_flag(name, value, constraint),
+                _ => None,
+            };
+            flagged.unwrap_or_else(|| link.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 /// clap's parser of `--mc-draws`.
 pub fn parse_mc_draws(s: &str) -> Result<libre::bayes::McDraws, libre::Error> {
     s.parse()
