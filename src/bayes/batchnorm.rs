@@ -9,8 +9,10 @@
 //! - input `[B, C, ...]` or `[B, S, C, ...]` (2d: `...` = H, W; 1d: nothing or L).
 //! - affine `[S, C]` (shared) broadcasts as `[1, S, C, 1, 1]`; per-example `[B, C]` as `[B, C, 1, 1]`.
 
-use super::mode::{unify, Act, Ctx, Multi};
+use super::act::Act;
+use super::ctx::Ctx;
 use super::posterior::BayesParam;
+use super::route::{unify, Multi};
 use super::{BayesLayer, LayerKind};
 use crate::{Error, Result};
 use tch::{nn, Kind, Tensor};
@@ -153,7 +155,7 @@ impl BatchNorm {
         };
         Ok(match unify(w, Some(b)) {
             Multi::One(w, b) => x.map_flat(|t| self.bn(t, Some(&w), b.as_ref(), train)),
-            Multi::Shared(w, b) if !train && super::conv::fast_paths() => {
+            Multi::Shared(w, b) if !train && super::fast::fast_paths() => {
                 // Running statistics: normalisation and the S affines are one scale and shift per
                 // sample and channel, applied in one pass (the plain path below makes three).
                 let s = w.size()[0];

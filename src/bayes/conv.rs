@@ -19,27 +19,18 @@
 //!   example and sample is drawn from its Gaussian over the centre tap (two matmuls), instead of
 //!   drawing S weight tensors.
 
+use super::act::Act;
+use super::ctx::Ctx;
 use super::linear::{add_opt, local_reparam};
-use super::mode::{apply_routed, apply_segmented, rademacher, unify, Act, Ctx, McSampling, Multi};
+use super::mode::McSampling;
 use super::posterior::BayesParam;
+use super::route::{apply_routed, apply_segmented, rademacher, unify, Multi};
 use super::{BayesLayer, LayerKind};
 use crate::{Error, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{nn, Tensor};
 
-static FAST_PATHS: AtomicBool = AtomicBool::new(true);
-
-/// Turns the shape-specific fast paths of the sample axis on or off (on by default); returns the
-/// previous setting. Off, every S-weight conv runs as one grouped conv: the reference the fast
-/// paths are tested against.
-pub fn set_fast_paths(on: bool) -> bool {
-    FAST_PATHS.swap(on, Ordering::Relaxed)
-}
-
-/// Whether the fast paths are on (see [`set_fast_paths`]).
-pub fn fast_paths() -> bool {
-    FAST_PATHS.load(Ordering::Relaxed)
-}
+// The switch under its old path (`bayes::conv::set_fast_paths`), for callers outside the module.
+pub use super::fast::{fast_paths, set_fast_paths};
 
 /// The centre tap of a kernel tensor `[..., k, k]` (odd k): `[...]`, a view.
 fn kernel_centre(w: &Tensor) -> Tensor {
@@ -222,7 +213,7 @@ impl Conv2d {
                 None => None,
             };
             let (out, cg, k) = (self.out_channels, self.in_channels / g, self.kernel);
-            if FAST_PATHS.load(Ordering::Relaxed) {
+            if fast_paths() {
                 // One plain op per member over its examples (apply_segmented); on 1x1 maps a
                 // matmul over the centre tap (trained weights: sliced anew each forward).
                 let centre = self.centre_tap_only(&x.t);
@@ -313,7 +304,7 @@ impl Conv2d {
     /// gradients flow (attacks), parameter gradients need a training forward, which takes the
     /// unfused path. [`set_fast_paths`]`(false)` gives the unfused oracle.
     pub fn forward_bn(&self, bn: &super::BatchNorm, x: &Act, ctx: &Ctx) -> Result<Act> {
-        let fold = FAST_PATHS.load(Ordering::Relaxed)
+        let fold = fast_paths()
             && !ctx.train()
             && self.is_point()
             && bn.weight.is_point()
@@ -428,7 +419,7 @@ impl Conv2d {
         w: &Tensor,
         b: Option<&Tensor>,
     ) -> Option<Tensor> {
-        if !FAST_PATHS.load(Ordering::Relaxed) || !self.centre_tap_only(x) {
+        if !fast_paths() || !self.centre_tap_only(x) {
             return None;
         }
         let size = x.size();

@@ -8,8 +8,11 @@
 //!   one matmul against the stacked `[S*out, in]` gives `[B, S*out]` -> `[B, S, out]`, without
 //!   copying the input S times. Later layers: batched matmul over the sample axis.
 
-use super::mode::{apply_routed, rademacher, unify, Act, Ctx, McSampling, Multi};
+use super::act::Act;
+use super::ctx::Ctx;
+use super::mode::McSampling;
 use super::posterior::BayesParam;
+use super::route::{apply_routed, rademacher, unify, Multi};
 use super::{BayesLayer, LayerKind};
 use crate::{Error, Result};
 use tch::{nn, Tensor};

@@ -35,20 +35,28 @@
 //!   the loss. **Optimiser** ([`optim::Sgd`]) is our own SGD on tch tensors (PyTorch semantics) with
 //!   one group per [`ParamGroup`], so weight decay is never applied twice by accident.
 
+pub mod act;
 pub mod batchnorm;
 pub mod conv;
+pub mod ctx;
+pub mod fast;
 pub mod linear;
 pub mod mode;
 pub mod optim;
+pub mod pool;
 pub mod posterior;
 pub mod prelu;
 pub mod prior;
+pub mod route;
 pub mod select;
 
+pub use act::Act;
 pub use batchnorm::{batch_norm1d, batch_norm2d, BatchNorm, BatchNormConfig};
 pub use conv::{conv2d, Conv2d, ConvConfig};
+pub use ctx::Ctx;
+pub use fast::{fast_paths, set_fast_paths};
 pub use linear::{linear, Linear, LinearConfig};
-pub use mode::{Act, Ctx, ForwardMode, McDraws, McSampling, Routing, TrainSampling};
+pub use mode::{ForwardMode, McDraws, McDropout, McSampling, Routing, TrainSampling};
 pub use posterior::{BayesParam, Family, ParamGroup, ParamState, PosteriorConfig};
 pub use prelu::{prelu, PRelu};
 pub use select::LayerSelection;

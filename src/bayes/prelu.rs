@@ -5,8 +5,10 @@
 //! - input `[B, C, ...]` or `[B, S, C, ...]`; slopes `[P]` with P = 1 or C.
 //! - shared samples `[S, P]` broadcast as `[1, S, P, 1, ...]`; per-example `[B, P]` as `[B, P, 1..]`.
 
-use super::mode::{unify, Act, Ctx, Multi};
+use super::act::Act;
+use super::ctx::Ctx;
 use super::posterior::BayesParam;
+use super::route::{unify, Multi};
 use super::{BayesLayer, LayerKind};
 use crate::{Error, Result};
 use tch::{nn, Tensor};

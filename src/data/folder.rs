@@ -4,6 +4,7 @@
 //! in parallel (rayon), so a folder of 100k JPEGs never sits in memory at once. All images must share
 //! the size and channel count of the first one (grey -> 1 channel, anything else -> RGB).
 
+use super::image::{channels, decode_file, to_chw};
 use super::{display, Dataset, Storage};
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -56,7 +57,7 @@ pub(super) fn open(dir: &Path) -> Result<Dataset> {
             "contains no images (.png, .jpg, .jpeg, .bmp)",
         ));
     }
-    let first = decode(&files[0])?;
+    let first = decode_file(&files[0])?;
     let c = channels(&first);
     let shape = [c, first.height() as usize, first.width() as usize];
     Ok(Dataset {
@@ -109,85 +110,13 @@ fn ordered_classes(list: &Path, found: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The most bytes one image may take decoded. A folder image or a `libre detect` input is a
-/// classifier input, yet a JPEG header of a few hundred bytes can claim 65535 x 65535 pixels: the
-/// fuzzer (docs/fuzzing.md) found a 537-byte file that decoded to ~300 MB, then became a 1.2 GB
-/// float tensor. 64 MiB is a 4096 x 4096 RGB image (256 MiB once float32); the decoders check it
-/// before allocating.
-pub(crate) const MAX_DECODED_BYTES: u64 = 1 << 26;
-
-/// Decodes one image file (the format from its extension, as `image::open`), within
-/// [`MAX_DECODED_BYTES`].
-pub(crate) fn decode(f: &Path) -> Result<image::DynamicImage> {
-    let reader = image::ImageReader::open(f)
-        .map_err(|e| Error::bad_file(f, format!("cannot decode image: {e}")))?;
-    decode_limited(reader, f)
-}
-
-/// Decodes an image held in memory (the format from its first bytes), named `name` in errors,
-/// within [`MAX_DECODED_BYTES`].
-pub(crate) fn decode_bytes(bytes: &[u8], name: &Path) -> Result<image::DynamicImage> {
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::bad_file(name, format!("cannot decode image: {e}")))?;
-    decode_limited(reader, name)
-}
-
-fn decode_limited<R: std::io::BufRead + std::io::Seek>(
-    mut reader: image::ImageReader<R>,
-    name: &Path,
-) -> Result<image::DynamicImage> {
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_DECODED_BYTES);
-    reader.limits(limits);
-    reader.decode().map_err(|e| {
-        let why = match e {
-            image::ImageError::Limits(_) => format!(
-                "cannot decode image: its header claims more than the {} MiB an input image may \
-                 take decoded ({e})",
-                MAX_DECODED_BYTES >> 20
-            ),
-            e => format!("cannot decode image: {e}"),
-        };
-        Error::bad_file(name, why)
-    })
-}
-
-/// The channel count a decoded image gives the model: 1 for grey (with or without alpha), else 3
-/// (alpha dropped).
-pub(crate) fn channels(img: &image::DynamicImage) -> usize {
-    if img.color().channel_count() <= 2 {
-        1
-    } else {
-        3
-    }
-}
-
-/// The image's pixels as `c` channels (1: luma, 3: RGB, converting if the image has the other),
-/// laid out CHW, as libtorch takes them.
-pub(crate) fn to_chw(img: &image::DynamicImage, c: usize) -> Vec<u8> {
-    let raw = if c == 1 {
-        img.to_luma8().into_raw()
-    } else {
-        img.to_rgb8().into_raw()
-    };
-    let hw = raw.len() / c;
-    let mut chw = vec![0u8; raw.len()];
-    for i in 0..hw {
-        for k in 0..c {
-            chw[k * hw + i] = raw[i * c + k];
-        }
-    }
-    chw
-}
-
 /// Decode `files` into float32 `[B, C, H, W]` in `[0, 1]`.
 pub(super) fn decode_batch(files: &[PathBuf], shape: [usize; 3]) -> Result<Tensor> {
     let [c, h, w] = shape;
     let decoded: Vec<Result<Vec<u8>>> = files
         .par_iter()
         .map(|f| {
-            let img = decode(f)?;
+            let img = decode_file(f)?;
             if img.height() as usize != h || img.width() as usize != w {
                 return Err(Error::bad_file(
                     f,

@@ -21,10 +21,7 @@
 mod batchfile;
 mod cifar;
 mod folder;
-pub(crate) use folder::{
-    channels as image_channels, decode as decode_image_file, decode_bytes as decode_image_bytes,
-    to_chw as image_to_chw, MAX_DECODED_BYTES,
-};
+pub mod image;
 pub mod sources;
 
 pub use batchfile::{write_batch_file, BatchFileWriter};

@@ -6,27 +6,22 @@
 //! resamples the pixels and so weakens or destroys an adversarial perturbation, which a detector
 //! should never do silently.
 
+use crate::data::image::is_image;
 use crate::data::Dataset;
 use crate::{Error, Result};
+
+// Image input lives in `data::image`; re-exported under the old paths (`input::decode`, ...).
+pub use crate::data::image::{
+    decode_input as decode, decode_input_bytes as decode_bytes, walk_images, ImagePolicy,
+    IMAGE_EXTS,
+};
 use rayon::prelude::*;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-/// Image file extensions read from folders.
-pub const IMAGE_EXTS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "gif"];
-
 /// The input that reads one encoded image from standard input (a file named `-` is `./-`).
 pub const STDIN: &str = "-";
-
-/// How decoded images are brought to the model's input shape.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ImagePolicy {
-    /// Resize the shorter side to the model's size and centre-crop (weakens perturbations).
-    pub resize: bool,
-    /// Convert grey to RGB (replicated) or RGB to grey (luma) when the channel count differs.
-    pub convert_channels: bool,
-}
 
 /// One input segment, in the order given on the command line.
 pub enum Segment {
@@ -49,47 +44,6 @@ impl Segment {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
-        .unwrap_or(false)
-}
-
-/// Every image file under `dir`, recursively, sorted by path (a stable order for sharding).
-///
-/// Symbolic links are followed, but every directory is walked once, however many links lead to
-/// it (directories are told apart by device and inode): a link to the folder itself or to one of
-/// its parents is skipped rather than walked again, so a loop neither repeats images nor runs
-/// forever. A link to an image file is an input like the file itself.
-pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    use std::os::unix::fs::MetadataExt;
-    let key = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
-    let mut seen = std::collections::HashSet::new();
-    seen.insert(key(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?);
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd =
-            std::fs::read_dir(&d).map_err(|e| Error::io(format!("reading {}", d.display()), e))?;
-        for e in rd {
-            let p = e
-                .map_err(|e| Error::io(format!("reading {}", d.display()), e))?
-                .path();
-            if p.is_dir() {
-                // A directory seen before (a link back to it) is not walked again.
-                if key(&p).is_ok_and(|k| seen.insert(k)) {
-                    stack.push(p);
-                }
-            } else if is_image(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// A path as text, losslessly: `\` is written `\\`, and each byte that is not part of valid
@@ -202,8 +156,8 @@ impl InputList {
     pub fn read(name: &str, null: bool) -> Result<InputList> {
         let bytes = if name == STDIN {
             read_piped_stdin(
-                "--files-from -: standard input is a terminal; pipe the list in (e.g. `find DIR \
-                 -name '*.png' | libre detect --files-from - ...`)",
+                "input list '-' reads standard input, which is a terminal: pipe the list in (e.g. \
+                 `find DIR -name '*.png' | ...`)",
             )?
         } else {
             std::fs::read(name)
@@ -230,7 +184,8 @@ impl InputList {
                 return Err(list_error(
                     name,
                     format!(
-                        "{what} {}: contains a NUL byte (a `find -print0` list? pass --null)",
+                        "{what} {}: contains a NUL byte (a `find -print0` list? read it as \
+                         NUL-separated)",
                         i + 1
                     ),
                 ));
@@ -266,7 +221,7 @@ impl InputList {
     }
 }
 
-/// What one list entry is called in errors: a line, or with `--null` an entry.
+/// What one list entry is called in errors: a line, or in a NUL-separated list an entry.
 fn unit(null: bool) -> &'static str {
     if null {
         "entry"
@@ -288,7 +243,7 @@ fn list_error(name: &str, msg: String) -> Error {
 fn read_stdin() -> Result<Vec<u8>> {
     let bytes = read_piped_stdin(
         "input '-' reads one image from standard input, which is a terminal: pipe an image in \
-         (e.g. `libre detect --weights W - < upload.png`)",
+         (e.g. `... - < upload.png`)",
     )?;
     if bytes.is_empty() {
         return Err(Error::invalid("input '-': standard input is empty"));
@@ -319,81 +274,6 @@ fn push_images(segs: &mut Vec<Segment>, files: Vec<PathBuf>) {
         Some(Segment::Images(v)) => v.extend(files),
         _ => segs.push(Segment::Images(files)),
     }
-}
-
-/// Decodes one image file to CHW float pixels in [0, 1] of shape `want` = `[C, H, W]` (within the
-/// data loaders' decoded-size limit: inputs may come from anyone).
-pub fn decode(path: &Path, want: [usize; 3], policy: ImagePolicy) -> Result<Vec<f32>> {
-    to_pixels(crate::data::decode_image_file(path)?, path, want, policy)
-}
-
-/// Decodes an encoded image held in memory (standard input), named `name` in errors.
-pub fn decode_bytes(
-    bytes: &[u8],
-    name: &Path,
-    want: [usize; 3],
-    policy: ImagePolicy,
-) -> Result<Vec<f32>> {
-    to_pixels(
-        crate::data::decode_image_bytes(bytes, name)?,
-        name,
-        want,
-        policy,
-    )
-}
-
-/// Brings a decoded image to `want` under `policy` and lays it out as CHW floats in [0, 1].
-fn to_pixels(
-    mut img: image::DynamicImage,
-    path: &Path,
-    want: [usize; 3],
-    policy: ImagePolicy,
-) -> Result<Vec<f32>> {
-    let [c, h, w] = want;
-    let bad = |m: String| Error::bad_file(path, m);
-    let (iw, ih) = (img.width() as usize, img.height() as usize);
-    if iw != w || ih != h {
-        if !policy.resize {
-            return Err(bad(format!(
-                "is {iw}x{ih}, the model takes {w}x{h} (pass --resize to resize and centre-crop, \
-                 which also weakens any perturbation)"
-            )));
-        }
-        // Shorter side to the target, then a centre crop.
-        let scale = (w as f64 / iw as f64).max(h as f64 / ih as f64);
-        let (rw, rh) = (
-            ((iw as f64 * scale).round() as u64).max(w as u64),
-            ((ih as f64 * scale).round() as u64).max(h as u64),
-        );
-        // The resized image is held whole before the crop: an extreme aspect ratio (1 x 10^7
-        // pixels, a few KB of PNG) would make it gigabytes. The decoded-size limit applies to
-        // it as to the decoded image.
-        let bytes = rw
-            .saturating_mul(rh)
-            .saturating_mul(img.color().bytes_per_pixel() as u64);
-        if bytes > crate::data::MAX_DECODED_BYTES {
-            return Err(bad(format!(
-                "is {iw}x{ih}: --resize would make it {rw}x{rh} before the centre crop, more than \
-                 the {} MiB an input image may take decoded (crop it to an aspect ratio nearer \
-                 {w}:{h} first)",
-                crate::data::MAX_DECODED_BYTES >> 20
-            )));
-        }
-        let (rw, rh) = (rw as u32, rh as u32);
-        img = img.resize_exact(rw, rh, image::imageops::FilterType::Triangle);
-        let (x0, y0) = ((rw - w as u32) / 2, (rh - h as u32) / 2);
-        img = img.crop_imm(x0, y0, w as u32, h as u32);
-    }
-    let has = crate::data::image_channels(&img);
-    if has != c && !policy.convert_channels {
-        return Err(bad(format!(
-            "has {has} channel(s), the model takes {c} (pass --convert-channels to convert)"
-        )));
-    }
-    Ok(crate::data::image_to_chw(&img, c)
-        .into_iter()
-        .map(|v| v as f32 / 255.0)
-        .collect())
 }
 
 /// One batch ready for the forward: the source names, the decoded images (a failed image keeps its
