@@ -206,7 +206,8 @@ fn read_all(
     let bad = |m: String| Error::bad_file(path, m);
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
         bad(format!(
-            "not a safetensors file: {e} (a PyTorch .pt/.pth state_dict needs --model ARCH)"
+            "not a safetensors file: {e} (to read a PyTorch .pt/.pth state_dict, give the \
+             architecture: a plain state_dict has none)"
         ))
     })?;
     let json = header
@@ -397,7 +398,7 @@ pub fn load_into(path: impl AsRef<Path>, model: &dyn BayesModel) -> Result<Check
     tensors.retain(|(n, _)| !n.starts_with(EXTRA_PREFIX));
     if meta.model.arch != model.config().arch {
         return Err(Error::Checkpoint(format!(
-            "{} holds a {} model, not {}: pass the matching --model or omit it",
+            "{} holds a {} model, not {}: give the matching architecture or none",
             path.display(),
             meta.model.arch,
             model.config().arch
@@ -435,7 +436,7 @@ pub fn state_dict_config(arch: &str, tensors: &[(String, Tensor)]) -> Result<Mod
             .map(|(_, t)| t.size())
             .ok_or_else(|| {
                 Error::Checkpoint(format!(
-                    "--model {arch}: the state_dict has no tensor `{name}` (is it a {arch}?)"
+                    "as {arch}: the state_dict has no tensor `{name}` (is it a {arch}?)"
                 ))
             })
     };
@@ -457,7 +458,7 @@ pub fn state_dict_config(arch: &str, tensors: &[(String, Tensor)]) -> Result<Mod
         }
         other => {
             return Err(Error::invalid(format!(
-                "--model {other}: a plain state_dict can be read as {STATE_DICT_ARCHS}"
+                "architecture '{other}': a plain state_dict can be read as {STATE_DICT_ARCHS}"
             )))
         }
     })
@@ -479,7 +480,7 @@ pub fn load_or_build(
     let sd = crate::import::load_state_dict(path)?.into_inner();
     let cfg = state_dict_config(arch, &sd)?;
     let model = from_state_dict(cfg, sd, device)
-        .map_err(|e| Error::bad_file(path, format!("as --model {arch}: {e}")))?;
+        .map_err(|e| Error::bad_file(path, format!("as {arch}: {e}")))?;
     Ok((model, None))
 }
 

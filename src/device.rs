@@ -28,9 +28,11 @@ impl FromStr for DeviceSpec {
             "cuda" => Ok(DeviceSpec::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
-                _ => Err(Error::invalid(format!(
-                    "unknown device '{s}': use --device auto, cpu, cuda or cuda:N"
-                ))),
+                _ => Err(Error::param(
+                    "device",
+                    s,
+                    "unknown device: expected auto, cpu, cuda or cuda:N",
+                )),
             },
         }
     }
@@ -88,21 +90,29 @@ pub fn resolve(spec: DeviceSpec) -> Result<Device> {
         }
         DeviceSpec::Cuda(n) => {
             if let Err(e) = load_cuda_backend() {
-                return Err(Error::Device(format!(
-                    "--device cuda:{n} asked for, but libtorch's CUDA backend could not be loaded \
-                     ({e}); on the GPU machine set LD_LIBRARY_PATH to PyTorch's torch/lib (README, GPU use)"
-                )));
+                return Err(Error::param(
+                    "device",
+                    format!("cuda:{n}"),
+                    format!(
+                        "libtorch's CUDA backend could not be loaded ({e}); on the GPU machine set \
+                         LD_LIBRARY_PATH to PyTorch's torch/lib (README, GPU use)"
+                    ),
+                ));
             }
             let count = tch::Cuda::device_count();
             if count <= 0 {
-                return Err(Error::Device(format!(
-                    "--device cuda:{n} asked for, but no CUDA device is visible (use --device cpu)"
-                )));
+                return Err(Error::param(
+                    "device",
+                    format!("cuda:{n}"),
+                    "no CUDA device is visible (use the CPU)",
+                ));
             }
             if n as i64 >= count {
-                return Err(Error::Device(format!(
-                    "--device cuda:{n} asked for, but only {count} CUDA device(s) exist"
-                )));
+                return Err(Error::param(
+                    "device",
+                    format!("cuda:{n}"),
+                    format!("only {count} CUDA device(s) exist"),
+                ));
             }
             Ok(Device::Cuda(n))
         }
@@ -200,7 +210,7 @@ mod tests {
         assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
         assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
         let e = "gpu".parse::<DeviceSpec>().unwrap_err().to_string();
-        assert!(e.contains("unknown device 'gpu'"), "{e}");
+        assert!(e.contains("device = gpu: unknown device"), "{e}");
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
     }
 

@@ -26,7 +26,7 @@ impl EvalOptions {
     pub fn validate(&self) -> Result<()> {
         self.mode.validate()?;
         if self.batch_size == 0 {
-            return Err(Error::invalid("--batch-size must be at least 1"));
+            return Err(Error::param("batch_size", 0, "must be at least 1"));
         }
         let s = self.mode.samples();
         if let Some(bad) = self.curve.iter().find(|&&c| c == 0 || c > s) {

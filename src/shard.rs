@@ -33,7 +33,7 @@ impl std::fmt::Display for Shard {
 impl std::str::FromStr for Shard {
     type Err = Error;
     fn from_str(s: &str) -> Result<Shard> {
-        let bad = || Error::invalid(format!("--shard '{s}': expected K/N with 0 <= K < N"));
+        let bad = || Error::param("shard", s, "expected K/N with 0 <= K < N");
         let (k, n) = s.split_once('/').ok_or_else(bad)?;
         let (k, n): (usize, usize) = (
             k.trim().parse().map_err(|_| bad())?,
@@ -81,10 +81,12 @@ impl Shard {
         var: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<(Shard, ShardSource)>> {
         if let Some(s) = flag {
-            if count_flag.is_some() {
-                return Err(Error::invalid(
-                    "--shard-count goes with a Kubernetes Indexed Job's JOB_COMPLETION_INDEX; \
-                     --shard K/N already gives the count",
+            if let Some(count) = count_flag {
+                return Err(Error::param(
+                    "shard_count",
+                    count,
+                    "goes with a Kubernetes Indexed Job's JOB_COMPLETION_INDEX; the shard K/N \
+                     already gives the count",
                 ));
             }
             return Ok(Some((s.parse()?, ShardSource::Flag)));
@@ -101,24 +103,27 @@ impl Shard {
         if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
             if let Some(count) = count_flag {
                 let shard = Shard::new(id, count).map_err(|_| {
-                    Error::invalid(format!(
-                        "SLURM_ARRAY_TASK_ID {id} does not fit --shard-count {count}: submit \
-                         task ids from 0 to {}",
-                        count.saturating_sub(1)
-                    ))
+                    Error::param(
+                        "shard_count",
+                        count,
+                        format!(
+                            "SLURM_ARRAY_TASK_ID {id} does not fit: submit task ids from 0 to {}",
+                            count.saturating_sub(1)
+                        ),
+                    )
                 })?;
                 return Ok(Some((shard, ShardSource::Slurm)));
             }
             let count = num("SLURM_ARRAY_TASK_COUNT")?.ok_or_else(|| {
                 Error::invalid(
                     "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not (Slurm older \
-                     than 17.11?): pass --shard K/N",
+                     than 17.11?): give the shard K/N",
                 )
             })?;
             if num("SLURM_ARRAY_TASK_STEP")?.is_some_and(|s| s != 1) {
                 return Err(Error::invalid(
                     "the job array has a step other than 1 (--array=A-B:S): submit \
-                     --array=0-(N-1) or pass --shard K/N",
+                     --array=0-(N-1) or give the shard K/N",
                 ));
             }
             let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
@@ -130,7 +135,7 @@ impl Shard {
             let shard = Shard::new(index, count).map_err(|_| {
                 Error::invalid(format!(
                     "SLURM_ARRAY_TASK_ID {id} (min {min}) does not fit SLURM_ARRAY_TASK_COUNT \
-                     {count}: submit a contiguous --array=0-(N-1), or pass --shard K/N"
+                     {count}: submit a contiguous --array=0-(N-1), or give the shard K/N"
                 ))
             })?;
             return Ok(Some((shard, ShardSource::Slurm)));
@@ -138,20 +143,26 @@ impl Shard {
         match (num("JOB_COMPLETION_INDEX")?, count_flag) {
             (Some(index), Some(count)) => {
                 let shard = Shard::new(index, count).map_err(|_| {
-                    Error::invalid(format!(
-                        "JOB_COMPLETION_INDEX {index} does not fit --shard-count {count} (set \
-                         the Job's completions to the same count)"
-                    ))
+                    Error::param(
+                        "shard_count",
+                        count,
+                        format!(
+                            "JOB_COMPLETION_INDEX {index} does not fit (set the Job's completions \
+                             to the same count)"
+                        ),
+                    )
                 })?;
                 Ok(Some((shard, ShardSource::Kubernetes)))
             }
             (Some(_), None) => Err(Error::invalid(
-                "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but not --shard-count N: \
-                 pass the Job's completion count, or --shard K/N",
+                "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but not the shard count: \
+                 give the Job's completion count, or the shard K/N",
             )),
-            (None, Some(_)) => Err(Error::invalid(
-                "--shard-count needs a task index (SLURM_ARRAY_TASK_ID in a Slurm job array, \
-                 JOB_COMPLETION_INDEX in a Kubernetes Indexed Job); elsewhere pass --shard K/N",
+            (None, Some(count)) => Err(Error::param(
+                "shard_count",
+                count,
+                "needs a task index (SLURM_ARRAY_TASK_ID in a Slurm job array, \
+                 JOB_COMPLETION_INDEX in a Kubernetes Indexed Job); elsewhere give the shard K/N",
             )),
             (None, None) => Ok(None),
         }
@@ -167,15 +178,17 @@ impl Shard {
         let got = Shard::resolve(flag, count_flag, &|k| std::env::var(k).ok())?;
         match &got {
             Some((s, ShardSource::Slurm)) => note(format!(
-                "shard {s} from the Slurm job array (SLURM_ARRAY_TASK_ID{}; --shard overrides)",
+                "shard {s} from the Slurm job array (SLURM_ARRAY_TASK_ID{}; a shard given \
+                 explicitly overrides)",
                 if count_flag.is_some() {
-                    ", --shard-count"
+                    " and the shard count"
                 } else {
                     " / SLURM_ARRAY_TASK_COUNT"
                 }
             )),
             Some((s, ShardSource::Kubernetes)) => note(format!(
-                "shard {s} from the Kubernetes Indexed Job (JOB_COMPLETION_INDEX, --shard-count)"
+                "shard {s} from the Kubernetes Indexed Job (JOB_COMPLETION_INDEX and the shard \
+                 count)"
             )),
             _ => {}
         }

@@ -91,14 +91,28 @@ pub fn checkpoint_path(m: &ZooModel) -> PathBuf {
         .join(format!("{}.safetensors", m.name))
 }
 
-/// Resolve a `--weights` value: `zoo:NAME` is fetched and converted on first use; anything else
+/// Resolve a `weights` setting: `zoo:NAME` is fetched and converted on first use; anything else
 /// is a path that must exist.
 pub fn resolve(weights: &str, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    resolve_flag("--weights", weights, on_fetch)
+    resolve_setting("weights", weights, on_fetch)
 }
 
-/// [`resolve`] for a flag other than `--weights` (`--surrogate`), named in the error.
-pub fn resolve_flag(flag: &str, weights: &str, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+/// [`resolve_setting`] under a flag's name (`--surrogate`: the setting `surrogate`), the old
+/// path until its caller names the setting.
+pub fn resolve_flag(
+    flag: &'static str,
+    weights: &str,
+    on_fetch: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    resolve_setting(flag.trim_start_matches('-'), weights, on_fetch)
+}
+
+/// [`resolve`] for a setting other than `weights` (`surrogate`), named in the error.
+pub fn resolve_setting(
+    name: &'static str,
+    weights: &str,
+    on_fetch: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
     if let Some(name) = weights.strip_prefix("zoo:") {
         let m = find(name).ok_or_else(|| {
             let names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
@@ -111,9 +125,11 @@ pub fn resolve_flag(flag: &str, weights: &str, on_fetch: &mut dyn FnMut(&str)) -
     }
     let p = PathBuf::from(weights);
     if !p.is_file() {
-        return Err(Error::invalid(format!(
-            "{flag} {weights}: no such file (use a libre checkpoint path or zoo:NAME)"
-        )));
+        return Err(Error::param(
+            name,
+            weights,
+            "no such file (use a libre checkpoint path or zoo:NAME)",
+        ));
     }
     Ok(p)
 }

@@ -45,8 +45,10 @@ impl ForwardMode {
     pub fn validate(&self) -> Result<()> {
         match self {
             ForwardMode::ParallelMc { samples: 0 } | ForwardMode::SequentialMc { samples: 0 } => {
-                Err(Error::invalid(
-                    "MC samples S = 0: S must be >= 1 (--mc-samples)",
+                Err(Error::param(
+                    "mc_samples",
+                    0,
+                    "the MC sample count S must be >= 1",
                 ))
             }
             ForwardMode::Train(TrainSampling {

@@ -40,7 +40,7 @@ impl std::str::FromStr for Family {
             "ensemble" | "fade" => Ok(Family::Ensemble),
             "low-rank" | "lowrank" => Ok(Family::LowRank),
             _ => Err(Error::invalid(format!(
-                "unknown posterior family '{s}': use --posterior mean-field, ensemble or low-rank"
+                "unknown posterior family '{s}': expected mean-field, ensemble or low-rank"
             ))),
         }
     }
@@ -85,10 +85,11 @@ impl PosteriorConfig {
     /// Checks the constraints (S >= 1, psi range ordered, rank >= 1).
     pub fn validate(&self) -> Result<()> {
         if self.samples < 1 {
-            return Err(Error::invalid(format!(
-                "posterior samples S = {} must be >= 1 (--mc-samples)",
-                self.samples
-            )));
+            return Err(Error::param(
+                "samples",
+                self.samples,
+                "the posterior's sample count S must be >= 1",
+            ));
         }
         if self.psi_init.0.is_nan() || self.psi_init.1.is_nan() || self.psi_init.0 > self.psi_init.1
         {

@@ -35,13 +35,18 @@ pub struct PriorConfig {
 impl PriorConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.decay >= 0.0 && self.decay.is_finite()) {
-            return Err(Error::invalid(format!(
-                "prior decay λ = {} must be finite and >= 0 (--decay)",
-                self.decay
-            )));
+            return Err(Error::param(
+                "decay",
+                self.decay,
+                "the prior decay λ must be finite and >= 0",
+            ));
         }
         if self.num_data == 0 {
-            return Err(Error::invalid("prior num_data N must be >= 1"));
+            return Err(Error::param(
+                "num_data",
+                0,
+                "the prior's data set size N must be >= 1",
+            ));
         }
         Ok(())
     }

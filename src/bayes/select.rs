@@ -21,7 +21,7 @@ impl std::str::FromStr for LayerSelection {
     fn from_str(s: &str) -> Result<Self> {
         match s.trim() {
             "" => Err(Error::invalid(
-                "empty layer selection: use --layers all, last-block, or a list of paths",
+                "empty layer selection: expected all, last-block, or a list of paths",
             )),
             "all" => Ok(LayerSelection::All),
             "last-block" => Ok(LayerSelection::LastBlock),
@@ -89,7 +89,7 @@ impl LayerSelection {
             }
             if !hit {
                 return Err(Error::invalid(format!(
-                    "unknown layer path '{e}' (--layers); available: {}",
+                    "unknown layer path '{e}'; available: {}",
                     available.join(", ")
                 )));
             }

@@ -190,7 +190,7 @@ pub fn open(spec: &str, limit: Option<usize>, on_fetch: &mut dyn FnMut(&str)) ->
     }
     if let Some(n) = limit {
         if n == 0 {
-            return Err(Error::invalid("--limit must be at least 1"));
+            return Err(Error::param("limit", 0, "must be at least 1"));
         }
         ds.len = ds.len.min(n);
         if let Some(l) = ds.labels.as_mut() {
@@ -255,10 +255,11 @@ impl Dataset {
         let a = a.unwrap_or(0);
         let b = b.unwrap_or(self.len);
         if b > self.len || a >= b {
-            return Err(Error::invalid(format!(
-                "--data '{spec}': slice [{a}:{b}] is out of range for {} images",
-                self.len
-            )));
+            return Err(Error::param(
+                "data",
+                spec,
+                format!("slice [{a}:{b}] is out of range for {} images", self.len),
+            ));
         }
         let [c, h, w] = self.shape;
         let per = c * h * w;

@@ -492,10 +492,14 @@ pub fn load_state_dict_bytes(
     };
     let if_no_key = |fmt: Format| -> Result<()> {
         match &opts.key {
-            Some(k) => Err(Error::invalid(format!(
-                "--key {k}: {} files hold a flat list of tensors, not nested dicts",
-                fmt.name()
-            ))),
+            Some(k) => Err(Error::param(
+                "key",
+                k,
+                format!(
+                    "{} files hold a flat list of tensors, not nested dicts",
+                    fmt.name()
+                ),
+            )),
             None => Ok(()),
         }
     };

@@ -262,7 +262,7 @@ fn select_state_dict(root: &Value, sel: &Select) -> Result<Selected, String> {
         for part in key.split('/').filter(|p| !p.is_empty()) {
             let items = cur.dict_items().ok_or_else(|| {
                 format!(
-                    "--key {key}: {} is a {}, not a dict",
+                    "key {key}: {} is a {}, not a dict",
                     if path.is_empty() {
                         "the top level".to_string()
                     } else {
@@ -277,7 +277,7 @@ fn select_state_dict(root: &Value, sel: &Select) -> Result<Selected, String> {
                 .map(|(_, v)| v.clone());
             cur = found.ok_or_else(|| {
                 format!(
-                    "--key {key}: no key {part:?}; the keys are {}",
+                    "key {key}: no key {part:?}; the keys are {}",
                     describe_keys(&items)
                 )
             })?;
@@ -318,7 +318,7 @@ fn select_state_dict(root: &Value, sel: &Select) -> Result<Selected, String> {
     }
     if sel.key.is_some() {
         return Err(format!(
-            "not a state_dict: --key {} leads to a dict with keys {}",
+            "not a state_dict: key {} leads to a dict with keys {}",
             sel.key.as_deref().unwrap_or(""),
             describe_keys(&items)
         ));
@@ -343,7 +343,7 @@ fn select_state_dict(root: &Value, sel: &Select) -> Result<Selected, String> {
             describe_keys(&items)
         )),
         _ => Err(format!(
-            "several dicts of tensors ({}): choose one with --key",
+            "several dicts of tensors ({}): choose one by its key",
             candidates
                 .iter()
                 .map(|(k, _)| format!("{k:?}"))

@@ -68,6 +68,12 @@ impl<N: Net> Model<N> {
             floats.saturating_mul(4),
             &format!("a parallel MC forward of {batch} image(s) x {samples} samples"),
         )
-        .map_err(|e| Error::invalid(format!("{e}: use fewer MC samples or smaller batches")))
+        .map_err(|e| {
+            Error::param(
+                "mc_samples",
+                samples,
+                format!("{e}: use fewer samples or smaller batches"),
+            )
+        })
     }
 }
