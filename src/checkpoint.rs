@@ -216,9 +216,9 @@ fn read_all(
         .and_then(|m| m.get(META_KEY))
         .ok_or_else(|| {
             bad(format!(
-                "no '{META_KEY}' metadata: a plain state_dict, not a libre checkpoint; pass \
-                 --model ARCH to read it as one of {STATE_DICT_ARCHS} (or write a libre \
-                 checkpoint once with `libre import FILE --model ARCH --out CKPT.safetensors`)"
+                "no '{META_KEY}' metadata: a plain state_dict, not a libre checkpoint; give the \
+                 architecture to read it as one of {STATE_DICT_ARCHS} (a plain state_dict has \
+                 none), or import it once into a libre checkpoint"
             ))
         })?;
     let meta: CheckpointMeta =

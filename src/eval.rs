@@ -30,9 +30,11 @@ impl EvalOptions {
         }
         let s = self.mode.samples();
         if let Some(bad) = self.curve.iter().find(|&&c| c == 0 || c > s) {
-            return Err(Error::invalid(format!(
-                "curve point {bad} must lie in 1..={s} (the number of MC samples)"
-            )));
+            return Err(Error::param(
+                "curve",
+                bad,
+                format!("must lie in 1..={s} (the number of MC samples)"),
+            ));
         }
         Ok(())
     }

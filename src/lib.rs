@@ -6,12 +6,15 @@
 //! - [`cache`]: the user cache, sha256-verified downloads through the registries' own clients,
 //!   atomic installs.
 //! - [`alloc`]: glibc thresholds so freed activation memory is reused, not re-faulted.
-//! - [`device`]: `--device auto|cpu|cuda[:N]`, registering libtorch's CUDA backend on demand.
-//! - [`data`]: data set specs (`mnist:test`, `folder:DIR`, `FILE.safetensors`, ...) and loaders.
+//! - [`device`]: device specs `auto|cpu|cuda[:N]`, registering libtorch's CUDA backend on demand.
+//! - [`data`]: data set specs (`mnist:test`, `folder:DIR`, `FILE.safetensors`, ...), loaders,
+//!   image files as inputs.
 //! - [`import`]: PyTorch checkpoints (zip and legacy pickle formats) without Python.
 //! - [`zoo`]: pretrained weights fetched from package registries.
-//! - [`bayes`]: posterior families and Bayesian layers, conversion, priors, parallel MC.
-//! - [`models`]: LeNet5, DigitCNN, MLP, ResNet, WRN with PyTorch parameter names.
+//! - [`bayes`]: posterior families and Bayesian layers, conversion, priors, parallel MC
+//!   (forward modes, the per-forward context, activations, routing kernels).
+//! - [`models`]: LeNet5, DigitCNN, MLP, ResNet, WRN with PyTorch parameter names; the MC
+//!   sample-count rule.
 //! - [`detect`]: LiBRe and the uncertainty scores, calibration, the detector file.
 //! - [`evaluate`]: research evaluation runs (attacks x models x scores -> report).
 //! - [`shard`]: one job split into N parts for Slurm job arrays / Kubernetes Indexed Jobs.

@@ -54,9 +54,11 @@ pub enum ShardSource {
 impl Shard {
     pub fn new(index: usize, count: usize) -> Result<Shard> {
         if count == 0 || index >= count {
-            return Err(Error::invalid(format!(
-                "shard {index}/{count}: expected 0 <= K < N"
-            )));
+            return Err(Error::param(
+                "shard",
+                format!("{index}/{count}"),
+                "expected K/N with 0 <= K < N",
+            ));
         }
         Ok(Shard { index, count })
     }

@@ -311,13 +311,15 @@ impl BayesParam {
 
     fn check_components(&self, n: i64, s: i64) -> Result<()> {
         if n > s {
-            return Err(Error::invalid(format!(
-                "{}: {} MC samples requested but the {} posterior has only {s} members; use \
-                 --mc-samples <= {s}",
-                self.name,
+            return Err(Error::param(
+                "mc_samples",
                 n,
-                self.family()
-            )));
+                format!(
+                    "{}: the {} posterior has only {s} members; use at most {s}",
+                    self.name,
+                    self.family()
+                ),
+            ));
         }
         Ok(())
     }
