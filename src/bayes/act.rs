@@ -14,15 +14,19 @@ use tch::Tensor;
 /// `samples: None` -> `[B, ...]`; `samples: Some(S)` -> `[B, S, ...]`.
 #[derive(Debug)]
 pub struct Act {
+    /// `[B, ...]`, or `[B, S, ...]` with `samples`.
     pub t: Tensor,
+    /// S when the tensor has the sample axis at dim 1.
     pub samples: Option<i64>,
 }
 
 impl Act {
+    /// An activation without a sample axis.
     pub fn new(t: Tensor) -> Act {
         Act { t, samples: None }
     }
 
+    /// An activation with the given sample axis.
     pub fn with(t: Tensor, samples: Option<i64>) -> Act {
         Act { t, samples }
     }
@@ -45,10 +49,12 @@ impl Act {
         }
     }
 
+    /// The same tensor storage, a new handle.
     pub fn shallow_clone(&self) -> Act {
         Act::with(self.t.shallow_clone(), self.samples)
     }
 
+    /// ReLU, elementwise.
     pub fn relu(&self) -> Act {
         Act::with(self.t.relu(), self.samples)
     }

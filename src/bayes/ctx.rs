@@ -27,6 +27,7 @@ pub(crate) enum Drawn {
 }
 
 impl Drawn {
+    /// The tensor, whatever its form.
     pub(crate) fn into_tensor(self) -> Tensor {
         match self {
             Drawn::One(t) | Drawn::Shared(t) | Drawn::PerExample(t) => t,
@@ -34,15 +35,20 @@ impl Drawn {
     }
 }
 
-pub(crate) enum Plan {
+/// How a forward draws every parameter, fixed by its mode when the [`Ctx`] is built.
+pub(crate) enum DrawPlan {
+    /// The means (ensembles: the member average): the deterministic modes.
     Mean,
+    /// S draws shared across the batch: the MC modes.
     Shared { samples: i64 },
+    /// Training draws under `ts` for `batch` examples (per example or per batch, or routed
+    /// members).
     PerExample { batch: i64, ts: TrainSampling },
 }
 
 /// Per-forward state shared by all layers of one model call.
 pub struct Ctx {
-    pub(crate) plan: Plan,
+    pub(crate) plan: DrawPlan,
     train: bool,
     /// Sequential MC: the pass index; draws are cached across passes by parameter name.
     seq: Cell<Option<usize>>,
@@ -97,8 +103,8 @@ impl Ctx {
     pub fn new(mode: &ForwardMode, batch: i64) -> Result<Ctx> {
         mode.validate()?;
         let (plan, train, seq_samples) = match mode {
-            ForwardMode::Deterministic => (Plan::Mean, false, 0),
-            ForwardMode::DeterministicTrain => (Plan::Mean, true, 0),
+            ForwardMode::Deterministic => (DrawPlan::Mean, false, 0),
+            ForwardMode::DeterministicTrain => (DrawPlan::Mean, true, 0),
             ForwardMode::Train(ts) => {
                 let batch = match &ts.rows {
                     Some(rows) => {
@@ -120,17 +126,17 @@ impl Ctx {
                     }
                 }
                 let ts = ts.clone();
-                (Plan::PerExample { batch, ts }, true, 0)
+                (DrawPlan::PerExample { batch, ts }, true, 0)
             }
             ForwardMode::ParallelMc { samples } => (
-                Plan::Shared {
+                DrawPlan::Shared {
                     samples: *samples as i64,
                 },
                 false,
                 0,
             ),
             // Sequential passes run as `Mean` plans whose layers pick slice `seq` of their draws.
-            ForwardMode::SequentialMc { samples } => (Plan::Mean, false, *samples as i64),
+            ForwardMode::SequentialMc { samples } => (DrawPlan::Mean, false, *samples as i64),
         };
         let rows = match mode {
             ForwardMode::Train(TrainSampling {
@@ -222,14 +228,15 @@ impl Ctx {
     /// local reparameterisation ([`McDraws::LocalReparam`]).
     pub(crate) fn local_reparam_samples(&self) -> Option<i64> {
         match (&self.plan, self.draws, self.seq.get()) {
-            (Plan::Shared { samples }, McDraws::LocalReparam, None) => Some(*samples),
+            (DrawPlan::Shared { samples }, McDraws::LocalReparam, None) => Some(*samples),
             _ => None,
         }
     }
 
+    /// How mean-field layers draw in a training forward; None outside training.
     pub(crate) fn mean_field_scheme(&self) -> Option<McSampling> {
         match &self.plan {
-            Plan::PerExample { ts, .. } => Some(ts.sampling),
+            DrawPlan::PerExample { ts, .. } => Some(ts.sampling),
             _ => None,
         }
     }
@@ -288,8 +295,8 @@ impl Ctx {
             return Ok(a);
         };
         let s = match (&self.plan, self.seq.get()) {
-            (Plan::Shared { samples }, _) => *samples,
-            (Plan::Mean, Some(_)) => self.seq_samples,
+            (DrawPlan::Shared { samples }, _) => *samples,
+            (DrawPlan::Mean, Some(_)) => self.seq_samples,
             _ => return Ok(a), // deterministic and training forwards: no dropout
         };
         let mask_for = |shape: &[i64]| -> Tensor {
@@ -341,7 +348,7 @@ impl Ctx {
     }
 
     fn route_ids(&self, components: i64, name: &str) -> Result<Option<Tensor>> {
-        let Plan::PerExample { batch, ts } = &self.plan else {
+        let DrawPlan::PerExample { batch, ts } = &self.plan else {
             return Ok(None);
         };
         let mut cached = self.ids.borrow_mut();
@@ -372,7 +379,7 @@ impl Ctx {
     /// instead of materialising a weight per example (`[B, out, in]`: 640 MB for LeNet5's
     /// `linear1` at batch 256). None for other plans, families, fixed routing or a sample axis.
     pub(crate) fn ensemble_routes(&self, p: &BayesParam, x: &Act) -> Result<Option<Tensor>> {
-        let Plan::PerExample { ts, .. } = &self.plan else {
+        let DrawPlan::PerExample { ts, .. } = &self.plan else {
             return Ok(None);
         };
         if x.samples.is_some()
@@ -399,9 +406,9 @@ impl Ctx {
             return Ok(Drawn::One(cache[p.name()].get(s as i64)));
         }
         match &self.plan {
-            Plan::Mean => Ok(Drawn::One(p.mean())),
-            Plan::Shared { samples } => Ok(Drawn::Shared(p.draw(*samples)?)),
-            Plan::PerExample { batch, ts } => match p.family() {
+            DrawPlan::Mean => Ok(Drawn::One(p.mean())),
+            DrawPlan::Shared { samples } => Ok(Drawn::Shared(p.draw(*samples)?)),
+            DrawPlan::PerExample { batch, ts } => match p.family() {
                 Family::Ensemble | Family::LowRank => {
                     let comps = p.components().unwrap_or(1);
                     let ids = self.route_ids(comps, p.name())?.expect("per-example plan");

@@ -34,6 +34,10 @@
 //! - **Prior** ([`prior::PriorRegularizer`]) is applied to gradients after backward, never added to
 //!   the loss. **Optimiser** ([`optim::Sgd`]) is our own SGD on tch tensors (PyTorch semantics) with
 //!   one group per [`ParamGroup`], so weight decay is never applied twice by accident.
+//!
+//! Files: `mode` (forward modes, MC dropout), `ctx` (the per-forward context), `act`
+//! (activations), `route` (drawn weights to one form, per-member routing), `pool`, `fast` (the
+//! fast-path switch), one file per layer kind, `posterior`, `prior`, `optim`, `select`.
 
 pub mod act;
 pub mod batchnorm;

@@ -42,6 +42,7 @@ impl ForwardMode {
         }
     }
 
+    /// Checks the sample count, routing ids and batch rows.
     pub fn validate(&self) -> Result<()> {
         match self {
             ForwardMode::ParallelMc { samples: 0 } | ForwardMode::SequentialMc { samples: 0 } => {
@@ -70,7 +71,9 @@ impl ForwardMode {
 /// Training-time sampling: mean-field draw scheme plus ensemble / low-rank routing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSampling {
+    /// How mean-field layers draw.
     pub sampling: McSampling,
+    /// Which member / component each example goes through.
     pub routing: Routing,
     /// The training batch as rows of an input that holds each distinct image once: example `i`
     /// of the batch is input row `rows[i]` (LiBRe sends copies of an image through different
@@ -133,6 +136,7 @@ pub enum McDraws {
 }
 
 impl McDraws {
+    /// The name `FromStr` reads (`weights`, `local-reparam`).
     pub fn name(self) -> &'static str {
         match self {
             McDraws::Weights => "weights",
@@ -186,6 +190,7 @@ pub struct McDropout {
 }
 
 impl McDropout {
+    /// Checks p in (0, 1), at least one block and at least 2 samples.
     pub fn validate(&self) -> Result<()> {
         if !(self.p > 0.0 && self.p < 1.0) {
             return Err(Error::invalid(format!(

@@ -25,6 +25,7 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Every architecture, in the order help texts list them.
     pub const ALL: [Arch; 7] = [
         Arch::Lenet5,
         Arch::DigitCnn,
@@ -35,6 +36,7 @@ impl Arch {
         Arch::Wrn28x10,
     ];
 
+    /// The serialised name (`lenet5`, `wrn28-10`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Arch::Lenet5 => "lenet5",
@@ -90,7 +92,9 @@ impl std::str::FromStr for Arch {
 pub struct ModelConfig {
     /// `lenet5`, `digitcnn`, `mlp`, `resnet18`, `resnet34`, `resnet50`, `wrn28-10`.
     pub arch: Arch,
+    /// Classes of the head (K).
     pub num_classes: i64,
+    /// Input channels (1 grey, 3 RGB).
     pub in_channels: i64,
     /// Square input side (fixed for lenet5/digitcnn/mlp; nominal for the convolutional nets).
     pub image_size: i64,

@@ -14,7 +14,9 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// A [`Net`] with its VarStore and config.
 pub struct Model<N: Net> {
+    /// The model's variables, under PyTorch names.
     pub vs: nn::VarStore,
+    /// The network body.
     pub net: N,
     cfg: ModelConfig,
     norm: Option<(Tensor, Tensor)>,

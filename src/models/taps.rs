@@ -14,7 +14,9 @@ use tch::{Kind, Tensor};
 /// batch and sample axes (LeNet5 at 28 px: `conv1` `[32, 14, 14]`, ..., `logits` `[10]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapShape {
+    /// See [`super::Tap::name`].
     pub name: String,
+    /// Without the batch and sample axes.
     pub shape: Vec<i64>,
     /// See [`super::Tap::sampled`].
     pub sampled: bool,
