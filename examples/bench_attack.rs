@@ -118,7 +118,8 @@ fn run() -> Result<(), String> {
                     let s = tch::no_grad(|| victim.score(&x)).expect("a score");
                     let s: Vec<f64> =
                         Vec::<f64>::try_from(s.to_kind(Kind::Double)).map_err(|e| e.to_string())?;
-                    libre_reports::robust::threshold_at_fpr(&s, 0.05).map_err(|e| e.to_string())?
+                    libre_reports::detection::threshold_for_fpr(&s, 0.05)
+                        .map_err(|e| e.to_string())?
                 }
             };
             eprintln!(

@@ -217,7 +217,9 @@ fn threshold_for(
         vals.extend(to_vec_f64(&scores[si])?);
         Ok(())
     })?;
-    Ok(libre_reports::robust::threshold_at_fpr(&vals, plan.fpr)?)
+    Ok(libre_reports::detection::threshold_for_fpr(
+        &vals, plan.fpr,
+    )?)
 }
 
 /// Runs the plan's cells (all, or one shard's) into `out/cells`, skipping finished ones.
