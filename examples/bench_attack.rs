@@ -92,8 +92,8 @@ fn run() -> Result<(), String> {
     let device = Device::Cpu;
     let det = libre::detect::Detector::load(std::path::Path::new(&args[1]), device, None)
         .map_err(|e| format!("{}: {e}", args[1]))?;
-    let calibrated = det.meta.as_ref().map(|m| m.calibration.threshold);
-    let model = det.model.as_ref();
+    let calibrated = det.meta().map(|m| m.calibration.threshold);
+    let model = det.model();
     let ds = libre::data::open(&args[2], Some(images), &mut |_| {})
         .map_err(|e| format!("{}: {e}", args[2]))?;
     let (x, y) = ds
