@@ -280,7 +280,7 @@ fn bad_settings_are_refused_by_name() {
         &["--detector", "kd", "--fit-data", FIT, "--bandwidth", "0"],
         "bandwidth",
     );
-    fails(&["--detector", "knn"], "unknown detector 'knn'");
+    fails(&["--detector", "knn"], "--detector knn: unknown detector");
     // A DNN cannot give a classic score without the fitted file.
     let o = libre()
         .args([

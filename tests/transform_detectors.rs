@@ -65,18 +65,18 @@ fn median_filter_matches_hand_computed_values() {
     assert!(m
         .select(1, 1)
         .equal(&(squeeze::median_filter(&x, 2).select(1, 0) * 10.0)));
-    // Names parse back; bad ones name the flag.
+    // Names parse back; bad ones name the setting.
     for s in ["bits-1", "bits-8", "median-2x2", "median-5x5"] {
         assert_eq!(s.parse::<Squeezer>().unwrap().name(), s);
     }
     for s in ["bits-0", "bits-9", "median-2x3", "median-6x6", "blur"] {
         let e = s.parse::<Squeezer>().unwrap_err().to_string();
-        assert!(e.contains("--squeezers") && e.contains(s), "{e}");
+        assert!(e.contains("squeezers") && e.contains(s), "{e}");
     }
     let e = squeeze::parse_squeezers("bits-1,bits-1")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("--squeezers") && e.contains("twice"), "{e}");
+    assert!(e.contains("squeezers") && e.contains("twice"), "{e}");
 }
 
 /// The first `n` MNIST test digits.

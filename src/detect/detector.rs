@@ -304,9 +304,11 @@ impl Detector {
     /// detector is refused at anything but f32: its densities were fitted on float32 features.
     pub fn set_precision(&mut self, p: Precision) -> Result<()> {
         if self.classic.is_some() && p != Precision::F32 {
-            return Err(Error::invalid(format!(
-                "precision {p}: classic detectors are fitted and scored at f32"
-            )));
+            return Err(Error::param(
+                "precision",
+                p,
+                "classic detectors are fitted and scored at f32",
+            ));
         }
         self.model.set_precision(p)
     }
@@ -316,11 +318,15 @@ impl Detector {
     pub fn check_score(&self, s: Score) -> Result<()> {
         match (s.classic(), &self.classic) {
             (Some(k), Some(c)) if c.meta.config.kind() == k => Ok(()),
-            (Some(k), Some(c)) => Err(Error::invalid(format!(
-                "score '{s}': this detector was fitted as {}, not {}",
-                c.meta.config.kind().name(),
-                k.name()
-            ))),
+            (Some(k), Some(c)) => Err(Error::param(
+                "score",
+                s,
+                format!(
+                    "this detector was fitted as {}, not {}",
+                    c.meta.config.kind().name(),
+                    k.name()
+                ),
+            )),
             _ => s.check_available(self.mode().samples()),
         }
     }

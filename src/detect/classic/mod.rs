@@ -87,10 +87,14 @@ impl std::str::FromStr for ClassicKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                Error::invalid(format!(
-                    "unknown detector '{s}': available libre, mc-dropout, {}",
-                    ClassicKind::ALL.map(|k| k.name()).join(", ")
-                ))
+                Error::param(
+                    "detector",
+                    s,
+                    format!(
+                        "unknown detector: available libre, mc-dropout, {}",
+                        ClassicKind::ALL.map(|k| k.name()).join(", ")
+                    ),
+                )
             })
     }
 }
@@ -163,10 +167,11 @@ impl ClassicParams {
             ));
         }
         if self.k == 0 || self.k >= self.reference {
-            return Err(Error::invalid(format!(
-                "LID: k = {} must lie in [1, reference size {})",
-                self.k, self.reference
-            )));
+            return Err(Error::param(
+                "lid_k",
+                self.k,
+                format!("must lie in [1, reference size {})", self.reference),
+            ));
         }
         if !(self.noise >= 0.0 && self.noise.is_finite()) {
             return Err(Error::param("noise", self.noise, "must be >= 0"));
@@ -413,11 +418,15 @@ impl Classic {
             _ => cfg.layers.clone(),
         };
         if let Some(bad) = taps.iter().find(|t| !blocks.contains(t)) {
-            return Err(Error::invalid(format!(
-                "no block '{bad}' in {}: it has {}",
-                model.config().arch,
-                blocks.join(", ")
-            )));
+            return Err(Error::param(
+                "layers",
+                bad,
+                format!(
+                    "no such block in {}: it has {}",
+                    model.config().arch,
+                    blocks.join(", ")
+                ),
+            ));
         }
         Ok(taps)
     }

@@ -330,11 +330,14 @@ impl Magnet {
         config.validate()?;
         let n = fit.len();
         if n < 100 {
-            return Err(Error::invalid(format!(
-                "{}: {n} images; MagNet trains its autoencoders on nine tenths and \
-                 sets its normalisers on the rest, which takes at least 100 images",
-                fit.name
-            )));
+            return Err(Error::param(
+                "fit_data",
+                &fit.name,
+                format!(
+                    "{n} images; MagNet trains its autoencoders on nine tenths and sets its \
+                     normalisers on the rest, which takes at least 100 images"
+                ),
+            ));
         }
         let [c, h, w] = fit.shape();
         if h % 2 != 0 || w % 2 != 0 {

@@ -104,11 +104,11 @@ impl Transform {
                 })?;
                 let c = model.config().in_channels;
                 if fit.shape()[0] as i64 != c {
-                    return Err(Error::invalid(format!(
-                        "{}: {}-channel images, the model takes {c}",
-                        fit.name,
-                        fit.shape()[0]
-                    )));
+                    return Err(Error::param(
+                        "fit_data",
+                        &fit.name,
+                        format!("{}-channel images, the model takes {c}", fit.shape()[0]),
+                    ));
                 }
                 let mg = Magnet::fit(m, fit, &classifier(model), batch_size, device)?;
                 let f = TransformFit::Magnet(mg.fit.clone());
