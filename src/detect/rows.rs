@@ -1,9 +1,13 @@
-//! The rows `libre detect` writes, one per input: csv (a header, then quoted records), jsonl
+//! The rows `libre detect` writes, one per input ([`RowScorer`] scores a batch into them): csv (a header, then quoted records), jsonl
 //! (one JSON object a line, the scores under their names) or an aligned table for terminals.
 //! The formats are outputs other tools read: their bytes must not change.
 
+use super::input::Batch;
+use super::{Detector, Score};
+use crate::Result;
 use serde_json::{json, Map, Value};
 use std::io::Write;
+use tch::{Device, Kind};
 
 /// The output format of the rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +40,77 @@ pub struct Row {
     pub scores: Vec<f64>,
     pub flagged: Option<bool>,
     pub status: String,
+}
+
+/// How a batch becomes rows: the scores computed (those shown, then the flagging score when it is
+/// not shown), which one flags, and at what threshold.
+pub struct RowScorer {
+    computed: Vec<Score>,
+    shown: usize,
+    flag_idx: usize,
+    threshold: Option<f64>,
+}
+
+impl RowScorer {
+    /// Rows with the `shown` scores, flagged when `flag` reaches `threshold` (never without
+    /// one).
+    pub fn new(shown: &[Score], flag: Score, threshold: Option<f64>) -> RowScorer {
+        let mut computed = shown.to_vec();
+        if !computed.contains(&flag) {
+            computed.push(flag);
+        }
+        let flag_idx = computed.iter().position(|s| *s == flag).expect("pushed");
+        RowScorer {
+            computed,
+            shown: shown.len(),
+            flag_idx,
+            threshold,
+        }
+    }
+
+    /// The rows of batch `b` in input order: a `skipped` row for each image that did not decode,
+    /// the others scored by `det` on `device` in one forward, libtorch's generator seeded with
+    /// `seed` first.
+    pub fn rows(&self, det: &Detector, b: &Batch, seed: i64, device: Device) -> Result<Vec<Row>> {
+        let mut rows: Vec<Option<Row>> = (0..b.sources.len()).map(|_| None).collect();
+        for (i, img) in b.images.iter().enumerate() {
+            if let Err(e) = img {
+                rows[i] = Some(Row {
+                    source: b.sources[i].clone(),
+                    class: None,
+                    pred: None,
+                    confidence: None,
+                    scores: vec![f64::NAN; self.shown],
+                    flagged: None,
+                    status: format!("skipped: {e}"),
+                });
+            }
+        }
+        if let Some((x, idx)) = b.tensor(det.input_shape()) {
+            tch::manual_seed(seed);
+            let (pred, sc) = det.score(&x.to_device(device), &self.computed)?;
+            let cls = Vec::<i64>::try_from(pred.class.to_device(Device::Cpu))?;
+            let conf =
+                Vec::<f64>::try_from(pred.confidence.to_kind(Kind::Double).to_device(Device::Cpu))?;
+            let vals: Vec<Vec<f64>> = sc
+                .iter()
+                .map(|t| Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu)))
+                .collect::<std::result::Result<_, _>>()?;
+            for (j, &i) in idx.iter().enumerate() {
+                let fl = self.threshold.map(|t| vals[self.flag_idx][j] >= t);
+                rows[i] = Some(Row {
+                    source: b.sources[i].clone(),
+                    class: b.labels.as_ref().map(|l| l[i]),
+                    pred: Some(cls[j]),
+                    confidence: Some(conf[j]),
+                    scores: (0..self.shown).map(|k| vals[k][j]).collect(),
+                    flagged: fl,
+                    status: "ok".into(),
+                });
+            }
+        }
+        Ok(rows.into_iter().flatten().collect())
+    }
 }
 
 /// Writes rows in one format to a sink, the header (csv, table) first.

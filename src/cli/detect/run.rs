@@ -8,7 +8,7 @@ use crate::cli::{CheckFailed, Output};
 use libre::cache::AtomicFile;
 use libre::detect::input::{self, ImagePolicy};
 use libre::detect::parts;
-use libre::detect::rows::{Format, Row, RowWriter};
+use libre::detect::rows::{Format, RowScorer, RowWriter};
 use libre::detect::{scores, Detector, Score};
 use serde_json::{json, Value};
 use std::io::{IsTerminal, Write};
@@ -64,14 +64,6 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     }
     // The flagging score: the detector's own, else the first shown.
     let flag_score = det.meta().map(|m| m.score).unwrap_or(shown[0]);
-    let mut computed = shown.clone();
-    if !computed.contains(&flag_score) {
-        computed.push(flag_score);
-    }
-    let flag_idx = computed
-        .iter()
-        .position(|s| *s == flag_score)
-        .expect("pushed");
     let threshold = match (args.threshold, args.fpr, det.meta()) {
         (Some(t), _, _) => Some(t),
         (None, Some(f), Some(m)) => Some(m.recalibrate(f)?.threshold),
@@ -139,56 +131,21 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     let pb = out.progress(total as u64, "detect");
     let (mut n, mut flagged, mut skipped) = (0usize, 0usize, 0usize);
     let t0 = std::time::Instant::now();
+    let scorer = RowScorer::new(&shown, flag_score, threshold);
     let res = input::stream(&segs, plan, want, policy, &mut |chunk, b| {
-        let mut rows: Vec<Option<Row>> = (0..b.sources.len()).map(|_| None).collect();
-        for (i, img) in b.images.iter().enumerate() {
-            if let Err(e) = img {
-                if !args.skip_bad {
-                    return Err(libre::Error::invalid(format!(
-                        "{e} (pass --skip-bad to continue past bad inputs)"
-                    )));
-                }
-                rows[i] = Some(Row {
-                    source: b.sources[i].clone(),
-                    class: None,
-                    pred: None,
-                    confidence: None,
-                    scores: vec![f64::NAN; shown.len()],
-                    flagged: None,
-                    status: format!("skipped: {e}"),
-                });
-            }
+        if let Some(Err(e)) = b
+            .images
+            .iter()
+            .find(|i| i.is_err())
+            .filter(|_| !args.skip_bad)
+        {
+            return Err(libre::Error::invalid(format!(
+                "{e} (pass --skip-bad to continue past bad inputs)"
+            )));
         }
-        if let Some((x, idx)) = b.tensor(want) {
-            // Seeded by the global batch index: a shard draws what the unsharded run draws.
-            tch::manual_seed(args.seed.wrapping_add(chunk.index as i64));
-            let (pred, sc) = det.score(&x.to_device(device), &computed)?;
-            let cls = Vec::<i64>::try_from(pred.class.to_device(tch::Device::Cpu))?;
-            let conf = Vec::<f64>::try_from(
-                pred.confidence
-                    .to_kind(tch::Kind::Double)
-                    .to_device(tch::Device::Cpu),
-            )?;
-            let vals: Vec<Vec<f64>> = sc
-                .iter()
-                .map(|t| {
-                    Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
-                })
-                .collect::<Result<_, _>>()?;
-            for (j, &i) in idx.iter().enumerate() {
-                let fl = threshold.map(|t| vals[flag_idx][j] >= t);
-                rows[i] = Some(Row {
-                    source: b.sources[i].clone(),
-                    class: b.labels.as_ref().map(|l| l[i]),
-                    pred: Some(cls[j]),
-                    confidence: Some(conf[j]),
-                    scores: (0..shown.len()).map(|k| vals[k][j]).collect(),
-                    flagged: fl,
-                    status: "ok".into(),
-                });
-            }
-        }
-        for r in rows.into_iter().flatten() {
+        // Seeded by the global batch index: a shard draws what the unsharded run draws.
+        let seed = args.seed.wrapping_add(chunk.index as i64);
+        for r in scorer.rows(&det, &b, seed, device)? {
             n += 1;
             if r.status != "ok" {
                 skipped += 1;
