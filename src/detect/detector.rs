@@ -85,6 +85,16 @@ pub fn mc_dropout(
     Ok(d)
 }
 
+/// The detectors read from the model's own forward: its uncertainty (`libre`), MC dropout's
+/// (`mc-dropout`) and MC dropout's softmax variance (`bu`, Feinman et al.'s Bayesian
+/// uncertainty); the others are fitted [`ClassicKind`]s.
+pub const MODEL_DETECTORS: [&str; 3] = ["libre", "mc-dropout", "bu"];
+
+/// Whether `name` is a detector libre builds: one of [`MODEL_DETECTORS`] or a [`ClassicKind`].
+pub fn is_detector(name: &str) -> bool {
+    MODEL_DETECTORS.contains(&name) || name.parse::<ClassicKind>().is_ok()
+}
+
 /// Where a calibration's clean data and model came from, recorded in the detector file.
 #[derive(Debug, Clone)]
 pub struct CalibrationSource {

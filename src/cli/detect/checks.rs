@@ -54,18 +54,7 @@ pub(super) fn check_detector_flags(args: &CalibrateArgs) -> anyhow::Result<()> {
         ("--ae-noise", args.ae_noise.is_some(), &["magnet"]),
         ("--ae-batch-size", args.ae_batch_size.is_some(), &["magnet"]),
     ];
-    let known = [
-        "libre",
-        "mc-dropout",
-        "bu",
-        "kd",
-        "kd-bu",
-        "lid",
-        "mahalanobis",
-        "squeeze",
-        "magnet",
-    ];
-    if !known.contains(&args.detector.as_str()) {
+    if !libre::detect::detector::is_detector(&args.detector) {
         return Ok(()); // the parser below names the detectors
     }
     let stray: Vec<String> = flags
