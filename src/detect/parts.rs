@@ -123,8 +123,8 @@ impl PartManifest {
                 Error::bad_file(
                     rows,
                     format!(
-                        "no {} beside it: not a finished `libre detect --shard` part (a killed \
-                         task leaves none; rerun that shard)",
+                        "no {} beside it: not a finished part of a sharded `libre detect` run (a \
+                         killed task leaves none; rerun that shard)",
                         mp.file_name().unwrap_or_default().to_string_lossy()
                     ),
                 )

@@ -1,5 +1,5 @@
-//! The classic detectors as fitted detectors (docs/detection.md, "Baselines"): validated
-//! settings, [`Classic::fit`] on clean (and, for the logistic-regression forms, adversarial)
+//! The classic detectors as fitted detectors (docs/detection.md, "Baselines"): settings
+//! ([`ClassicParams`], checked once into a [`ClassicConfig`]), [`Classic::fit`] on clean (and, for the logistic-regression forms, adversarial)
 //! images, and a fitted detector that scores a batch, saved inside a detector file.
 //!
 //! | kind | score (higher = more suspicious) | fitted on |
