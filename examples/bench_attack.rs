@@ -92,8 +92,8 @@ fn run() -> Result<(), String> {
     let device = Device::Cpu;
     let det = libre::detect::Detector::load(std::path::Path::new(&args[1]), device, None)
         .map_err(|e| format!("{}: {e}", args[1]))?;
-    let calibrated = det.meta.as_ref().map(|m| m.calibration.threshold);
-    let model = det.model.as_ref();
+    let calibrated = det.meta().map(|m| m.calibration.threshold);
+    let model = det.model();
     let ds = libre::data::open(&args[2], Some(images), &mut |_| {})
         .map_err(|e| format!("{}: {e}", args[2]))?;
     let (x, y) = ds
@@ -118,7 +118,8 @@ fn run() -> Result<(), String> {
                     let s = tch::no_grad(|| victim.score(&x)).expect("a score");
                     let s: Vec<f64> =
                         Vec::<f64>::try_from(s.to_kind(Kind::Double)).map_err(|e| e.to_string())?;
-                    libre_reports::robust::threshold_at_fpr(&s, 0.05).map_err(|e| e.to_string())?
+                    libre_reports::detection::threshold_for_fpr(&s, 0.05)
+                        .map_err(|e| e.to_string())?
                 }
             };
             eprintln!(

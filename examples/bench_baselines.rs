@@ -11,7 +11,7 @@
 use libre::bayes::mode::McDropout;
 use libre::bayes::ForwardMode;
 use libre::data::Dataset;
-use libre::detect::classic::{Classic, ClassicConfig, ClassicKind};
+use libre::detect::classic::{ClassicKind, ClassicParams, FitData, FitSet, LogisticSets};
 use libre::detect::{Detector, Score};
 use libre::victim::ModelVictim;
 use std::time::Instant;
@@ -20,7 +20,7 @@ use tch::Device;
 /// FGSM (eps 0.3) examples of `ds` on the DNN, as a batch file opened as a data set.
 fn fgsm(weights: &std::path::Path, ds: &Dataset, dir: &std::path::Path, dev: Device) -> Dataset {
     let det = Detector::load(weights, dev, None).unwrap();
-    let victim = ModelVictim::new(det.model.as_ref(), ForwardMode::Deterministic);
+    let victim = ModelVictim::new(det.model(), ForwardMode::Deterministic);
     let atk = libre_attacks::by_name("fgsm", &serde_json::json!({ "eps": 0.3 })).unwrap();
     let (x, y) = ds.batch(0, ds.len()).unwrap();
     let adv = atk.perturb(&victim, &x, &y, 0).unwrap();
@@ -45,17 +45,17 @@ fn main() {
     let zoo = libre::zoo::resolve("zoo:lenet5-mnist", note).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let adv = fgsm(&zoo, &lr_clean, dir.path(), dev);
-    let base = ClassicConfig::new(ClassicKind::Kd);
+    let base = ClassicParams::new(ClassicKind::Kd);
     let drop = McDropout {
         layers: vec!["conv2".into(), "linear1".into()],
         p: 0.5,
         samples: 20,
     };
-    let cases: Vec<(&str, ClassicConfig, bool)> = vec![
+    let cases: Vec<(&str, ClassicParams, bool)> = vec![
         ("kd", base.clone(), false),
         (
             "kd-bu",
-            ClassicConfig {
+            ClassicParams {
                 kind: ClassicKind::KdBu,
                 dropout: Some(drop.clone()),
                 ..base.clone()
@@ -64,7 +64,7 @@ fn main() {
         ),
         (
             "lid",
-            ClassicConfig {
+            ClassicParams {
                 kind: ClassicKind::Lid,
                 ..base.clone()
             },
@@ -72,7 +72,7 @@ fn main() {
         ),
         (
             "mahalanobis",
-            ClassicConfig {
+            ClassicParams {
                 kind: ClassicKind::Mahalanobis,
                 ..base.clone()
             },
@@ -80,7 +80,7 @@ fn main() {
         ),
         (
             "mahalanobis-lr",
-            ClassicConfig {
+            ClassicParams {
                 kind: ClassicKind::Mahalanobis,
                 ..base.clone()
             },
@@ -88,7 +88,7 @@ fn main() {
         ),
         (
             "mahalanobis-lr noise 0.001",
-            ClassicConfig {
+            ClassicParams {
                 kind: ClassicKind::Mahalanobis,
                 noise: 0.001,
                 ..base.clone()
@@ -97,8 +97,8 @@ fn main() {
         ),
         // Input-transformation detectors: squeezing fits nothing; MagNet trains its two
         // autoencoders (libre's defaults: 20 epochs on 9,000 of the 10,000 fit images).
-        ("squeeze", ClassicConfig::new(ClassicKind::Squeeze), false),
-        ("magnet", ClassicConfig::new(ClassicKind::Magnet), false),
+        ("squeeze", ClassicParams::new(ClassicKind::Squeeze), false),
+        ("magnet", ClassicParams::new(ClassicKind::Magnet), false),
     ];
     println!(
         "LeNet5 / MNIST, fit on 10000 clean (+ 1000 FGSM vs 1000 clean for LR forms), score 2000 \
@@ -143,23 +143,25 @@ fn main() {
         }
         let mut det = Detector::load(&zoo, dev, None).unwrap();
         let t = Instant::now();
-        let c = Classic::fit(
-            det.model.as_mut(),
-            &cfg,
-            (&fit, "fit"),
-            lr.then_some(((&adv, "adv"), (&lr_clean, "clean"))),
-            500,
-            dev,
-        )
-        .unwrap();
+        let set = |data, name| FitSet { data, name };
+        let data = FitData {
+            clean: Some(set(&fit, "fit")),
+            logistic: lr.then_some(LogisticSets {
+                adversarial: set(&adv, "adv"),
+                clean: set(&lr_clean, "clean"),
+            }),
+        };
+        let kind = cfg.kind;
+        det.fit_classic(&cfg.check().unwrap(), data, 500, dev)
+            .unwrap();
         let fit_s = t.elapsed().as_secs_f64();
-        det.classic = Some(c);
-        let s = Score::of_classic(cfg.kind);
+        let s = Score::of_classic(kind);
         report(name, Some(fit_s), score_all(&det, s));
     }
-    let mut mcd = Detector::load(&zoo, dev, None).unwrap();
-    mcd.model.set_mc_dropout(Some(drop)).unwrap();
-    mcd.samples = 20;
+    let mcd = Detector::load(&zoo, dev, None)
+        .unwrap()
+        .with_mc_dropout(drop)
+        .unwrap();
     report(
         "mc-dropout S=20 (fv)",
         None,

@@ -89,11 +89,11 @@ fn main() {
         ),
         (
             "attack step DNN",
-            Box::new(|| step(dd.model.as_ref(), &x, &y, &dm)),
+            Box::new(|| step(dd.model(), &x, &y, &dm)),
         ),
         (
             "attack step LiBRe S=20",
-            Box::new(|| step(bd.model.as_ref(), &x, &y, &bm)),
+            Box::new(|| step(bd.model(), &x, &y, &bm)),
         ),
     ];
     for (_, f) in runs.iter_mut() {

@@ -31,7 +31,7 @@ fn stats(v: &mut [f64]) -> (f64, f64) {
 }
 
 fn compare(name: &str, dnn: &Detector, bnn: &Detector, x: &Tensor, rounds: usize) {
-    let (sd, sb) = (vec![Score::Msp], Score::available(bnn.samples));
+    let (sd, sb) = (vec![Score::Msp], Score::available(bnn.samples()));
     let _ = (ms(dnn, x, &sd), ms(bnn, x, &sb)); // warm-up
     let (mut a, mut b) = (vec![], vec![]);
     for _ in 0..rounds {
@@ -44,7 +44,7 @@ fn compare(name: &str, dnn: &Detector, bnn: &Detector, x: &Tensor, rounds: usize
         "{name}: DNN min {amin:.2} ms median {amed:.2} ms ({:.0} img/s) | LiBRe S={} all {} scores \
          min {bmin:.2} ms median {bmed:.2} ms ({:.0} img/s) | ratio min {:.2}x median {:.2}x",
         n / (amed / 1e3),
-        bnn.samples,
+        bnn.samples(),
         sb.len(),
         n / (bmed / 1e3),
         bmin / amin,

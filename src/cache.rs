@@ -222,25 +222,77 @@ pub fn temp_dir() -> Result<tempfile::TempDir> {
         .map_err(|e| Error::io(format!("temp dir in {}", root.display()), e))
 }
 
-/// Write `bytes` to `path` atomically (temp file in the same directory, fsync, rename).
+/// A file written under a temporary name and moved into place whole: the one atomic write of
+/// libre. The temporary file lies in the destination's directory (so the rename is atomic), is on
+/// the signal handler's cleanup list until it is committed or dropped, and [`AtomicFile::commit`]
+/// syncs it to disk, gives it ordinary permissions and renames it over the destination. Dropped
+/// uncommitted (an error, an interrupted run), it is removed and the destination is untouched.
+pub struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    /// Keeps `tmp` on the signal handler's list until the file is committed or dropped.
+    _cleanup: crate::cleanup::Tracked,
+    path: PathBuf,
+}
+
+impl AtomicFile {
+    /// A new empty temporary file for `path`, its directory created if missing.
+    pub fn create(path: &Path) -> Result<AtomicFile> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".libre-tmp-")
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
+        Ok(AtomicFile {
+            _cleanup: crate::cleanup::track(tmp.path()),
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The temporary file's path (for writers that open it by name).
+    pub fn temp_path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The temporary file, open for writing.
+    pub fn file(&mut self) -> &mut fs::File {
+        self.tmp.as_file_mut()
+    }
+
+    /// Another handle on the temporary file (for a buffered writer that must own one).
+    pub fn reopen(&self) -> Result<fs::File> {
+        self.tmp
+            .reopen()
+            .map_err(|e| Error::io("reopen temp file", e))
+    }
+
+    /// Syncs the temporary file, makes it public (0644) and renames it over the destination.
+    /// Whatever wrote to it must have flushed.
+    pub fn commit(self) -> Result<()> {
+        self.tmp
+            .as_file()
+            .sync_all()
+            .and_then(|_| make_public(self.tmp.path()))
+            .map_err(|e| Error::io(format!("write {}", self.path.display()), e))?;
+        self.tmp
+            .persist(&self.path)
+            .map_err(|e| Error::io(format!("rename into {}", self.path.display()), e.error))?;
+        Ok(())
+    }
+}
+
+/// Write `bytes` to `path` atomically ([`AtomicFile`]: temp file in the same directory, fsync,
+/// rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".libre-tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
-    let _cleanup = crate::cleanup::track(tmp.path());
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .and_then(|_| make_public(tmp.path()))
+    let mut f = AtomicFile::create(path)?;
+    f.file()
+        .write_all(bytes)
         .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io(format!("rename into {}", path.display()), e.error))?;
-    Ok(())
+    f.commit()
 }
 
 /// Temp files are created 0600; outputs should get ordinary permissions (0644 files, 0755 dirs).
@@ -496,25 +548,17 @@ pub fn ensure_artifact(
         )),
         ArtifactState::Missing => {}
     }
-    let dir = artifact.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".libre-tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
-    let _cleanup = crate::cleanup::track(tmp.path());
-    produce(tmp.path())?;
-    make_public(tmp.path()).map_err(|e| Error::io(format!("chmod {}", tmp.path().display()), e))?;
-    let size = fs::metadata(tmp.path())
-        .map_err(|e| Error::io(format!("stat {}", tmp.path().display()), e))?
+    let tmp = AtomicFile::create(artifact)?;
+    produce(tmp.temp_path())?;
+    let size = fs::metadata(tmp.temp_path())
+        .map_err(|e| Error::io(format!("stat {}", tmp.temp_path().display()), e))?
         .len();
     // The record goes first: a record without its artifact is simply overwritten next time.
     write_atomic(
         &stamp_path(artifact),
-        format!("{} {size}\n", sha256_file(tmp.path())?).as_bytes(),
+        format!("{} {size}\n", sha256_file(tmp.temp_path())?).as_bytes(),
     )?;
-    tmp.persist(artifact)
-        .map_err(|e| Error::io(format!("rename into {}", artifact.display()), e.error))?;
+    tmp.commit()?;
     Ok(artifact.to_path_buf())
 }
 

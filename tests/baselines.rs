@@ -5,7 +5,7 @@
 
 mod common;
 use common::{json_result, libre, ok};
-use libre::detect::classic::{Classic, ClassicConfig, ClassicKind};
+use libre::detect::classic::{ClassicKind, ClassicParams, FitData, FitSet, LogisticSets};
 use libre::detect::{Detector, Score};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -201,17 +201,17 @@ fn every_detector_fits_reloads_and_scores() {
     let (x, _) = test.batch(0, 64).unwrap();
     let zoo = libre::zoo::resolve("zoo:lenet5-mnist", &mut |_| {}).unwrap();
     let mut det = Detector::load(&zoo, Device::Cpu, None).unwrap();
-    let cfg = ClassicConfig::new(ClassicKind::Kd);
-    let c = Classic::fit(
-        det.model.as_mut(),
-        &cfg,
-        (&fit, FIT),
-        None,
-        500,
-        Device::Cpu,
-    )
-    .unwrap();
-    det.classic = Some(c);
+    let cfg = ClassicParams::new(ClassicKind::Kd);
+    let clean = Some(FitSet {
+        data: &fit,
+        name: FIT,
+    });
+    let data = FitData {
+        clean,
+        logistic: None,
+    };
+    det.fit_classic(&cfg.clone().check().unwrap(), data, 500, Device::Cpu)
+        .unwrap();
     let (_, fresh) = det.score(&x, &[Score::Kd]).unwrap();
     let file = Detector::load(&d.join("kd.safetensors"), Device::Cpu, None).unwrap();
     let (_, loaded) = file.score(&x, &[Score::Kd]).unwrap();
@@ -220,20 +220,23 @@ fn every_detector_fits_reloads_and_scores() {
     let advds = libre::data::open(adv_s, None, &mut |_| {}).unwrap();
     let cleands = libre::data::open("mnist:train[50000:50300]", None, &mut |_| {}).unwrap();
     let mut det2 = Detector::load(&zoo, Device::Cpu, None).unwrap();
-    let cfg2 = ClassicConfig {
+    let cfg2 = ClassicParams {
         kind: ClassicKind::Mahalanobis,
-        ..cfg.clone()
+        ..cfg
     };
-    let c2 = Classic::fit(
-        det2.model.as_mut(),
-        &cfg2,
-        (&fit, FIT),
-        Some(((&advds, adv_s), (&cleands, "mnist:train[50000:50300]"))),
-        500,
-        Device::Cpu,
-    )
-    .unwrap();
-    det2.classic = Some(c2);
+    let logistic = Some(LogisticSets {
+        adversarial: FitSet {
+            data: &advds,
+            name: adv_s,
+        },
+        clean: FitSet {
+            data: &cleands,
+            name: "mnist:train[50000:50300]",
+        },
+    });
+    let data2 = FitData { clean, logistic };
+    det2.fit_classic(&cfg2.check().unwrap(), data2, 500, Device::Cpu)
+        .unwrap();
     let (_, fresh2) = det2.score(&x, &[Score::Mahalanobis]).unwrap();
     let file2 = Detector::load(&d.join("maha-lr.safetensors"), Device::Cpu, None).unwrap();
     let (_, loaded2) = file2.score(&x, &[Score::Mahalanobis]).unwrap();
@@ -277,7 +280,7 @@ fn bad_settings_are_refused_by_name() {
         &["--detector", "kd", "--fit-data", FIT, "--bandwidth", "0"],
         "bandwidth",
     );
-    fails(&["--detector", "knn"], "unknown detector 'knn'");
+    fails(&["--detector", "knn"], "--detector knn: unknown detector");
     // A DNN cannot give a classic score without the fitted file.
     let o = libre()
         .args([

@@ -89,7 +89,7 @@ fn libre_objective_makes_feature_variance_separate_noise_from_clean() {
     let mut aurocs = vec![];
     for ck in [&best, &ablation] {
         let det = Detector::load(ck, Device::Cpu, None).unwrap();
-        assert_eq!(det.samples, 20);
+        assert_eq!(det.samples(), 20);
         let clean = scores_of(&det, &x, Score::FeatureVariance);
         let pert = scores_of(&det, &noisy, Score::FeatureVariance);
         aurocs.push(auroc(&pert, &clean));

@@ -6,7 +6,7 @@
 
 mod common;
 use common::{json_result, libre, ok};
-use libre::detect::classic::{Classic, ClassicConfig, ClassicKind};
+use libre::detect::classic::{Classic, ClassicConfig, ClassicKind, ClassicParams, FitSet};
 use libre::detect::detector::{DetectorMeta, DETECTOR_FORMAT};
 use libre::detect::transform::magnet::{self, Arch, Autoencoder, MagnetConfig, SubDetector};
 use libre::detect::transform::squeeze::{self, Squeezer};
@@ -65,18 +65,18 @@ fn median_filter_matches_hand_computed_values() {
     assert!(m
         .select(1, 1)
         .equal(&(squeeze::median_filter(&x, 2).select(1, 0) * 10.0)));
-    // Names parse back; bad ones name the flag.
+    // Names parse back; bad ones name the setting.
     for s in ["bits-1", "bits-8", "median-2x2", "median-5x5"] {
         assert_eq!(s.parse::<Squeezer>().unwrap().name(), s);
     }
     for s in ["bits-0", "bits-9", "median-2x3", "median-6x6", "blur"] {
         let e = s.parse::<Squeezer>().unwrap_err().to_string();
-        assert!(e.contains("--squeezers") && e.contains(s), "{e}");
+        assert!(e.contains("squeezers") && e.contains(s), "{e}");
     }
     let e = squeeze::parse_squeezers("bits-1,bits-1")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("--squeezers") && e.contains("twice"), "{e}");
+    assert!(e.contains("squeezers") && e.contains("twice"), "{e}");
 }
 
 /// The first `n` MNIST test digits.
@@ -90,7 +90,7 @@ fn zoo() -> std::path::PathBuf {
 }
 
 fn logits(det: &Detector, x: &Tensor) -> Tensor {
-    det.model
+    det.model()
         .forward_mc(x, &libre::bayes::ForwardMode::Deterministic)
         .unwrap()
         .select(1, 0)
@@ -107,7 +107,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 /// quality, are under test here).
 fn small_magnet(det: &Detector, reformer: bool) -> Classic {
     let fit = libre::data::open("mnist:train[0:500]", None, &mut |_| {}).unwrap();
-    let cfg = ClassicConfig {
+    let cfg = ClassicParams {
         transform: Some(TransformConfig::Magnet(MagnetConfig {
             detectors: vec![SubDetector::L2, SubDetector::L1, SubDetector::Jsd10],
             reformer,
@@ -115,24 +115,23 @@ fn small_magnet(det: &Detector, reformer: bool) -> Classic {
             batch_size: 64,
             ..MagnetConfig::default()
         })),
-        ..ClassicConfig::new(ClassicKind::Magnet)
-    };
+        ..ClassicParams::new(ClassicKind::Magnet)
+    }
+    .check()
+    .unwrap();
     tch::manual_seed(0);
-    Classic::fit_transform(
-        det.model.as_ref(),
-        &cfg,
-        Some((&fit, "mnist:train[0:500]")),
-        100,
-        Device::Cpu,
-    )
-    .unwrap()
+    let fit = FitSet {
+        data: &fit,
+        name: "mnist:train[0:500]",
+    };
+    Classic::fit_transform(det.model(), &cfg, Some(fit), 100, Device::Cpu).unwrap()
 }
 
 #[test]
 fn squeeze_score_equals_a_direct_computation() {
     let x = digits(64);
     let mut det = Detector::load(&zoo(), Device::Cpu, None).unwrap();
-    let cfg = ClassicConfig {
+    let cfg = ClassicParams {
         transform: Some(TransformConfig::Squeeze {
             squeezers: vec![
                 Squeezer::BitDepth(1),
@@ -140,10 +139,11 @@ fn squeeze_score_equals_a_direct_computation() {
                 Squeezer::Median(3),
             ],
         }),
-        ..ClassicConfig::new(ClassicKind::Squeeze)
-    };
-    det.classic =
-        Some(Classic::fit_transform(det.model.as_ref(), &cfg, None, 100, Device::Cpu).unwrap());
+        ..ClassicParams::new(ClassicKind::Squeeze)
+    }
+    .check()
+    .unwrap();
+    det.set_classic(Classic::fit_transform(det.model(), &cfg, None, 100, Device::Cpu).unwrap());
     let (pred, s) = det.score(&x, &[Score::Squeeze]).unwrap();
     // Direct: max over squeezers of sum_k |softmax(l(x))_k - softmax(l(squeezed))_k|, in f64.
     let p = logits(&det, &x).softmax(-1, Kind::Double);
@@ -161,10 +161,10 @@ fn squeeze_score_equals_a_direct_computation() {
     assert!(pred.class.equal(&p.argmax(-1, false)));
     // Adversarially: the BPDA score has the same value, and a gradient (the identity through the
     // squeezers) that is not zero.
-    let c = det.classic.as_ref().unwrap();
+    let c = det.classic().unwrap();
     let xg = x.copy().set_requires_grad(true);
     let st = c
-        .score_tensor_for(Score::Squeeze, det.model.as_ref(), &xg)
+        .score_tensor_for(Score::Squeeze, det.model(), &xg)
         .unwrap();
     assert!(max_abs(&st, &s[0]) < 1e-6);
     let g = Tensor::run_backward(&[st.sum(Kind::Float)], &[&xg], false, false).remove(0);
@@ -199,7 +199,7 @@ fn magnet_scores_equal_direct_computations() {
         };
         let ae1 = Autoencoder::from_tensors(Arch::I, 1, &sub("ae1/"), Device::Cpu).unwrap();
         let ae2 = Autoencoder::from_tensors(Arch::II, 1, &sub("ae2/"), Device::Cpu).unwrap();
-        det.classic = Some(c);
+        det.set_classic(c);
         let all = [
             Score::Magnet,
             Score::MagnetL1,
@@ -250,11 +250,9 @@ fn magnet_scores_equal_direct_computations() {
         let p = logits(&det, seen).softmax(-1, Kind::Float);
         assert!(max_abs(&pred.probs, &p) < 1e-6, "reformer {reformer}");
         // Differentiated (adaptive attacks): the same values, through the autoencoders.
-        let c = det.classic.as_ref().unwrap();
+        let c = det.classic().unwrap();
         let xg = x.copy().set_requires_grad(true);
-        let st = c
-            .score_tensor_for(Score::Magnet, det.model.as_ref(), &xg)
-            .unwrap();
+        let st = c.score_tensor_for(Score::Magnet, det.model(), &xg).unwrap();
         assert!(max_abs(&st, &s[0]) < 1e-5);
         assert!(st.requires_grad());
     }
@@ -305,15 +303,15 @@ fn fit_save_reload_scores_bit_identically() {
         let c = match kind {
             ClassicKind::Magnet => small_magnet(&det, true),
             _ => Classic::fit_transform(
-                det.model.as_ref(),
-                &ClassicConfig::new(kind),
+                det.model(),
+                &ClassicConfig::new(kind).unwrap(),
                 None,
                 100,
                 Device::Cpu,
             )
             .unwrap(),
         };
-        det.classic = Some(c);
+        det.set_classic(c);
         let scores = det.available_scores();
         let (pred, fresh) = det.score(&x, &scores).unwrap();
         let own = Score::of_classic(kind);
@@ -329,7 +327,7 @@ fn fit_save_reload_scores_bit_identically() {
             libre_version: libre::VERSION.into(),
             calibration_scores: v,
             mc_dropout: None,
-            classic: det.classic.as_ref().map(|c| c.meta.clone()),
+            classic: det.classic().map(|c| c.meta.clone()),
             precision: Default::default(),
         };
         let path = tmp.path().join(format!("{name}.safetensors"));

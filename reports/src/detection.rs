@@ -429,11 +429,15 @@ impl RocCurve {
     }
 }
 
-/// The lowest *clean score* `t` such that flagging `score >= t` flags at most a fraction
-/// `target_fpr` of the clean scores: the deployable rule "calibrate the threshold on held-out
-/// clean data". Returns `+inf` when even the highest clean score would exceed the budget.
+/// The threshold at a target false-positive rate on clean scores: the smallest value `t` such
+/// that at most `floor(target_fpr * n)` of the n clean scores reach it (flagged = `score >= t`),
+/// so the rate on these scores never exceeds the target; the deployable rule "calibrate the
+/// threshold on held-out clean data", and the one rule of every libre threshold (`libre
+/// calibrate`, the robust table). With k = floor(target_fpr * n): the k-th largest score, moved
+/// just above it (the next float up) when tied scores straddle position k; just above the
+/// maximum when k = 0 (nothing may be flagged).
 ///
-/// It only sees clean scores, so it stops at a clean score; the ROC operating point behind
+/// It only sees clean scores; the ROC operating point behind
 /// [`DetectionMetrics::detection_accuracy_at_fpr05`] may sit lower, anywhere above the next
 /// clean score, which can only flag more adversarial samples at the same FPR.
 pub fn threshold_for_fpr(clean_scores: &[f64], target_fpr: f64) -> Result<f64> {
@@ -451,24 +455,33 @@ pub fn threshold_for_fpr(clean_scores: &[f64], target_fpr: f64) -> Result<f64> {
         Err(e) => return Err(e),
         Ok(_) => unreachable!("all labels are false"),
     }
-    let mut sorted = clean_scores.to_vec();
-    sorted.par_sort_unstable_by(|a, b| b.total_cmp(a));
-    let n = sorted.len() as f64;
-    let mut best = f64::INFINITY;
-    let mut i = 0;
-    while i < sorted.len() {
-        let t = sorted[i];
-        // After the tie group, `i` samples score >= t.
-        while i < sorted.len() && sorted[i] == t {
-            i += 1;
-        }
-        if i as f64 / n <= target_fpr {
-            best = t;
-        } else {
-            break;
-        }
+    let n = clean_scores.len();
+    let mut v = clean_scores.to_vec();
+    // A stable sort: of equal values (0.0 and -0.0) the threshold is the one the input lists
+    // first, as it always was.
+    v.sort_by(|a, b| b.partial_cmp(a).expect("finite")); // descending
+    let k = (target_fpr * n as f64).floor() as usize;
+    // Candidate: the k-th largest score flags at least k; with ties it may flag more, so move up
+    // to the next distinct value until at most k reach it.
+    let mut t = if k == 0 { next_up(v[0]) } else { v[k - 1] };
+    let count = |t: f64| v.iter().take_while(|&&s| s >= t).count();
+    if count(t) > k {
+        // Tied scores straddle position k: the threshold goes just above the tied value.
+        t = next_up(t);
     }
-    Ok(best)
+    Ok(t)
+}
+
+/// The smallest float above `x` (for "flag nothing": a threshold just above the maximum).
+fn next_up(x: f64) -> f64 {
+    if x.is_nan() || x == f64::INFINITY {
+        return x;
+    }
+    if x == 0.0 {
+        return f64::from_bits(1);
+    }
+    let b = x.to_bits();
+    f64::from_bits(if x > 0.0 { b + 1 } else { b - 1 })
 }
 
 /// Balanced detection accuracy `(TPR + TNR) / 2` when flagging `score >= threshold`.
@@ -707,7 +720,10 @@ mod tests {
         let clean: Vec<f64> = (0..100).map(|i| i as f64).collect();
         // Flag score >= 95: 5 of 100 clean = 5%.
         assert_eq!(threshold_for_fpr(&clean, 0.05).unwrap(), 95.0);
-        assert_eq!(threshold_for_fpr(&clean, 0.0).unwrap(), f64::INFINITY);
+        assert_eq!(
+            threshold_for_fpr(&clean, 0.0).unwrap(),
+            f64::from_bits(99.0f64.to_bits() + 1)
+        );
         assert_eq!(threshold_for_fpr(&clean, 1.0).unwrap(), 0.0);
         assert!(threshold_for_fpr(&clean, 1.5).is_err());
         let s = [0.0, 1.0, 2.0, 3.0];

@@ -75,13 +75,6 @@ pub struct RobustRow {
     pub evaded_hi: Option<f64>,
 }
 
-/// The threshold of `detector` at a target false-positive rate of its clean scores: the
-/// smallest value such that at most `floor(fpr * n)` clean scores reach it (flagged =
-/// `score >= t`), as `libre calibrate` does; just above the maximum when none may be flagged.
-pub fn threshold_at_fpr(clean: &[f64], fpr: f64) -> Result<f64> {
-    crate::detection::threshold_for_fpr(clean, fpr)
-}
-
 /// Per-image outcome of one group: (misclassified, flagged).
 type Outcome = (bool, bool);
 
@@ -216,7 +209,7 @@ pub fn read_scored_inputs(path: &Path, cols: &InputColumns) -> Result<Vec<Scored
 }
 
 /// Thresholds for every detector of `rows`: the given one where `given` has it, else
-/// `threshold_at_fpr` of the detector's clean rows at `fpr`.
+/// [`crate::detection::threshold_for_fpr`] of the detector's clean rows at `fpr`.
 pub fn thresholds(
     rows: &[ScoredInput],
     given: &HashMap<String, f64>,
@@ -250,7 +243,7 @@ pub fn thresholds(
             })?;
             Ok(Threshold {
                 detector: d.into(),
-                threshold: threshold_at_fpr(scores, fpr)?,
+                threshold: crate::detection::threshold_for_fpr(scores, fpr)?,
                 source: format!("clean-fpr-{fpr}"),
             })
         })

@@ -206,10 +206,10 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         }
         _ => libre::detect::Detector::load(&target_path, device, None)?,
     };
-    det.model.set_mc_draws(args.mc_draws);
+    det.set_mc_draws(args.mc_draws);
     det.set_precision(args.precision)?;
     super::note_precision(args.precision, device, &out);
-    let target = &det.model;
+    let target = det.model();
     let surrogate = match &args.surrogate {
         Some(s) => {
             let p = libre::zoo::resolve_flag("--surrogate", s, &mut super::fetch_note(&out))?;
@@ -225,14 +225,14 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if ds.labels().is_none() {
         anyhow::bail!("{} has no labels: attacks need them", ds.name);
     }
-    let tmode = match (&det.classic, args.mc_samples) {
+    let tmode = match (det.classic(), args.mc_samples) {
         (Some(_), None) => det.mode(),
-        _ => mode_for(target.as_ref(), args.mc_samples)?,
+        _ => mode_for(target, args.mc_samples)?,
     };
     let score = if args.adaptive.is_some() || args.score.is_some() {
         let sc: libre::detect::Score = match &args.score {
             Some(s) => s.parse()?,
-            None if det.classic.is_some() => det.default_score(),
+            None if det.classic().is_some() => det.default_score(),
             None => libre::detect::Score::default_for(tmode.samples()),
         };
         match sc.classic() {
@@ -244,10 +244,10 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         None
     };
     let tv = ModelVictim {
-        model: target.as_ref(),
+        model: target,
         mode: tmode,
         score,
-        classic: det.classic.as_ref(),
+        classic: det.classic(),
     };
     let sv = match surrogate.as_ref() {
         Some(m) => {
@@ -301,7 +301,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         // Check the shapes through the library (a clear error, not a panic inside the attack):
         // the model's cached tap shapes at this input size, one dummy forward for the whole run.
         let s = x.size();
-        libre::models::tap_shapes_at(target.as_ref(), [s[1], s[2], s[3]])?;
+        libre::models::tap_shapes_at(target, [s[1], s[2], s[3]])?;
         let goal = if let Some(t) = args.target_class {
             if t < 0 || t >= k {
                 anyhow::bail!("--target-class {t} out of range for a {k}-class model");

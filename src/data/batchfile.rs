@@ -250,9 +250,7 @@ mod tests {
 /// file beside the destination and renamed into place by [`BatchFileWriter::finish`], so an
 /// interrupted run leaves nothing behind.
 pub struct BatchFileWriter {
-    tmp: tempfile::NamedTempFile,
-    /// Keeps `tmp` on the signal handler's list until the writer is finished or dropped.
-    _cleanup: crate::cleanup::Tracked,
+    tmp: crate::cache::AtomicFile,
     out: std::io::BufWriter<std::fs::File>,
     path: std::path::PathBuf,
     n: usize,
@@ -278,23 +276,13 @@ impl BatchFileWriter {
         });
         let mut h = serde_json::to_vec(&header)?;
         h.resize(h.len().div_ceil(8) * 8, b' '); // 8-byte alignment, as the safetensors crate does
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".libre-tmp-")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(format!("temp file in {}", dir.display()), e))?;
-        let file = tmp.reopen().map_err(|e| Error::io("reopen temp file", e))?;
+        let tmp = crate::cache::AtomicFile::create(path)?;
+        let file = tmp.reopen()?;
         let mut out = std::io::BufWriter::new(file);
         out.write_all(&(h.len() as u64).to_le_bytes())
             .and_then(|_| out.write_all(&h))
             .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
         Ok(BatchFileWriter {
-            _cleanup: crate::cleanup::track(tmp.path()),
             tmp,
             out,
             path: path.to_path_buf(),
@@ -346,13 +334,9 @@ impl BatchFileWriter {
         self.out
             .write_all(&bytes)
             .and_then(|_| self.out.flush())
-            .and_then(|_| self.out.get_ref().sync_all())
-            .and_then(|_| crate::cache::make_public(self.tmp.path()))
             .map_err(|e| Error::io(format!("write {}", self.path.display()), e))?;
         drop(self.out);
-        self.tmp
-            .persist(&self.path)
-            .map_err(|e| Error::io(format!("rename into {}", self.path.display()), e.error))?;
+        self.tmp.commit()?;
         Ok(())
     }
 }

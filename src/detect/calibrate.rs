@@ -2,7 +2,8 @@
 //!
 //! On n held-out clean scores, the threshold t is the smallest value such that at most
 //! floor(fpr * n) clean scores reach it (flagged = score >= t), so the achieved FPR never exceeds
-//! the target on the calibration set. The achieved rate is reported with a 95% Wilson interval,
+//! the target on the calibration set; the rule lives in the reports crate
+//! ([`libre_reports::detection::threshold_for_fpr`]), shared with the robust table. The achieved rate is reported with a 95% Wilson interval,
 //! and [`binomial_interval`] gives the range of flag counts a fresh clean set of size m should show
 //! at the target rate (exact binomial quantiles), which is how the calibration is tested.
 //!
@@ -24,24 +25,15 @@ pub struct Calibration {
     pub n: usize,
 }
 
-/// The smallest float above `x` (for "flag nothing": a threshold just above the maximum).
-fn next_up(x: f64) -> f64 {
-    if x.is_nan() || x == f64::INFINITY {
-        return x;
-    }
-    if x == 0.0 {
-        return f64::from_bits(1);
-    }
-    let b = x.to_bits();
-    f64::from_bits(if x > 0.0 { b + 1 } else { b - 1 })
-}
-
-/// Calibrates a threshold on clean scores for a target false-positive rate in (0, 1).
+/// Calibrates a threshold on clean scores for a target false-positive rate in (0, 1), by the
+/// one threshold rule of libre ([`libre_reports::detection::threshold_for_fpr`]).
 pub fn calibrate(clean: &[f64], target_fpr: f64) -> Result<Calibration> {
     if !(target_fpr > 0.0 && target_fpr < 1.0) {
-        return Err(Error::invalid(format!(
-            "--fpr {target_fpr}: the target false-positive rate must lie in (0, 1)"
-        )));
+        return Err(Error::param(
+            "fpr",
+            target_fpr,
+            "the target false-positive rate must lie in (0, 1)",
+        ));
     }
     if clean.is_empty() {
         return Err(Error::invalid("calibration needs at least one clean image"));
@@ -53,18 +45,8 @@ pub fn calibrate(clean: &[f64], target_fpr: f64) -> Result<Calibration> {
         )));
     }
     let n = clean.len();
-    let mut v = clean.to_vec();
-    v.sort_by(|a, b| b.partial_cmp(a).expect("finite")); // descending
-    let k = (target_fpr * n as f64).floor() as usize;
-    // Candidate: the k-th largest score flags at least k; with ties it may flag more, so move up
-    // to the next distinct value until at most k reach it.
-    let mut t = if k == 0 { next_up(v[0]) } else { v[k - 1] };
-    let count = |t: f64| v.iter().take_while(|&&s| s >= t).count();
-    if count(t) > k {
-        // Tied scores straddle position k: the threshold goes just above the tied value.
-        t = next_up(t);
-    }
-    let flagged = count(t);
+    let t = libre_reports::detection::threshold_for_fpr(clean, target_fpr)?;
+    let flagged = clean.iter().filter(|&&s| s >= t).count();
     let achieved = flagged as f64 / n as f64;
     Ok(Calibration {
         threshold: t,

@@ -6,10 +6,11 @@
 //! model, and `libre detect` also reads the calibration.
 
 use super::calibrate::Calibration;
-use super::classic::{Classic, ClassicMeta, Pass};
+use super::classic::{Classic, ClassicConfig, ClassicKind, ClassicMeta, FitData, Pass};
 use super::scores::{self, Prediction, Score};
 use crate::bayes::mode::McDropout;
 use crate::bayes::ForwardMode;
+use crate::data::Dataset;
 use crate::models::{mode_for, samples_for, BayesModel};
 use crate::precision::Precision;
 use crate::{Error, Result};
@@ -51,13 +52,58 @@ pub struct DetectorMeta {
     pub precision: Precision,
 }
 
-/// A model ready to score: its forward mode is fixed by the sample count.
+/// MC dropout's drop probability unless one is given.
+pub const DEFAULT_DROPOUT_P: f64 = 0.5;
+/// MC dropout's forward samples (dropout masks) unless a count is given.
+pub const DEFAULT_DROPOUT_SAMPLES: usize = 20;
+
+/// A model ready to score: its forward mode is fixed by the sample count. Built by
+/// [`Detector::new`] or [`Detector::load`], then turned into an MC-dropout detector
+/// ([`Detector::with_mc_dropout`]) or given a fitted classic detector
+/// ([`Detector::fit_classic`]), so the sample count always matches what the model draws.
 pub struct Detector {
-    pub model: Box<dyn BayesModel>,
-    pub samples: usize,
-    pub meta: Option<DetectorMeta>,
+    model: Box<dyn BayesModel>,
+    samples: usize,
+    meta: Option<DetectorMeta>,
     /// A fitted classic detector scoring with the model's features.
-    pub classic: Option<Classic>,
+    classic: Option<Classic>,
+}
+
+/// MC dropout at `layers` (block names) with drop probability `p` (default
+/// [`DEFAULT_DROPOUT_P`]) and `samples` masks (default [`DEFAULT_DROPOUT_SAMPLES`]), checked.
+pub fn mc_dropout(
+    layers: Vec<String>,
+    p: Option<f64>,
+    samples: Option<usize>,
+) -> Result<McDropout> {
+    let d = McDropout {
+        layers,
+        p: p.unwrap_or(DEFAULT_DROPOUT_P),
+        samples: samples.unwrap_or(DEFAULT_DROPOUT_SAMPLES),
+    };
+    d.validate()?;
+    Ok(d)
+}
+
+/// The detectors read from the model's own forward: its uncertainty (`libre`), MC dropout's
+/// (`mc-dropout`) and MC dropout's softmax variance (`bu`, Feinman et al.'s Bayesian
+/// uncertainty); the others are fitted [`ClassicKind`]s.
+pub const MODEL_DETECTORS: [&str; 3] = ["libre", "mc-dropout", "bu"];
+
+/// Whether `name` is a detector libre builds: one of [`MODEL_DETECTORS`] or a [`ClassicKind`].
+pub fn is_detector(name: &str) -> bool {
+    MODEL_DETECTORS.contains(&name) || name.parse::<ClassicKind>().is_ok()
+}
+
+/// Where a calibration's clean data and model came from, recorded in the detector file.
+#[derive(Debug, Clone)]
+pub struct CalibrationSource {
+    /// The clean calibration data spec (e.g. `mnist:train[55000:60000]`).
+    pub data: String,
+    /// Where the model came from (a path or zoo name).
+    pub weights: String,
+    /// The seed of the scoring forwards (per batch: seed + batch index).
+    pub seed: i64,
 }
 
 impl Detector {
@@ -69,6 +115,142 @@ impl Detector {
             samples,
             meta: None,
             classic: None,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &dyn BayesModel {
+        self.model.as_ref()
+    }
+
+    /// MC samples of the forward (MC dropout's masks for an MC-dropout detector; 1 for a DNN).
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// The calibration of a detector file (None for a plain checkpoint).
+    pub fn meta(&self) -> Option<&DetectorMeta> {
+        self.meta.as_ref()
+    }
+
+    /// The fitted classic detector, if any.
+    pub fn classic(&self) -> Option<&Classic> {
+        self.classic.as_ref()
+    }
+
+    /// How a mean-field posterior draws in the parallel MC forward
+    /// ([`BayesModel::set_mc_draws`]).
+    pub fn set_mc_draws(&mut self, d: crate::bayes::McDraws) {
+        self.model.set_mc_draws(d);
+    }
+
+    /// The image shape the model takes, `[C, H, W]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        let c = self.model.config();
+        [
+            c.in_channels as usize,
+            c.image_size as usize,
+            c.image_size as usize,
+        ]
+    }
+
+    /// An MC-dropout detector: dropout `d` kept on at test time, `d.samples` masks per forward.
+    /// Refuses a Bayesian model (its posterior already draws).
+    pub fn with_mc_dropout(mut self, d: McDropout) -> Result<Detector> {
+        if self.model.posterior().is_some() {
+            return Err(Error::invalid(
+                "MC dropout takes a deterministic network (this one has a posterior)",
+            ));
+        }
+        self.samples = d.samples;
+        self.model.set_mc_dropout(Some(d))?;
+        Ok(self)
+    }
+
+    /// Fits the classic (or input-transformation) detector `cfg` on `data` and scores with it
+    /// from now on; KD-BU's MC dropout sets the sample count. Fitting draws from libtorch's
+    /// generator (dropout masks, MagNet's initialisation and noise): seed it for a reproducible
+    /// detector.
+    pub fn fit_classic(
+        &mut self,
+        cfg: &ClassicConfig,
+        data: FitData,
+        batch_size: usize,
+        device: Device,
+    ) -> Result<()> {
+        let c = Classic::fit(self.model.as_mut(), cfg, data, batch_size, device)?;
+        self.set_classic(c);
+        Ok(())
+    }
+
+    /// Scores with the fitted classic detector `c` from now on (fitted on this detector's
+    /// model: [`Classic::fit`] or [`Classic::fit_transform`]); KD-BU's MC dropout sets the
+    /// sample count.
+    pub fn set_classic(&mut self, c: Classic) {
+        let cfg = &c.meta.config;
+        if let Some(d) = cfg.dropout().filter(|_| cfg.kind() == ClassicKind::KdBu) {
+            self.samples = d.samples;
+        }
+        self.classic = Some(c);
+    }
+
+    /// The scores `score` of every image of `ds`, in batches of `batch_size` on `device`, with
+    /// libtorch's generator seeded `seed + batch index` before each batch (a calibration is
+    /// reproducible); `on_batch(images)` after each batch.
+    pub fn score_dataset(
+        &self,
+        ds: &Dataset,
+        score: Score,
+        batch_size: usize,
+        seed: i64,
+        device: Device,
+        on_batch: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f64>> {
+        if batch_size == 0 {
+            return Err(Error::param("batch_size", batch_size, "must be at least 1"));
+        }
+        let want = self.input_shape();
+        let mut out = Vec::with_capacity(ds.len());
+        for (bi, s) in (0..ds.len()).step_by(batch_size).enumerate() {
+            let b = super::input::data_chunk(ds, s, (s + batch_size).min(ds.len()), want)?;
+            let (x, _) = b.tensor(want).expect("data batches are never empty");
+            tch::manual_seed(seed.wrapping_add(bi as i64));
+            let (_, sc) = self.score(&x.to_device(device), &[score])?;
+            out.extend(Vec::<f64>::try_from(
+                sc[0].to_kind(tch::Kind::Double).to_device(Device::Cpu),
+            )?);
+            on_batch(x.size()[0] as usize);
+        }
+        Ok(out)
+    }
+
+    /// The detector settings of a calibration at `fpr` on the clean scores `clean` (of
+    /// `score`, at `precision`): the threshold ([`super::calibrate()`]), the sorted scores (for
+    /// re-thresholding), the MC dropout and the classic detector.
+    pub fn calibrated_meta(
+        &self,
+        score: Score,
+        clean: &[f64],
+        fpr: f64,
+        precision: Precision,
+        source: CalibrationSource,
+    ) -> Result<DetectorMeta> {
+        let calibration = super::calibrate::calibrate(clean, fpr)?;
+        let mut sorted = clean.to_vec();
+        sorted.sort_by(|a, b| a.partial_cmp(b).expect("finite, checked by calibrate"));
+        Ok(DetectorMeta {
+            format: DETECTOR_FORMAT,
+            score,
+            samples: self.samples,
+            calibration,
+            data: source.data,
+            weights: source.weights,
+            seed: source.seed,
+            libre_version: crate::VERSION.to_string(),
+            calibration_scores: sorted,
+            mc_dropout: self.model.mc_dropout().cloned(),
+            classic: self.classic.as_ref().map(|c| c.meta.clone()),
+            precision,
         })
     }
 
@@ -132,9 +314,11 @@ impl Detector {
     /// detector is refused at anything but f32: its densities were fitted on float32 features.
     pub fn set_precision(&mut self, p: Precision) -> Result<()> {
         if self.classic.is_some() && p != Precision::F32 {
-            return Err(Error::invalid(format!(
-                "precision {p}: classic detectors are fitted and scored at f32"
-            )));
+            return Err(Error::param(
+                "precision",
+                p,
+                "classic detectors are fitted and scored at f32",
+            ));
         }
         self.model.set_precision(p)
     }
@@ -143,12 +327,16 @@ impl Detector {
     /// the model's samples allow, or the score of its fitted classic detector.
     pub fn check_score(&self, s: Score) -> Result<()> {
         match (s.classic(), &self.classic) {
-            (Some(k), Some(c)) if c.meta.config.kind == k => Ok(()),
-            (Some(k), Some(c)) => Err(Error::invalid(format!(
-                "score '{s}': this detector was fitted as {}, not {}",
-                c.meta.config.kind.name(),
-                k.name()
-            ))),
+            (Some(k), Some(c)) if c.meta.config.kind() == k => Ok(()),
+            (Some(k), Some(c)) => Err(Error::param(
+                "score",
+                s,
+                format!(
+                    "this detector was fitted as {}, not {}",
+                    c.meta.config.kind().name(),
+                    k.name()
+                ),
+            )),
             _ => s.check_available(self.mode().samples()),
         }
     }
@@ -169,7 +357,7 @@ impl Detector {
             .classic
             .iter()
             .flat_map(|c| {
-                let k = c.meta.config.kind;
+                let k = c.meta.config.kind();
                 Score::ALL
                     .into_iter()
                     .filter(move |s| s.classic() == Some(k))
@@ -183,7 +371,7 @@ impl Detector {
     /// Bayesian model and msp for a DNN.
     pub fn default_score(&self) -> Score {
         match &self.classic {
-            Some(c) => Score::of_classic(c.meta.config.kind),
+            Some(c) => Score::of_classic(c.meta.config.kind()),
             None => Score::default_for(self.samples),
         }
     }

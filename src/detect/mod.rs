@@ -11,6 +11,7 @@
 //! - [`transform`]: the input-transformation detectors (feature squeezing, MagNet), fitted and
 //!   saved like the classic ones.
 //! - [`input`]: what `libre detect` reads (images, folders, batch files, data specs), streamed.
+//! - [`rows`]: the rows `libre detect` writes (csv, jsonl, table).
 //! - [`parts`]: the parts of a sharded `libre detect` run and their merge.
 
 pub mod calibrate;
@@ -19,10 +20,11 @@ pub mod detector;
 pub mod input;
 pub mod objective;
 pub mod parts;
+pub mod rows;
 pub mod scores;
 pub mod transform;
 
 pub use calibrate::{calibrate, Calibration};
-pub use detector::{Detector, DetectorMeta};
+pub use detector::{CalibrationSource, Detector, DetectorMeta};
 pub use objective::{LibreConfig, ObjectiveKind};
 pub use scores::{Prediction, Score};

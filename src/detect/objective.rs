@@ -45,10 +45,11 @@ impl std::str::FromStr for ObjectiveKind {
             "relative" => ObjectiveKind::Relative,
             "anchored" => ObjectiveKind::Anchored,
             _ => {
-                return Err(Error::invalid(format!(
-                    "--objective must be one of {}, got '{s}'",
-                    ObjectiveKind::NAMES.join(", ")
-                )))
+                return Err(Error::param(
+                    "objective",
+                    format!("'{s}'"),
+                    format!("must be one of {}", ObjectiveKind::NAMES.join(", ")),
+                ))
             }
         })
     }
@@ -165,36 +166,34 @@ impl LibreConfig {
     pub fn validate(&self) -> Result<()> {
         let (lo, hi) = self.noise_eps;
         if !(lo.is_finite() && hi.is_finite() && 0.0 < lo && lo <= hi && hi <= 1.0) {
-            return Err(Error::invalid(format!(
-                "--noise-eps {lo}:{hi}: need 0 < MIN <= MAX <= 1 (pixel units)"
-            )));
+            return Err(Error::param(
+                "noise_eps",
+                format!("{lo}:{hi}"),
+                "need 0 < MIN <= MAX <= 1 (pixel units)",
+            ));
         }
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
-            return Err(Error::invalid(format!(
-                "--alpha {}: must be finite and >= 0",
-                self.alpha
-            )));
+            return Err(Error::param("alpha", self.alpha, "must be finite and >= 0"));
         }
         if !(self.gamma.is_finite() && self.gamma >= 0.0) {
-            return Err(Error::invalid(format!(
-                "--gamma {}: must be finite and >= 0",
-                self.gamma
-            )));
+            return Err(Error::param("gamma", self.gamma, "must be finite and >= 0"));
         }
         if !(self.member_init_std.is_finite() && self.member_init_std >= 0.0) {
-            return Err(Error::invalid(format!(
-                "--member-init-std {}: must be finite and >= 0",
-                self.member_init_std
-            )));
+            return Err(Error::param(
+                "member_init_std",
+                self.member_init_std,
+                "must be finite and >= 0",
+            ));
         }
         if let Some(a) = &self.adversarial {
             a.build()?;
         }
         if !(0.0..=1.0).contains(&self.blur_prob) {
-            return Err(Error::invalid(format!(
-                "--blur-prob {}: must be in [0, 1]",
-                self.blur_prob
-            )));
+            return Err(Error::param(
+                "blur_prob",
+                self.blur_prob,
+                "must be in [0, 1]",
+            ));
         }
         Ok(())
     }

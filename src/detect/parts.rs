@@ -5,8 +5,10 @@
 //! changes a score, the weights' and rows' sha256). Its presence marks the part finished, so a
 //! killed task leaves no manifest and the merge names it as missing. [`merge`] refuses parts of
 //! different runs, versions or shard counts, overlapping or missing parts, and rows changed after
-//! their part was written, naming the file.
+//! their part was written, naming the file. [`commit_part`] writes a part.
 
+use super::input::Chunk;
+use crate::cache::AtomicFile;
 use crate::shard::Shard;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -73,6 +75,46 @@ pub fn part_path(out: &Path, shard: Shard) -> PathBuf {
     out.with_file_name(new)
 }
 
+/// Moves a finished part's rows into place at `path` and writes its manifest beside them. A
+/// stale manifest must never vouch for new rows: it goes first, and comes back last. `chunks`
+/// are the whole run's batches (the part's are `shard.range(chunks.len())`), `run` the settings
+/// every part must agree on, `counts` what this part's rows hold.
+pub fn commit_part(
+    rows: AtomicFile,
+    path: &Path,
+    shard: Shard,
+    chunks: &[Chunk],
+    run: BTreeMap<String, Value>,
+    counts: Counts,
+) -> Result<()> {
+    let mp = manifest_path(path);
+    if mp.exists() {
+        std::fs::remove_file(&mp)
+            .map_err(|e| Error::io(format!("removing {}", mp.display()), e))?;
+    }
+    rows.commit()?;
+    let batches = shard.range(chunks.len());
+    let size = |c: &[Chunk]| -> usize { c.iter().map(|c| c.end - c.start).sum() };
+    let rows_start = size(&chunks[..batches.start]);
+    let man = PartManifest {
+        format: PART_FORMAT.into(),
+        libre_version: crate::VERSION.into(),
+        shard,
+        batches: (batches.start, batches.end),
+        total_batches: chunks.len(),
+        rows: (rows_start, rows_start + size(&chunks[batches.clone()])),
+        total_inputs: size(chunks),
+        run,
+        rows_file: path
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        rows_sha256: crate::cache::sha256_file(path)?,
+        counts,
+    };
+    crate::cache::write_atomic(&mp, &serde_json::to_vec_pretty(&man)?)
+}
+
 impl PartManifest {
     pub fn read(rows: &Path) -> Result<PartManifest> {
         let mp = manifest_path(rows);
@@ -81,8 +123,8 @@ impl PartManifest {
                 Error::bad_file(
                     rows,
                     format!(
-                        "no {} beside it: not a finished `libre detect --shard` part (a killed \
-                         task leaves none; rerun that shard)",
+                        "no {} beside it: not a finished part of a sharded `libre detect` run (a \
+                         killed task leaves none; rerun that shard)",
                         mp.file_name().unwrap_or_default().to_string_lossy()
                     ),
                 )
@@ -236,10 +278,6 @@ pub fn merge(files: &[PathBuf], dest: &Path) -> Result<Merged> {
             "the parts hold {} rows, the run has {} inputs",
             counts.n, m0.total_inputs
         )));
-    }
-    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
     crate::cache::write_atomic(dest, &bytes)?;
     Ok(Merged {

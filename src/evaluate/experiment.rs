@@ -235,7 +235,7 @@ fn capabilities_of(
     let classic = det
         .as_ref()
         .and_then(|d| d.classic.as_ref())
-        .map(|c| c.config.kind);
+        .map(|c| c.config.kind());
     if let Some(d) = det.as_ref().filter(|d| d.mc_dropout.is_some()) {
         // MC dropout draws any number of masks.
         return match requested {

@@ -173,9 +173,8 @@ struct Loaded {
 /// The detector file's calibrated threshold for `score`, when it calibrated that score at the
 /// sample count and precision the model runs at now.
 fn calibrated_threshold(det: &Detector, score: crate::detect::Score) -> Option<f64> {
-    det.meta
-        .as_ref()
-        .filter(|m| m.score == score && m.samples == det.samples)
+    det.meta()
+        .filter(|m| m.score == score && m.samples == det.samples())
         .map(|m| m.calibration.threshold)
 }
 
@@ -217,7 +216,9 @@ fn threshold_for(
         vals.extend(to_vec_f64(&scores[si])?);
         Ok(())
     })?;
-    Ok(libre_reports::robust::threshold_at_fpr(&vals, plan.fpr)?)
+    Ok(libre_reports::detection::threshold_for_fpr(
+        &vals, plan.fpr,
+    )?)
 }
 
 /// Runs the plan's cells (all, or one shard's) into `out/cells`, skipping finished ones.
@@ -395,14 +396,14 @@ fn run_cell(
                 let mode = det.mode();
                 let score = a.adaptive.map(|(_, s)| s.unwrap_or(m.scores[0]));
                 let victim = ModelVictim {
-                    model: det.model.as_ref(),
+                    model: det.model(),
                     mode,
                     score,
-                    classic: det.classic.as_ref(),
+                    classic: det.classic(),
                 };
                 let sv = surrogate
                     .as_ref()
-                    .map(|s| ModelVictim::new(s.model.as_ref(), s.mode()));
+                    .map(|s| ModelVictim::new(s.model(), s.mode()));
                 tch::manual_seed(batch_seed as i64);
                 let x_adv = atk
                     .perturb(sv.as_ref().unwrap_or(&victim), &x, &y, batch_seed)

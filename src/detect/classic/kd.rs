@@ -39,9 +39,11 @@ impl KernelDensity {
         bandwidth: f64,
     ) -> Result<Self> {
         if !(bandwidth > 0.0 && bandwidth.is_finite()) {
-            return Err(Error::invalid(format!(
-                "KD bandwidth {bandwidth}: must be a positive number"
-            )));
+            return Err(Error::param(
+                "bandwidth",
+                bandwidth,
+                "must be a positive number",
+            ));
         }
         if features.dim() != 2 || labels.size() != [features.size()[0]] {
             return Err(Error::Shape(format!(

@@ -1,5 +1,5 @@
-//! The classic detectors as fitted detectors (docs/detection.md, "Baselines"): validated
-//! settings, [`Classic::fit`] on clean (and, for the logistic-regression forms, adversarial)
+//! The classic detectors as fitted detectors (docs/detection.md, "Baselines"): settings
+//! ([`ClassicParams`], checked once into a [`ClassicConfig`]), [`Classic::fit`] on clean (and, for the logistic-regression forms, adversarial)
 //! images, and a fitted detector that scores a batch, saved inside a detector file.
 //!
 //! | kind | score (higher = more suspicious) | fitted on |
@@ -87,22 +87,29 @@ impl std::str::FromStr for ClassicKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                Error::invalid(format!(
-                    "unknown detector '{s}': available libre, mc-dropout, {}",
-                    ClassicKind::ALL.map(|k| k.name()).join(", ")
-                ))
+                Error::param(
+                    "detector",
+                    s,
+                    format!(
+                        "unknown detector: available libre, mc-dropout, {}",
+                        ClassicKind::ALL.map(|k| k.name()).join(", ")
+                    ),
+                )
             })
     }
 }
 
-/// Settings of a classic detector; saved with it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassicConfig {
+/// The settings of a classic detector as given, unchecked: the papers' MNIST settings from
+/// [`ClassicParams::new`] (the one place of the defaults), changed field by field, then
+/// [`ClassicParams::check`]ed into the [`ClassicConfig`] a fit takes (linfa's `ParamGuard`: a
+/// fit never sees unchecked settings, and they are checked once).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassicParams {
     pub kind: ClassicKind,
-    /// Taps read (LID, Mahalanobis; default: every block before the logits). KD reads the head
+    /// Taps read (LID, Mahalanobis; empty: every block before the logits). KD reads the head
     /// input.
     pub layers: Vec<String>,
-    /// KD bandwidth (Feinman et al.: 1.20 for MNIST).
+    /// KD bandwidth (Feinman et al.: 1.20 for MNIST, 0.26 for CIFAR-10).
     pub bandwidth: f64,
     /// LID: neighbours k and the size of the stored clean reference set (Ma et al.: k = 20 in
     /// mini-batches of 100).
@@ -113,17 +120,15 @@ pub struct ClassicConfig {
     pub noise: f64,
     /// KD-BU: the MC dropout giving BU.
     pub dropout: Option<McDropout>,
-    /// Feature squeezing / MagNet settings (None for the other kinds; for those two, None means
-    /// the papers' MNIST settings).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Feature squeezing / MagNet settings (None: the papers' MNIST settings for those two).
     pub transform: Option<TransformConfig>,
 }
 
-impl ClassicConfig {
+impl ClassicParams {
     /// The papers' MNIST settings (bandwidth 1.20, k = 20 in a 100-image reference, no noise,
-    /// every block, no dropout), which the CLI's defaults repeat.
-    pub fn new(kind: ClassicKind) -> ClassicConfig {
-        ClassicConfig {
+    /// every block, no dropout, the transform detectors' own defaults).
+    pub fn new(kind: ClassicKind) -> ClassicParams {
+        ClassicParams {
             kind,
             layers: vec![],
             bandwidth: 1.2,
@@ -131,15 +136,110 @@ impl ClassicConfig {
             reference: 100,
             noise: 0.0,
             dropout: None,
-            transform: TransformConfig::default_for(kind),
+            transform: None,
         }
     }
 
-    /// The input-transformation settings of a squeeze / magnet config (the defaults when unset);
-    /// errors when they belong to the other kind.
-    fn transform_config(&self) -> Result<TransformConfig> {
-        let t = self
+    /// The checked settings, or an error naming the first setting out of its domain.
+    pub fn check(self) -> Result<ClassicConfig> {
+        let transform = self
             .transform
+            .or_else(|| TransformConfig::default_for(self.kind));
+        match (&transform, self.kind) {
+            (None, _)
+            | (Some(TransformConfig::Squeeze { .. }), ClassicKind::Squeeze)
+            | (Some(TransformConfig::Magnet(_)), ClassicKind::Magnet) => {}
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{}: the input-transformation settings are for another detector",
+                    self.kind.name()
+                )))
+            }
+        }
+        if let Some(t) = &transform {
+            t.validate()?;
+        }
+        if !(self.bandwidth > 0.0 && self.bandwidth.is_finite()) {
+            return Err(Error::param(
+                "bandwidth",
+                self.bandwidth,
+                "must be a positive number",
+            ));
+        }
+        if self.k == 0 || self.k >= self.reference {
+            return Err(Error::param(
+                "lid_k",
+                self.k,
+                format!("must lie in [1, reference size {})", self.reference),
+            ));
+        }
+        if !(self.noise >= 0.0 && self.noise.is_finite()) {
+            return Err(Error::param("noise", self.noise, "must be >= 0"));
+        }
+        match (&self.dropout, self.kind) {
+            (None, ClassicKind::KdBu) => {
+                return Err(Error::invalid(
+                    "kd-bu needs MC dropout for BU: name the blocks it drops (and their drop \
+                     probability)",
+                ))
+            }
+            (Some(d), _) => d.validate()?,
+            _ => {}
+        }
+        Ok(ClassicConfig {
+            kind: self.kind,
+            layers: self.layers,
+            bandwidth: self.bandwidth,
+            k: self.k,
+            reference: self.reference,
+            noise: self.noise,
+            dropout: self.dropout,
+            transform,
+        })
+    }
+}
+
+/// Checked settings of a classic detector ([`ClassicParams::check`]); saved with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassicConfig {
+    kind: ClassicKind,
+    layers: Vec<String>,
+    bandwidth: f64,
+    k: usize,
+    reference: usize,
+    noise: f64,
+    dropout: Option<McDropout>,
+    /// Feature squeezing / MagNet settings (None for the other kinds; for those two, None in
+    /// older files means the papers' MNIST settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transform: Option<TransformConfig>,
+}
+
+impl ClassicConfig {
+    /// The papers' MNIST settings of `kind` ([`ClassicParams::new`]), checked.
+    pub fn new(kind: ClassicKind) -> Result<ClassicConfig> {
+        ClassicParams::new(kind).check()
+    }
+
+    /// Which classic detector.
+    pub fn kind(&self) -> ClassicKind {
+        self.kind
+    }
+
+    /// Mahalanobis input pre-processing magnitude.
+    pub fn noise(&self) -> f64 {
+        self.noise
+    }
+
+    /// KD-BU's MC dropout.
+    pub fn dropout(&self) -> Option<&McDropout> {
+        self.dropout.as_ref()
+    }
+
+    /// The input-transformation settings of a squeeze / magnet config (the defaults when unset,
+    /// as in files written before they were stored).
+    fn transform_config(&self) -> Result<TransformConfig> {
+        self.transform
             .clone()
             .or_else(|| TransformConfig::default_for(self.kind))
             .ok_or_else(|| {
@@ -147,47 +247,34 @@ impl ClassicConfig {
                     "{} is not an input-transformation detector",
                     self.kind.name()
                 ))
-            })?;
-        match (&t, self.kind) {
-            (TransformConfig::Squeeze { .. }, ClassicKind::Squeeze)
-            | (TransformConfig::Magnet(_), ClassicKind::Magnet) => Ok(t),
-            _ => Err(Error::invalid(format!(
-                "--detector {}: the settings are for the other input-transformation detector",
-                self.kind.name()
-            ))),
-        }
+            })
     }
+}
 
-    pub fn validate(&self) -> Result<()> {
-        if self.kind.is_transform() {
-            self.transform_config()?.validate()?;
-        }
-        if !(self.bandwidth > 0.0 && self.bandwidth.is_finite()) {
-            return Err(Error::invalid(format!(
-                "--bandwidth {}: must be a positive number",
-                self.bandwidth
-            )));
-        }
-        if self.k == 0 || self.k >= self.reference {
-            return Err(Error::invalid(format!(
-                "LID: k = {} must lie in [1, reference size {})",
-                self.k, self.reference
-            )));
-        }
-        if !(self.noise >= 0.0 && self.noise.is_finite()) {
-            return Err(Error::invalid(format!(
-                "--noise {}: must be >= 0",
-                self.noise
-            )));
-        }
-        match (&self.dropout, self.kind) {
-            (None, ClassicKind::KdBu) => Err(Error::invalid(
-                "kd-bu needs MC dropout for BU: pass --dropout BLOCKS (and --dropout-p)",
-            )),
-            (Some(d), _) => d.validate(),
-            _ => Ok(()),
-        }
-    }
+/// One named set of images a classic detector is fitted on: the data set and its spec (recorded
+/// in the detector file).
+#[derive(Clone, Copy)]
+pub struct FitSet<'a> {
+    pub data: &'a Dataset,
+    pub name: &'a str,
+}
+
+/// The images a classic detector is fitted on.
+#[derive(Clone, Copy, Default)]
+pub struct FitData<'a> {
+    /// Clean labelled images: KD's densities, Mahalanobis' class Gaussians, LID's reference set,
+    /// MagNet's autoencoders (feature squeezing fits nothing).
+    pub clean: Option<FitSet<'a>>,
+    /// The logistic regression's examples (KD-BU, LID, multi-block Mahalanobis).
+    pub logistic: Option<LogisticSets<'a>>,
+}
+
+/// The logistic regression's examples: adversarial images (the positives) and the clean images
+/// they were crafted from (the negatives).
+#[derive(Clone, Copy)]
+pub struct LogisticSets<'a> {
+    pub adversarial: FitSet<'a>,
+    pub clean: FitSet<'a>,
 }
 
 /// What the detector file records about a fitted classic detector.
@@ -331,36 +418,50 @@ impl Classic {
             _ => cfg.layers.clone(),
         };
         if let Some(bad) = taps.iter().find(|t| !blocks.contains(t)) {
-            return Err(Error::invalid(format!(
-                "no block '{bad}' in {}: it has {}",
-                model.config().arch,
-                blocks.join(", ")
-            )));
+            return Err(Error::param(
+                "layers",
+                bad,
+                format!(
+                    "no such block in {}: it has {}",
+                    model.config().arch,
+                    blocks.join(", ")
+                ),
+            ));
         }
         Ok(taps)
     }
 
-    /// Fits on clean images `fit` (labels needed); the logistic-regression forms also on
-    /// `adversarial` (positives) and `clean` (negatives) images.
+    /// Fits on clean images `data.clean` (labels needed); the logistic-regression forms also on
+    /// `data.logistic`. The input-transformation detectors go to [`Classic::fit_transform`].
     pub fn fit(
         model: &mut dyn BayesModel,
         cfg: &ClassicConfig,
-        fit: (&Dataset, &str),
-        lr: Option<((&Dataset, &str), (&Dataset, &str))>,
+        data: FitData,
         batch_size: usize,
         device: Device,
     ) -> Result<Classic> {
         if cfg.kind.is_transform() {
-            if lr.is_some() {
+            if data.logistic.is_some() {
                 return Err(Error::invalid(format!(
-                    "--detector {} takes no logistic regression: drop --fit-adversarial and \
-                     --fit-clean",
+                    "{} takes no logistic regression: no adversarial and clean examples",
                     cfg.kind.name()
                 )));
             }
-            return Self::fit_transform(model, cfg, Some(fit), batch_size, device);
+            return Self::fit_transform(model, cfg, data.clean, batch_size, device);
         }
-        cfg.validate()?;
+        let fit = data.clean.ok_or_else(|| {
+            Error::invalid(format!(
+                "{} is fitted on clean labelled images: no fit data given",
+                cfg.kind.name()
+            ))
+        })?;
+        let fit = (fit.data, fit.name);
+        let lr = data.logistic.map(|l| {
+            (
+                (l.adversarial.data, l.adversarial.name),
+                (l.clean.data, l.clean.name),
+            )
+        });
         let labels_of = |ds: &Dataset| -> Result<()> {
             ds.labels().map(|_| ()).ok_or_else(|| {
                 Error::invalid(format!("{}: fitting needs labelled images", ds.name))
@@ -369,8 +470,7 @@ impl Classic {
         labels_of(fit.0)?;
         if cfg.kind.needs_adversarial() && lr.is_none() {
             return Err(Error::invalid(format!(
-                "{} is a logistic regression on adversarial vs clean examples: pass \
-                 --fit-adversarial FILE and --fit-clean SPEC",
+                "{} is a logistic regression on adversarial vs clean examples: give both",
                 cfg.kind.name()
             )));
         }
@@ -626,13 +726,13 @@ impl Classic {
     pub fn fit_transform(
         model: &dyn BayesModel,
         cfg: &ClassicConfig,
-        fit: Option<(&Dataset, &str)>,
+        fit: Option<FitSet>,
         batch_size: usize,
         device: Device,
     ) -> Result<Classic> {
         let tcfg = cfg.transform_config()?;
         let fit = fit.filter(|_| cfg.kind == ClassicKind::Magnet);
-        let (t, tfit) = Transform::fit(model, &tcfg, fit.map(|f| f.0), batch_size, device)?;
+        let (t, tfit) = Transform::fit(model, &tcfg, fit.map(|f| f.data), batch_size, device)?;
         Ok(Classic {
             meta: ClassicMeta {
                 config: ClassicConfig {
@@ -640,8 +740,8 @@ impl Classic {
                     ..cfg.clone()
                 },
                 taps: Vec::new(),
-                fit_data: fit.map(|f| f.1.to_string()).unwrap_or_default(),
-                n_fit: fit.map(|f| f.0.len()).unwrap_or(0),
+                fit_data: fit.map(|f| f.name.to_string()).unwrap_or_default(),
+                n_fit: fit.map(|f| f.data.len()).unwrap_or(0),
                 fit_adversarial: None,
                 fit_clean: None,
                 n_adversarial: 0,
@@ -889,12 +989,16 @@ mod tests {
             p: 0.5,
             samples: 4,
         };
-        let cfg = |kind, noise| ClassicConfig {
-            k: 5,
-            reference: 30,
-            noise,
-            dropout: (kind == ClassicKind::KdBu).then(|| drop.clone()),
-            ..ClassicConfig::new(kind)
+        let cfg = |kind, noise| {
+            ClassicParams {
+                k: 5,
+                reference: 30,
+                noise,
+                dropout: (kind == ClassicKind::KdBu).then(|| drop.clone()),
+                ..ClassicParams::new(kind)
+            }
+            .check()
+            .unwrap()
         };
         // (settings, logistic regression, forwards per scored batch, per differentiated score)
         let cases = [
@@ -908,31 +1012,27 @@ mod tests {
         for (cfg, lr, per_batch, differentiated) in cases {
             let what = format!("{} (noise {}, lr {lr})", cfg.kind.name(), cfg.noise);
             let inner = crate::models::build(&ModelConfig::lenet5(), Device::Cpu).unwrap();
-            let mut model = Counting {
+            let model = Counting {
                 inner,
                 forwards: forwards.clone(),
             };
             crate::models::tap_shapes(&model).unwrap(); // measured (and cached) beforehand
+            let mut det = Detector::new(Box::new(model), None).unwrap();
             forwards.set(0);
-            let c = Classic::fit(
-                &mut model,
-                &cfg,
-                (&fit, "fit"),
-                lr.then_some(((&adv, "adv"), (&clean, "clean"))),
-                16,
-                Device::Cpu,
-            )
-            .unwrap();
+            let set = |data, name| FitSet { data, name };
+            let data = FitData {
+                clean: Some(set(&fit, "fit")),
+                logistic: lr.then_some(LogisticSets {
+                    adversarial: set(&adv, "adv"),
+                    clean: set(&clean, "clean"),
+                }),
+            };
+            det.fit_classic(&cfg, data, 16, Device::Cpu).unwrap();
             // 40 fit images in 3 batches of 16 (one forward each), the logistic regression's
             // 20 + 20 in 2 + 2, scored like a batch.
             let lr_batches = if lr { 4 } else { 0 };
             assert_eq!(forwards.get(), 3 + lr_batches * per_batch, "fit: {what}");
-            let taps = c.meta.taps.len();
-            let mut det = Detector::new(Box::new(model), None).unwrap();
-            if cfg.kind == ClassicKind::KdBu {
-                det.samples = drop.samples;
-            }
-            det.classic = Some(c);
+            let taps = det.classic().unwrap().meta.taps.len();
             let score = Score::of_classic(cfg.kind);
 
             forwards.set(0);
@@ -942,8 +1042,8 @@ mod tests {
 
             // The same numbers from separate forwards: the plain prediction's, and the detector
             // reading its own (as a differentiated score does).
-            let c = det.classic.as_ref().unwrap();
-            let model = det.model.as_ref();
+            let c = det.classic().unwrap();
+            let model = det.model();
             let (logits, feats) = model
                 .forward_mc_with_features(&x, &ForwardMode::Deterministic)
                 .unwrap();

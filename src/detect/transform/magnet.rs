@@ -72,7 +72,7 @@ impl SubDetector {
     }
 }
 
-/// Parses `--magnet-detectors` (a comma list of l1, l2, jsd10, jsd40; no duplicates).
+/// Parses a list of MagNet sub-detectors (a comma list of l1, l2, jsd10, jsd40; no duplicates).
 pub fn parse_detectors(s: &str) -> Result<Vec<SubDetector>> {
     let mut out: Vec<SubDetector> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -80,21 +80,19 @@ pub fn parse_detectors(s: &str) -> Result<Vec<SubDetector>> {
             .into_iter()
             .find(|d| d.name() == part)
             .ok_or_else(|| {
-                Error::invalid(format!(
-                    "--magnet-detectors: unknown detector '{part}': available l1, l2, jsd10, jsd40"
-                ))
+                Error::param(
+                    "magnet_detectors",
+                    part,
+                    "unknown detector: available l1, l2, jsd10, jsd40",
+                )
             })?;
         if out.contains(&d) {
-            return Err(Error::invalid(format!(
-                "--magnet-detectors: '{part}' given twice"
-            )));
+            return Err(Error::param("magnet_detectors", part, "given twice"));
         }
         out.push(d);
     }
     if out.is_empty() {
-        return Err(Error::invalid(
-            "--magnet-detectors: no detector given (e.g. l2,l1)",
-        ));
+        return Err(Error::invalid("MagNet: no sub-detector given (e.g. l2,l1)"));
     }
     Ok(out)
 }
@@ -132,27 +130,23 @@ impl Default for MagnetConfig {
 impl MagnetConfig {
     pub fn validate(&self) -> Result<()> {
         if self.detectors.is_empty() {
-            return Err(Error::invalid(
-                "--magnet-detectors: no detector given (e.g. l2,l1)",
-            ));
+            return Err(Error::invalid("MagNet: no sub-detector given (e.g. l2,l1)"));
         }
         if self.epochs == 0 {
-            return Err(Error::invalid("--ae-epochs must be at least 1"));
+            return Err(Error::param("ae_epochs", self.epochs, "must be at least 1"));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::invalid(format!(
-                "--ae-lr {}: must be a positive number",
-                self.lr
-            )));
+            return Err(Error::param("ae_lr", self.lr, "must be a positive number"));
         }
         if !(self.noise >= 0.0 && self.noise.is_finite()) {
-            return Err(Error::invalid(format!(
-                "--ae-noise {}: must be >= 0",
-                self.noise
-            )));
+            return Err(Error::param("ae_noise", self.noise, "must be >= 0"));
         }
         if self.batch_size == 0 {
-            return Err(Error::invalid("--ae-batch-size must be at least 1"));
+            return Err(Error::param(
+                "ae_batch_size",
+                self.batch_size,
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -250,7 +244,7 @@ impl Autoencoder {
         }
         if !last.is_finite() {
             return Err(Error::invalid(format!(
-                "MagNet: the autoencoder's training loss is {last}: lower --ae-lr"
+                "MagNet: the autoencoder's training loss is {last}: lower the learning rate (ae_lr)"
             )));
         }
         self.vs.freeze();
@@ -336,16 +330,19 @@ impl Magnet {
         config.validate()?;
         let n = fit.len();
         if n < 100 {
-            return Err(Error::invalid(format!(
-                "--fit-data {}: {n} images; MagNet trains its autoencoders on nine tenths and \
-                 sets its normalisers on the rest, which takes at least 100 images",
-                fit.name
-            )));
+            return Err(Error::param(
+                "fit_data",
+                &fit.name,
+                format!(
+                    "{n} images; MagNet trains its autoencoders on nine tenths and sets its \
+                     normalisers on the rest, which takes at least 100 images"
+                ),
+            ));
         }
         let [c, h, w] = fit.shape();
         if h % 2 != 0 || w % 2 != 0 {
             return Err(Error::invalid(format!(
-                "--detector magnet: AE I pools 2x2, so the images must have even sides, got \
+                "magnet: AE I pools 2x2, so the images must have even sides, got \
                  {h}x{w}"
             )));
         }
@@ -462,7 +459,7 @@ impl Magnet {
                 Some(b) => b.maximum(&r),
             });
         }
-        best.ok_or_else(|| Error::invalid("--magnet-detectors: no detector given"))
+        best.ok_or_else(|| Error::invalid("MagNet: no sub-detector given"))
     }
 
     /// The fitted weights by name (`ae1/c0.weight`, ...).

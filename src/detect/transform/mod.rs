@@ -50,7 +50,7 @@ impl TransformConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             TransformConfig::Squeeze { squeezers } if squeezers.is_empty() => Err(Error::invalid(
-                "--squeezers: no squeezer given (e.g. bits-1,median-2x2)",
+                "feature squeezing: no squeezer given (e.g. bits-1,median-2x2)",
             )),
             TransformConfig::Squeeze { .. } => Ok(()),
             TransformConfig::Magnet(m) => m.validate(),
@@ -99,17 +99,16 @@ impl Transform {
             TransformConfig::Magnet(m) => {
                 let fit = fit.ok_or_else(|| {
                     Error::invalid(
-                        "--detector magnet trains its autoencoders on clean images: pass \
-                         --fit-data SPEC (disjoint from the calibration --data)",
+                        "magnet trains its autoencoders on clean images: no fit data given",
                     )
                 })?;
                 let c = model.config().in_channels;
                 if fit.shape()[0] as i64 != c {
-                    return Err(Error::invalid(format!(
-                        "--fit-data {}: {}-channel images, the model takes {c}",
-                        fit.name,
-                        fit.shape()[0]
-                    )));
+                    return Err(Error::param(
+                        "fit_data",
+                        &fit.name,
+                        format!("{}-channel images, the model takes {c}", fit.shape()[0]),
+                    ));
                 }
                 let mg = Magnet::fit(m, fit, &classifier(model), batch_size, device)?;
                 let f = TransformFit::Magnet(mg.fit.clone());

@@ -82,10 +82,12 @@ impl std::str::FromStr for Squeezer {
     type Err = Error;
     fn from_str(s: &str) -> Result<Squeezer> {
         let bad = || {
-            Error::invalid(format!(
-                "--squeezers: unknown squeezer '{s}': use bits-N (1 <= N <= 8) or median-KxK \
-                 (2 <= K <= 5), e.g. bits-1,median-2x2"
-            ))
+            Error::param(
+                "squeezers",
+                s,
+                "unknown squeezer: use bits-N (1 <= N <= 8) or median-KxK (2 <= K <= 5), e.g. \
+                 bits-1,median-2x2",
+            )
         };
         if let Some(n) = s.strip_prefix("bits-") {
             let n: u32 = n.parse().map_err(|_| bad())?;
@@ -121,19 +123,19 @@ impl From<Squeezer> for String {
     }
 }
 
-/// Parses `--squeezers` (a comma list, no duplicates, at least one).
+/// Parses a list of squeezers (a comma list, no duplicates, at least one).
 pub fn parse_squeezers(s: &str) -> Result<Vec<Squeezer>> {
     let mut out: Vec<Squeezer> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let q: Squeezer = part.parse()?;
         if out.contains(&q) {
-            return Err(Error::invalid(format!("--squeezers: '{part}' given twice")));
+            return Err(Error::param("squeezers", part, "given twice"));
         }
         out.push(q);
     }
     if out.is_empty() {
         return Err(Error::invalid(
-            "--squeezers: no squeezer given (e.g. bits-1,median-2x2)",
+            "feature squeezing: no squeezer given (e.g. bits-1,median-2x2)",
         ));
     }
     Ok(out)
@@ -202,5 +204,5 @@ pub fn score(
             Some(b) => b.maximum(&d),
         });
     }
-    best.ok_or_else(|| Error::invalid("--squeezers: no squeezer given"))
+    best.ok_or_else(|| Error::invalid("feature squeezing: no squeezer given"))
 }
