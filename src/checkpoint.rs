@@ -204,22 +204,25 @@ fn read_all(
     let bytes =
         std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let bad = |m: String| Error::bad_file(path, m);
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
-        bad(format!(
-            "not a safetensors file: {e} (to read a PyTorch .pt/.pth state_dict, give the \
-             architecture: a plain state_dict has none)"
-        ))
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Missing {
+        name: "arch",
+        why: format!(
+            "{}: not a safetensors file: {e}; a PyTorch .pt/.pth state_dict is read as an \
+             architecture (it names none)",
+            path.display()
+        ),
     })?;
     let json = header
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| {
-            bad(format!(
-                "no '{META_KEY}' metadata: a plain state_dict, not a libre checkpoint; give the \
-                 architecture to read it as one of {STATE_DICT_ARCHS} (a plain state_dict has \
-                 none), or import it once into a libre checkpoint"
-            ))
+        .ok_or_else(|| Error::Missing {
+            name: "arch",
+            why: format!(
+                "{}: no '{META_KEY}' metadata: a plain state_dict, not a libre checkpoint; read \
+                 it as one of {STATE_DICT_ARCHS}, or import it once into a libre checkpoint",
+                path.display()
+            ),
         })?;
     let meta: CheckpointMeta =
         serde_json::from_str(json).map_err(|e| bad(format!("bad '{META_KEY}' metadata: {e}")))?;

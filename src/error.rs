@@ -25,6 +25,10 @@ pub enum Error {
         value: String,
         constraint: String,
     },
+    /// A setting that this input needs and that was not given (`arch` to read a plain
+    /// state_dict), under its library name; the CLI names the flag that gives it.
+    #[error("{why} (set {name})")]
+    Missing { name: &'static str, why: String },
     #[error("{path}: {msg}")]
     BadFile { path: PathBuf, msg: String },
     #[error("fetching {package}: {msg}")]

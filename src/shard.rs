@@ -156,10 +156,12 @@ impl Shard {
                 })?;
                 Ok(Some((shard, ShardSource::Kubernetes)))
             }
-            (Some(_), None) => Err(Error::invalid(
-                "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but not the shard count: \
-                 give the Job's completion count, or the shard K/N",
-            )),
+            (Some(_), None) => Err(Error::Missing {
+                name: "shard_count",
+                why: "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but not the shard \
+                      count: the Job's completion count, or give the shard K/N"
+                    .into(),
+            }),
             (None, Some(count)) => Err(Error::param(
                 "shard_count",
                 count,

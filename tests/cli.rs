@@ -237,7 +237,10 @@ fn impossible_sizes_are_refused_before_allocating() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("lower --mc-samples"), "{err}");
+    assert!(
+        err.contains("--mc-samples") && err.contains("use fewer samples"),
+        "{err}"
+    );
 }
 
 /// Messages name the flag at fault: a non-finite --eps, a missing --surrogate, --mc-samples on a

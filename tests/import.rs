@@ -190,7 +190,7 @@ fn several_tensor_dicts_need_a_key() {
     let path = fixture("legacy_two_dicts.pt");
     let e = load_state_dict(&path).unwrap_err().to_string();
     assert!(
-        e.contains("\"model\"") && e.contains("\"ema\"") && e.contains("--key"),
+        e.contains("\"model\"") && e.contains("\"ema\"") && e.contains("choose one by its key"),
         "{e}"
     );
     assert!(
@@ -704,7 +704,7 @@ fn imported_state_dict_runs_with_model_or_as_a_full_checkpoint() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(
-        e.contains("plain state_dict") && e.contains("--model ARCH"),
+        e.contains("plain state_dict") && e.contains("(pass --model)"),
         "{e}"
     );
     let zoo = top1(Path::new("zoo:lenet5-mnist"), &[]);

@@ -11,11 +11,31 @@ use std::path::{Path, PathBuf};
 
 /// (file, literal fragment, why it may name a flag).
 const ALLOWED: &[(&str, &str, &str)] = &[
-    ("src/cache.rs", "--no-deps", "pip's own flags: arguments of the pip child process"),
-    ("src/cache.rs", "--no-binary", "pip's own flags: arguments of the pip child process"),
-    ("src/cache.rs", "--only-binary", "pip's own flags: arguments of the pip child process"),
-    ("src/cache.rs", "--quiet", "pip's own flags: arguments of the pip child process"),
-    ("src/shard.rs", "--array=", "sbatch's flag, the one the user typed to submit the array"),
+    (
+        "src/cache.rs",
+        "--no-deps",
+        "pip's own flags: arguments of the pip child process",
+    ),
+    (
+        "src/cache.rs",
+        "--no-binary",
+        "pip's own flags: arguments of the pip child process",
+    ),
+    (
+        "src/cache.rs",
+        "--only-binary",
+        "pip's own flags: arguments of the pip child process",
+    ),
+    (
+        "src/cache.rs",
+        "--quiet",
+        "pip's own flags: arguments of the pip child process",
+    ),
+    (
+        "src/shard.rs",
+        "--array=",
+        "sbatch's flag, the one the user typed to submit the array",
+    ),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -80,7 +100,11 @@ fn no_library_message_names_a_cli_flag() {
     rust_files(&root.join("src"), &mut files);
     let mut offences = Vec::new();
     for file in &files {
-        let rel = file.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+        let rel = file
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
         if rel.starts_with("src/cli/") || rel == "src/main.rs" {
             continue;
         }
@@ -117,7 +141,10 @@ fn the_scanner_sees_literals_only() {
     assert!(!literals(r#"let x = a--b; // "--fpr""#)
         .iter()
         .any(|l| names_a_flag(l)));
-    assert_eq!(literals(r#"s == '"' && t == "--x""#), vec!["--x".to_string()]);
+    assert_eq!(
+        literals(r#"s == '"' && t == "--x""#),
+        vec!["--x".to_string()]
+    );
     assert!(!names_a_flag("x -- y --1"));
     assert!(names_a_flag("--mc-samples"));
 }

@@ -126,15 +126,22 @@ pub fn resolve_device(spec: &str, out: &Output) -> anyhow::Result<tch::Device> {
 }
 
 /// An error and its causes on one line (as `{e:#}`), with each library setting out of its domain
-/// shown as the flag that carried it (`mc_samples = 0: ...` becomes `--mc-samples 0: ...`) where
+/// shown as the flag that carried it (`mc_samples = 0: ...` becomes `--mc-samples 0: ...`) and
+/// each missing setting as the flag that gives it (`(set arch)` becomes `(pass --model)`), where
 /// the command has such a flag. The library names its settings, never flags: the same error
 /// reaches `libre evaluate` users under their experiment file's key.
 pub fn render_error(e: &anyhow::Error, flags: &[String]) -> String {
+    // Settings whose flag has another name than the setting.
+    const ALIASES: &[(&str, &str)] = &[("arch", "--model"), ("family", "--posterior")];
+    let flag_of = |name: &str| {
+        let flag = ALIASES.iter().find(|(n, _)| *n == name).map_or_else(
+            || format!("--{}", name.replace('_', "-")),
+            |(_, f)| f.to_string(),
+        );
+        flags.contains(&flag).then_some(flag)
+    };
     let as_flag = |name: &str, value: &str, constraint: &str| {
-        let flag = format!("--{}", name.replace('_', "-"));
-        flags
-            .contains(&flag)
-            .then(|| format!("{flag} {value}: {constraint}"))
+        flag_of(name).map(|flag| format!("{flag} {value}: {constraint}"))
     };
     e.chain()
         .map(|link| {
@@ -149,6 +156,9 @@ pub fn render_error(e: &anyhow::Error, flags: &[String]) -> String {
                     value,
                     constraint,
                 })) => as_flag(name, value, constraint),
+                Some(libre::Error::Missing { name, why }) => {
+                    flag_of(name).map(|flag| format!("{why} (pass {flag})"))
+                }
                 _ => None,
             };
             flagged.unwrap_or_else(|| link.to_string())
