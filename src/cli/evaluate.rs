@@ -1,8 +1,9 @@
 //! `libre evaluate EXPERIMENT.toml --out DIR`: attacks, scores and the detection report in one
 //! resumable, shardable run (the work is in `libre::evaluate`).
 
+use super::args::DeviceArg;
 use super::Output;
-use libre::evaluate::{self, experiment::EXAMPLE_MNIST, Experiment, Plan, Shard};
+use libre::evaluate::{self, experiment::EXAMPLE_MNIST, Experiment, ExperimentPlan, Shard};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -29,9 +30,8 @@ pub struct Args {
     /// experiment (files of the same names are replaced).
     #[arg(long)]
     pub force: bool,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 struct Bar {
@@ -52,7 +52,7 @@ impl evaluate::Progress for Bar {
 }
 
 /// Reads and validates an experiment file, naming the file in errors.
-pub fn load_plan(path: &Path) -> anyhow::Result<(String, Plan)> {
+pub fn load_plan(path: &Path) -> anyhow::Result<(String, ExperimentPlan)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
     let plan = Experiment::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -60,7 +60,7 @@ pub fn load_plan(path: &Path) -> anyhow::Result<(String, Plan)> {
 }
 
 /// Whether `dir` is an earlier output of `libre evaluate` or `libre report merge` (it holds the
-/// experiment.toml they record; [`pin_experiment`] then checks it is the same experiment).
+/// experiment.toml they record; [`evaluate::pin_experiment`] then checks it is the same experiment).
 /// Its entries are all "own" then; otherwise none is.
 fn foreign_entries(dir: &Path) -> Vec<String> {
     if dir.join("experiment.toml").is_file() {
@@ -73,24 +73,6 @@ fn foreign_entries(dir: &Path) -> Vec<String> {
 /// and not a directory holding anything but an earlier run unless `force`.
 pub fn check_out(dir: &Path, force: bool) -> anyhow::Result<()> {
     super::check_out_dir("--out", dir, &foreign_entries, force)
-}
-
-/// Records the experiment in `out`, refusing a directory that holds a different one.
-pub fn pin_experiment(out: &Path, text: &str) -> anyhow::Result<()> {
-    let f = out.join("experiment.toml");
-    if let Ok(old) = std::fs::read_to_string(&f) {
-        if old != text {
-            anyhow::bail!(
-                "{} holds a different experiment ({}); choose another --out",
-                out.display(),
-                f.display()
-            );
-        }
-        return Ok(());
-    }
-    std::fs::create_dir_all(out)?;
-    libre::cache::write_atomic(&f, text.as_bytes())?;
-    Ok(())
 }
 
 /// The worst-case robust-detection table of a finished run (empty when it has no attacks).
@@ -183,7 +165,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     check_out(&dir, args.force)?;
     // Everything is validated before any work starts.
     let (text, plan) = load_plan(&path)?;
-    let device = super::resolve_device(&args.device, &out)?;
+    let device = super::resolve_device(&args.device.device, &out)?;
     // The data too, before anything is written into --out: a data set without labels is refused
     // here, not after the experiment file was pinned there.
     let data = libre::data::open(&plan.data, None, &mut super::fetch_note(&out))?;
@@ -196,7 +178,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     }
     let n_images = data.len();
     drop(data);
-    pin_experiment(&dir, &text)?;
+    evaluate::pin_experiment(&dir, &text)?;
     let total = evaluate::cells(&plan).len();
     out.note(format!(
         "{}: {} models, {} attack configurations, {} cells{}; samples: {}",
@@ -251,186 +233,17 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A directory entry's file name as text.
-fn e_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// Refuses a cell whose rows file is not whole: `expect_scores` rows per image (a shard killed
-/// mid-copy, or a file cut short by hand, would otherwise merge as a smaller sample).
-fn check_cell_rows(
-    cells: &Path,
-    id: &str,
-    meta: &evaluate::CellMeta,
-    expect_scores: Option<usize>,
-) -> anyhow::Result<()> {
-    let Some(k) = expect_scores else {
-        return Ok(()); // not a cell of this experiment: never copied
-    };
-    let f = cells.join(format!("{id}.csv"));
-    let file = std::fs::File::open(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-    let mut rows = 0usize;
-    for r in csv::Reader::from_reader(std::io::BufReader::new(file)).records() {
-        r.map_err(|e| anyhow::anyhow!("{}: {e} (a damaged cell; rerun its shard)", f.display()))?;
-        rows += 1;
-    }
-    let want = meta.n * k;
-    if rows != want {
-        anyhow::bail!(
-            "{}: {rows} rows, but the cell's {} images x {k} score(s) make {want}: the file is \
-             truncated or damaged; rerun its shard",
-            f.display(),
-            meta.n
-        );
-    }
-    Ok(())
-}
-
-/// `libre report merge DIR... --out DIR`: joins shard directories of one experiment.
+/// `libre report merge DIR... --out DIR`: joins shard directories of one experiment
+/// ([`evaluate::merge_shards`]) and prints the AUROC table of the merged report.
 pub fn merge(dirs: &[PathBuf], dest: &Path, force: bool, out: Output) -> anyhow::Result<()> {
     if dirs.is_empty() {
         anyhow::bail!("report merge: no shard directories given");
     }
     check_out(dest, force)?;
-    let texts: Vec<String> = dirs
-        .iter()
-        .map(|d| {
-            std::fs::read_to_string(d.join("experiment.toml")).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: not an evaluation directory (experiment.toml: {e})",
-                    d.display()
-                )
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    for (d, t) in dirs.iter().zip(&texts).skip(1) {
-        if *t != texts[0] {
-            anyhow::bail!(
-                "{} ran a different experiment than {}: refusing to merge",
-                d.display(),
-                dirs[0].display()
-            );
-        }
-    }
-    let plan = Experiment::parse(&texts[0])?;
-    // Rows each cell must hold: one per image and score of its model.
-    let scores_of: std::collections::BTreeMap<String, usize> = evaluate::cells(&plan)
-        .iter()
-        .map(|c| (c.id(&plan), plan.models[c.model].scores.len()))
-        .collect();
-    let mut version: Option<(String, PathBuf)> = None;
-    let mut images: Option<(usize, PathBuf)> = None;
-    // Content hashes a cell records (weights, data), per model: every shard must agree.
-    let mut hashes: std::collections::BTreeMap<(String, String), (String, PathBuf)> =
-        Default::default();
-    let mut sources: std::collections::BTreeMap<String, PathBuf> = Default::default();
-    for d in dirs {
-        let cells = d.join("cells");
-        let Ok(rd) = std::fs::read_dir(&cells) else {
-            continue;
-        };
-        for e in rd {
-            let p = e?.path();
-            let name = e_name(&p);
-            let Some(id) = name.strip_suffix(".json") else {
-                continue;
-            };
-            let bytes =
-                std::fs::read(&p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
-            let meta: evaluate::CellMeta = serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            check_cell_rows(&cells, id, &meta, scores_of.get(id).copied())?;
-            match &images {
-                Some((n, from)) if *n != meta.n => anyhow::bail!(
-                    "{} holds {} images but {} holds {n}: shards of different data, refusing to \
-                     merge",
-                    p.display(),
-                    meta.n,
-                    from.display()
-                ),
-                None => images = Some((meta.n, p.clone())),
-                _ => {}
-            }
-            if let Ok(serde_json::Value::Object(m)) =
-                serde_json::from_slice::<serde_json::Value>(&bytes)
-            {
-                for (k, v) in m.iter().filter(|(k, _)| k.ends_with("sha256")) {
-                    let v = v.to_string();
-                    match hashes.get(&(meta.model.clone(), k.clone())) {
-                        Some((h, from)) if *h != v => anyhow::bail!(
-                            "{} and {} record different {k} for model '{}' ({v} vs {h}): shards \
-                             run with different files, refusing to merge",
-                            p.display(),
-                            from.display(),
-                            meta.model
-                        ),
-                        Some(_) => {}
-                        None => {
-                            hashes.insert((meta.model.clone(), k.clone()), (v, p.clone()));
-                        }
-                    }
-                }
-            }
-            match &version {
-                Some((v, from)) if *v != meta.libre_version => anyhow::bail!(
-                    "{} was computed by libre {} but {} by {}: refusing to merge",
-                    p.display(),
-                    meta.libre_version,
-                    from.display(),
-                    v
-                ),
-                None => version = Some((meta.libre_version.clone(), p.clone())),
-                _ => {}
-            }
-            if let Some(prev) = sources.get(id) {
-                let same = std::fs::read(prev.join(format!("{id}.csv")))?
-                    == std::fs::read(cells.join(format!("{id}.csv")))?;
-                if !same {
-                    anyhow::bail!(
-                        "cell {id} appears in {} and {} with different rows (overlapping shards)",
-                        prev.display(),
-                        cells.display()
-                    );
-                }
-            }
-            sources.insert(id.to_string(), cells.clone());
-        }
-    }
-    let wanted: Vec<String> = evaluate::cells(&plan).iter().map(|c| c.id(&plan)).collect();
-    let missing: Vec<&String> = wanted
-        .iter()
-        .filter(|id| !sources.contains_key(*id))
-        .collect();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "incomplete set of shards: {} cell(s) missing ({}); run the missing shard(s) first",
-            missing.len(),
-            missing
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    pin_experiment(dest, &texts[0])?;
-    let cells_dir = dest.join("cells");
-    std::fs::create_dir_all(&cells_dir)?;
-    for id in &wanted {
-        let src = &sources[id];
-        if *src == cells_dir {
-            continue;
-        }
-        for ext in ["csv", "json"] {
-            let bytes = std::fs::read(src.join(format!("{id}.{ext}")))?;
-            libre::cache::write_atomic(&cells_dir.join(format!("{id}.{ext}")), &bytes)?;
-        }
-    }
-    let fin = evaluate::finish(&plan, dest)?;
-    let table = auroc_text(&fin.summary);
+    let merged = evaluate::merge_shards(dirs, dest)?;
+    let table = auroc_text(&merged.finished.summary);
     out.result(
-        serde_json::json!({ "out": dest, "merged": dirs, "cells": wanted.len() }),
+        serde_json::json!({ "out": dest, "merged": dirs, "cells": merged.cells }),
         || {
             format!(
                 "{table}merged {} shard directories: {}\n",

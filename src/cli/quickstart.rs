@@ -181,7 +181,7 @@ fn run_libre(args: Args, out: Output) -> anyhow::Result<()> {
             None,
             &cfg,
             &run,
-            false,
+            train::RunStart::New,
             &mut Obs(&pb),
         )?;
         pb.finish_and_clear();
@@ -195,7 +195,7 @@ fn run_libre(args: Args, out: Output) -> anyhow::Result<()> {
     let text = experiment(&model_path, args.test_images);
     let plan = libre::evaluate::Experiment::parse(&text)?;
     let report = args.out.join("report");
-    super::evaluate::pin_experiment(&report, &text)?;
+    libre::evaluate::pin_experiment(&report, &text)?;
     let t1 = std::time::Instant::now();
     libre::evaluate::run_cells(&plan, &report, None, device, &mut note, &mut ())?;
     let fin = libre::evaluate::finish(&plan, &report)?;
@@ -301,7 +301,7 @@ fn run_bayesadapter(args: Args, out: Output) -> anyhow::Result<()> {
         None,
         &cfg,
         &run,
-        false,
+        train::RunStart::New,
         &mut Obs(&pb),
     )?;
     pb.finish_and_clear();

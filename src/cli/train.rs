@@ -406,7 +406,11 @@ fn drive(
         eval_ds.as_ref(),
         &cfg,
         &run,
-        resume,
+        if resume {
+            train::RunStart::Resume
+        } else {
+            train::RunStart::New
+        },
         &mut bars,
     )?;
     bars.pb.finish_and_clear();

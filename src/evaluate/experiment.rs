@@ -179,7 +179,7 @@ pub struct AttackPlan {
 
 /// An experiment checked against the registry, the zoo and the checkpoints.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
+pub struct ExperimentPlan {
     pub data: String,
     pub title: String,
     pub seed: u64,
@@ -239,7 +239,7 @@ fn capabilities_of(
     if let Some(d) = det.as_ref().filter(|d| d.mc_dropout.is_some()) {
         // MC dropout draws any number of masks.
         return match requested {
-            Some(0) => Err(Error::invalid("mc_samples must be at least 1")),
+            Some(0) => Err(Error::param("mc_samples", 0, "must be at least 1")),
             r => Ok((r.unwrap_or(d.samples), classic)),
         };
     }
@@ -269,13 +269,13 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
 
 impl Experiment {
     /// Parses and validates `text`; errors name the line.
-    pub fn parse(text: &str) -> Result<Plan> {
+    pub fn parse(text: &str) -> Result<ExperimentPlan> {
         let e: Experiment = toml::from_str(text)
             .map_err(|err| Error::invalid(format!("experiment file: {err}")))?;
         e.validate(text)
     }
 
-    fn validate(&self, text: &str) -> Result<Plan> {
+    fn validate(&self, text: &str) -> Result<ExperimentPlan> {
         let at = |span: std::ops::Range<usize>, msg: String| {
             Error::invalid(format!(
                 "experiment file, line {}: {msg}",
@@ -625,7 +625,7 @@ impl Experiment {
                 });
             }
         }
-        Ok(Plan {
+        Ok(ExperimentPlan {
             data: self.data.get_ref().clone(),
             title: self
                 .title
