@@ -9,6 +9,49 @@ use toml::Spanned;
 
 /// The example shipped with libre (`libre evaluate --example`).
 pub const EXAMPLE_MNIST: &str = include_str!("../../docs/experiments/mnist.toml");
+
+/// The experiment `libre quickstart` evaluates: the zoo LeNet5 (DNN) against the LiBRe model
+/// at `model`, on the first `test_images` MNIST test digits, under FGSM, PGD, CW and the
+/// adaptive selective attack at eps 0.3.
+pub fn quickstart_mnist(model: &std::path::Path, test_images: usize) -> String {
+    format!(
+        r#"title = "libre quickstart: zoo LeNet5 (DNN) vs LiBRe on MNIST"
+data = "mnist:test[0:{test_images}]"
+seed = 0
+bootstrap = 200
+[[model]]
+name = "dnn"
+weights = "zoo:lenet5-mnist"
+scores = ["msp", "entropy", "max-logit"]
+[[model]]
+name = "libre"
+weights = "{}"
+scores = ["feature-variance", "softmax-variance", "mutual-information", "msp"]
+[[attack]]
+name = "fgsm"
+eps = [0.3]
+[[attack]]
+name = "pgd"
+eps = [0.3]
+steps = 40
+step_size = 0.01
+[[attack]]
+name = "cw"
+eps = [0.3]
+steps = 40
+step_size = 0.01
+# The adaptive attacker: knows each model's first score and its threshold (5% FPR of the clean
+# rows), ascends the loss until the digit is misclassified, then descends the score.
+[[attack]]
+name = "selective"
+eps = [0.3]
+steps = 100
+step_size = 0.01
+params = {{ restarts = 1 }}
+"#,
+        model.display()
+    )
+}
 /// The committed adaptive experiment (docs/experiments/mnist-adaptive.toml).
 pub const EXAMPLE_ADAPTIVE: &str = include_str!("../../docs/experiments/mnist-adaptive.toml");
 
