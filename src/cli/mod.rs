@@ -15,6 +15,7 @@ pub mod import;
 pub mod metrics;
 pub mod quickstart;
 pub mod report;
+pub mod startup;
 pub mod train;
 
 use serde_json::{json, Value};
