@@ -1,8 +1,12 @@
 //! `libre evaluate EXPERIMENT.toml --out DIR`: attacks, scores and the detection report in one
 //! resumable, shardable run (the work is in `libre::evaluate`).
 
-use super::args::DeviceArg;
-use super::Output;
+mod tables;
+
+pub use tables::auroc_text;
+
+use crate::cli::args::DeviceArg;
+use crate::cli::Output;
 use libre::evaluate::{self, experiment::EXAMPLE_MNIST, Experiment, ExperimentPlan, Shard};
 use std::path::{Path, PathBuf};
 
@@ -66,76 +70,13 @@ fn foreign_entries(dir: &Path) -> Vec<String> {
     if dir.join("experiment.toml").is_file() {
         return Vec::new();
     }
-    super::dir_entries(dir)
+    crate::cli::dir_entries(dir)
 }
 
 /// Checks `--out DIR` of `libre evaluate` and `libre report merge` before any work: not a file,
 /// and not a directory holding anything but an earlier run unless `force`.
 pub fn check_out(dir: &Path, force: bool) -> anyhow::Result<()> {
-    super::check_out_dir("--out", dir, &foreign_entries, force)
-}
-
-/// The worst-case robust-detection table of a finished run (empty when it has no attacks).
-pub fn worst_case_text(summary: &serde_json::Value) -> String {
-    let rows = evaluate::worst_case_table(summary);
-    if rows.is_empty() {
-        return String::new();
-    }
-    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(8).max(8);
-    let mut s = format!(
-        "Worst case per image over the attacks at each eps (evaded = misclassified and not \
-         flagged at the threshold fixed once on clean data):\n{:w$}  {:>6}  {:>8}  {:>17}\n",
-        "detector", "eps", "evaded", "robust detection"
-    );
-    for (d, e, ev, acc, adaptive) in rows {
-        let note = if adaptive {
-            ""
-        } else {
-            "  (no adaptive attack on this score)"
-        };
-        s += &format!("{d:w$}  {e:>6}  {ev:>7.1}%  {acc:>16.1}%{note}\n");
-    }
-    s
-}
-
-/// The AUROC table of a finished run, then the worst-case table.
-pub fn auroc_text(summary: &serde_json::Value) -> String {
-    auroc_only_text(summary) + &worst_case_text(summary)
-}
-
-/// Prints the AUROC table of a finished run.
-fn auroc_only_text(summary: &serde_json::Value) -> String {
-    let rows = evaluate::auroc_table(summary);
-    let mut cols: Vec<String> = vec![];
-    let mut dets: Vec<String> = vec![];
-    for (d, a, e, _) in &rows {
-        let c = format!("{a} {e}");
-        if !cols.contains(&c) {
-            cols.push(c);
-        }
-        if !dets.contains(d) {
-            dets.push(d.clone());
-        }
-    }
-    let w = dets.iter().map(|d| d.len()).max().unwrap_or(8).max(8);
-    let mut s = format!("{:w$}", "AUROC");
-    for c in &cols {
-        s += &format!("  {c:>14}");
-    }
-    s.push('\n');
-    for d in &dets {
-        s += &format!("{d:w$}");
-        for c in &cols {
-            let v = rows
-                .iter()
-                .find(|(dd, a, e, _)| dd == d && &format!("{a} {e}") == c)
-                .map(|r| format!("{:.3}", r.3))
-                .unwrap_or_else(|| "-".into());
-            s += &format!("  {v:>14}");
-        }
-        s.push('\n');
-    }
-    s
+    crate::cli::check_out_dir("--out", dir, &foreign_entries, force)
 }
 
 /// `{shard}` in `--out` becomes the shard index, so one job-array command line gives every task
@@ -153,7 +94,7 @@ fn shard_dir(dir: PathBuf, shard: Option<Shard>) -> anyhow::Result<PathBuf> {
 
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if args.example {
-        super::write_stdout(EXAMPLE_MNIST.as_bytes());
+        crate::cli::write_stdout(EXAMPLE_MNIST.as_bytes());
         return Ok(());
     }
     let path = args.experiment.expect("clap requires it");
@@ -165,10 +106,10 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     check_out(&dir, args.force)?;
     // Everything is validated before any work starts.
     let (text, plan) = load_plan(&path)?;
-    let device = super::resolve_device(&args.device.device, &out)?;
+    let device = crate::cli::resolve_device(&args.device.device, &out)?;
     // The data too, before anything is written into --out: a data set without labels is refused
     // here, not after the experiment file was pinned there.
-    let data = libre::data::open(&plan.data, None, &mut super::fetch_note(&out))?;
+    let data = libre::data::open(&plan.data, None, &mut crate::cli::fetch_note(&out))?;
     if data.labels().is_none() {
         anyhow::bail!(
             "{}: evaluation needs labels (data '{}')",
@@ -203,7 +144,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         &dir,
         shard,
         device,
-        &mut super::fetch_note(&out),
+        &mut crate::cli::fetch_note(&out),
         &mut bar,
     )?;
     bar.pb.finish_and_clear();
