@@ -33,3 +33,19 @@ pub fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first column is left-aligned, the others right-aligned, and no line ends in spaces.
+    #[test]
+    fn columns_align_and_lines_are_trimmed() {
+        let s = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let t = render_table(
+            &s(&["scores", "AUROC"]),
+            &[s(&["a", "0.5"]), s(&["long-name", "1"])],
+        );
+        assert_eq!(t, "scores     AUROC\na            0.5\nlong-name      1\n");
+    }
+}
