@@ -160,7 +160,7 @@ fn main() {
     libre::alloc::keep_freed_memory();
     cli::startup::remove_temporaries_on_signals();
     let json = cli.json;
-    let flags = command_flags(&matches);
+    let flags = cli::command_flags(Cli::command(), &matches);
     if let Err(e) = run(cli) {
         let msg = cli::render_error(&e, &flags);
         cli::write_stderr(format!("libre: {msg}\n").as_bytes());
@@ -174,28 +174,6 @@ fn main() {
         };
         std::process::exit(code);
     }
-}
-
-/// The long flags of the subcommand that ran (and its parents'), so that a library error about a
-/// setting can be shown as the flag that carried it.
-fn command_flags(matches: &clap::ArgMatches) -> Vec<String> {
-    let longs = |c: &clap::Command| -> Vec<String> {
-        c.get_arguments()
-            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
-            .collect()
-    };
-    let mut cmd = Cli::command();
-    let mut flags = longs(&cmd);
-    let mut m = matches;
-    while let Some((name, sub)) = m.subcommand() {
-        match cmd.find_subcommand(name) {
-            Some(c) => cmd = c.clone(),
-            None => break,
-        }
-        flags.extend(longs(&cmd));
-        m = sub;
-    }
-    flags
 }
 
 #[cfg(test)]
@@ -236,7 +214,8 @@ mod tests {
     fn library_settings_are_shown_as_flags() {
         let e = anyhow::Error::new(libre::Error::param("mc_samples", 0, "must be at least 1"))
             .context("loading the detector");
-        let flags = command_flags(
+        let flags = cli::command_flags(
+            Cli::command(),
             &Cli::command()
                 .try_get_matches_from(["libre", "detect", "--weights", "d", "x.png"])
                 .unwrap(),

@@ -158,6 +158,28 @@ pub fn render_error(e: &anyhow::Error, flags: &[String]) -> String {
         .join(": ")
 }
 
+/// The long flags of the subcommand of `root` that ran (and its parents'), so that a library error about a
+/// setting can be shown as the flag that carried it.
+pub fn command_flags(root: clap::Command, matches: &clap::ArgMatches) -> Vec<String> {
+    let longs = |c: &clap::Command| -> Vec<String> {
+        c.get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect()
+    };
+    let mut cmd = root;
+    let mut flags = longs(&cmd);
+    let mut m = matches;
+    while let Some((name, sub)) = m.subcommand() {
+        match cmd.find_subcommand(name) {
+            Some(c) => cmd = c.clone(),
+            None => break,
+        }
+        flags.extend(longs(&cmd));
+        m = sub;
+    }
+    flags
+}
+
 /// clap's parser of `--mc-draws`.
 pub fn parse_mc_draws(s: &str) -> Result<libre::bayes::McDraws, libre::Error> {
     s.parse()
