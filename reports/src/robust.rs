@@ -393,9 +393,13 @@ pub fn robust_rows(
 /// The AUROC of one detector x attack x eps against that detector's clean rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttackAuroc {
+    /// The detector, as in [`ScoredInput::detector`].
     pub detector: String,
+    /// The attack (never [`CLEAN`]).
     pub attack: String,
+    /// The attack's eps, as written in the rows.
     pub eps: String,
+    /// The attacked rows (positive) against the detector's clean rows (negative).
     pub auroc: f64,
 }
 
@@ -450,6 +454,22 @@ mod tests {
             score,
             correct,
         }
+    }
+
+    /// Each attack x eps against the detector's clean rows, in order of first appearance.
+    #[test]
+    fn aurocs_are_per_attack_against_clean_rows() {
+        let rows = vec![
+            input(0, CLEAN, "", 0.1, true),
+            input(1, CLEAN, "", 0.2, true),
+            input(0, "pgd", "0.3", 0.9, false),
+            input(1, "pgd", "0.3", 0.15, false),
+            input(0, "fgsm", "0.3", 0.8, false),
+        ];
+        let a = aurocs_against_clean(&rows).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[0].attack.as_str(), a[0].auroc), ("pgd", 0.75));
+        assert_eq!((a[1].attack.as_str(), a[1].auroc), ("fgsm", 1.0));
     }
 
     fn th(t: f64) -> Vec<Threshold> {
