@@ -840,6 +840,14 @@ adaptive = [1.0, 10.0]
         }
     }
 
+    /// The quick start's experiment is a valid experiment file (its model is written later).
+    #[test]
+    fn the_quickstart_experiment_is_valid_toml() {
+        let text = quickstart_mnist(std::path::Path::new("runs/q/libre/model.safetensors"), 10);
+        let e: Experiment = toml::from_str(&text).unwrap();
+        assert_eq!(e.models.len(), 2);
+    }
+
     #[test]
     fn the_shipped_example_is_valid_toml() {
         // Its weights may not exist yet (it names a run directory); the syntax must parse.
