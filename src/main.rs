@@ -62,7 +62,7 @@ enum Command {
 
 impl Command {
     /// Whether the command runs libtorch's parallel kernels, where OpenMP's wait policy matters
-    /// ([`ensure_passive_omp_wait`]). The others (listing, fetching, importing, metrics, reports,
+    /// ([`cli::startup::ensure_passive_omp_wait`]). The others (listing, fetching, importing, metrics, reports,
     /// merging parts) skip the re-execution and its ~0.35 s of loading libtorch a second time.
     fn computes(&self) -> bool {
         match self {
@@ -107,105 +107,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// libgomp (libtorch's OpenMP runtime) busy-waits between parallel regions by default, which on
-/// a machine with any other CPU load makes every forward ~10x slower (issue 14's measurement:
-/// 1060 vs 100 ms). It reads OMP_WAIT_POLICY once, when libtorch is loaded at process start, so
-/// the binary re-executes itself with the passive policy unless the user chose one. The second
-/// start costs ~0.35 s on the 2-core machines (libtorch registering its operators again), so it
-/// happens only for commands that compute, after the command line parsed (`--help`, `--version`
-/// and usage errors answer at once); a user who sets OMP_WAIT_POLICY skips it.
-fn ensure_passive_omp_wait() {
-    use std::os::unix::process::CommandExt;
-    const MARK: &str = "LIBRE_OMP_REEXEC";
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() || std::env::var_os(MARK).is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .env(MARK, "1")
-        .exec();
-    // exec only returns on failure: carry on with the default policy.
-    cli::write_stderr(
-        format!("libre: note: could not re-execute with OMP_WAIT_POLICY=PASSIVE ({err})\n")
-            .as_bytes(),
-    );
-}
-
-/// `--resume` continues a run with the settings in its config.json: flags that would silently be
-/// ignored are refused, by name.
-fn check_resume_flags(m: &clap::ArgMatches) -> Result<(), String> {
-    let Some((name, sub)) = m.subcommand() else {
-        return Ok(());
-    };
-    if !matches!(name, "train" | "finetune")
-        || sub.get_one::<std::path::PathBuf>("resume").is_none()
-    {
-        return Ok(());
-    }
-    let ignored: Vec<String> = sub
-        .ids()
-        .map(|id| id.as_str())
-        // Argument groups (the flattened structs) are listed too: only flags are lowercase.
-        .filter(|id| id.starts_with(|c: char| c.is_ascii_lowercase()))
-        .filter(|id| !matches!(*id, "resume" | "device" | "json" | "quiet"))
-        .filter(|id| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
-        .map(|id| format!("--{}", id.replace('_', "-")))
-        .collect();
-    if ignored.is_empty() {
-        return Ok(());
-    }
-    Err(format!(
-        "--resume continues the run with the settings saved in its config.json; these flags \
-         would be ignored: {} (drop them, or start a new run with --out)",
-        ignored.join(", ")
-    ))
-}
-
-/// On SIGINT, SIGTERM or SIGHUP, remove the hidden temporaries of the outputs being written (see
-/// `libre::cleanup`), then die of the same signal, so that shells and schedulers (Slurm records
-/// the signal of a cancelled task) see what happened.
-fn remove_temporaries_on_signals() {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    // Without a handler the default action still ends the process; only the cleanup is lost.
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
-        return;
-    };
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            libre::cleanup::remove_all();
-            let _ = signal_hook::low_level::emulate_default_handler(sig);
-            std::process::exit(128 + sig);
-        }
-    });
-}
-
-/// The first argument that is not valid UTF-8, named (with the flag before it) and escaped
-/// losslessly. libre's paths and values are UTF-8: a file named otherwise would reach JSON output,
-/// CSV rows and error messages mangled, so it is refused before any work.
-fn non_utf8_argument() -> Option<String> {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let i = args.iter().position(|a| a.to_str().is_none())?;
-    let shown = libre::detect::input::os_text(&args[i]);
-    let flag = i
-        .checked_sub(1)
-        .and_then(|j| args[j].to_str())
-        .filter(|f| f.starts_with('-') && !f.contains('='));
-    Some(match flag {
-        Some(f) => format!(
-            "{f} '{shown}': not valid UTF-8; libre takes UTF-8 paths and values (rename the file, \
-             or use a symbolic link with a UTF-8 name)"
-        ),
-        None => format!(
-            "argument '{shown}': not valid UTF-8; libre takes UTF-8 paths and values (rename the \
-             file, or use a symbolic link with a UTF-8 name)"
-        ),
-    })
-}
-
 fn main() {
     // Consumers of --json get a final error line on every failure, usage errors included.
     let json_error = |msg: &str| {
@@ -227,7 +128,7 @@ fn main() {
     // A closed stdout (`>&-`) is not refused: Rust reopens descriptors 0-2 on /dev/null before
     // `main`, which is indistinguishable from Python's `subprocess.DEVNULL` (also read-write), a
     // deliberate way to discard output.
-    if let Some(msg) = non_utf8_argument() {
+    if let Some(msg) = cli::startup::non_utf8_argument() {
         fail(&msg);
     }
     let matches = match Cli::command().try_get_matches() {
@@ -244,12 +145,12 @@ fn main() {
             std::process::exit(0);
         }
     };
-    if let Err(msg) = check_resume_flags(&matches) {
+    if let Err(msg) = cli::startup::check_resume_flags(&matches) {
         fail(&msg);
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if cli.command.computes() {
-        ensure_passive_omp_wait();
+        cli::startup::ensure_passive_omp_wait();
     }
     if !cli.quiet {
         if let Some(note) = libre::cache::root_note() {
@@ -257,9 +158,9 @@ fn main() {
         }
     }
     libre::alloc::keep_freed_memory();
-    remove_temporaries_on_signals();
+    cli::startup::remove_temporaries_on_signals();
     let json = cli.json;
-    let flags = command_flags(&matches);
+    let flags = cli::command_flags(Cli::command(), &matches);
     if let Err(e) = run(cli) {
         let msg = cli::render_error(&e, &flags);
         cli::write_stderr(format!("libre: {msg}\n").as_bytes());
@@ -273,28 +174,6 @@ fn main() {
         };
         std::process::exit(code);
     }
-}
-
-/// The long flags of the subcommand that ran (and its parents'), so that a library error about a
-/// setting can be shown as the flag that carried it.
-fn command_flags(matches: &clap::ArgMatches) -> Vec<String> {
-    let longs = |c: &clap::Command| -> Vec<String> {
-        c.get_arguments()
-            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
-            .collect()
-    };
-    let mut cmd = Cli::command();
-    let mut flags = longs(&cmd);
-    let mut m = matches;
-    while let Some((name, sub)) = m.subcommand() {
-        match cmd.find_subcommand(name) {
-            Some(c) => cmd = c.clone(),
-            None => break,
-        }
-        flags.extend(longs(&cmd));
-        m = sub;
-    }
-    flags
 }
 
 #[cfg(test)]
@@ -335,7 +214,8 @@ mod tests {
     fn library_settings_are_shown_as_flags() {
         let e = anyhow::Error::new(libre::Error::param("mc_samples", 0, "must be at least 1"))
             .context("loading the detector");
-        let flags = command_flags(
+        let flags = cli::command_flags(
+            Cli::command(),
             &Cli::command()
                 .try_get_matches_from(["libre", "detect", "--weights", "d", "x.png"])
                 .unwrap(),

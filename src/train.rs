@@ -82,13 +82,21 @@ pub struct TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {
-            return Err(Error::invalid("--epochs must be at least 1"));
+            return Err(Error::param("epochs", self.epochs, "must be at least 1"));
         }
         if self.batch_size == 0 {
-            return Err(Error::invalid("--batch-size must be at least 1"));
+            return Err(Error::param(
+                "batch_size",
+                self.batch_size,
+                "must be at least 1",
+            ));
         }
         if self.eval_samples == 0 {
-            return Err(Error::invalid("--mc-samples must be at least 1"));
+            return Err(Error::param(
+                "eval_samples",
+                self.eval_samples,
+                "must be at least 1",
+            ));
         }
         for (g, c) in &self.groups {
             c.validate(*g)?;
@@ -294,17 +302,28 @@ fn save_epoch(run: &RunDir, epoch: usize, model: &dyn BayesModel, opt: &Sgd) -> 
     Ok(())
 }
 
-/// Train `model` in place for `cfg.epochs` epochs into `run`. With `resume`, continue after the
-/// run's last complete epoch (the model passed in must be the one loaded from it).
+/// Whether [`fit`] starts a new run or continues one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStart {
+    /// A new run in a fresh run directory.
+    New,
+    /// Continue after the run's last complete epoch (the model passed in must be the one loaded
+    /// from it).
+    Resume,
+}
+
+/// Train `model` in place for `cfg.epochs` epochs into `run`, from the start or after the run's
+/// last complete epoch ([`RunStart`]).
 pub fn fit(
     model: &mut dyn BayesModel,
     train: &Dataset,
     eval_ds: Option<&Dataset>,
     cfg: &TrainConfig,
     run: &RunDir,
-    resume: bool,
+    start: RunStart,
     obs: &mut dyn TrainObserver,
 ) -> Result<Vec<EpochLog>> {
+    let resume = start == RunStart::Resume;
     cfg.validate()?;
     crate::models::require_f32(model, "training")?;
     let k = model.config().num_classes as usize;
@@ -333,7 +352,7 @@ pub fn fit(
     if resume {
         let e = last_epoch(run).ok_or_else(|| {
             Error::invalid(format!(
-                "--resume {}: no complete epoch to resume from",
+                "{}: no complete epoch to resume from",
                 run.path.display()
             ))
         })?;

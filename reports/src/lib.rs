@@ -10,6 +10,7 @@
 //! * [`tables`]: the CSV schema of a run directory (see the module docs and `README.md`).
 //! * [`plots`]: one function per figure, generic over the plotters backend; SVG and PNG writers
 //!   with an embedded font.
+//! * [`text`]: plain-text tables for terminals.
 //! * [`report`]: the report directory (index.html, summary.md, CSV tables, manifest.json),
 //!   written atomically.
 pub mod bootstrap;
@@ -22,5 +23,6 @@ pub mod report;
 pub mod rng;
 pub mod robust;
 pub mod tables;
+pub mod text;
 
 pub use error::{ReportError, Result};

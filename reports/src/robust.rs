@@ -17,6 +17,7 @@
 //! evaded when any of them evaded, as AutoAttack aggregates robust accuracy. Intervals are
 //! percentile bootstraps over images (the images are the sampling unit; [`crate::bootstrap`]).
 use crate::bootstrap::{percentile_interval, BootstrapConfig};
+use crate::detection::DetectionMetrics;
 use crate::error::{ReportError, Result};
 use crate::rng::Xoshiro256pp;
 use serde::{Deserialize, Serialize};
@@ -382,6 +383,57 @@ pub fn robust_rows(
     Ok(out)
 }
 
+/// The AUROC of one detector x attack x eps against that detector's clean rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttackAuroc {
+    /// The detector, as in [`ScoredInput::detector`].
+    pub detector: String,
+    /// The attack (never [`CLEAN`]).
+    pub attack: String,
+    /// The attack's eps, as written in the rows.
+    pub eps: String,
+    /// The attacked rows (positive) against the detector's clean rows (negative).
+    pub auroc: f64,
+}
+
+/// AUROC of each detector x attack x eps against that detector's clean rows (beside the robust
+/// numbers, as the report shows it), in order of first appearance; absent for detectors without
+/// clean rows.
+pub fn aurocs_against_clean(rows: &[ScoredInput]) -> Result<Vec<AttackAuroc>> {
+    let mut clean: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut attacked: Vec<((&str, &str, &str), Vec<f64>)> = Vec::new();
+    for r in rows {
+        if r.attack == CLEAN {
+            match clean.iter_mut().find(|(d, _)| *d == r.detector) {
+                Some((_, v)) => v.push(r.score),
+                None => clean.push((&r.detector, vec![r.score])),
+            }
+        } else {
+            let k = (r.detector.as_str(), r.attack.as_str(), r.eps.as_str());
+            match attacked.iter_mut().find(|(key, _)| *key == k) {
+                Some((_, v)) => v.push(r.score),
+                None => attacked.push((k, vec![r.score])),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((d, a, e), adv) in attacked {
+        let Some((_, cl)) = clean.iter().find(|(cd, _)| *cd == d) else {
+            continue;
+        };
+        let scores: Vec<f64> = adv.iter().chain(cl).copied().collect();
+        let labels: Vec<bool> = (0..scores.len()).map(|i| i < adv.len()).collect();
+        let m = DetectionMetrics::compute(&scores, &labels)?;
+        out.push(AttackAuroc {
+            detector: d.to_string(),
+            attack: a.to_string(),
+            eps: e.to_string(),
+            auroc: m.auroc,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +447,22 @@ mod tests {
             score,
             correct,
         }
+    }
+
+    /// Each attack x eps against the detector's clean rows, in order of first appearance.
+    #[test]
+    fn aurocs_are_per_attack_against_clean_rows() {
+        let rows = vec![
+            input(0, CLEAN, "", 0.1, true),
+            input(1, CLEAN, "", 0.2, true),
+            input(0, "pgd", "0.3", 0.9, false),
+            input(1, "pgd", "0.3", 0.15, false),
+            input(0, "fgsm", "0.3", 0.8, false),
+        ];
+        let a = aurocs_against_clean(&rows).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[0].attack.as_str(), a[0].auroc), ("pgd", 0.75));
+        assert_eq!((a[1].attack.as_str(), a[1].auroc), ("fgsm", 1.0));
     }
 
     fn th(t: f64) -> Vec<Threshold> {

@@ -20,3 +20,17 @@ pub struct McDrawsArg {
     #[arg(long = "mc-draws", default_value = "weights", value_name = "DRAWS", value_parser = super::parse_mc_draws)]
     pub mc_draws: libre::bayes::McDraws,
 }
+
+/// `--weights` and `--model`: the model a command loads.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelSource {
+    /// The model: a libre checkpoint (.safetensors, e.g. RUN_DIR/model.safetensors) or
+    /// zoo:NAME; with --model, a plain state_dict (e.g. one `libre import` wrote).
+    #[arg(long)]
+    pub weights: String,
+    /// Read --weights, a plain state_dict (.pt/.pth, .safetensors without libre metadata), as
+    /// this architecture: lenet5, digitcnn, resnet18, resnet34, resnet50; ignored for a libre
+    /// checkpoint, which names its own.
+    #[arg(long, value_name = "ARCH")]
+    pub model: Option<String>,
+}

@@ -1,6 +1,7 @@
 //! `libre convert`: turn chosen layers of a pretrained model into a variational posterior whose
 //! mean is the pretrained weight (docs/design.md section 2), and save it as a checkpoint.
 
+use super::args::ModelSource;
 use super::Output;
 use libre::bayes::{Family, LayerSelection, PosteriorConfig};
 use serde_json::json;
@@ -8,13 +9,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A libre checkpoint, a PyTorch state_dict imported with `libre import`, or zoo:NAME.
-    #[arg(long)]
-    pub weights: String,
-    /// Architecture, to read a plain state_dict without libre metadata (lenet5, digitcnn,
-    /// resnet18/34/50); ignored for a libre checkpoint.
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub source: ModelSource,
     /// mean-field, ensemble or low-rank; `point` converts back to a deterministic model.
     #[arg(long, required_unless_present = "list_layers")]
     pub posterior: Option<String>,
@@ -39,9 +35,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
-    let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
+    let path = libre::zoo::resolve(&args.source.weights, &mut super::fetch_note(&out))?;
     let device = tch::Device::Cpu;
-    let (mut model, _) = libre::checkpoint::load_or_build(&path, args.model.as_deref(), device)?;
+    let (mut model, _) =
+        libre::checkpoint::load_or_build(&path, args.source.model.as_deref(), device)?;
     if args.list_layers {
         let fams = model.layer_families();
         let data = json!({ "layers": fams.iter().map(|(p, f)| json!({"path": p, "family": f})).collect::<Vec<_>>(),
@@ -81,7 +78,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     out.result(data, || {
         format!(
             "{} -> {} ({}: {} layer(s): {})\n",
-            args.weights,
+            args.source.weights,
             dest.display(),
             posterior,
             converted.len(),

@@ -1,5 +1,6 @@
 //! `libre eval`: accuracy, top-5, NLL, Brier and ECE of a DNN or its Bayes ensemble.
 
+use super::args::{DeviceArg, McDrawsArg, ModelSource};
 use super::Output;
 use libre::bayes::ForwardMode;
 use libre::eval::{self, EvalOptions};
@@ -7,13 +8,8 @@ use serde_json::json;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A libre checkpoint or zoo:NAME (or a plain state_dict with --model).
-    #[arg(long)]
-    pub weights: String,
-    /// Read --weights, a plain state_dict (.pt/.pth, .safetensors without libre metadata), as
-    /// this architecture: lenet5, digitcnn, resnet18, resnet34, resnet50.
-    #[arg(long, value_name = "ARCH")]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub source: ModelSource,
     /// Data set spec (mnist:test, folder:DIR, FILE.safetensors, ...).
     #[arg(long)]
     pub data: String,
@@ -23,12 +19,8 @@ pub struct Args {
     /// Number of MC samples of the Bayes ensemble (default: the checkpoint's S; a DNN: 1).
     #[arg(long, conflicts_with = "deterministic")]
     pub mc_samples: Option<usize>,
-    /// How a mean-field posterior draws in the parallel MC forward: weights (S weight samples
-    /// shared by the batch, the reference's estimator) or local-reparam (each example's outputs
-    /// drawn from their Gaussian where that is exact: Linear layers and convs on 1x1 maps; same
-    /// per-example predictive, independent across examples, much faster for big last blocks).
-    #[arg(long, default_value = "weights", value_name = "DRAWS", value_parser = super::parse_mc_draws)]
-    pub mc_draws: libre::bayes::McDraws,
+    #[command(flatten)]
+    pub mc_draws: McDrawsArg,
     /// Evaluate the posterior mean (the DNN) instead of the ensemble.
     #[arg(long)]
     pub deterministic: bool,
@@ -41,9 +33,8 @@ pub struct Args {
     /// Seed of libtorch's generator (mean-field posteriors sample their weights).
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Numeric precision of the forward: f32, or bf16 (bfloat16 weights and activations, float32
     /// scores; large matmuls about 3x faster on CPUs with AMX / AVX512-BF16; docs/design.md
     /// section 15).
@@ -52,11 +43,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
-    let device = super::resolve_device(&args.device, &out)?;
-    let path = libre::zoo::resolve(&args.weights, &mut super::fetch_note(&out))?;
+    let device = super::resolve_device(&args.device.device, &out)?;
+    let path = libre::zoo::resolve(&args.source.weights, &mut super::fetch_note(&out))?;
     let (mut model, _meta) =
-        libre::checkpoint::load_or_build(&path, args.model.as_deref(), device)?;
-    model.set_mc_draws(args.mc_draws);
+        libre::checkpoint::load_or_build(&path, args.source.model.as_deref(), device)?;
+    model.set_mc_draws(args.mc_draws.mc_draws);
     model.set_precision(args.precision)?;
     super::note_precision(args.precision, device, &out);
     let ds = libre::data::open(&args.data, args.limit, &mut super::fetch_note(&out))?;
@@ -86,7 +77,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     pb.finish_and_clear();
     let m = &res.metrics;
     let mode_name = match &mode {
-        ForwardMode::ParallelMc { samples } => match args.mc_draws {
+        ForwardMode::ParallelMc { samples } => match args.mc_draws.mc_draws {
             libre::bayes::McDraws::Weights => format!("Bayes ensemble, S = {samples}"),
             d => format!("Bayes ensemble, S = {samples}, {d} draws"),
         },
@@ -97,15 +88,15 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         p => format!("{mode_name}, {p}"),
     };
     let data = json!({
-        "weights": args.weights, "data": args.data, "n": m.n, "mode": mode_name,
-        "mc_draws": args.mc_draws, "precision": args.precision,
+        "weights": args.source.weights, "data": args.data, "n": m.n, "mode": mode_name,
+        "mc_draws": args.mc_draws.mc_draws, "precision": args.precision,
         "top1": m.top1, "top5": m.top5, "nll": m.nll, "brier": m.brier, "ece": m.ece,
         "curve": res.curve, "seconds": res.seconds, "device": libre::device::name(device),
     });
     out.result(data, || {
         let mut s = format!(
             "{} on {} ({} images, {mode_name})\n  top-1 {:.2}%  top-5 {:.2}%  NLL {:.4}  Brier {:.4}  ECE {:.4}  ({:.1} s)\n",
-            args.weights, args.data, m.n, 100.0 * m.top1, 100.0 * m.top5, m.nll, m.brier, m.ece, res.seconds
+            args.source.weights, args.data, m.n, 100.0 * m.top1, 100.0 * m.top5, m.nll, m.brier, m.ece, res.seconds
         );
         if !res.curve.is_empty() {
             s += "  S      top-1     NLL\n";

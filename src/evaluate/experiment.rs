@@ -9,6 +9,49 @@ use toml::Spanned;
 
 /// The example shipped with libre (`libre evaluate --example`).
 pub const EXAMPLE_MNIST: &str = include_str!("../../docs/experiments/mnist.toml");
+
+/// The experiment `libre quickstart` evaluates: the zoo LeNet5 (DNN) against the LiBRe model
+/// at `model`, on the first `test_images` MNIST test digits, under FGSM, PGD, CW and the
+/// adaptive selective attack at eps 0.3.
+pub fn quickstart_mnist(model: &std::path::Path, test_images: usize) -> String {
+    format!(
+        r#"title = "libre quickstart: zoo LeNet5 (DNN) vs LiBRe on MNIST"
+data = "mnist:test[0:{test_images}]"
+seed = 0
+bootstrap = 200
+[[model]]
+name = "dnn"
+weights = "zoo:lenet5-mnist"
+scores = ["msp", "entropy", "max-logit"]
+[[model]]
+name = "libre"
+weights = "{}"
+scores = ["feature-variance", "softmax-variance", "mutual-information", "msp"]
+[[attack]]
+name = "fgsm"
+eps = [0.3]
+[[attack]]
+name = "pgd"
+eps = [0.3]
+steps = 40
+step_size = 0.01
+[[attack]]
+name = "cw"
+eps = [0.3]
+steps = 40
+step_size = 0.01
+# The adaptive attacker: knows each model's first score and its threshold (5% FPR of the clean
+# rows), ascends the loss until the digit is misclassified, then descends the score.
+[[attack]]
+name = "selective"
+eps = [0.3]
+steps = 100
+step_size = 0.01
+params = {{ restarts = 1 }}
+"#,
+        model.display()
+    )
+}
 /// The committed adaptive experiment (docs/experiments/mnist-adaptive.toml).
 pub const EXAMPLE_ADAPTIVE: &str = include_str!("../../docs/experiments/mnist-adaptive.toml");
 
@@ -179,7 +222,7 @@ pub struct AttackPlan {
 
 /// An experiment checked against the registry, the zoo and the checkpoints.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
+pub struct ExperimentPlan {
     pub data: String,
     pub title: String,
     pub seed: u64,
@@ -239,7 +282,7 @@ fn capabilities_of(
     if let Some(d) = det.as_ref().filter(|d| d.mc_dropout.is_some()) {
         // MC dropout draws any number of masks.
         return match requested {
-            Some(0) => Err(Error::invalid("mc_samples must be at least 1")),
+            Some(0) => Err(Error::param("mc_samples", 0, "must be at least 1")),
             r => Ok((r.unwrap_or(d.samples), classic)),
         };
     }
@@ -269,13 +312,13 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
 
 impl Experiment {
     /// Parses and validates `text`; errors name the line.
-    pub fn parse(text: &str) -> Result<Plan> {
+    pub fn parse(text: &str) -> Result<ExperimentPlan> {
         let e: Experiment = toml::from_str(text)
             .map_err(|err| Error::invalid(format!("experiment file: {err}")))?;
         e.validate(text)
     }
 
-    fn validate(&self, text: &str) -> Result<Plan> {
+    fn validate(&self, text: &str) -> Result<ExperimentPlan> {
         let at = |span: std::ops::Range<usize>, msg: String| {
             Error::invalid(format!(
                 "experiment file, line {}: {msg}",
@@ -625,7 +668,7 @@ impl Experiment {
                 });
             }
         }
-        Ok(Plan {
+        Ok(ExperimentPlan {
             data: self.data.get_ref().clone(),
             title: self
                 .title
@@ -795,6 +838,14 @@ adaptive = [1.0, 10.0]
             let e = Experiment::parse(&text).unwrap_err().to_string();
             assert!(e.contains(what), "{what}: {e}");
         }
+    }
+
+    /// The quick start's experiment is a valid experiment file (its model is written later).
+    #[test]
+    fn the_quickstart_experiment_is_valid_toml() {
+        let text = quickstart_mnist(std::path::Path::new("runs/q/libre/model.safetensors"), 10);
+        let e: Experiment = toml::from_str(&text).unwrap();
+        assert_eq!(e.models.len(), 2);
     }
 
     #[test]

@@ -22,12 +22,14 @@
 //! `summary.md`, `detection.csv`, `figures/`, `manifest.json`.
 
 pub mod experiment;
+pub mod merge;
 
 use crate::detect::Detector;
 use crate::victim::ModelVictim;
 use crate::{Error, Result};
-pub use experiment::{Experiment, Plan};
+pub use experiment::{Experiment, ExperimentPlan};
 use libre_reports::tables::{self as rtables, ClassificationRow, ReliabilityRow};
+pub use merge::{merge_shards, Merged};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::HashMap;
@@ -44,7 +46,7 @@ pub struct Cell {
 
 impl Cell {
     /// A stable file-name id, e.g. `dnn__clean`, `libre__pgd__0.3`.
-    pub fn id(&self, plan: &Plan) -> String {
+    pub fn id(&self, plan: &ExperimentPlan) -> String {
         let m = &plan.models[self.model].name;
         match self.attack {
             None => format!("{m}__clean"),
@@ -54,7 +56,7 @@ impl Cell {
 }
 
 /// Every cell of a plan in a fixed order: per model the clean cell, then attacks x eps.
-pub fn cells(plan: &Plan) -> Vec<Cell> {
+pub fn cells(plan: &ExperimentPlan) -> Vec<Cell> {
     let mut v = Vec::new();
     for (mi, m) in plan.models.iter().enumerate() {
         v.push(Cell {
@@ -164,7 +166,8 @@ pub trait Progress {
 
 impl Progress for () {}
 
-struct Loaded {
+/// A model of the plan loaded as a detector, with the thresholds its adaptive attacks know.
+struct LoadedDetector {
     det: Detector,
     /// Thresholds fixed so far, per score (see [`threshold_for`]).
     thresholds: HashMap<crate::detect::Score, f64>,
@@ -183,7 +186,7 @@ fn calibrated_threshold(det: &Detector, score: crate::detect::Score) -> Option<f
 /// on the scores of the clean images, computed exactly as the clean cell computes them (same
 /// batches and seeds), so it equals the threshold the report derives from the clean rows.
 fn threshold_for(
-    plan: &Plan,
+    plan: &ExperimentPlan,
     mi: usize,
     det: &Detector,
     ds: &crate::data::Dataset,
@@ -224,7 +227,7 @@ fn threshold_for(
 /// Runs the plan's cells (all, or one shard's) into `out/cells`, skipping finished ones.
 /// Returns the ids of the cells run now.
 pub fn run_cells(
-    plan: &Plan,
+    plan: &ExperimentPlan,
     out: &Path,
     shard: Option<Shard>,
     device: Device,
@@ -249,7 +252,7 @@ pub fn run_cells(
         )));
     }
     let data_sha = dataset_sha256(&ds, plan.batch_size)?;
-    let mut loaded: HashMap<String, Loaded> = HashMap::new();
+    let mut loaded: HashMap<String, LoadedDetector> = HashMap::new();
     let mut digests: HashMap<String, String> = HashMap::new();
     let mut ran = Vec::new();
     for (k, cell) in mine.iter().enumerate() {
@@ -270,7 +273,7 @@ pub fn run_cells(
             det.set_precision(m.precision)?;
             loaded.insert(
                 m.name.clone(),
-                Loaded {
+                LoadedDetector {
                     det,
                     thresholds: HashMap::new(),
                 },
@@ -311,7 +314,7 @@ fn to_vec_f64(t: &Tensor) -> Result<Vec<f64>> {
 
 #[allow(clippy::too_many_arguments)]
 fn run_cell(
-    plan: &Plan,
+    plan: &ExperimentPlan,
     cell: &Cell,
     id: &str,
     det: &Detector,
@@ -495,12 +498,32 @@ fn run_cell(
 }
 
 /// The cells of the plan missing from `out/cells`.
-pub fn missing_cells(plan: &Plan, out: &Path) -> Vec<String> {
+pub fn missing_cells(plan: &ExperimentPlan, out: &Path) -> Vec<String> {
     cells(plan)
         .iter()
         .map(|c| c.id(plan))
         .filter(|id| !out.join("cells").join(format!("{id}.json")).exists())
         .collect()
+}
+
+/// Records the experiment's text in `out/experiment.toml`, refusing a directory that holds a
+/// different experiment: the cells there would belong to it.
+pub fn pin_experiment(out: &Path, text: &str) -> Result<()> {
+    let f = out.join("experiment.toml");
+    if let Ok(old) = std::fs::read_to_string(&f) {
+        if old != text {
+            return Err(Error::invalid(format!(
+                "{} holds a different experiment ({}); choose another output directory",
+                out.display(),
+                f.display()
+            )));
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
+    crate::cache::write_atomic(&f, text.as_bytes())?;
+    Ok(())
 }
 
 /// What `finish` produced.
@@ -517,7 +540,7 @@ fn read_meta(path: &Path) -> Result<CellMeta> {
 
 /// Assembles the tables from every cell and renders the report into `out` (all cells must be
 /// done). The result depends only on the cells' files.
-pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
+pub fn finish(plan: &ExperimentPlan, out: &Path) -> Result<Finished> {
     let missing = missing_cells(plan, out);
     if !missing.is_empty() {
         return Err(Error::invalid(format!(
@@ -680,7 +703,7 @@ pub fn finish(plan: &Plan, out: &Path) -> Result<Finished> {
 /// the detector files' calibrations recorded in the clean cells, else the plan's FPR of each
 /// detector's clean rows.
 fn robust_table(
-    plan: &Plan,
+    plan: &ExperimentPlan,
     metas: &[CellMeta],
     scores_csv: &Path,
 ) -> Result<(
@@ -718,7 +741,7 @@ fn robust_table(
 /// The report's lead section: evaded % and robust detection accuracy per detector, worst case
 /// first.
 fn robust_html(
-    plan: &Plan,
+    plan: &ExperimentPlan,
     thresholds: &[libre_reports::robust::Threshold],
     rows: &[libre_reports::robust::RobustRow],
 ) -> String {
