@@ -55,9 +55,9 @@ fn main() {
     let (mut fused, mut plain) = (vec![], vec![]);
     for _ in 0..reps.max(3) {
         fused.push(time(dnn.as_ref(), &x, &ForwardMode::Deterministic, 1));
-        libre::bayes::conv::set_fast_paths(false);
+        libre::bayes::set_fast_paths(false);
         plain.push(time(dnn.as_ref(), &x, &ForwardMode::Deterministic, 1));
-        libre::bayes::conv::set_fast_paths(true);
+        libre::bayes::set_fast_paths(true);
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -118,9 +118,9 @@ fn main() {
         if !seq && sel == "last-block" {
             // The same forward through the grouped-conv oracle (fast paths off), then the DNN
             // again: side by side under the same load.
-            libre::bayes::conv::set_fast_paths(false);
+            libre::bayes::set_fast_paths(false);
             let off = time(m.as_ref(), &x, &mode, reps);
-            libre::bayes::conv::set_fast_paths(true);
+            libre::bayes::set_fast_paths(true);
             let again = time(dnn.as_ref(), &x, &ForwardMode::Deterministic, reps);
             println!(
                 "    fast paths off: {off:.1} ms ({:.2}x); DNN again {again:.1} ms; fast/off {:.2}",

@@ -356,7 +356,7 @@ pub fn load(
 }
 
 /// A checkpoint with what [`save_with`] stored beside the model, from one read of the file.
-pub struct Loaded {
+pub struct CheckpointContents {
     pub model: Box<dyn BayesModel>,
     pub meta: CheckpointMeta,
     /// The extra metadata entries by key (e.g. a detector's settings).
@@ -367,7 +367,7 @@ pub struct Loaded {
 
 /// [`load`] that also returns the file's extra metadata and extra tensors (a detector file reads
 /// its model, settings and fitted state in one read instead of three).
-pub fn load_full(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
+pub fn load_full(path: impl AsRef<Path>, device: Device) -> Result<CheckpointContents> {
     let path = path.as_ref();
     let (meta, tensors, mut extra) = read_all(path)?;
     extra.remove(META_KEY);
@@ -386,7 +386,7 @@ pub fn load_full(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
             .map_err(|e| Error::bad_file(path, format!("replaying the conversion: {e}")))?;
     }
     copy_into(model.as_ref(), &tensors, &path.display().to_string())?;
-    Ok(Loaded {
+    Ok(CheckpointContents {
         model,
         meta,
         extra,

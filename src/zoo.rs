@@ -97,16 +97,6 @@ pub fn resolve(weights: &str, on_fetch: &mut dyn FnMut(&str)) -> Result<PathBuf>
     resolve_setting("weights", weights, on_fetch)
 }
 
-/// [`resolve_setting`] under a flag's name (`--surrogate`: the setting `surrogate`), the old
-/// path until its caller names the setting.
-pub fn resolve_flag(
-    flag: &'static str,
-    weights: &str,
-    on_fetch: &mut dyn FnMut(&str),
-) -> Result<PathBuf> {
-    resolve_setting(flag.trim_start_matches('-'), weights, on_fetch)
-}
-
 /// [`resolve`] for a setting other than `weights` (`surrogate`), named in the error.
 pub fn resolve_setting(
     name: &'static str,

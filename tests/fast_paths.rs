@@ -2,7 +2,7 @@
 //! runs its last stage on 1x1 maps, where an S-weight conv is a matmul over the centre tap. In its
 //! own test binary because the switch is process-wide.
 
-use libre::bayes::conv::set_fast_paths;
+use libre::bayes::set_fast_paths;
 use libre::bayes::{
     Family, ForwardMode, LayerSelection, McDraws, McSampling, PosteriorConfig, Routing,
     TrainSampling,
@@ -341,7 +341,7 @@ fn routed_training_forward_on_1x1_maps_equals_the_grouped_conv() {
 /// gradient the plain op runs (its backward sends a tied window's gradient to one element).
 #[test]
 fn separable_max_pool_equals_max_pool2d() {
-    use libre::bayes::mode::max_pool2d;
+    use libre::bayes::pool::max_pool2d;
     let _serial = serial();
     tch::manual_seed(0);
     let plain = |x: &Tensor, k, s, p| x.max_pool2d([k, k], [s, s], [p, p], [1, 1], false);

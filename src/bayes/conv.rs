@@ -25,12 +25,10 @@ use super::linear::{add_opt, local_reparam};
 use super::mode::McSampling;
 use super::posterior::BayesParam;
 use super::route::{apply_routed, apply_segmented, rademacher, unify, Multi};
+use super::fast::fast_paths;
 use super::{BayesLayer, LayerKind};
 use crate::{Error, Result};
 use tch::{nn, Tensor};
-
-// The switch under its old path (`bayes::conv::set_fast_paths`), for callers outside the module.
-pub use super::fast::{fast_paths, set_fast_paths};
 
 /// The centre tap of a kernel tensor `[..., k, k]` (odd k): `[...]`, a view.
 fn kernel_centre(w: &Tensor) -> Tensor {

@@ -8,12 +8,6 @@
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-// The per-forward types under their old paths (`bayes::mode::Ctx`, ...), for callers outside
-// the module.
-pub use super::act::Act;
-pub use super::ctx::Ctx;
-pub use super::pool::max_pool2d;
-
 /// How a Bayesian forward draws its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -257,7 +257,7 @@ impl Detector {
     /// Loads a checkpoint or detector file; a detector file's S is used unless overridden.
     /// The file is read once: the model, the detector settings and a classic detector's state.
     pub fn load(path: &Path, device: Device, requested: Option<usize>) -> Result<Detector> {
-        let crate::checkpoint::Loaded {
+        let crate::checkpoint::CheckpointContents {
             mut model,
             extra,
             extra_tensors,

@@ -10,8 +10,8 @@ use crate::data::image::is_image;
 use crate::data::Dataset;
 use crate::{Error, Result};
 
-// Image input lives in `data::image`; re-exported under the old paths (`input::decode`, ...).
-pub use crate::data::image::{
+// Decoding images is data input (`data::image`); this module streams them to the detector.
+use crate::data::image::{
     decode_input as decode, decode_input_bytes as decode_bytes, walk_images, ImagePolicy,
     IMAGE_EXTS,
 };

@@ -399,7 +399,7 @@ pub fn step(
         rows.extend(0..h);
     }
     rows.extend((b..b + h).chain(b..b + h));
-    let (input, rows) = if crate::bayes::conv::fast_paths() {
+    let (input, rows) = if crate::bayes::fast_paths() {
         (Tensor::cat(&[x.shallow_clone(), xp], 0), Some(rows))
     } else {
         let idx = Tensor::from_slice(&rows).to_device(x.device());

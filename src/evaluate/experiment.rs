@@ -256,7 +256,7 @@ fn capabilities_of(
         let p = crate::zoo::checkpoint_path(m);
         if !p.exists() {
             // Zoo models are point networks; they are fetched when the run starts.
-            let s = crate::models::samples_for_posterior(None, weights, requested)?;
+            let s = crate::models::mc_sample_count(weights, None, None, requested)?;
             return Ok((s, None));
         }
         p
@@ -279,16 +279,15 @@ fn capabilities_of(
         .as_ref()
         .and_then(|d| d.classic.as_ref())
         .map(|c| c.config.kind());
-    if let Some(d) = det.as_ref().filter(|d| d.mc_dropout.is_some()) {
-        // MC dropout draws any number of masks.
-        return match requested {
-            Some(0) => Err(Error::param("mc_samples", 0, "must be at least 1")),
-            r => Ok((r.unwrap_or(d.samples), classic)),
-        };
-    }
-    let s = crate::models::samples_for_posterior(
-        meta.posterior.as_ref(),
+    // MC dropout draws any number of masks, by default the detector file's S.
+    let dropout = det
+        .as_ref()
+        .filter(|d| d.mc_dropout.is_some())
+        .map(|d| d.samples);
+    let s = crate::models::mc_sample_count(
         meta.model.arch.name(),
+        meta.posterior.as_ref(),
+        dropout,
         requested,
     )?;
     Ok((s, classic))

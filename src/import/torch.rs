@@ -380,14 +380,14 @@ fn materialise(name: &str, t: &TensorRef, storage: &[u8], swap: bool) -> Result<
 }
 
 /// What [`load_zip`] / [`load_legacy`] found.
-pub struct Loaded {
+pub struct StateDictTensors {
     pub tensors: Vec<(String, RawTensor)>,
     /// The key path of the nested state_dict, when it was not the top level.
     pub source_key: Option<String>,
 }
 
 /// Reads a zip-format checkpoint: `<root>/data.pkl` and `<root>/data/<key>`.
-pub fn load_zip<R: Read + Seek>(reader: R, sel: &Select) -> Result<Loaded, String> {
+pub fn load_zip<R: Read + Seek>(reader: R, sel: &Select) -> Result<StateDictTensors, String> {
     let mut zip = zip::ZipArchive::new(reader).map_err(|e| format!("not a valid zip: {e}"))?;
     let pkl_name = zip
         .file_names()
@@ -434,7 +434,7 @@ pub fn load_zip<R: Read + Seek>(reader: R, sel: &Select) -> Result<Loaded, Strin
         let raw = materialise(&name, &t, &storages[&t.storage.key], swap)?;
         tensors.push((name, raw));
     }
-    Ok(Loaded {
+    Ok(StateDictTensors {
         tensors,
         source_key,
     })
@@ -451,7 +451,7 @@ pub fn is_legacy(head: &[u8]) -> bool {
 
 /// Reads a legacy checkpoint: magic, protocol, sys info, the object, the storage keys, then per
 /// storage (in key-list order) an 8-byte little-endian element count and the raw data.
-pub fn load_legacy(data: Vec<u8>, sel: &Select) -> Result<Loaded, String> {
+pub fn load_legacy(data: Vec<u8>, sel: &Select) -> Result<StateDictTensors, String> {
     let mut up = Unpickler::new(Rc::new(data), 0);
     let magic = up.load().map_err(|e| format!("magic number: {e}"))?;
     if !matches!(magic, Value::Int(LEGACY_MAGIC)) {
@@ -532,7 +532,7 @@ pub fn load_legacy(data: Vec<u8>, sel: &Select) -> Result<Loaded, String> {
         let raw = materialise(&name, &t, storage, !little)?;
         tensors.push((name, raw));
     }
-    Ok(Loaded {
+    Ok(StateDictTensors {
         tensors,
         source_key,
     })

@@ -33,7 +33,7 @@ pub use mlp::Mlp;
 pub(crate) use model::any_bayesian;
 pub use model::{build, require_f32, Model};
 pub use resnet::ResNet;
-pub use samples::{mc_sample_count, mode_for, samples_for, samples_for_posterior};
+pub use samples::{mc_sample_count, mode_for, samples_for};
 pub use taps::{tap_shapes, tap_shapes_at, TapShape};
 pub use traits::{BayesModel, Net, Tap};
 pub use wrn::WideResNet;

@@ -68,16 +68,6 @@ pub fn samples_for(model: &dyn BayesModel, requested: Option<usize>) -> Result<u
     )
 }
 
-/// [`mc_sample_count`] without MC dropout (kept for `evaluate::experiment` until it calls
-/// [`mc_sample_count`] itself).
-pub fn samples_for_posterior(
-    posterior: Option<&PosteriorMeta>,
-    arch: &str,
-    requested: Option<usize>,
-) -> Result<usize> {
-    mc_sample_count(arch, posterior, None, requested)
-}
-
 /// The forward mode that gives `samples` predictions (deterministic for one sample of a DNN).
 pub fn mode_for(model: &dyn BayesModel, samples: usize) -> ForwardMode {
     if model.posterior().is_none() && model.mc_dropout().is_none() {

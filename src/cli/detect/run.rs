@@ -6,7 +6,8 @@ use super::{checks, outputs};
 use super::{DetectArgs, DetectCmd};
 use crate::cli::{CheckFailed, Output};
 use libre::cache::AtomicFile;
-use libre::detect::input::{self, ImagePolicy};
+use libre::data::image::ImagePolicy;
+use libre::detect::input;
 use libre::detect::parts;
 use libre::detect::rows::{Format, RowScorer, RowWriter};
 use libre::detect::{scores, Detector, Score};
@@ -155,7 +156,7 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
             }
             writer
                 .write(&r)
-                .map_err(|e| libre::Error::invalid(format!("writing rows: {e:#}")))?;
+                .map_err(|e| libre::Error::io("writing rows", e))?;
         }
         pb.set_position(n as u64);
         Ok(())
@@ -163,7 +164,11 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     pb.finish_and_clear();
     if let Err(e) = res {
         let ae = anyhow::Error::from(e);
-        if tmp.is_none() && format!("{ae:#}").contains("Broken pipe") {
+        let broken_pipe = ae.chain().any(|l| {
+            l.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if tmp.is_none() && broken_pipe {
             return Ok(()); // the reader went away (e.g. `| head`): stop quietly like other tools
         }
         return Err(ae);
