@@ -23,8 +23,8 @@
 //! Prints one `CASE MILLISECONDS` line per timed unit on stdout, after `w` untimed warm-up units
 //! (default 1; `selective` runs its warm-up with 2 steps).
 use libre::bayes::ForwardMode;
+use libre::detect::victim::ModelVictim;
 use libre::detect::Score;
-use libre::victim::ModelVictim;
 use libre_attacks::{Adaptive, AdaptiveConfig, AdaptiveMode, Attack, Schedule, ScoreForm, Victim};
 use std::time::Instant;
 use tch::{Device, Kind};
@@ -183,7 +183,7 @@ fn run() -> Result<(), String> {
 }
 
 fn main() {
-    let tuning = libre::alloc::keep_freed_memory();
+    let tuning = libre::runtime::alloc::keep_freed_memory();
     eprintln!("allocator: {tuning:?}");
     if let Err(e) = run() {
         eprintln!("bench_attack: {e}");

@@ -12,8 +12,8 @@ use libre::bayes::mode::McDropout;
 use libre::bayes::ForwardMode;
 use libre::data::Dataset;
 use libre::detect::classic::{ClassicKind, ClassicParams, FitData, FitSet, LogisticSets};
+use libre::detect::victim::ModelVictim;
 use libre::detect::{Detector, Score};
-use libre::victim::ModelVictim;
 use std::time::Instant;
 use tch::Device;
 
@@ -31,7 +31,10 @@ fn fgsm(weights: &std::path::Path, ds: &Dataset, dir: &std::path::Path, dev: Dev
 
 fn main() {
     // The allocator settings of the `libre` binary (LIBRE_MALLOC_TUNING=0 turns them off).
-    eprintln!("allocator: {:?}", libre::alloc::keep_freed_memory());
+    eprintln!(
+        "allocator: {:?}",
+        libre::runtime::alloc::keep_freed_memory()
+    );
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rounds: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(3);
     if let Ok(n) = std::env::var("BENCH_THREADS") {
@@ -42,7 +45,7 @@ fn main() {
     let fit = libre::data::open("mnist:train[0:10000]", None, note).unwrap();
     let lr_clean = libre::data::open("mnist:train[50000:51000]", None, note).unwrap();
     let test = libre::data::open("mnist:test[0:2000]", None, note).unwrap();
-    let zoo = libre::zoo::resolve("zoo:lenet5-mnist", note).unwrap();
+    let zoo = libre::weights::zoo::resolve("zoo:lenet5-mnist", note).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let adv = fgsm(&zoo, &lr_clean, dir.path(), dev);
     let base = ClassicParams::new(ClassicKind::Kd);

@@ -46,7 +46,10 @@ fn stats(mut v: Vec<f64>) -> (f64, f64) {
 
 fn main() {
     // The allocator settings of the `libre` binary (LIBRE_MALLOC_TUNING=0 turns them off).
-    eprintln!("allocator: {:?}", libre::alloc::keep_freed_memory());
+    eprintln!(
+        "allocator: {:?}",
+        libre::runtime::alloc::keep_freed_memory()
+    );
     let args: Vec<String> = std::env::args().skip(1).collect();
     let batch: i64 = args.first().map(|s| s.parse().unwrap()).unwrap_or(4);
     let rounds: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(3);

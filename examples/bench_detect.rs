@@ -54,7 +54,10 @@ fn compare(name: &str, dnn: &Detector, bnn: &Detector, x: &Tensor, rounds: usize
 
 fn main() {
     // The allocator settings of the `libre` binary (LIBRE_MALLOC_TUNING=0 turns them off).
-    eprintln!("allocator: {:?}", libre::alloc::keep_freed_memory());
+    eprintln!(
+        "allocator: {:?}",
+        libre::runtime::alloc::keep_freed_memory()
+    );
     let args: Vec<String> = std::env::args().skip(1).collect();
     let libre_ck = args
         .first()
@@ -75,7 +78,7 @@ fn main() {
         tch::get_num_threads()
     );
 
-    let zoo = libre::zoo::resolve("zoo:lenet5-mnist", &mut |m| eprintln!("{m}")).unwrap();
+    let zoo = libre::weights::zoo::resolve("zoo:lenet5-mnist", &mut |m| eprintln!("{m}")).unwrap();
     let dnn = Detector::load(&zoo, device, None).unwrap();
     let bnn = Detector::load(std::path::Path::new(libre_ck), device, None).unwrap();
     compare("LeNet5 28 px", &dnn, &bnn, &x, rounds);

@@ -22,7 +22,10 @@ fn time(m: &dyn BayesModel, x: &Tensor, mode: &ForwardMode, reps: usize) -> f64 
 
 fn main() {
     // The allocator settings of the `libre` binary (LIBRE_MALLOC_TUNING=0 turns them off).
-    eprintln!("allocator: {:?}", libre::alloc::keep_freed_memory());
+    eprintln!(
+        "allocator: {:?}",
+        libre::runtime::alloc::keep_freed_memory()
+    );
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().unwrap())

@@ -29,7 +29,7 @@
 //! `tch::no_grad` with batch norm on its running statistics (eval mode).
 //!
 //! `BENCH_DEVICE` (`cpu` by default, `cuda` or `cuda:N`) picks the device through
-//! `libre::device::resolve` (which registers libtorch's CUDA backend, docs/design.md section 13);
+//! `libre::runtime::device::resolve` (which registers libtorch's CUDA backend, docs/design.md section 13);
 //! on CUDA every timed forward ends with a device synchronisation. `BENCH_CUDNN_BENCHMARK=1` turns
 //! on cuDNN's autotuner (the reference's GPU timings ran with it; give it warm-up forwards).
 //! `BENCH_PRECISION=bf16` runs the forward in bfloat16 (`BayesModel::set_precision`, float32
@@ -178,8 +178,10 @@ fn run() -> Result<(), String> {
     let warmup = env_usize("BENCH_WARMUP", 1)?;
     let case = parse_case(case_name, batch)?;
     let device = match std::env::var("BENCH_DEVICE") {
-        Ok(d) => libre::device::resolve(d.parse().map_err(|e| format!("BENCH_DEVICE: {e}"))?)
-            .map_err(|e| format!("BENCH_DEVICE: {e}"))?,
+        Ok(d) => {
+            libre::runtime::device::resolve(d.parse().map_err(|e| format!("BENCH_DEVICE: {e}"))?)
+                .map_err(|e| format!("BENCH_DEVICE: {e}"))?
+        }
         Err(_) => Device::Cpu,
     };
     let sync = || {
@@ -200,7 +202,7 @@ fn run() -> Result<(), String> {
             .map_err(|e| format!("convert: {e}"))?
             .len();
     }
-    let precision: libre::precision::Precision = match std::env::var("BENCH_PRECISION") {
+    let precision: libre::runtime::precision::Precision = match std::env::var("BENCH_PRECISION") {
         Ok(p) => p.parse().map_err(|e| format!("BENCH_PRECISION: {e}"))?,
         Err(_) => Default::default(),
     };
@@ -212,7 +214,7 @@ fn run() -> Result<(), String> {
          precision {precision}, threads {}, warm-up {warmup}, reps {reps}",
         case.input,
         case.mode,
-        libre::device::name(device),
+        libre::runtime::device::name(device),
         tch::get_num_threads()
     );
     let mut unit: Box<dyn FnMut() -> Result<(), String>> = match case.train {
@@ -224,7 +226,7 @@ fn run() -> Result<(), String> {
             r
         }),
         Some(kind) => {
-            if precision != libre::precision::Precision::F32 {
+            if precision != libre::runtime::precision::Precision::F32 {
                 return Err("training cases run at f32 only (BENCH_PRECISION)".into());
             }
             let y = Tensor::randint(case.cfg.num_classes, [batch], (Kind::Int64, device));
@@ -279,7 +281,7 @@ fn run() -> Result<(), String> {
 
 fn main() {
     // The same allocator settings as the `libre` binary (LIBRE_MALLOC_TUNING=0 turns them off).
-    let tuning = libre::alloc::keep_freed_memory();
+    let tuning = libre::runtime::alloc::keep_freed_memory();
     eprintln!("allocator: {tuning:?}");
     if let Err(e) = run() {
         eprintln!("bench_vs_pytorch: {e}");

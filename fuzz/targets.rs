@@ -35,21 +35,25 @@ pub fn run(name: &str, data: &[u8]) {
 /// The pickle VM on its own (every value it returns is also formatted, which walks the whole
 /// tree), then the MNIST pickle reader of the `mnist` data source (gzip + pickle + NumPy arrays).
 pub fn pickle(data: &[u8]) {
-    if let Ok(v) = libre::import::pickle::loads(data.to_vec()) {
+    if let Ok(v) = libre::weights::import::pickle::loads(data.to_vec()) {
         let _ = format!("{v:?} {}", v.type_name());
     }
-    let _ = libre::import::read_mnist_pickle(data);
+    let _ = libre::weights::import::read_mnist_pickle(data);
 }
 
 /// `libre import` / `--init` on a `.pt` file: format detection, then the torch zip or legacy
 /// reader, with default options and with `--key state_dict --strip-prefix module.`.
 pub fn torch(data: &[u8]) {
     state_dict("checkpoint.pt", data);
-    let opts = libre::import::ImportOptions {
+    let opts = libre::weights::import::ImportOptions {
         key: Some("state_dict".into()),
         strip_prefix: Some("module.".into()),
     };
-    let _ = libre::import::load_state_dict_bytes(Path::new("checkpoint.pt"), data.to_vec(), &opts);
+    let _ = libre::weights::import::load_state_dict_bytes(
+        Path::new("checkpoint.pt"),
+        data.to_vec(),
+        &opts,
+    );
 }
 
 /// `libre import` on `.npy` / `.npz` files (the same dispatcher; the name gives the npy stem).
@@ -130,10 +134,10 @@ pub fn scores_csv(data: &[u8]) {
 }
 
 fn state_dict(name: &str, data: &[u8]) {
-    if let Ok(sd) = libre::import::load_state_dict_bytes(
+    if let Ok(sd) = libre::weights::import::load_state_dict_bytes(
         Path::new(name),
         data.to_vec(),
-        &libre::import::ImportOptions::default(),
+        &libre::weights::import::ImportOptions::default(),
     ) {
         let _ = (sd.len(), sd.num_params());
     }

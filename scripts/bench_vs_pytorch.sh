@@ -40,7 +40,7 @@
 #                  the 5% FPR threshold of the attacked images' clean scores]
 #   ATTACK_IMAGES [512]  ATTACK_STEPS [5]  ATTACK_FULL_IMAGES [512]  ATTACK_FULL_STEPS [200]
 #   PT_MALLOC [0]  1: run PyTorch with the glibc allocator thresholds the libre binary sets for
-#                  itself (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ = 1 GiB, src/alloc.rs),
+#                  itself (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ = 1 GiB, src/runtime/alloc.rs),
 #                  so the comparison isolates the rest; 0: PyTorch as users run it. The libre side
 #                  always has them unless LIBRE_MALLOC_TUNING=0 is exported
 #   CHECK [0]      1: first check that the PyTorch implementations agree (--check, ~2 minutes)
@@ -319,7 +319,7 @@ else
   alloc_pt="PyTorch with glibc's defaults (PT_MALLOC=0)"
 fi
 echo "allocator: libre ${LIBRE_MALLOC_TUNING:+(LIBRE_MALLOC_TUNING=$LIBRE_MALLOC_TUNING) }keeps freed" \
-  "memory unless LIBRE_MALLOC_TUNING=0 (src/alloc.rs); $alloc_pt"
+  "memory unless LIBRE_MALLOC_TUNING=0 (src/runtime/alloc.rs); $alloc_pt"
 if [ "$E2E" = 1 ] && [ -z "${OMP_WAIT_POLICY:-}" ]; then
   echo "note: the libre binary (end-to-end rows) re-executes itself with OMP_WAIT_POLICY=PASSIVE" \
     "when the variable is unset (src/main.rs); the example and PyTorch run with libgomp's default"

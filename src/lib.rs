@@ -3,46 +3,45 @@
 //!
 //! Layout (one module per concern; the `libre` binary in `src/main.rs` + `src/cli/` is a thin layer
 //! over this API):
+//! - [`runtime`]: where and how the process computes: `--device auto|cpu|cuda[:N]`
+//!   ([`runtime::device`]), float32 / bfloat16 forwards ([`runtime::precision`]), the allocator
+//!   settings that keep freed activation memory ([`runtime::alloc`]).
 //! - [`cache`]: the user cache, sha256-verified downloads through the registries' own clients,
-//!   atomic installs.
-//! - [`alloc`]: glibc thresholds so freed activation memory is reused, not re-faulted.
-//! - [`device`]: device specs `auto|cpu|cuda[:N]`, registering libtorch's CUDA backend on demand.
-//! - [`data`]: data set specs (`mnist:test`, `folder:DIR`, `FILE.safetensors`, ...), loaders,
-//!   image files as inputs.
-//! - [`import`]: PyTorch checkpoints (zip and legacy pickle formats) without Python.
-//! - [`zoo`]: pretrained weights fetched from package registries.
-//! - [`bayes`]: posterior families and Bayesian layers, conversion, priors, parallel MC
-//!   (forward modes, the per-forward context, activations, routing kernels).
-//! - [`models`]: LeNet5, DigitCNN, MLP, ResNet, WRN with PyTorch parameter names; the MC
-//!   sample-count rule.
-//! - [`detect`]: LiBRe and the uncertainty scores, calibration, the detector file.
+//!   atomic writes.
+//! - [`data`]: data set specs (`mnist:test`, `folder:DIR`, `FILE.safetensors`, ...), loaders and
+//!   image decoding.
+//! - [`weights`]: libre checkpoints ([`weights::checkpoint`]), PyTorch checkpoints read without
+//!   Python ([`weights::import`]), pretrained weights fetched from package registries
+//!   ([`weights::zoo`]).
+//! - [`bayes`]: posterior families and Bayesian layers, conversion, priors, parallel MC.
+//! - [`models`]: LeNet5, DigitCNN, MLP, ResNet, WRN with PyTorch parameter names; the one rule
+//!   for MC sample counts.
+//! - [`train`]: pre-training and Bayesian fine-tuning; [`accuracy`]: accuracy, NLL and
+//!   calibration of a model's (MC-averaged) predictive on a data set.
+//! - [`detect`]: LiBRe and the uncertainty scores, the classic and input-transformation
+//!   detectors, calibration, the detector file, the model as an attack victim.
 //! - [`evaluate`]: research evaluation runs (attacks x models x scores -> report).
-//! - [`shard`]: one job split into N parts for Slurm job arrays / Kubernetes Indexed Jobs.
+//! - [`jobs`]: run directories with their provenance ([`jobs::run`]) and one job split into N
+//!   parts for Slurm job arrays / Kubernetes Indexed Jobs ([`jobs::shard`]).
 //!
 //! Images enter every API as `[N, C, H, W]` float pixels in `[0, 1]`; normalisation lives inside
 //! the models.
 
-pub mod alloc;
+pub mod accuracy;
 pub mod bayes;
 pub mod cache;
 /// Temporaries removed by the binary's signal handler (re-exported from the reports crate, the
 /// workspace's dependency-free crate, so that every crate records into one registry).
 pub use libre_reports::cleanup;
-pub mod checkpoint;
 pub mod data;
 pub mod detect;
-pub mod device;
 pub mod error;
-pub mod eval;
 pub mod evaluate;
-pub mod import;
+pub mod jobs;
 pub mod models;
-pub mod precision;
-pub mod run;
-pub mod shard;
+pub mod runtime;
 pub mod train;
-pub mod victim;
-pub mod zoo;
+pub mod weights;
 
 pub use error::{Error, Result};
 

@@ -157,7 +157,7 @@ fn main() {
             cli::write_stderr(format!("libre: {note}\n").as_bytes());
         }
     }
-    libre::alloc::keep_freed_memory();
+    libre::runtime::alloc::keep_freed_memory();
     cli::startup::remove_temporaries_on_signals();
     let json = cli.json;
     let flags = cli::command_flags(Cli::command(), &matches);

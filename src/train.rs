@@ -10,13 +10,13 @@
 //! `epochs/epoch-N/` directory and the `last` symlink is swapped to it atomically (rename), so an
 //! interrupted run always leaves the last complete epoch intact; `--resume` continues from it.
 
+use crate::accuracy::{self, EvalOptions};
 use crate::bayes::optim::{GroupConfig, Schedule, Sgd};
 use crate::bayes::prior::{PriorConfig, PriorRegularizer};
 use crate::bayes::{Family, ForwardMode, McSampling, ParamGroup, Routing, TrainSampling};
 use crate::data::Dataset;
-use crate::eval::{self, EvalOptions};
+use crate::jobs::run::RunDir;
 use crate::models::BayesModel;
-use crate::run::RunDir;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -275,7 +275,7 @@ fn save_epoch(run: &RunDir, epoch: usize, model: &dyn BayesModel, opt: &Sgd) -> 
         .tempdir_in(&epochs)
         .map_err(|e| Error::io("temp dir", e))?;
     let _cleanup = crate::cleanup::track(tmp.path());
-    crate::checkpoint::save(tmp.path().join("model.safetensors"), model)?;
+    crate::weights::checkpoint::save(tmp.path().join("model.safetensors"), model)?;
     let state = opt.state_tensors();
     let views: Vec<(String, Tensor)> = state;
     Tensor::write_safetensors(&views, tmp.path().join("optimizer.safetensors"))?;
@@ -341,7 +341,8 @@ pub fn fit(
     // they are read from the run's initial checkpoint when resuming.
     let prior = match &cfg.prior {
         Some(p) if resume && p.moped => {
-            let (init, _) = crate::checkpoint::load(run.file("initial.safetensors"), device)?;
+            let (init, _) =
+                crate::weights::checkpoint::load(run.file("initial.safetensors"), device)?;
             Some(PriorRegularizer::new(init.var_store(), *p)?)
         }
         Some(p) => Some(PriorRegularizer::new(model.var_store(), *p)?),
@@ -366,7 +367,7 @@ pub fn fit(
             .collect();
         start_epoch = e + 1;
     } else if cfg.prior.map(|p| p.moped).unwrap_or(false) {
-        crate::checkpoint::save(run.file("initial.safetensors"), model)?;
+        crate::weights::checkpoint::save(run.file("initial.safetensors"), model)?;
     }
     let bayesian = model.posterior().is_some();
     let mode = match (cfg.sampling, bayesian) {
@@ -448,7 +449,7 @@ pub fn fit(
                 curve: vec![],
                 seed: cfg.seed,
             };
-            let r = eval::evaluate(model, ev, &opts, &mut |_| {})?;
+            let r = accuracy::evaluate(model, ev, &opts, &mut |_| {})?;
             eval_top1 = Some(r.metrics.top1);
             eval_nll = Some(r.metrics.nll);
             eval_ece = Some(r.metrics.ece);
@@ -473,7 +474,7 @@ pub fn fit(
         run.write_csv("metrics.csv", &EpochLog::HEADER, &rows)?;
         obs.epoch(&log);
     }
-    crate::checkpoint::save(run.file("model.safetensors"), model)?;
+    crate::weights::checkpoint::save(run.file("model.safetensors"), model)?;
     Ok(logs)
 }
 

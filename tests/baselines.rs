@@ -199,7 +199,7 @@ fn every_detector_fits_reloads_and_scores() {
     let fit = libre::data::open(FIT, None, &mut |_| {}).unwrap();
     let test = libre::data::open("mnist:test[0:64]", None, &mut |_| {}).unwrap();
     let (x, _) = test.batch(0, 64).unwrap();
-    let zoo = libre::zoo::resolve("zoo:lenet5-mnist", &mut |_| {}).unwrap();
+    let zoo = libre::weights::zoo::resolve("zoo:lenet5-mnist", &mut |_| {}).unwrap();
     let mut det = Detector::load(&zoo, Device::Cpu, None).unwrap();
     let cfg = ClassicParams::new(ClassicKind::Kd);
     let clean = Some(FitSet {

@@ -4,8 +4,8 @@
 
 use libre::bayes::prior::{PriorConfig, PriorRegularizer};
 use libre::bayes::{Family, ForwardMode, LayerSelection, PosteriorConfig};
-use libre::checkpoint;
 use libre::models::{self, BayesModel, ModelConfig};
+use libre::weights::checkpoint;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 

@@ -499,7 +499,10 @@ fn victims_report_sampling_and_give_scores() {
         &PosteriorConfig::new(Family::MeanField, 4),
     )
     .unwrap();
-    let v = libre::victim::ModelVictim::new(mf.as_ref(), ForwardMode::ParallelMc { samples: 4 });
+    let v = libre::detect::victim::ModelVictim::new(
+        mf.as_ref(),
+        ForwardMode::ParallelMc { samples: 4 },
+    );
     assert!(
         v.is_stochastic(),
         "mean-field MC draws new weights per forward"
@@ -510,8 +513,10 @@ fn victims_report_sampling_and_give_scores() {
         &PosteriorConfig::new(Family::Ensemble, 4),
     )
     .unwrap();
-    let mut v =
-        libre::victim::ModelVictim::new(en.as_ref(), ForwardMode::ParallelMc { samples: 4 });
+    let mut v = libre::detect::victim::ModelVictim::new(
+        en.as_ref(),
+        ForwardMode::ParallelMc { samples: 4 },
+    );
     assert!(!v.is_stochastic(), "an ensemble is enumerated, not sampled");
     assert!(v
         .score(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu)))

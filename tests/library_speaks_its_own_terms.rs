@@ -32,7 +32,7 @@ const ALLOWED: &[(&str, &str, &str)] = &[
         "pip's own flags: arguments of the pip child process",
     ),
     (
-        "src/shard.rs",
+        "src/jobs/shard.rs",
         "--array=",
         "sbatch's flag, the one the user typed to submit the array",
     ),

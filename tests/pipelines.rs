@@ -297,7 +297,7 @@ fn bad_data_gives_errors_that_name_the_problem() {
 
 /// The binary runs libtorch with the passive OpenMP wait policy unless the user chose one
 /// (busy-waiting threads make every forward ~10x slower under other load), keeps freed activation
-/// memory unless the user set glibc's allocator variables (src/alloc.rs), and records both.
+/// memory unless the user set glibc's allocator variables (src/runtime/alloc.rs), and records both.
 #[test]
 fn passive_omp_wait_policy_and_allocator_tuning_unless_the_user_chose() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 
 use libre::bayes::{Family, ForwardMode, LayerSelection, PosteriorConfig};
 use libre::models::{self, BayesModel, ModelConfig};
-use libre::precision::Precision;
+use libre::runtime::precision::Precision;
 use tch::{Device, Kind, Tensor};
 
 mod common;
@@ -126,7 +126,7 @@ fn bf16_forward_is_close_returns_f32_and_restores_exactly() {
         }
         // Saving or converting a bf16 model would lose the float32 weights: refused.
         let dir = tempfile::tempdir().unwrap();
-        let e = libre::checkpoint::save(dir.path().join("m.safetensors"), m.as_ref())
+        let e = libre::weights::checkpoint::save(dir.path().join("m.safetensors"), m.as_ref())
             .unwrap_err()
             .to_string();
         assert!(e.contains("f32") && e.contains("bf16"), "{e}");
@@ -193,9 +193,9 @@ fn calibrate_records_bf16_and_detect_honours_it() {
             .unwrap(),
     );
     assert_eq!(r["precision"], "bf16");
-    let zoo = libre::zoo::resolve("zoo:lenet5-mnist", &mut |_| {}).unwrap();
-    let (a, _) = libre::checkpoint::load_or_build(&zoo, None, Device::Cpu).unwrap();
-    let (b, _) = libre::checkpoint::load_or_build(&det, None, Device::Cpu).unwrap();
+    let zoo = libre::weights::zoo::resolve("zoo:lenet5-mnist", &mut |_| {}).unwrap();
+    let (a, _) = libre::weights::checkpoint::load_or_build(&zoo, None, Device::Cpu).unwrap();
+    let (b, _) = libre::weights::checkpoint::load_or_build(&det, None, Device::Cpu).unwrap();
     let (va, vb) = (a.var_store().variables(), b.var_store().variables());
     assert_eq!(va.len(), vb.len());
     for (n, t) in &va {

@@ -86,7 +86,7 @@ fn digits(n: usize) -> Tensor {
 }
 
 fn zoo() -> std::path::PathBuf {
-    libre::zoo::resolve("zoo:lenet5-mnist", &mut |_| {}).unwrap()
+    libre::weights::zoo::resolve("zoo:lenet5-mnist", &mut |_| {}).unwrap()
 }
 
 fn logits(det: &Detector, x: &Tensor) -> Tensor {

@@ -21,11 +21,11 @@
 
 use super::act::Act;
 use super::ctx::Ctx;
+use super::fast::fast_paths;
 use super::linear::{add_opt, local_reparam};
 use super::mode::McSampling;
 use super::posterior::BayesParam;
 use super::route::{apply_routed, apply_segmented, rademacher, unify, Multi};
-use super::fast::fast_paths;
 use super::{BayesLayer, LayerKind};
 use crate::{Error, Result};
 use tch::{nn, Tensor};
@@ -503,12 +503,12 @@ impl Conv2d {
                 let mean = self.conv(x, &mu, bias.as_ref().map(|b| &b.0), g);
                 let var_b = bias.and_then(|b| b.1.map(|(_, s)| &s * &s));
                 let var = self.conv(&(x * x), &(&sigma * &sigma), var_b.as_ref(), g);
-                let eps = crate::precision::randn(&mean.size(), &mean);
+                let eps = crate::runtime::precision::randn(&mean.size(), &mean);
                 Ok(Some(mean + (var + 1e-16).sqrt() * eps))
             }
             McSampling::Flipout => {
                 let bsz = x.size()[0];
-                let delta = &sigma * crate::precision::randn(&mu.size(), &mu);
+                let delta = &sigma * crate::runtime::precision::randn(&mu.size(), &mu);
                 // Signs per example and channel.
                 let s_in = rademacher(&[bsz, self.in_channels, 1, 1], x);
                 let s_out = rademacher(&[bsz, self.out_channels, 1, 1], x);

@@ -172,7 +172,7 @@ impl Linear {
             }
             McSampling::Flipout => {
                 let bsz = x.size()[0];
-                let delta = &sigma * crate::precision::randn(&mu.size(), &mu);
+                let delta = &sigma * crate::runtime::precision::randn(&mu.size(), &mu);
                 let s_in = rademacher(&[bsz, self.in_dim], x);
                 let s_out = rademacher(&[bsz, self.out_dim], x);
                 let y = x.linear(&mu, None::<Tensor>)
@@ -216,7 +216,7 @@ pub(crate) fn local_reparam(
     if let Some(s) = shared_by {
         shape[1] = s;
     }
-    let eps = crate::precision::randn(&shape, &mean);
+    let eps = crate::runtime::precision::randn(&shape, &mean);
     mean + std * eps
 }
 

@@ -279,7 +279,7 @@ impl BayesParam {
             ParamState::MeanField { mu, psi } => {
                 let mut shape = vec![n];
                 shape.extend(mu.size());
-                let mut eps = crate::precision::randn(&shape, mu);
+                let mut eps = crate::runtime::precision::randn(&shape, mu);
                 let sigma = psi.exp().unsqueeze(0);
                 if sigma.requires_grad() {
                     mu.unsqueeze(0) + sigma * eps

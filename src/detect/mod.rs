@@ -23,6 +23,7 @@ pub mod parts;
 pub mod rows;
 pub mod scores;
 pub mod transform;
+pub mod victim;
 
 pub use calibrate::{calibrate, Calibration};
 pub use detector::{CalibrationSource, Detector, DetectorMeta};

@@ -324,7 +324,7 @@ fn craft(
     samples: usize,
 ) -> Result<Tensor> {
     let attack = a.build()?;
-    let victim = crate::victim::ModelVictim {
+    let victim = crate::detect::victim::ModelVictim {
         model,
         mode: crate::models::mode_for(model, samples),
         score: Some(crate::detect::Score::FeatureVariance),

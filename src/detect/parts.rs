@@ -9,7 +9,7 @@
 
 use super::input::Chunk;
 use crate::cache::AtomicFile;
-use crate::shard::Shard;
+use crate::jobs::shard::Shard;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

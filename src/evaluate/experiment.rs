@@ -195,11 +195,11 @@ pub struct ModelPlan {
     pub classic: Option<crate::detect::classic::ClassicKind>,
     /// The precision it is attacked and scored at.
     #[serde(skip_serializing_if = "is_f32")]
-    pub precision: crate::precision::Precision,
+    pub precision: crate::runtime::precision::Precision,
 }
 
-fn is_f32(p: &crate::precision::Precision) -> bool {
-    *p == crate::precision::Precision::F32
+fn is_f32(p: &crate::runtime::precision::Precision) -> bool {
+    *p == crate::runtime::precision::Precision::F32
 }
 
 /// One validated attack configuration (an adaptive C is its own configuration).
@@ -251,9 +251,9 @@ fn capabilities_of(
     requested: Option<usize>,
 ) -> Result<(usize, Option<crate::detect::classic::ClassicKind>)> {
     let path = if let Some(name) = weights.strip_prefix("zoo:") {
-        let m = crate::zoo::find(name)
+        let m = crate::weights::zoo::find(name)
             .ok_or_else(|| Error::invalid(format!("unknown zoo model '{name}'")))?;
-        let p = crate::zoo::checkpoint_path(m);
+        let p = crate::weights::zoo::checkpoint_path(m);
         if !p.exists() {
             // Zoo models are point networks; they are fetched when the run starts.
             let s = crate::models::mc_sample_count(weights, None, None, requested)?;
@@ -269,9 +269,9 @@ fn capabilities_of(
             path.display()
         )));
     }
-    let meta = crate::checkpoint::read_meta(&path)?;
+    let meta = crate::weights::checkpoint::read_meta(&path)?;
     let det: Option<crate::detect::DetectorMeta> =
-        crate::checkpoint::read_extra(&path, crate::detect::detector::DETECTOR_KEY)?
+        crate::weights::checkpoint::read_extra(&path, crate::detect::detector::DETECTOR_KEY)?
             .map(|j| serde_json::from_str(&j))
             .transpose()
             .map_err(|e| Error::bad_file(&path, format!("bad detector metadata: {e}")))?;
@@ -385,11 +385,11 @@ impl Experiment {
             }
             let precision = match &m.precision {
                 Some(p) => {
-                    let v: crate::precision::Precision = p
+                    let v: crate::runtime::precision::Precision = p
                         .get_ref()
                         .parse()
                         .map_err(|err: Error| at(p.span(), err.to_string()))?;
-                    if classic.is_some() && v != crate::precision::Precision::F32 {
+                    if classic.is_some() && v != crate::runtime::precision::Precision::F32 {
                         return Err(at(
                             p.span(),
                             format!(

@@ -24,8 +24,8 @@
 pub mod experiment;
 pub mod merge;
 
+use crate::detect::victim::ModelVictim;
 use crate::detect::Detector;
-use crate::victim::ModelVictim;
 use crate::{Error, Result};
 pub use experiment::{Experiment, ExperimentPlan};
 use libre_reports::tables::{self as rtables, ClassificationRow, ReliabilityRow};
@@ -77,7 +77,7 @@ pub fn cells(plan: &ExperimentPlan) -> Vec<Cell> {
     v
 }
 
-pub use crate::shard::Shard;
+pub use crate::jobs::shard::Shard;
 
 /// What a finished cell records beside its rows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,7 +97,7 @@ pub struct CellMeta {
     pub libre_version: String,
     /// The precision the model was attacked and scored at (cells before it: f32).
     #[serde(default)]
-    pub precision: crate::precision::Precision,
+    pub precision: crate::runtime::precision::Precision,
     /// Clean cell: the thresholds the detector file calibrated, per score name (the other
     /// scores' thresholds are fixed from the clean rows at the plan's FPR).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -260,7 +260,7 @@ pub fn run_cells(
         progress.cell_started(k, mine.len(), &id);
         let m = &plan.models[cell.model];
         if !digests.contains_key(&m.name) {
-            let path = crate::zoo::resolve(&m.weights, on_fetch)?;
+            let path = crate::weights::zoo::resolve(&m.weights, on_fetch)?;
             digests.insert(m.name.clone(), file_sha256(&path)?);
         }
         let sha = digests[&m.name].clone();
@@ -268,7 +268,7 @@ pub fn run_cells(
             continue;
         }
         if !loaded.contains_key(&m.name) {
-            let path = crate::zoo::resolve(&m.weights, on_fetch)?;
+            let path = crate::weights::zoo::resolve(&m.weights, on_fetch)?;
             let mut det = Detector::load(&path, device, Some(m.samples))?;
             det.set_precision(m.precision)?;
             loaded.insert(
@@ -351,7 +351,7 @@ fn run_cell(
     };
     let surrogate = match attack.as_ref().and_then(|(a, _)| a.surrogate.as_ref()) {
         Some(s) => {
-            let path = crate::zoo::resolve(s, on_fetch)?;
+            let path = crate::weights::zoo::resolve(s, on_fetch)?;
             Some(Detector::load(&path, device, None)?)
         }
         None => None,
@@ -458,7 +458,7 @@ fn run_cell(
     })?;
     let (classification, reliability) = if cell.attack.is_none() {
         let probs = Tensor::cat(&probs_all, 0);
-        let cm = crate::eval::metrics_of(&probs, &labels[..n])?;
+        let cm = crate::accuracy::metrics_of(&probs, &labels[..n])?;
         let (c, r) = rtables::classification_rows(&m.name, &cm);
         (Some(c), r)
     } else {

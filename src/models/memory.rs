@@ -10,7 +10,7 @@ impl<N: Net> Model<N> {
     /// Refuses a parallel MC forward of `batch` images x `samples` whose activations (and, for
     /// mean-field layers, weight draws) cannot fit, before libtorch aborts on the allocation.
     pub(super) fn check_mc_memory(&self, batch: u64, samples: u64) -> Result<()> {
-        if crate::device::available_bytes(self.vs.device()).is_none() {
+        if crate::runtime::device::available_bytes(self.vs.device()).is_none() {
             return Ok(());
         }
         // Block outputs per image: those before the first Bayesian layer (or MC dropout) once,
@@ -63,7 +63,7 @@ impl<N: Net> Model<N> {
             .saturating_mul(samples.saturating_mul(per_sample).saturating_add(trunk))
             .saturating_add(samples.saturating_mul(drawn))
             .saturating_mul(2);
-        crate::device::check_fits(
+        crate::runtime::device::check_fits(
             self.vs.device(),
             floats.saturating_mul(4),
             &format!("a parallel MC forward of {batch} image(s) x {samples} samples"),

@@ -8,7 +8,7 @@ use crate::bayes::{
     Act, BayesLayer, Ctx, Family, ForwardMode, LayerSelection, McDraws, McDropout, PosteriorConfig,
     TrainSampling,
 };
-use crate::precision::Precision;
+use crate::runtime::precision::Precision;
 use crate::{Error, Result};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -25,7 +25,7 @@ pub struct Model<N: Net> {
     mc_draws: McDraws,
     precision: Precision,
     /// The float32 weights while the model computes in another precision.
-    masters: crate::precision::Masters,
+    masters: crate::runtime::precision::Masters,
     /// Floats of the block activations of one image, computed once and once per sample, for
     /// the memory check of parallel MC forwards; measured once per set of Bayesian layers and
     /// MC-dropout blocks (the key). Not derived from `tap_shapes` on every forward: its cache
@@ -273,7 +273,7 @@ impl<N: Net> BayesModel for Model<N> {
             }
         }
         // The conversion holds a temporary copy while the tensors enter the VarStore.
-        crate::device::check_fits(
+        crate::runtime::device::check_fits(
             self.vs.device(),
             floats.saturating_mul(8),
             &format!(
@@ -358,7 +358,7 @@ impl<N: Net> BayesModel for Model<N> {
             return Ok(());
         }
         if p != Precision::F32 {
-            crate::device::check_precision(self.vs.device(), p)?;
+            crate::runtime::device::check_precision(self.vs.device(), p)?;
         }
         if self.precision != Precision::F32 {
             self.masters.restore(&mut self.vs);

@@ -4,7 +4,7 @@
 use super::{ModelConfig, PosteriorMeta};
 use crate::bayes::PosteriorConfig;
 use crate::bayes::{Act, BayesLayer, Ctx, Family, ForwardMode, LayerSelection, McDraws, McDropout};
-use crate::precision::Precision;
+use crate::runtime::precision::Precision;
 use crate::Result;
 use tch::{nn, Tensor};
 

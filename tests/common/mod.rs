@@ -45,7 +45,7 @@ pub fn diverse_ensemble(dir: &std::path::Path) -> std::path::PathBuf {
         .arg(&p)
         .output()
         .unwrap());
-    let (m, _) = libre::checkpoint::load(&p, tch::Device::Cpu).unwrap();
+    let (m, _) = libre::weights::checkpoint::load(&p, tch::Device::Cpu).unwrap();
     tch::manual_seed(5);
     tch::no_grad(|| {
         for (n, mut t) in m.var_store().variables() {
@@ -54,7 +54,7 @@ pub fn diverse_ensemble(dir: &std::path::Path) -> std::path::PathBuf {
             }
         }
     });
-    libre::checkpoint::save(&p, m.as_ref()).unwrap();
+    libre::weights::checkpoint::save(&p, m.as_ref()).unwrap();
     p
 }
 

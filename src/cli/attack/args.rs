@@ -81,7 +81,7 @@ pub struct Args {
     /// attack a model deployed at bf16 (input gradients come back as float32; the clean and
     /// robust accuracies are measured at this precision; docs/design.md section 15).
     #[arg(long, default_value = "f32", value_parser = crate::cli::parse_precision)]
-    pub precision: libre::precision::Precision,
+    pub precision: libre::runtime::precision::Precision,
 }
 
 /// The most iterations (`--steps`, or an attack's `max_iter`) `libre attack` runs; the same

@@ -8,7 +8,7 @@ pub use args::Args;
 
 use crate::cli::Output;
 use libre::bayes::ForwardMode;
-use libre::victim::ModelVictim;
+use libre::detect::victim::ModelVictim;
 use libre_attacks::{by_name, ReportAccumulator};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -48,11 +48,12 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         }
     }
     let device = crate::cli::resolve_device(&args.device.device, &out)?;
-    let target_path = libre::zoo::resolve(&args.source.weights, &mut crate::cli::fetch_note(&out))?;
+    let target_path =
+        libre::weights::zoo::resolve(&args.source.weights, &mut crate::cli::fetch_note(&out))?;
     // A detector file brings its MC dropout and fitted classic detector (adaptive attacks on it).
     let mut det = match &args.source.model {
-        Some(a) if !libre::checkpoint::is_libre_checkpoint(&target_path) => {
-            let (m, _) = libre::checkpoint::load_or_build(&target_path, Some(a), device)?;
+        Some(a) if !libre::weights::checkpoint::is_libre_checkpoint(&target_path) => {
+            let (m, _) = libre::weights::checkpoint::load_or_build(&target_path, Some(a), device)?;
             libre::detect::Detector::new(m, None)?
         }
         _ => libre::detect::Detector::load(&target_path, device, None)?,
@@ -63,8 +64,12 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     let target = det.model();
     let surrogate = match &args.surrogate {
         Some(s) => {
-            let p = libre::zoo::resolve_setting("surrogate", s, &mut crate::cli::fetch_note(&out))?;
-            let mut m = libre::checkpoint::load(&p, device)?.0;
+            let p = libre::weights::zoo::resolve_setting(
+                "surrogate",
+                s,
+                &mut crate::cli::fetch_note(&out),
+            )?;
+            let mut m = libre::weights::checkpoint::load(&p, device)?.0;
             m.set_precision(args.precision)?;
             Some(m)
         }

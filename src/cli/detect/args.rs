@@ -110,7 +110,7 @@ pub struct CalibrateArgs {
     /// scores; large matmuls about 3x faster on CPUs with AMX / AVX512-BF16). Recorded in
     /// the detector: `libre detect` scores at it (docs/design.md section 15).
     #[arg(long, default_value = "f32", value_parser = crate::cli::parse_precision)]
-    pub precision: libre::precision::Precision,
+    pub precision: libre::runtime::precision::Precision,
 }
 
 #[derive(clap::Args, Debug)]
@@ -185,7 +185,7 @@ pub struct DetectArgs {
     /// Numeric precision of the forward, f32 or bf16 [default: the one the detector was
     /// calibrated at; its threshold holds only there, so another needs --threshold].
     #[arg(long, value_parser = crate::cli::parse_precision)]
-    pub precision: Option<libre::precision::Precision>,
+    pub precision: Option<libre::runtime::precision::Precision>,
     /// Run part K of N (K from 0): a contiguous range of the input batches. Needs --out; the
     /// part is written to OUT with `{shard}` replaced by K, or `.K-of-N` before the extension,
     /// plus a manifest; `libre detect merge` joins the parts. Without it, a Slurm job array's

@@ -8,7 +8,7 @@ use super::CalibrateArgs;
 use crate::cli::Output;
 use libre::detect::classic::ClassicKind;
 use libre::detect::{CalibrationSource, Detector, Score};
-use libre::precision::Precision;
+use libre::runtime::precision::Precision;
 use serde_json::json;
 use std::path::Path;
 
@@ -62,7 +62,7 @@ pub fn run_calibrate(args: CalibrateArgs, out: Output) -> anyhow::Result<()> {
         );
     }
     let device = crate::cli::resolve_device(&args.device.device, &out)?;
-    let path = libre::zoo::resolve(&args.weights, &mut crate::cli::fetch_note(&out))?;
+    let path = libre::weights::zoo::resolve(&args.weights, &mut crate::cli::fetch_note(&out))?;
     crate::cli::refuse_output_over_inputs("--out", &args.out, &[("the --weights file", &path)])?;
     let requested = match args.detector.as_str() {
         "mc-dropout" | "bu" | "kd-bu" => None, // a DNN: the samples are dropout masks

@@ -4,7 +4,7 @@
 
 use super::CalibrateArgs;
 use libre::detect::Detector;
-use libre::precision::Precision;
+use libre::runtime::precision::Precision;
 use std::path::Path;
 
 /// Flags that apply only to some detectors are refused with the others, by name, before any

@@ -6,7 +6,7 @@ use super::{checks, DetectArgs};
 use crate::cli::Output;
 use libre::detect::input::{self, InputList, Segment};
 use libre::detect::parts;
-use libre::shard::Shard;
+use libre::jobs::shard::Shard;
 use std::path::{Path, PathBuf};
 
 /// The shard this run is, the file it writes (None: standard output) and the input list.

@@ -38,7 +38,7 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
         list,
     } = outputs::plan(&args, &weights, &out)?;
     let device = crate::cli::resolve_device(&args.device.device, &out)?;
-    let path = libre::zoo::resolve(&weights, &mut crate::cli::fetch_note(&out))?;
+    let path = libre::weights::zoo::resolve(&weights, &mut crate::cli::fetch_note(&out))?;
     if let Some(p) = &out_path {
         crate::cli::refuse_output_over_inputs("--out", p, &[("the --weights file", &path)])?;
     }

@@ -3,10 +3,10 @@
 
 use super::Args;
 use crate::cli::Output;
+use libre::accuracy::{self, EvalOptions};
 use libre::bayes::prior::PriorConfig;
 use libre::bayes::{Family, ForwardMode, LayerSelection, McSampling, PosteriorConfig};
-use libre::eval::{self, EvalOptions};
-use libre::run::{Provenance, RunDir};
+use libre::jobs::run::{Provenance, RunDir};
 use libre::train::{self, Augment, TrainConfig};
 use serde_json::json;
 
@@ -14,10 +14,10 @@ use serde_json::json;
 pub(super) fn run_bayesadapter(args: Args, out: Output) -> anyhow::Result<()> {
     let device = crate::cli::resolve_device(&args.device.device, &out)?;
     let mut note = crate::cli::fetch_note(&out);
-    let weights = libre::zoo::resolve("zoo:lenet5-mnist", &mut note)?;
+    let weights = libre::weights::zoo::resolve("zoo:lenet5-mnist", &mut note)?;
     let train_ds = libre::data::open("mnist:train", None, &mut note)?;
     let test_ds = libre::data::open("mnist:test", None, &mut note)?;
-    let (mut model, _) = libre::checkpoint::load(&weights, device)?;
+    let (mut model, _) = libre::weights::checkpoint::load(&weights, device)?;
 
     out.note("1/4 evaluating the DNN (zoo:lenet5-mnist) on the MNIST test set");
     let det = EvalOptions {
@@ -26,7 +26,7 @@ pub(super) fn run_bayesadapter(args: Args, out: Output) -> anyhow::Result<()> {
         curve: vec![],
         seed: args.seed,
     };
-    let dnn = eval::evaluate(model.as_ref(), &test_ds, &det, &mut |_| {})?;
+    let dnn = accuracy::evaluate(model.as_ref(), &test_ds, &det, &mut |_| {})?;
 
     out.note("2/4 converting every layer to a mean-field Gaussian posterior");
     tch::manual_seed(args.seed);
@@ -94,7 +94,7 @@ pub(super) fn run_bayesadapter(args: Args, out: Output) -> anyhow::Result<()> {
         curve: vec![],
         seed: args.seed,
     };
-    let bnn = eval::evaluate(model.as_ref(), &test_ds, &mc, &mut |_| {})?;
+    let bnn = accuracy::evaluate(model.as_ref(), &test_ds, &mc, &mut |_| {})?;
 
     let (d, b) = (&dnn.metrics, &bnn.metrics);
     let data = json!({

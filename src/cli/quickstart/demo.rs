@@ -5,7 +5,7 @@ use super::Args;
 use crate::cli::Output;
 use libre::bayes::{Family, LayerSelection, McSampling, PosteriorConfig};
 use libre::detect::{LibreConfig, ObjectiveKind};
-use libre::run::{Provenance, RunDir};
+use libre::jobs::run::{Provenance, RunDir};
 use libre::train::{self, Augment, TrainConfig};
 use serde_json::json;
 
@@ -16,7 +16,7 @@ pub(super) fn run_libre(args: Args, out: Output) -> anyhow::Result<()> {
     }
     let device = crate::cli::resolve_device(&args.device.device, &out)?;
     let mut note = crate::cli::fetch_note(&out);
-    libre::zoo::resolve("zoo:lenet5-mnist", &mut note)?;
+    libre::weights::zoo::resolve("zoo:lenet5-mnist", &mut note)?;
     let train_ds = libre::data::open("mnist:train[0:50000]", Some(args.train_images), &mut note)?;
     let model_path = args.out.join("libre").join("model.safetensors");
     let t0 = std::time::Instant::now();
@@ -33,8 +33,8 @@ pub(super) fn run_libre(args: Args, out: Output) -> anyhow::Result<()> {
             args.epochs,
             train_ds.len()
         ));
-        let weights = libre::zoo::resolve("zoo:lenet5-mnist", &mut note)?;
-        let (mut model, _) = libre::checkpoint::load(&weights, device)?;
+        let weights = libre::weights::zoo::resolve("zoo:lenet5-mnist", &mut note)?;
+        let (mut model, _) = libre::weights::checkpoint::load(&weights, device)?;
         tch::manual_seed(args.seed);
         let converted = model.convert(
             &LayerSelection::LastBlock,

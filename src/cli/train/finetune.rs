@@ -104,8 +104,8 @@ pub fn run_finetune(args: FinetuneArgs, out: Output) -> anyhow::Result<()> {
         } else {
             None
         };
-        let path = libre::zoo::resolve(&w, &mut crate::cli::fetch_note(&out))?;
-        let (mut model, _) = libre::checkpoint::load(&path, device)?;
+        let path = libre::weights::zoo::resolve(&w, &mut crate::cli::fetch_note(&out))?;
+        let (mut model, _) = libre::weights::checkpoint::load(&path, device)?;
         tch::manual_seed(c.seed);
         let pc = PosteriorConfig::new(family, args.mc_samples);
         let converted = model.convert(&sel, &pc)?;

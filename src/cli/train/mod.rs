@@ -13,8 +13,8 @@ use progress::Bars;
 
 use crate::cli::Output;
 use anyhow::Context;
+use libre::jobs::run::{Provenance, RunDir};
 use libre::models::{Arch, BayesModel, ModelConfig};
-use libre::run::{Provenance, RunDir};
 use libre::train::{self, TrainConfig};
 use serde_json::json;
 
@@ -117,7 +117,7 @@ pub(super) fn drive(
                 dir.display()
             )
         })?;
-        let (m, _) = libre::checkpoint::load(&ckpt, device)?;
+        let (m, _) = libre::weights::checkpoint::load(&ckpt, device)?;
         out.note(format!(
             "resuming {} after epoch {}",
             dir.display(),

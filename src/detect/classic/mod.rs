@@ -953,10 +953,10 @@ mod tests {
         fn mc_draws(&self) -> McDraws {
             self.inner.mc_draws()
         }
-        fn set_precision(&mut self, p: crate::precision::Precision) -> Result<()> {
+        fn set_precision(&mut self, p: crate::runtime::precision::Precision) -> Result<()> {
             self.inner.set_precision(p)
         }
-        fn precision(&self) -> crate::precision::Precision {
+        fn precision(&self) -> crate::runtime::precision::Precision {
             self.inner.precision()
         }
     }

@@ -546,7 +546,7 @@ mod tests {
     #[test]
     fn storage_sizes_near_usize_max_are_errors() {
         // legacy_two_dicts.pt: storage "0" is announced as 4 floats [0.25, -0.75, 1.5, 3.0].
-        let mut f = include_bytes!("../../tests/fixtures/import/legacy_two_dicts.pt").to_vec();
+        let mut f = include_bytes!("../../../tests/fixtures/import/legacy_two_dicts.pt").to_vec();
         let mut head = 4u64.to_le_bytes().to_vec();
         head.extend(0.25f32.to_le_bytes());
         let at = f.windows(12).position(|w| w == head).expect("storage 0");

@@ -143,9 +143,9 @@ fn convert(m: &ZooModel, pkg: &Path, out: &Path) -> Result<()> {
     let scratch = cache::temp_dir()?;
     let raw = scratch.path().join("weights.pt");
     std::fs::write(&raw, &bytes).map_err(|e| Error::io("write temp weights", e))?;
-    let sd = crate::import::load_state_dict(&raw)?;
+    let sd = crate::weights::import::load_state_dict(&raw)?;
     let sd = sd.into_inner();
-    let cfg = crate::checkpoint::state_dict_config(m.arch, &sd)?;
-    let model = crate::checkpoint::from_state_dict(cfg, sd, tch::Device::Cpu)?;
-    crate::checkpoint::save(out, model.as_ref())
+    let cfg = crate::weights::checkpoint::state_dict_config(m.arch, &sd)?;
+    let model = crate::weights::checkpoint::from_state_dict(cfg, sd, tch::Device::Cpu)?;
+    crate::weights::checkpoint::save(out, model.as_ref())
 }

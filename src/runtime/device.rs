@@ -130,7 +130,7 @@ pub fn name(d: Device) -> String {
 
 /// Errors unless `d` can run `p`: a small matmul and convolution at that precision, so a device
 /// without the kernels fails here with its name rather than in the middle of a run.
-pub fn check_precision(d: Device, p: crate::precision::Precision) -> Result<()> {
+pub fn check_precision(d: Device, p: crate::runtime::precision::Precision) -> Result<()> {
     let k = p.kind();
     let ok = tch::no_grad(|| {
         let x = tch::Tensor::ones([1, 1, 3, 3], (k, d)).f_conv2d(

@@ -22,9 +22,9 @@ pub struct Provenance {
     pub threads: i64,
     #[serde(default)]
     pub omp_wait_policy: Option<String>,
-    /// Whether glibc was told to keep freed activation memory ([`crate::alloc`]).
+    /// Whether glibc was told to keep freed activation memory ([`crate::runtime::alloc`]).
     #[serde(default)]
-    pub malloc_tuning: Option<crate::alloc::AllocTuning>,
+    pub malloc_tuning: Option<crate::runtime::alloc::AllocTuning>,
 }
 
 impl Provenance {
@@ -32,7 +32,7 @@ impl Provenance {
         Provenance {
             libre_version: crate::VERSION.to_string(),
             libtorch_version: LIBTORCH_VERSION.to_string(),
-            device: crate::device::name(device),
+            device: crate::runtime::device::name(device),
             command: std::env::args().collect(),
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -40,7 +40,7 @@ impl Provenance {
                 .unwrap_or(0),
             threads: tch::get_num_threads() as i64,
             omp_wait_policy: std::env::var("OMP_WAIT_POLICY").ok(),
-            malloc_tuning: crate::alloc::current(),
+            malloc_tuning: crate::runtime::alloc::current(),
         }
     }
 }

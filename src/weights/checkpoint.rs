@@ -480,7 +480,7 @@ pub fn load_or_build(
         // A libre checkpoint carries its architecture; anything else gets load's message.
         _ => return load(path, device).map(|(m, meta)| (m, Some(meta))),
     };
-    let sd = crate::import::load_state_dict(path)?.into_inner();
+    let sd = crate::weights::import::load_state_dict(path)?.into_inner();
     let cfg = state_dict_config(arch, &sd)?;
     let model = from_state_dict(cfg, sd, device)
         .map_err(|e| Error::bad_file(path, format!("as {arch}: {e}")))?;

@@ -10,7 +10,7 @@
 //! writes safetensors.
 //!
 //! ```no_run
-//! let sd = libre::import::load_state_dict("mnist_lenet5_clntrained.pt".as_ref())?;
+//! let sd = libre::weights::import::load_state_dict("mnist_lenet5_clntrained.pt".as_ref())?;
 //! assert_eq!(sd.get("conv1.weight").unwrap().size(), [32, 1, 3, 3]);
 //! sd.save_safetensors("lenet5.safetensors".as_ref(), None)?;
 //! # Ok::<(), libre::Error>(())
