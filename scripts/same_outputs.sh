@@ -70,18 +70,22 @@ steps = 20
 params = { restarts = 1 }
 TOML
   "$L" -q evaluate "$O/exp.toml" --out "$O/eval" >"$O/eval.stdout"
-  "$L" -q metrics "$O/eval/scores.csv" >"$O/metrics.txt" 2>&1 || echo "exit $?" >>"$O/metrics.txt"
-  "$L" -q metrics --robust "$O/eval/scores.csv" >"$O/metrics-robust.txt" 2>&1 ||
+  "$L" -q metrics --scores "$O/eval/scores.csv" >"$O/metrics.txt" 2>&1 || echo "exit $?" >>"$O/metrics.txt"
+  "$L" -q metrics --robust --scores "$O/eval/scores.csv" >"$O/metrics-robust.txt" 2>&1 ||
     echo "exit $?" >>"$O/metrics-robust.txt"
 }
 
 # Both runs write to the same path (files record their inputs' paths), then move aside.
 # (Not inside `&&` lists: bash ignores `set -e` there.)
+# The binary runs from one path too (it appears in usage lines and the recorded argv).
+mkdir -p "$DIR/bin"
 echo "old: $OLD"
-jobs "$OLD" "$DIR/run"
+cp "$OLD" "$DIR/bin/libre"
+jobs "$DIR/bin/libre" "$DIR/run"
 mv "$DIR/run" "$DIR/old"
 echo "new: $NEW"
-jobs "$NEW" "$DIR/run"
+cp "$NEW" "$DIR/bin/libre"
+jobs "$DIR/bin/libre" "$DIR/run"
 mv "$DIR/run" "$DIR/new"
 
 python3 scripts/lib/compare_outputs.py "$DIR/old" "$DIR/new"
