@@ -49,6 +49,31 @@ pub fn resolve_device(spec: &str, out: &Output) -> anyhow::Result<tch::Device> {
 /// the command has such a flag. The library names its settings, never flags: the same error
 /// reaches `libre evaluate` users under their experiment file's key.
 pub fn render_error(e: &anyhow::Error, flags: &[String]) -> String {
+    render_links(e.chain(), flags)
+}
+
+/// [`render_error`] for a library error on its own: a skipped image's row in `libre detect`
+/// explains itself as the command's error message would.
+pub fn render_lib_error(e: &libre::Error, flags: &[String]) -> String {
+    let mut links: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    while let Some(s) = links.last().and_then(|l| l.source()) {
+        links.push(s);
+    }
+    render_links(links.into_iter(), flags)
+}
+
+/// The long flags of a command's argument struct (`--resize`, ...), for [`render_lib_error`].
+pub fn flags_of<A: clap::Args>() -> Vec<String> {
+    A::augment_args(clap::Command::new("flags"))
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect()
+}
+
+fn render_links<'a>(
+    links: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+    flags: &[String],
+) -> String {
     // Settings whose flag has another name than the setting.
     const ALIASES: &[(&str, &str)] = &[("arch", "--model"), ("family", "--posterior")];
     let flag_of = |name: &str| {
@@ -61,7 +86,7 @@ pub fn render_error(e: &anyhow::Error, flags: &[String]) -> String {
     let as_flag = |name: &str, value: &str, constraint: &str| {
         flag_of(name).map(|flag| format!("{flag} {value}: {constraint}"))
     };
-    e.chain()
+    links
         .map(|link| {
             let flagged = match link.downcast_ref::<libre::Error>() {
                 Some(libre::Error::Param {

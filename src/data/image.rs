@@ -164,10 +164,15 @@ fn to_pixels(
     let (iw, ih) = (img.width() as usize, img.height() as usize);
     if iw != w || ih != h {
         if !policy.resize {
-            return Err(bad(format!(
-                "is {iw}x{ih}, the model takes {w}x{h} (resizing and centre-cropping is opt-in: \
-                 it also weakens any perturbation)"
-            )));
+            // A setting the image needs: the CLI names its flag (`cli::render_error`).
+            return Err(Error::Missing {
+                name: "resize",
+                why: format!(
+                    "{}: is {iw}x{ih}, the model takes {w}x{h} (resizing and centre-cropping \
+                     also weakens any perturbation)",
+                    path.display()
+                ),
+            });
         }
         // Shorter side to the target, then a centre crop.
         let scale = (w as f64 / iw as f64).max(h as f64 / ih as f64);
@@ -196,9 +201,13 @@ fn to_pixels(
     }
     let has = channels(&img);
     if has != c && !policy.convert_channels {
-        return Err(bad(format!(
-            "has {has} channel(s), the model takes {c} (converting channels is opt-in)"
-        )));
+        return Err(Error::Missing {
+            name: "convert_channels",
+            why: format!(
+                "{}: has {has} channel(s), the model takes {c}",
+                path.display()
+            ),
+        });
     }
     Ok(to_chw(&img, c)
         .into_iter()

@@ -4,7 +4,7 @@
 
 use super::input::Batch;
 use super::{Detector, Score};
-use crate::Result;
+use crate::{Error, Result};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use tch::{Device, Kind};
@@ -49,9 +49,18 @@ pub struct RowScorer {
     shown: usize,
     flag_idx: usize,
     threshold: Option<f64>,
+    /// How a skipped image's error reads in its row (the library's message unless the caller
+    /// says otherwise: the CLI names its own flags there, as on standard error).
+    explain: Box<dyn Fn(&Error) -> String + Send + Sync>,
 }
 
 impl RowScorer {
+    /// Explain skipped images with `f` instead of the error's own message.
+    pub fn explain_with(mut self, f: impl Fn(&Error) -> String + Send + Sync + 'static) -> Self {
+        self.explain = Box::new(f);
+        self
+    }
+
     /// Rows with the `shown` scores, flagged when `flag` reaches `threshold` (never without
     /// one).
     pub fn new(shown: &[Score], flag: Score, threshold: Option<f64>) -> RowScorer {
@@ -65,6 +74,7 @@ impl RowScorer {
             shown: shown.len(),
             flag_idx,
             threshold,
+            explain: Box::new(|e| e.to_string()),
         }
     }
 
@@ -82,7 +92,7 @@ impl RowScorer {
                     confidence: None,
                     scores: vec![f64::NAN; self.shown],
                     flagged: None,
-                    status: format!("skipped: {e}"),
+                    status: format!("skipped: {}", (self.explain)(e)),
                 });
             }
         }

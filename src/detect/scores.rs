@@ -152,8 +152,8 @@ impl Score {
     pub fn check_available(self, samples: usize) -> Result<()> {
         if let Some(k) = self.classic() {
             return Err(Error::invalid(format!(
-                "score '{}' comes from a fitted {} detector: fit and calibrate one (detector {}) \
-                 and score with that detector file",
+                "score '{}' comes from a fitted {} detector: make one with `libre calibrate` \
+                 (detector {}) and pass that file as the weights",
                 self.name(),
                 k.name(),
                 k.name()

@@ -132,7 +132,10 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
     let pb = out.progress(total as u64, "detect");
     let (mut n, mut flagged, mut skipped) = (0usize, 0usize, 0usize);
     let t0 = std::time::Instant::now();
-    let scorer = RowScorer::new(&shown, flag_score, threshold);
+    let flags = crate::cli::flags_of::<DetectArgs>();
+    let explain = move |e: &libre::Error| crate::cli::render_lib_error(e, &flags);
+    let explain_row = explain.clone();
+    let scorer = RowScorer::new(&shown, flag_score, threshold).explain_with(explain_row);
     let res = input::stream(&segs, plan, want, policy, &mut |chunk, b| {
         if let Some(Err(e)) = b
             .images
@@ -141,7 +144,8 @@ pub fn run_detect(args: DetectArgs, out: Output) -> anyhow::Result<()> {
             .filter(|_| !args.skip_bad)
         {
             return Err(libre::Error::invalid(format!(
-                "{e} (pass --skip-bad to continue past bad inputs)"
+                "{} (pass --skip-bad to continue past bad inputs)",
+                explain(e)
             )));
         }
         // Seeded by the global batch index: a shard draws what the unsharded run draws.
