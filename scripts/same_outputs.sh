@@ -8,7 +8,8 @@
 # two cores): `libre quickstart` (its run directory and report), `libre calibrate` for LiBRe, KD,
 # Mahalanobis and feature squeezing, `libre detect` in csv, jsonl and table format (plus a
 # sharded run and its merge), `libre evaluate` on an experiment with classic detectors and an
-# adaptive attack (summary.json, scores.csv, robust.csv, the report), and `libre metrics`.
+# adaptive attack (summary.json, scores.csv, robust.csv, the report; calibrated detectors and a
+# DNN thresholded at 5% of its clean rows), and `libre metrics`.
 # Only wall-clock times, dates and the version string (with its git revision) are ignored
 # (scripts/lib/compare_outputs.py says exactly what); everything else must match exactly.
 set -euo pipefail
@@ -54,6 +55,10 @@ bootstrap = 50
 name = "libre"
 weights = "$O/libre.safetensors"
 scores = ["feature-variance", "softmax-variance"]
+[[model]]
+name = "dnn"
+weights = "zoo:lenet5-mnist"
+scores = ["msp", "entropy"]
 [[model]]
 name = "kd"
 weights = "$O/kd.safetensors"
