@@ -74,3 +74,22 @@ fn parse_threshold(s: &str) -> Result<f64, String> {
         Err(_) => Err(format!("`{s}` is not a number")),
     }
 }
+
+impl Args {
+    /// The bootstrap settings of `--bootstrap` / `--seed`, checked (None without `--bootstrap`).
+    pub fn bootstrap_config(
+        &self,
+    ) -> Result<Option<libre_reports::bootstrap::BootstrapConfig>, libre_reports::ReportError> {
+        let cfg = self
+            .bootstrap
+            .map(|n| libre_reports::bootstrap::BootstrapConfig {
+                n_resamples: n,
+                seed: self.seed,
+                level: 0.95,
+            });
+        if let Some(c) = &cfg {
+            c.validate()?;
+        }
+        Ok(cfg)
+    }
+}

@@ -18,7 +18,7 @@ pub use args::Args;
 
 use crate::cli::Output;
 use anyhow::Context;
-use libre_reports::bootstrap::{bootstrap_detection, BootstrapConfig, DetectionCi};
+use libre_reports::bootstrap::{bootstrap_detection, DetectionCi};
 use libre_reports::detection::DetectionMetrics;
 use libre_reports::tables::{read_scores, ScoreCsvSpec, Subset};
 use libre_reports::text::render_table;
@@ -106,14 +106,7 @@ pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
         score_hint: "choose the score column with --score-col".into(),
         group_hint: "check --group-by".into(),
     };
-    let cfg = args.bootstrap.map(|n| BootstrapConfig {
-        n_resamples: n,
-        seed: args.seed,
-        level: 0.95,
-    });
-    if let Some(c) = &cfg {
-        c.validate()?;
-    }
+    let cfg = args.bootstrap_config()?;
     let table = read_scores(&args.scores, &spec)?;
     if table.groups.is_empty() {
         anyhow::bail!(

@@ -4,7 +4,6 @@
 use super::Args;
 use crate::cli::Output;
 use anyhow::Context;
-use libre_reports::bootstrap::BootstrapConfig;
 use libre_reports::robust::{self, RobustRow, ScoredInput};
 use libre_reports::text::render_table;
 use libre_reports::ReportError;
@@ -44,14 +43,7 @@ fn read_scored_inputs(args: &Args) -> Result<Vec<ScoredInput>, ReportError> {
 /// `libre metrics --robust`.
 pub fn run_robust(args: Args, out: Output) -> anyhow::Result<()> {
     // Bad values are refused before the file is read.
-    let cfg = args.bootstrap.map(|n| BootstrapConfig {
-        n_resamples: n,
-        seed: args.seed,
-        level: 0.95,
-    });
-    if let Some(c) = &cfg {
-        c.validate()?;
-    }
+    let cfg = args.bootstrap_config()?;
     let rows = read_scored_inputs(&args)?;
     let fpr = args.fpr.unwrap_or(DEFAULT_FPR);
     let thresholds = match args.threshold {

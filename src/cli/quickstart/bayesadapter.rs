@@ -68,18 +68,8 @@ pub(super) fn run_bayesadapter(args: Args, out: Output) -> anyhow::Result<()> {
         &json!({ "train": cfg, "model": model.config(), "converted_layers": converted,
                  "weights": "zoo:lenet5-mnist", "provenance": Provenance::new(device) }),
     )?;
-    let pb = out.progress(train_ds.len() as u64, "fine-tune");
     let t0 = std::time::Instant::now();
-    let logs = train::fit(
-        model.as_mut(),
-        &train_ds,
-        None,
-        &cfg,
-        &run,
-        train::RunStart::New,
-        &mut super::Obs(&pb),
-    )?;
-    pb.finish_and_clear();
+    let logs = super::fine_tune(model.as_mut(), &train_ds, &cfg, &run, &out, "fine-tune")?;
     let ft_secs = t0.elapsed().as_secs_f64();
 
     out.note(format!(

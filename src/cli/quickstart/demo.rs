@@ -76,17 +76,7 @@ pub(super) fn run_libre(args: Args, out: Output) -> anyhow::Result<()> {
                      "extra": { "weights": "zoo:lenet5-mnist", "recipe": "libre",
                                 "converted_layers": converted } }),
         )?;
-        let pb = out.progress(train_ds.len() as u64, "LiBRe");
-        train::fit(
-            model.as_mut(),
-            &train_ds,
-            None,
-            &cfg,
-            &run,
-            train::RunStart::New,
-            &mut super::Obs(&pb),
-        )?;
-        pb.finish_and_clear();
+        super::fine_tune(model.as_mut(), &train_ds, &cfg, &run, &out, "LiBRe")?;
     }
     let train_secs = t0.elapsed().as_secs_f64();
     out.note(format!(

@@ -57,6 +57,29 @@ impl train::TrainObserver for Obs<'_> {
 }
 
 /// `libre quickstart`.
+/// Fine-tunes `model` on `data` as a fresh run in `run`, with a progress bar labelled `label`.
+fn fine_tune(
+    model: &mut dyn libre::models::BayesModel,
+    data: &libre::data::Dataset,
+    cfg: &train::TrainConfig,
+    run: &libre::jobs::run::RunDir,
+    out: &Output,
+    label: &str,
+) -> anyhow::Result<Vec<train::EpochLog>> {
+    let pb = out.progress(data.len() as u64, label);
+    let logs = train::fit(
+        model,
+        data,
+        None,
+        cfg,
+        run,
+        train::RunStart::New,
+        &mut Obs(&pb),
+    )?;
+    pb.finish_and_clear();
+    Ok(logs)
+}
+
 pub fn run(args: Args, out: Output) -> anyhow::Result<()> {
     if args.bayesadapter {
         bayesadapter::run_bayesadapter(args, out)
