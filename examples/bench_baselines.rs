@@ -6,7 +6,7 @@
 //! 10000). Each scoring run is repeated `rounds` times (min and median).
 //!
 //! `[BENCH_THREADS=n] [BENCH_ONLY=kd,squeeze,...] cargo run --release --example bench_baselines --
-//!  [LIBRE.safetensors] [rounds]`
+//!  [LIBRE.safetensors | ""] [rounds]` (an empty first argument: no LiBRe row)
 
 use libre::bayes::mode::McDropout;
 use libre::bayes::ForwardMode;
@@ -170,7 +170,8 @@ fn main() {
         None,
         score_all(&mcd, Score::FeatureVariance),
     );
-    if let Some(p) = args.first() {
+    // An empty first argument (to give `rounds` without a LiBRe checkpoint) skips its row.
+    if let Some(p) = args.first().filter(|p| !p.is_empty()) {
         let l = Detector::load(std::path::Path::new(p), dev, None).unwrap();
         report(
             "LiBRe S=20 (fv)",
