@@ -7,6 +7,8 @@
 #
 #   scripts/adaptive_study.sh mnist [OUT]       LiBRe (the README detector) + KD, KD-BU, LID,
 #                                               Mahalanobis, MC dropout on the zoo LeNet5
+#   scripts/adaptive_study.sh fashion [OUT]     the same recipe on Fashion-MNIST, on the LeNet5
+#                                               of scripts/fashion_libre.sh (eps 0.1, 0.2)
 #   N=200 EPS="0.3" scripts/adaptive_study.sh mnist   first N test images, other eps lists
 #   MODELS="libre kd" ...                             a subset of the detectors
 #
@@ -23,7 +25,10 @@ LIBRE=${LIBRE:-target/release/libre}
 N=${N:-1000}
 case "$SET" in
   mnist) DATA=mnist; DNN=zoo:lenet5-mnist; EPS=${EPS:-"0.1, 0.3"} ;;
-  *) echo "unknown set '$SET' (mnist)" >&2; exit 2 ;;
+  # The LeNet5 of scripts/fashion_libre.sh (trained there first); nothing retuned.
+  fashion) DATA=fashion-mnist; DNN=${DNN:-runs/fashion-libre/dnn/model.safetensors}
+    EPS=${EPS:-"0.1, 0.2"} ;;
+  *) echo "unknown set '$SET' (mnist, fashion)" >&2; exit 2 ;;
 esac
 OUT=${2:-runs/adaptive-$SET}
 MODELS=${MODELS:-"libre kd kd-bu lid maha mcd"}
