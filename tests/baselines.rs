@@ -153,44 +153,7 @@ fn every_detector_fits_reloads_and_scores() {
     // score lower (look cleaner) to the detector than with C = 0.
     let mean_score = |c: &str| -> f64 {
         let adv = d.join(format!("ad{c}.safetensors"));
-        ok(libre()
-            .args([
-                "-q",
-                "attack",
-                "--data",
-                "mnist:test[0:32]",
-                "--attack",
-                "pgd",
-            ])
-            .args([
-                "--eps",
-                "0.3",
-                "--steps",
-                "20",
-                "--step-size",
-                "0.03",
-                "--adaptive",
-                c,
-            ])
-            .arg("--weights")
-            .arg(d.join("maha.safetensors"))
-            .arg("--out")
-            .arg(&adv)
-            .output()
-            .unwrap());
-        let o = ok(libre()
-            .args(["-q", "detect", "--format", "csv", "--weights"])
-            .arg(d.join("maha.safetensors"))
-            .arg(&adv)
-            .output()
-            .unwrap());
-        let text = String::from_utf8_lossy(&o.stdout).to_string();
-        let v: Vec<f64> = text
-            .lines()
-            .skip(1)
-            .map(|l| l.split(',').nth(4).unwrap().parse().unwrap())
-            .collect();
-        v.iter().sum::<f64>() / v.len() as f64
+        common::mean_adaptive_score(&d.join("maha.safetensors"), &adv, c)
     };
     let (plain, adaptive) = (mean_score("0"), mean_score("10"));
     assert!(adaptive < plain, "adaptive {adaptive} vs plain {plain}");

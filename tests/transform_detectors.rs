@@ -448,45 +448,7 @@ fn cli_calibrates_detects_attacks_and_refuses_by_flag() {
     // for MagNet): with C = 10 its examples score lower than with C = 0.
     let mean_score = |det: &str, c: &str| -> f64 {
         let adv = d.join(format!("{det}-ad{c}.safetensors"));
-        let w = d.join(format!("{det}.safetensors"));
-        ok(libre()
-            .args([
-                "-q",
-                "attack",
-                "--data",
-                "mnist:test[0:32]",
-                "--attack",
-                "pgd",
-            ])
-            .args([
-                "--eps",
-                "0.3",
-                "--steps",
-                "20",
-                "--step-size",
-                "0.03",
-                "--adaptive",
-                c,
-            ])
-            .arg("--weights")
-            .arg(&w)
-            .arg("--out")
-            .arg(&adv)
-            .output()
-            .unwrap());
-        let o = ok(libre()
-            .args(["-q", "detect", "--format", "csv", "--weights"])
-            .arg(&w)
-            .arg(&adv)
-            .output()
-            .unwrap());
-        let text = String::from_utf8_lossy(&o.stdout).to_string();
-        let v: Vec<f64> = text
-            .lines()
-            .skip(1)
-            .map(|l| l.split(',').nth(4).unwrap().parse().unwrap())
-            .collect();
-        v.iter().sum::<f64>() / v.len() as f64
+        common::mean_adaptive_score(&d.join(format!("{det}.safetensors")), &adv, c)
     };
     for det in ["sq", "mg"] {
         let (plain, adaptive) = (mean_score(det, "0"), mean_score(det, "10"));

@@ -79,3 +79,48 @@ pub fn run_summary(run: &std::path::Path) -> serde_json::Value {
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
 }
+
+/// The mean of a detector's first score over adversarial images that a PGD (eps 0.3, 20 steps
+/// of 0.03) with mimicry weight `c` crafts against it on the first 32 test digits, written to
+/// `adv`: an adaptive attacker that follows the score's gradient makes this lower at C > 0.
+#[allow(dead_code)]
+pub fn mean_adaptive_score(weights: &std::path::Path, adv: &std::path::Path, c: &str) -> f64 {
+    ok(libre()
+        .args([
+            "-q",
+            "attack",
+            "--data",
+            "mnist:test[0:32]",
+            "--attack",
+            "pgd",
+        ])
+        .args([
+            "--eps",
+            "0.3",
+            "--steps",
+            "20",
+            "--step-size",
+            "0.03",
+            "--adaptive",
+            c,
+        ])
+        .arg("--weights")
+        .arg(weights)
+        .arg("--out")
+        .arg(adv)
+        .output()
+        .unwrap());
+    let o = ok(libre()
+        .args(["-q", "detect", "--format", "csv", "--weights"])
+        .arg(weights)
+        .arg(adv)
+        .output()
+        .unwrap());
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let v: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(4).unwrap().parse().unwrap())
+        .collect();
+    v.iter().sum::<f64>() / v.len() as f64
+}
