@@ -20,6 +20,11 @@
 //!   FPR of the IMAGES clean scores); the printed time is the whole attack; the evaded % and the
 //!   steps' images go to stderr.
 //!
+//! `BENCH_PRECISION=bf16` runs the model's forward and backward in bfloat16 (what `libre attack
+//! --precision bf16` does; the objective, the gradient on the float32 image and the step stay
+//! float32); `selective` then still uses the file's threshold, so the evaded % is only
+//! indicative there (a bf16 detector is calibrated at bf16, docs/detection.md).
+//!
 //! Prints one `CASE MILLISECONDS` line per timed unit on stdout, after `w` untimed warm-up units
 //! (default 1; `selective` runs its warm-up with 2 steps).
 use libre::bayes::ForwardMode;
@@ -90,8 +95,16 @@ fn run() -> Result<(), String> {
         Err(_) => 1,
     };
     let device = Device::Cpu;
-    let det = libre::detect::Detector::load(std::path::Path::new(&args[1]), device, None)
+    let mut det = libre::detect::Detector::load(std::path::Path::new(&args[1]), device, None)
         .map_err(|e| format!("{}: {e}", args[1]))?;
+    // BENCH_PRECISION=bf16: the forward and backward through the model in bfloat16 (what
+    // `libre attack --precision bf16` runs), the input, the objective and the step in float32.
+    let precision: libre::runtime::precision::Precision = std::env::var("BENCH_PRECISION")
+        .unwrap_or_else(|_| "f32".into())
+        .parse()
+        .map_err(|e| format!("BENCH_PRECISION: {e}"))?;
+    det.set_precision(precision)
+        .map_err(|e| format!("BENCH_PRECISION={precision}: {e}"))?;
     let calibrated = det.meta().map(|m| m.calibration.threshold);
     let model = det.model();
     let ds = libre::data::open(&args[2], Some(images), &mut |_| {})
@@ -143,7 +156,7 @@ fn run() -> Result<(), String> {
     );
     eprintln!(
         "libre {case}: {n} images of {}, S = {S}, feature-variance, {} {steps} steps, \
-         threads {}, warm-up {warmup}, reps {reps}",
+         threads {}, precision {precision}, warm-up {warmup}, reps {reps}",
         args[2],
         attack.name(),
         tch::get_num_threads()

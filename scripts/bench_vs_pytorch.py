@@ -756,7 +756,15 @@ def attack(args):
     features' variance over the 20 members, unbiased, averaged over the 200 features; C = 100),
     STEPS steps and one last checking forward; prints the time per step. pgd-STEPS: plain PGD on
     the CE of the predictive alone, no early stop (the classic baseline); prints the whole
-    attack's time and its misclassified %."""
+    attack's time and its misclassified %. selective-STEPS (needs --threshold T): libre's
+    `selective` written in PyTorch, like for like: ascend the CE while the image is classified
+    correctly, descend the score once it is not, and drop an image from the batch as soon as it
+    is misclassified with a score below T (libre's per-image early stop); prints the whole
+    attack's time and its evaded %.
+
+    BENCH_PRECISION=bf16: the network's weights and the forward's input in bfloat16, logits and
+    features cast back to float32 (what libre's `--precision bf16` does); the objective, the
+    gradient with respect to the float32 image and the step stay float32."""
     threads = os.environ.get("BENCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
@@ -771,8 +779,53 @@ def attack(args):
     y = data["labels"][: args.images]
     eps, step, c = 0.3, 0.01, 100.0
     with_score = args.attack_case == "attack-step"
-    if not with_score and not args.attack_case.startswith("pgd-"):
-        raise ValueError(f"unknown --attack case {args.attack_case!r}: attack-step or pgd-N")
+    selective = args.attack_case.startswith("selective-")
+    if not with_score and not selective and not args.attack_case.startswith("pgd-"):
+        raise ValueError(f"unknown --attack case {args.attack_case!r}: attack-step, pgd-N or "
+                         "selective-N")
+    if selective and args.threshold is None:
+        raise ValueError("--attack selective-N needs --threshold T (the detector's)")
+    precision = os.environ.get("BENCH_PRECISION", "f32")
+    if precision == "bf16":
+        net.to(torch.bfloat16)
+
+        def forward(adv):
+            logits, feats = lenet5_with_features(net, adv.to(torch.bfloat16))
+            return logits.float(), feats.float()
+    elif precision == "f32":
+        def forward(adv):
+            return lenet5_with_features(net, adv)
+    else:
+        raise ValueError(f"BENCH_PRECISION={precision}: expected f32 or bf16")
+
+    def run_selective(steps, seed):
+        """libre's `selective` with per-image early stop; returns the evaded fraction."""
+        torch.manual_seed(seed)
+        t = args.threshold
+        adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp_(0, 1)
+        lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+        active = torch.arange(x.shape[0])
+        evaded = torch.zeros(x.shape[0], dtype=torch.bool)
+        a, ya, loa, hia = adv, y, lo, hi
+        for i in range(steps + 1):
+            a = a.detach().requires_grad_(i < steps)
+            with torch.set_grad_enabled(i < steps):
+                logits, feats = forward(a)
+                p = logits.softmax(-1).mean(1)
+                score = feats.var(1).mean(1)
+                correct = p.argmax(1) == ya
+                done = ~correct & (score < t)
+            evaded[active[done]] = True
+            keep = ~done
+            if i == steps or not keep.any():
+                break
+            loss = F.nll_loss((p + 1e-10).log(), ya, reduction="none")
+            obj = torch.where(correct, loss, -score)
+            (g,) = torch.autograd.grad(obj[keep].sum(), a)
+            with torch.no_grad():
+                a = torch.min(torch.max(a[keep] + step * g[keep].sign(), loa[keep]), hia[keep])
+            active, ya, loa, hia = active[keep], ya[keep], loa[keep], hia[keep]
+        return evaded.double().mean().item()
 
     def run(steps, seed):
         torch.manual_seed(seed)
@@ -780,7 +833,7 @@ def attack(args):
         lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
         for _ in range(steps):
             adv.requires_grad_(True)
-            logits, feats = lenet5_with_features(net, adv)
+            logits, feats = forward(adv)
             logp = (logits.softmax(-1).mean(1) + 1e-10).log()
             loss = F.nll_loss(logp, y, reduction="none")
             if with_score:
@@ -789,14 +842,21 @@ def attack(args):
             with torch.no_grad():
                 adv = torch.min(torch.max(adv + step * g.sign(), lo), hi)
         with torch.no_grad():
-            logits, _ = lenet5_with_features(net, adv)
+            logits, _ = forward(adv)
             wrong = (logits.softmax(-1).mean(1).argmax(1) != y).double().mean().item()
         return adv, wrong
 
     for i in range(warmup):
-        run(2, 1000 + i)
+        (run_selective if selective else run)(2, 1000 + i)
     for r in range(args.reps):
         t = time.perf_counter()
+        if selective:
+            evaded = run_selective(args.steps, r)
+            ms = (time.perf_counter() - t) * 1e3
+            print(f"lenet5:{args.attack_case} {ms:.3f}")
+            print(f"pytorch {args.attack_case}: evaded {100 * evaded:.1f}% at threshold "
+                  f"{args.threshold}", file=sys.stderr)
+            continue
         _, wrong = run(args.steps, r)
         ms = (time.perf_counter() - t) * 1e3
         if with_score:
@@ -805,7 +865,8 @@ def attack(args):
             print(f"lenet5:{args.attack_case} {ms:.3f}")
             print(f"pytorch {args.attack_case}: misclassified {100 * wrong:.1f}%", file=sys.stderr)
     print(f"pytorch --attack {args.attack_case} ({args.impl}): {x.shape[0]} images, "
-          f"{args.steps} steps, threads {torch.get_num_threads()}", file=sys.stderr)
+          f"{args.steps} steps, threads {torch.get_num_threads()}, precision {precision}",
+          file=sys.stderr)
 
 
 def main():
@@ -817,6 +878,7 @@ def main():
     p.add_argument("--check", action="store_true")
     p.add_argument("--e2e", nargs=2, metavar=("WEIGHTS", "DATA"))
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threshold", type=float, help="the detector's threshold (--attack selective-N)")
     p.add_argument("--attack", nargs=6,
                    metavar=("CASE", "WEIGHTS", "DATA", "IMAGES", "STEPS", "REPS"))
     args = p.parse_args()

@@ -33,8 +33,10 @@
 #                  predictive and the feature-variance score), libre's Adaptive engine vs a
 #                  PyTorch eager loop (--impl ref and opt), ATTACK_STEPS steps per process, time
 #                  per step; `full`: libre's whole `selective` attack (ATTACK_FULL_STEPS steps,
-#                  early stop, the detector's threshold) vs PyTorch PGD-ATTACK_FULL_STEPS (--impl
-#                  opt, no early stop) on ATTACK_FULL_IMAGES digits; `step full`: both
+#                  early stop, the detector's threshold) vs the same `selective` written in
+#                  PyTorch with the same early stop and threshold (like for like), and vs PyTorch
+#                  PGD-ATTACK_FULL_STEPS (--impl opt, no early stop: what a user would otherwise
+#                  run) on ATTACK_FULL_IMAGES digits; `step full`: both
 #   ATTACK_WEIGHTS a LeNet5 checkpoint or LiBRe detector file with linear1 an ensemble [the zoo
 #                  LeNet5 converted as for E2E; without a calibrated threshold `selective` uses
 #                  the 5% FPR threshold of the attacked images' clean scores]
@@ -48,8 +50,9 @@
 #                  torch==2.11.0, torchvision==0.26.0 and numpy from PyPI (~4.7 GB; the PyPI
 #                  wheel is the CUDA build, run on the CPU here)
 #   BENCH_DEVICE [cpu]  cpu, cuda or cuda:N for both sides (forward cases only; E2E is CPU)
-#   BENCH_PRECISION [f32]  f32 or bf16 for both sides' forward cases (libre: set_precision; PyTorch:
-#                  model and input cast to bfloat16); E2E stays f32
+#   BENCH_PRECISION [f32]  f32 or bf16 for both sides' forward and attack cases (libre:
+#                  set_precision; PyTorch: model and input cast to bfloat16, outputs to float32);
+#                  E2E stays f32
 #   BENCH_PY       a Python with torch 2.11 to use instead of the venv (nothing is installed),
 #                  e.g. /opt/torch/.venv/bin/python on the lent GPU machines
 #   BENCH_BIN      a built examples/bench_vs_pytorch to use instead of building one (no cargo:
@@ -286,6 +289,12 @@ if [ "$ATTACK" = 1 ]; then
         RAW=$ATT run libre "lenet5:selective-$ATTACK_FULL_STEPS" "$AB" selective "$aw" mnist:test \
           "$ATTACK_FULL_IMAGES" "$ATTACK_FULL_STEPS" 1
         grep '^selective: evaded' "$TMP/err" >>"$TMP/evaded" || true
+        thr=$(sed -n 's/^selective: threshold \([^ ]*\) .*/\1/p' "$TMP/err" | head -n 1)
+        [ -n "$thr" ] || die "no threshold in the libre selective run's stderr"
+        RAW=$ATT run pytorch-sel "lenet5:selective-$ATTACK_FULL_STEPS" "${PT_ENV[@]}" "$PY" \
+          scripts/bench_vs_pytorch.py --attack "selective-$ATTACK_FULL_STEPS" "$aw" "$data" \
+          "$ATTACK_FULL_IMAGES" "$ATTACK_FULL_STEPS" 1 --impl opt --threshold "$thr"
+        grep '^pytorch selective' "$TMP/err" >>"$TMP/evaded" || true
         RAW=$ATT run pytorch "lenet5:pgd-$ATTACK_FULL_STEPS" "${PT_ENV[@]}" "$PY" \
           scripts/bench_vs_pytorch.py --attack "pgd-$ATTACK_FULL_STEPS" "$aw" "$data" \
           "$ATTACK_FULL_IMAGES" "$ATTACK_FULL_STEPS" 1 --impl opt
@@ -327,7 +336,7 @@ fi
 if [ "$ATTACK" = 1 ]; then
   echo "adaptive attack (ATTACK=1): weights ${ATTACK_WEIGHTS:-the zoo LeNet5, linear1 converted to 20 members};" \
     "load average before the attack cases $att_load_before"
-  [ -s "$TMP/evaded" ] && sed 's/^/  libre /' "$TMP/evaded"
+  [ -s "$TMP/evaded" ] && sed 's/^selective/libre selective/; s/^/  /' "$TMP/evaded"
 fi
 "$PY" - "$RAW" "${TMP}/e2e" "$ATT" <<'EOF'
 import statistics, sys
@@ -415,10 +424,13 @@ if att:
     for side, case in list(att):
         if side == "libre" and case.startswith("lenet5:selective-"):
             k = case.rsplit("-", 1)[1]
+            row(f"selective-{k}, both early stop", att[side, case],
+                att.get(("pytorch-sel", case)))
             row(f"libre selective-{k} vs PT PGD-{k}", att[side, case],
                 att.get(("pytorch", f"lenet5:pgd-{k}")))
     print("attack-step: one step of mimicry (CE of the MC-averaged predictive - 100 * feature"
           " variance), forward + backward, libre's Adaptive engine (ModelVictim) vs a PyTorch eager"
           " loop (ref: repeat + bmm members, opt: one shared-input matmul); selective: early stop"
-          " once evaded, the detector's threshold; PGD: CE only, no early stop")
+          " once evaded, the detector's threshold, on both sides in the 'both early stop' row;"
+          " PGD: CE only, no early stop")
 EOF

@@ -82,6 +82,11 @@ batch_size = 24
 name = "dnn"
 weights = "{}"
 scores = ["msp", "entropy"]
+[[model]]
+name = "dnn16"
+weights = "{}"
+scores = ["msp"]
+precision = "bf16"
 [[attack]]
 name = "fgsm"
 eps = [0.1, 0.3]
@@ -92,6 +97,7 @@ steps = 10
 step_size = 0.05
 params = {{ restarts = 1 }}
 "#,
+            det.display(),
             det.display()
         ),
     );
@@ -113,6 +119,9 @@ params = {{ restarts = 1 }}
     // msp was calibrated in the file; entropy gets 5% FPR of its clean rows.
     assert_eq!(th["dnn/msp"], (threshold, "calibrated".to_string()));
     assert_eq!(th["dnn/entropy"].1, "clean-fpr-0.05");
+    // The file was calibrated at f32: run at bf16 its threshold no longer holds, so the bf16
+    // model's comes from its own clean rows.
+    assert_eq!(th["dnn16/msp"].1, "clean-fpr-0.05");
     let all = rows(&run.join("scores.csv"));
     let clean_ent: Vec<f64> = all
         .iter()
@@ -169,7 +178,7 @@ params = {{ restarts = 1 }}
             );
         }
     }
-    assert_eq!(seen_worst, 4, "two detectors x two eps");
+    assert_eq!(seen_worst, 6, "three detectors x two eps");
     // The report leads with the table; the CLI's text has the worst case too.
     let html = read(&run.join("index.html"));
     let lead = html.find("Robust detection").unwrap();

@@ -176,8 +176,12 @@ struct LoadedDetector {
 /// The detector file's calibrated threshold for `score`, when it calibrated that score at the
 /// sample count and precision the model runs at now.
 fn calibrated_threshold(det: &Detector, score: crate::detect::Score) -> Option<f64> {
+    // A threshold holds at the score, sample count and precision it was calibrated at only: a
+    // bf16 model scored against an f32 calibration would shift every score by its rounding.
     det.meta()
-        .filter(|m| m.score == score && m.samples == det.samples())
+        .filter(|m| {
+            m.score == score && m.samples == det.samples() && m.precision == det.model().precision()
+        })
         .map(|m| m.calibration.threshold)
 }
 
