@@ -53,6 +53,9 @@
 #   BENCH_PRECISION [f32]  f32 or bf16 for both sides' forward and attack cases (libre:
 #                  set_precision; PyTorch: model and input cast to bfloat16, outputs to float32);
 #                  E2E stays f32
+#   ATTACK_LIBRE_PRECISION [BENCH_PRECISION]  the libre side's precision in the attack cases only:
+#                  bf16 here with BENCH_PRECISION=f32 times a bf16 libre attack against the f32
+#                  PyTorch loop a user would otherwise run, in the same interleaved run
 #   BENCH_PY       a Python with torch 2.11 to use instead of the venv (nothing is installed),
 #                  e.g. /opt/torch/.venv/bin/python on the lent GPU machines
 #   BENCH_BIN      a built examples/bench_vs_pytorch to use instead of building one (no cargo:
@@ -81,6 +84,7 @@ ATTACK_IMAGES=${ATTACK_IMAGES:-512}
 ATTACK_STEPS=${ATTACK_STEPS:-5}
 ATTACK_FULL_IMAGES=${ATTACK_FULL_IMAGES:-512}
 ATTACK_FULL_STEPS=${ATTACK_FULL_STEPS:-200}
+ATTACK_LIBRE_PRECISION=${ATTACK_LIBRE_PRECISION:-${BENCH_PRECISION:-f32}}
 ROUNDS=${ROUNDS:-3}
 REPS=${REPS:-5}
 SLOW_REPS=${SLOW_REPS:-1}
@@ -100,6 +104,7 @@ export BENCH_WARMUP=${BENCH_WARMUP:-1}
 export BENCH_DEVICE=${BENCH_DEVICE:-cpu}
 export BENCH_PRECISION=${BENCH_PRECISION:-f32}
 case $BENCH_PRECISION in f32 | bf16) ;; *) echo "BENCH_PRECISION: f32 or bf16, got $BENCH_PRECISION" >&2; exit 2 ;; esac
+case $ATTACK_LIBRE_PRECISION in f32 | bf16) ;; *) echo "ATTACK_LIBRE_PRECISION: f32 or bf16, got $ATTACK_LIBRE_PRECISION" >&2; exit 2 ;; esac
 export OMP_NUM_THREADS=$BENCH_THREADS MKL_NUM_THREADS=$BENCH_THREADS
 export PYTHONDONTWRITEBYTECODE=1
 case $WAIT_POLICY in
@@ -278,7 +283,7 @@ if [ "$ATTACK" = 1 ]; then
     for ((r = 1; r <= ROUNDS; r++)); do
       if [ "$c" = step ]; then
         echo "attack-step: round $r of $ROUNDS, $ATTACK_IMAGES images, $ATTACK_STEPS steps" >&2
-        RAW=$ATT run libre lenet5:attack-step "$AB" attack-step "$aw" mnist:test \
+        RAW=$ATT run libre lenet5:attack-step env BENCH_PRECISION="$ATTACK_LIBRE_PRECISION" "$AB" attack-step "$aw" mnist:test \
           "$ATTACK_IMAGES" "$ATTACK_STEPS" 1
         RAW=$ATT run pytorch lenet5:attack-step "${PT_ENV[@]}" "$PY" scripts/bench_vs_pytorch.py \
           --attack attack-step "$aw" "$data" "$ATTACK_IMAGES" "$ATTACK_STEPS" 1 --impl ref
@@ -286,7 +291,7 @@ if [ "$ATTACK" = 1 ]; then
           --attack attack-step "$aw" "$data" "$ATTACK_IMAGES" "$ATTACK_STEPS" 1 --impl opt
       else
         echo "whole attack: round $r of $ROUNDS, $ATTACK_FULL_IMAGES images" >&2
-        RAW=$ATT run libre "lenet5:selective-$ATTACK_FULL_STEPS" "$AB" selective "$aw" mnist:test \
+        RAW=$ATT run libre "lenet5:selective-$ATTACK_FULL_STEPS" env BENCH_PRECISION="$ATTACK_LIBRE_PRECISION" "$AB" selective "$aw" mnist:test \
           "$ATTACK_FULL_IMAGES" "$ATTACK_FULL_STEPS" 1
         grep '^selective: evaded' "$TMP/err" >>"$TMP/evaded" || true
         thr=$(sed -n 's/^selective: threshold \([^ ]*\) .*/\1/p' "$TMP/err" | head -n 1)
@@ -334,6 +339,7 @@ if [ "$E2E" = 1 ] && [ -z "${OMP_WAIT_POLICY:-}" ]; then
     "when the variable is unset (src/main.rs); the example and PyTorch run with libgomp's default"
 fi
 if [ "$ATTACK" = 1 ]; then
+  echo "attack precision: libre $ATTACK_LIBRE_PRECISION, PyTorch $BENCH_PRECISION"
   echo "adaptive attack (ATTACK=1): weights ${ATTACK_WEIGHTS:-the zoo LeNet5, linear1 converted to 20 members};" \
     "load average before the attack cases $att_load_before"
   [ -s "$TMP/evaded" ] && sed 's/^selective/libre selective/; s/^/  /' "$TMP/evaded"

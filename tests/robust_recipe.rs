@@ -1,29 +1,31 @@
 //! `libre finetune --recipe libre-robust` (issue "A detector that holds against the adaptive
-//! attacker"), at small scale (2,000 training digits, seed 0): started from the adversarially
-//! trained LeNet5, the recipe records its adversarial settings, and the detector it gives holds a
-//! fixed mimicry attack (C = 100) to a small evaded share of validation digits at its calibrated
-//! threshold. Every number comes from training images only (fit, calibration and attack slices
-//! disjoint).
+//! attacker"), at small scale (2,000 training digits, seed 0, every number from training images
+//! only: fit, calibration and attack slices disjoint):
+//! - started from the adversarially trained LeNet5, the recipe records its adversarial settings,
+//!   and the detector it gives holds a fixed mimicry attack (C = 100) to a small evaded share of
+//!   validation digits at its calibrated threshold;
+//! - started from the plain LeNet5, adversarial LiBRe training lowers the evaded share of the same
+//!   fixed mimicry attack well below what the noise-only objective (`--recipe libre`) leaves, by a
+//!   margin the noise-only objective fails (measured when the test was written: 33.6% against
+//!   52.0% of 256 validation digits at eps 0.3).
 //!
-//! What this does not show: that the noise-only objective does worse at this scale. It does not:
-//! from the same trunk, 2,000 to 6,000 digits of noise-only fine-tuning (even at a members'
-//! learning rate of 0.5) leave the trunk's robustness in place (1.6% evaded on the same slice);
-//! the collapse docs/results.md reports needs the README's 2 epochs on 50,000 digits.
+//! Why the comparison starts from the plain LeNet5: from the adversarially trained one, 2,000 to
+//! 6,000 digits of noise-only fine-tuning (even at a members' learning rate of 0.5) leave the
+//! trunk's robustness in place (1.6% evaded on the same slice); the collapse docs/results.md
+//! reports needs the README's 2 epochs on 50,000 digits. From the plain LeNet5 the difference
+//! the adversarial copies make shows at this scale.
 
 mod common;
 use common::{evaluate_experiment, libre, ok, run_summary};
 use std::path::Path;
 
-fn finetune(dir: &Path, recipe: &str) -> std::path::PathBuf {
+/// Fine-tunes `base` with `recipe` on 2,000 training digits and calibrates it at 5% FPR on 400
+/// others; the detector file's path.
+fn finetune(dir: &Path, recipe: &str, base: &str) -> std::path::PathBuf {
     let out = dir.join(recipe);
     ok(libre()
         .args(["-q", "finetune", "--device", "cpu", "--recipe", recipe])
-        .args([
-            "--weights",
-            "zoo:lenet5-mnist-adv",
-            "--data",
-            "mnist:train[0:2000]",
-        ])
+        .args(["--weights", base, "--data", "mnist:train[0:2000]"])
         .args(["--epochs", "1", "--mc-samples", "8", "--seed", "0", "--out"])
         .arg(&out)
         .output()
@@ -49,7 +51,7 @@ fn finetune(dir: &Path, recipe: &str) -> std::path::PathBuf {
 fn adversarial_libre_training_keeps_mimicry_evasion_small() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let robust = finetune(dir.path(), "libre-robust");
+    let robust = finetune(dir.path(), "libre-robust", "zoo:lenet5-mnist-adv");
     let config = std::fs::read_to_string(dir.path().join("libre-robust/config.json")).unwrap();
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     let adv = &config["train"]["libre"]["adversarial"];
@@ -84,6 +86,63 @@ params = {{ adaptive_c = 100.0, restarts = 1 }}
         .clone();
     let evaded = row["evaded"].as_f64().unwrap();
     assert!(evaded <= 10.0, "libre-robust let {evaded}% through: {row}");
+}
+
+/// Worst-case evaded % per model name of a one-attack run.
+fn evaded_by_model(run: &Path) -> std::collections::HashMap<String, f64> {
+    run_summary(run)["robust_detection"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["attack"] == "worst-case")
+        .map(|r| {
+            let d = r["detector"].as_str().unwrap();
+            let model = d.split('/').next().unwrap().to_string();
+            (model, r["evaded"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn adversarial_libre_training_beats_the_noise_objective_under_mimicry() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let noise = finetune(dir.path(), "libre", "zoo:lenet5-mnist");
+    let robust = finetune(dir.path(), "libre-robust", "zoo:lenet5-mnist");
+    // The same fixed attack on both, each at its own calibrated threshold: mimicry (C = 100),
+    // 20 steps of 0.03, one random start, eps 0.3, on validation digits.
+    let run = evaluate_experiment(
+        dir.path(),
+        &format!(
+            r#"data = "mnist:train[50000:50256]"
+batch_size = 128
+[[model]]
+name = "noise"
+weights = "{}"
+scores = ["feature-variance"]
+[[model]]
+name = "robust"
+weights = "{}"
+scores = ["feature-variance"]
+[[attack]]
+name = "mimicry"
+eps = [0.3]
+steps = 20
+step_size = 0.03
+params = {{ adaptive_c = 100.0, restarts = 1 }}
+"#,
+            noise.display(),
+            robust.display()
+        ),
+    );
+    let ev = evaded_by_model(&run);
+    let (n, r) = (ev["noise"], ev["robust"]);
+    // The margin: at least 10 points (of 256 digits: 26 images), which the noise-only detector
+    // fails by construction of the comparison.
+    assert!(
+        r + 10.0 <= n,
+        "libre-robust let {r}% through, the noise-only recipe {n}%: no 10-point margin"
+    );
 }
 
 #[test]
