@@ -7,6 +7,9 @@
 #
 #   scripts/robust_study.sh [OUT]           N=200 test digits by default (N=1000: the issue's size)
 #   ADV_HINGE=all scripts/robust_study.sh   candidate A (disagreement on every crafted copy)
+#   TRAIN='mnist:train[0:50000]' EPOCHS=2 scripts/robust_study.sh runs/robust-D
+#                                           longer training (candidate D of results.md)
+#   CHECKS=0 ...                            skip the honesty checks (eps 1, SPSA, transfer, eps/2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/experiment.sh
@@ -14,12 +17,15 @@ LIBRE=${LIBRE:-target/release/libre}
 OUT=${1:-runs/robust-mnist}
 N=${N:-200}
 ADV_HINGE=${ADV_HINGE:-misclassified}
+TRAIN=${TRAIN:-'mnist:train[0:20000]'}
+EPOCHS=${EPOCHS:-1}
+CHECKS=${CHECKS:-1}
 mkdir -p "$OUT"
 A="$OUT/A"
 if [ ! -s "$OUT/A.safetensors" ]; then
   [ -s "$A/model.safetensors" ] ||
     "$LIBRE" -q finetune --recipe libre-robust --weights zoo:lenet5-mnist-adv \
-      --adv-hinge "$ADV_HINGE" --data 'mnist:train[0:20000]' --epochs 1 --out "$A" >/dev/null
+      --adv-hinge "$ADV_HINGE" --data "$TRAIN" --epochs "$EPOCHS" --out "$A" >/dev/null
   "$LIBRE" -q calibrate --weights "$A/model.safetensors" --data 'mnist:train[55000:60000]' \
     --fpr 0.05 --out "$OUT/A.safetensors" >/dev/null
 fi
@@ -49,7 +55,7 @@ models = ["adv"]'
 } >"$OUT/test.toml"
 "$LIBRE" evaluate "$OUT/test.toml" --out "$OUT/test"
 # Honesty checks on the first 100 test digits.
-{
+[ "$CHECKS" = 1 ] && {
   printf 'title = "checks: eps 1, SPSA, transfer, eps/2 classifiers"\n'
   suite 'mnist:test[0:100]'
   model A "$OUT/A.safetensors" '"feature-variance"'
@@ -62,7 +68,7 @@ models = ["A"]'
 models = ["A"]'
   attack pgd-restarts 0.15 200 0.01
 } | sed '/^step_size = $/d' >"$OUT/checks.toml"
-"$LIBRE" evaluate "$OUT/checks.toml" --out "$OUT/checks"
+[ "$CHECKS" = 1 ] && "$LIBRE" evaluate "$OUT/checks.toml" --out "$OUT/checks"
 # Clean accuracy and FPR on the whole test set.
 "$LIBRE" eval --weights "$OUT/A.safetensors" --data mnist:test
 "$LIBRE" detect --weights "$OUT/A.safetensors" mnist:test --out "$OUT/A-test.csv"

@@ -471,7 +471,7 @@ pub fn step(
         let adv_ce = (logits.narrow(0, at, h).cross_entropy_for_logits(&ys)
             + logits.narrow(0, at + h, h).cross_entropy_for_logits(&ys))
             * 0.5;
-        loss = loss + adv_ce * a.ce_weight;
+        loss += adv_ce * a.ce_weight;
     }
     Ok(StepOutput {
         loss,

@@ -69,7 +69,9 @@ pub enum TransformFit {
 /// A ready input-transformation detector.
 pub enum Transform {
     Squeeze(Vec<Squeezer>),
-    Magnet(Magnet),
+    // Boxed: the autoencoders and their normalisers make the variant large next to a list of
+    // squeezers.
+    Magnet(Box<Magnet>),
 }
 
 /// The classifier's deterministic logits, `[B, C, H, W]` -> `[B, K]`.
@@ -112,7 +114,7 @@ impl Transform {
                 }
                 let mg = Magnet::fit(m, fit, &classifier(model), batch_size, device)?;
                 let f = TransformFit::Magnet(mg.fit.clone());
-                Ok((Transform::Magnet(mg), f))
+                Ok((Transform::Magnet(Box::new(mg)), f))
             }
         }
     }
@@ -199,13 +201,13 @@ impl Transform {
                     .get("ae1/c0.weight")
                     .ok_or_else(|| Error::invalid("missing MagNet tensor ae1/c0.weight"))?;
                 let (channels, device) = (first.size()[1], first.device());
-                Ok(Transform::Magnet(Magnet::from_tensors(
+                Ok(Transform::Magnet(Box::new(Magnet::from_tensors(
                     m.clone(),
                     f.clone(),
                     channels,
                     tensors,
                     device,
-                )?))
+                )?)))
             }
             (TransformConfig::Magnet(_), _) => Err(Error::invalid(
                 "a magnet detector without its fit record (normalisers)",
