@@ -1,6 +1,9 @@
 //! The loss an attack ascends, and its input gradient (docs/design.md section 8).
 //!
-//! - Cross-entropy or the margin loss `max_{j != y} log p_j - log p_y` (CW).
+//! - Cross-entropy, the margin loss `max_{j != y} log p_j - log p_y` (CW), or the confidence of
+//!   the most likely wrong class `max_{j != y} log p_j` (the attack on confidence-thresholding
+//!   detectors of Stutz et al. 2020, "Confidence-calibrated adversarial training": a detector
+//!   that flags low confidence is evaded by a misclassification made confident).
 //! - With an MC sample axis, either the loss of the predictive `log(mean_s softmax_s + 1e-10)`
 //!   from one parallel forward (the reference's white-box attack, [`McMode::Predictive`]), or
 //!   BayesAdapter's alternative: per-sample losses weighted by the normalised `p_s(y|x)`
@@ -28,6 +31,9 @@ pub enum LossKind {
     CrossEntropy,
     /// `max_{j != y} log p_j - log p_y` (Carlini-Wagner margin, on log-probabilities).
     Margin,
+    /// `max_{j != y} log p_j`: the log-probability of the most likely wrong class, which keeps
+    /// rising after the label flips, towards a confident misclassification.
+    WrongConfidence,
 }
 
 /// How a `[B, S, K]` victim output becomes one loss per example.
@@ -97,12 +103,12 @@ impl Objective {
             ));
         }
         let k = *size.last().unwrap_or(&0);
-        if self.loss == LossKind::Margin && k < 2 {
+        if self.loss != LossKind::CrossEntropy && k < 2 {
             return Err(AttackError::shape(
                 attack,
                 "victim logits",
                 size,
-                "K >= 2 for the margin",
+                "K >= 2 for a loss over the wrong classes",
             ));
         }
         let sign = if self.targeted { -1.0 } else { 1.0 };
@@ -116,6 +122,7 @@ impl Objective {
             let per_sample = match self.loss {
                 LossKind::CrossEntropy => -logp_y,            // [B, S]
                 LossKind::Margin => margin_of(&logp, &ys, 2), // [B, S]
+                LossKind::WrongConfidence => best_wrong(&logp, &ys, 2), // [B, S]
             } * sign;
             return Ok((per_sample * w).sum_dim_intlist(1, false, Kind::Float));
         }
@@ -124,6 +131,7 @@ impl Objective {
         Ok(match self.loss {
             LossKind::CrossEntropy => -logp.gather(1, &y1, false).squeeze_dim(1) * sign,
             LossKind::Margin => margin_of(&logp, &y1, 1) * sign,
+            LossKind::WrongConfidence => best_wrong(&logp, &y1, 1) * sign,
         })
     }
 
@@ -205,10 +213,14 @@ impl Objective {
 /// `max_{j != y} logp_j - logp_y` along `dim`, with `y` already unsqueezed at `dim`.
 fn margin_of(logp: &Tensor, y: &Tensor, dim: i64) -> Tensor {
     let ly = logp.gather(dim, y, false).squeeze_dim(dim);
+    best_wrong(logp, y, dim) - ly
+}
+
+/// `max_{j != y} logp_j` along `dim` (`y` holds one index per row along `dim`, size 1 there).
+fn best_wrong(logp: &Tensor, y: &Tensor, dim: i64) -> Tensor {
     let mask = logp
         .zeros_like()
         .scatter_value(dim, y, 1.0)
         .to_kind(Kind::Bool);
-    let others = logp.masked_fill(&mask, f64::NEG_INFINITY).amax(dim, false);
-    others - ly
+    logp.masked_fill(&mask, f64::NEG_INFINITY).amax(dim, false)
 }

@@ -282,6 +282,26 @@ fn mc_averaged_objective_matches_the_hand_gradient_and_weighted_samples_agree() 
         (got - want).abs() < 1e-5,
         "predictive margin {got} vs {want}"
     );
+    // The wrong-class confidence: log of the largest wrong class's predictive probability, for
+    // every label (the attack on confidence-thresholding detectors).
+    let conf = Objective {
+        loss: LossKind::WrongConfidence,
+        ..Objective::default()
+    };
+    for y in 0..3usize {
+        let got = conf
+            .per_example("test", &logits, &label(y as i64))
+            .unwrap()
+            .double_value(&[0]);
+        let want = (0..3)
+            .filter(|&k| k != y)
+            .map(|k| (mean_p[k] + 1e-10).ln())
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            (got - want).abs() < 1e-5,
+            "wrong-class confidence, label {y}: {got} vs {want}"
+        );
+    }
 }
 
 #[test]
