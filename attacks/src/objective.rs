@@ -120,8 +120,8 @@ impl Objective {
                                                                     // softmax over s of log p_s(y) = p_s(y) / sum p, without underflow.
             let w = logp_y.detach().softmax(1, Kind::Float); // [B, S]
             let per_sample = match self.loss {
-                LossKind::CrossEntropy => -logp_y,            // [B, S]
-                LossKind::Margin => margin_of(&logp, &ys, 2), // [B, S]
+                LossKind::CrossEntropy => -logp_y,                      // [B, S]
+                LossKind::Margin => margin_of(&logp, &ys, 2),           // [B, S]
                 LossKind::WrongConfidence => best_wrong(&logp, &ys, 2), // [B, S]
             } * sign;
             return Ok((per_sample * w).sum_dim_intlist(1, false, Kind::Float));
