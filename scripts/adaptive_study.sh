@@ -68,8 +68,7 @@ for m in $MODELS; do
   esac
 done
 {
-  printf 'title = "%s: the strong adaptive suite against every detector"\n' "$SET"
-  printf 'data = "%s:test[0:%s]"\nseed = 0\nbootstrap = 1000\nbatch_size = 250\n' "$DATA" "$N"
+  experiment_head "$SET: the strong adaptive suite against every detector" "$DATA:test[0:$N]" 250
   for m in $MODELS; do model "$m" "$OUT/$m.safetensors" "$(score_of "$m")"; done
   # Non-adaptive references beside the suite (AUROC, and their evaded % at the same threshold).
   attack pgd "$EPS" 40 0.01

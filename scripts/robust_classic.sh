@@ -27,18 +27,16 @@ for m in $MODELS; do
     --data 'mnist:train[55000:60000]' --fpr 0.05 --fit-data 'mnist:train[0:10000]' "${flags[@]}" \
     --out "$OUT/$m.safetensors" >/dev/null
 done
-suite() { printf 'data = "%s"\nseed = 0\nbootstrap = 1000\nbatch_size = 200\n' "$1"; }
 {
-  printf 'title = "validation: classic detectors on the robust LeNet5, suite at 100 steps, 1 restart"\n'
-  suite 'mnist:train[50000:50100]'
+  experiment_head "validation: classic detectors on the robust LeNet5, suite at 100 steps, 1 restart" \
+    'mnist:train[50000:50100]'
   for m in $MODELS; do model "$m" "$OUT/$m.safetensors" "$(score_of "$m")"; done
   attack pgd 0.3 100 0.01 'adaptive = "strong"
 params = { restarts = 1 }'
 } >"$OUT/validation.toml"
 "$LIBRE" evaluate "$OUT/validation.toml" --out "$OUT/validation"
 {
-  printf 'title = "MNIST test: classic detectors on the robust LeNet5"\n'
-  suite "mnist:test[0:$N]"
+  experiment_head "MNIST test: classic detectors on the robust LeNet5" "mnist:test[0:$N]"
   for m in $MODELS; do model "$m" "$OUT/$m.safetensors" "$(score_of "$m")"; done
   attack pgd 0.3 40 0.01
   attack pgd 0.3 200 0.01 'adaptive = "strong"'

@@ -35,8 +35,8 @@ for m in adv robust; do
   fi
 done
 {
-  printf 'title = "Fashion-MNIST eps 0.1: libre-robust vs adversarial training alone"\n'
-  printf 'data = "fashion-mnist:test[0:%s]"\nseed = 0\nbootstrap = 1000\nbatch_size = 200\n' "$N"
+  experiment_head "Fashion-MNIST eps 0.1: libre-robust vs adversarial training alone" \
+    "fashion-mnist:test[0:$N]"
   model robust "$OUT/robust.safetensors" '"feature-variance"'
   model adv "$OUT/adv.safetensors" '"msp", "feature-variance"'
   attack pgd "$EPS" 40 0.01

@@ -25,10 +25,9 @@ for m in C adv; do
   [ -s "$OUT/$m.safetensors" ] || "$LIBRE" -q calibrate --weights "$w" --score msp \
     --data 'mnist:train[55000:60000]' --fpr 0.05 --out "$OUT/$m.safetensors" >/dev/null
 done
-suite() { printf 'data = "%s"\nseed = 0\nbootstrap = 1000\nbatch_size = 200\n' "$1"; }
 {
-  printf 'title = "validation: msp on robust classifiers, suite at 100 steps, 1 restart"\n'
-  suite 'mnist:train[50000:50100]'
+  experiment_head "validation: msp on robust classifiers, suite at 100 steps, 1 restart" \
+    'mnist:train[50000:50100]'
   model C "$OUT/C.safetensors" '"msp"'
   model adv "$OUT/adv.safetensors" '"msp"'
   attack pgd 0.3 100 0.01 'adaptive = "strong"
@@ -36,8 +35,7 @@ params = { restarts = 1 }'
 } >"$OUT/validation.toml"
 "$LIBRE" evaluate "$OUT/validation.toml" --out "$OUT/validation"
 {
-  printf 'title = "MNIST test: msp on robust classifiers"\n'
-  suite "mnist:test[0:$N]"
+  experiment_head "MNIST test: msp on robust classifiers" "mnist:test[0:$N]"
   model C "$OUT/C.safetensors" '"msp"'
   model adv "$OUT/adv.safetensors" '"msp"'
   attack pgd 0.3 40 0.01
@@ -66,8 +64,7 @@ params = { loss = "wrong-confidence", adaptive_c = 10.0 }'
 done
 # Checks on the first 100 test digits: eps 1, 5x the budget, SPSA, transfer.
 {
-  printf 'title = "checks: msp on robust classifiers"\n'
-  suite 'mnist:test[0:100]'
+  experiment_head "checks: msp on robust classifiers" 'mnist:test[0:100]'
   model C "$OUT/C.safetensors" '"msp"'
   model adv "$OUT/adv.safetensors" '"msp"'
   attack selective 1.0 100 0.05 'label = "selective-margin-eps1"

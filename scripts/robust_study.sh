@@ -29,13 +29,10 @@ if [ ! -s "$OUT/A.safetensors" ]; then
   "$LIBRE" -q calibrate --weights "$A/model.safetensors" --data 'mnist:train[55000:60000]' \
     --fpr 0.05 --out "$OUT/A.safetensors" >/dev/null
 fi
-suite() { # data, models..., budget line
-  printf 'data = "%s"\nseed = 0\nbootstrap = 1000\nbatch_size = 200\n' "$1"
-}
 # Validation (training images only): the suite at a cheap budget.
 {
-  printf 'title = "validation: candidate A, strong suite at 100 steps, 1 restart"\n'
-  suite 'mnist:train[50000:50100]'
+  experiment_head "validation: candidate A, strong suite at 100 steps, 1 restart" \
+    'mnist:train[50000:50100]'
   model A "$OUT/A.safetensors" '"feature-variance"'
   attack pgd 0.3 100 0.01 'adaptive = "strong"
 params = { restarts = 1 }'
@@ -43,8 +40,8 @@ params = { restarts = 1 }'
 "$LIBRE" evaluate "$OUT/validation.toml" --out "$OUT/validation"
 # Test: the full suite on A; the robust classifier alone under the suite's classifier part.
 {
-  printf 'title = "MNIST test: libre-robust A vs the adversarially trained LeNet5 alone"\n'
-  suite "mnist:test[0:$N]"
+  experiment_head "MNIST test: libre-robust A vs the adversarially trained LeNet5 alone" \
+    "mnist:test[0:$N]"
   model A "$OUT/A.safetensors" '"feature-variance"'
   model adv zoo:lenet5-mnist-adv '"msp"'
   attack pgd 0.3 40 0.01
@@ -56,8 +53,7 @@ models = ["adv"]'
 "$LIBRE" evaluate "$OUT/test.toml" --out "$OUT/test"
 # Honesty checks on the first 100 test digits.
 [ "$CHECKS" = 1 ] && {
-  printf 'title = "checks: eps 1, SPSA, transfer, eps/2 classifiers"\n'
-  suite 'mnist:test[0:100]'
+  experiment_head "checks: eps 1, SPSA, transfer, eps/2 classifiers" 'mnist:test[0:100]'
   model A "$OUT/A.safetensors" '"feature-variance"'
   model adv zoo:lenet5-mnist-adv '"msp"'
   attack selective 1.0 50 0.05 'params = { restarts = 1 }

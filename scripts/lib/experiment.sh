@@ -1,5 +1,11 @@
 # Helpers for scripts that write `libre evaluate` experiment files (sourced, not run).
 
+# experiment_head "TITLE" DATA [BATCH_SIZE]: an experiment's first lines (seed 0, 1000 bootstrap
+# resamples, batch 200 unless given), before its [[model]] and [[attack]] tables.
+experiment_head() {
+  printf 'title = "%s"\ndata = "%s"\nseed = 0\nbootstrap = 1000\nbatch_size = %s\n' "$1" "$2" "${3:-200}"
+}
+
 # attack NAME "EPS, ..." [STEPS STEP_SIZE [EXTRA_TOML_LINE]]: one [[attack]] table. Iterative
 # attacks take 40 steps of 0.01 in the studies (docs/results.md).
 attack() {
